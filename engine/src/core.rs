@@ -1,0 +1,598 @@
+//! The pure state machine: `State::apply(offset, log_time, record) -> reply (+ events)`.
+//!
+//! No I/O, no clock, no randomness, no tokio: the state after applying a log prefix is
+//! a function of that prefix alone. Time is the log time of the record being applied;
+//! ids are derived from the request id stamped by the gateway. This is what makes zero
+//! oversell checkable, replay exact and simulation cheap.
+
+use crate::invariants;
+use flashsale_proto::*;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Idempotency keys are remembered for this long of log time (DESIGN.md).
+pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+/// Longest idempotency key (API.md).
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
+pub const MAX_PRODUCTS_PER_SALE: usize = 100;
+pub const MAX_TTL_S: u32 = 3600;
+pub const MAX_PAYMENT_ID_CHARS: usize = 128;
+pub const MAX_ADDRESS_CHARS: usize = 500;
+/// Bound on free-text fields of a product (name, description, ...), so one sale cannot
+/// blow up a partition's memory.
+pub const MAX_TEXT_CHARS: usize = 2000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub(crate) spec: ProductSpec,
+    pub(crate) sale_id: SaleId,
+    pub(crate) starts_at: UnixMs,
+    pub(crate) ends_at: UnixMs,
+    pub(crate) ttl_ms: u64,
+    /// Units held by `RESERVED` reservations.
+    pub(crate) held: u64,
+    /// Units of `CONFIRMED` reservations.
+    pub(crate) sold: u64,
+    /// Per user: units held + bought. Zero entries are removed.
+    pub(crate) per_user: FxHashMap<UserId, u32>,
+}
+
+impl Product {
+    pub fn spec(&self) -> &ProductSpec {
+        &self.spec
+    }
+    pub fn sale_id(&self) -> SaleId {
+        self.sale_id
+    }
+    pub fn total(&self) -> u64 {
+        self.spec.total_inventory
+    }
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+    pub fn sold(&self) -> u64 {
+        self.sold
+    }
+    /// `total - sold - held`; never negative while the invariants hold.
+    pub fn available(&self) -> u64 {
+        self.total().saturating_sub(self.sold + self.held)
+    }
+    pub fn used_by(&self, user: &UserId) -> u32 {
+        self.per_user.get(user).copied().unwrap_or(0)
+    }
+    pub fn per_user(&self) -> impl Iterator<Item = (&UserId, u32)> {
+        self.per_user.iter().map(|(u, n)| (u, *n))
+    }
+    fn is_open(&self, now: UnixMs) -> bool {
+        self.starts_at <= now && now < self.ends_at
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order_id: OrderId,
+    pub payment_transaction_id: String,
+    pub payment_method: PaymentMethod,
+    pub shipping_address: String,
+    pub total_price: Cents,
+    pub created_at: UnixMs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub(crate) id: ReservationId,
+    pub(crate) user: UserId,
+    pub(crate) sku: SkuId,
+    pub(crate) quantity: u32,
+    pub(crate) status: ReservationStatus,
+    pub(crate) created_at: UnixMs,
+    pub(crate) expires_at: UnixMs,
+    pub(crate) order: Option<Box<OrderRecord>>,
+}
+
+impl Reservation {
+    pub fn id(&self) -> ReservationId {
+        self.id
+    }
+    pub fn sku(&self) -> &SkuId {
+        &self.sku
+    }
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+    pub fn quantity(&self) -> u32 {
+        self.quantity
+    }
+    pub fn status(&self) -> ReservationStatus {
+        self.status
+    }
+    pub fn order(&self) -> Option<&OrderRecord> {
+        self.order.as_deref()
+    }
+    pub fn view(&self) -> ReservationView {
+        ReservationView {
+            id: self.id,
+            user: self.user.clone(),
+            sku: self.sku.clone(),
+            quantity: self.quantity,
+            status: self.status,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+    pub fn order_view(&self) -> Option<OrderView> {
+        self.order.as_ref().map(|o| OrderView {
+            order_id: o.order_id,
+            reservation_id: self.id,
+            user: self.user.clone(),
+            sku: self.sku.clone(),
+            quantity: self.quantity,
+            total_price: o.total_price,
+            payment_transaction_id: o.payment_transaction_id.clone(),
+            payment_method: o.payment_method,
+            shipping_address: o.shipping_address.clone(),
+            created_at: o.created_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct IdempotencyEntry {
+    user: UserId,
+    sku: SkuId,
+    quantity: u32,
+    reservation: ReservationId,
+}
+
+/// One partition's inventory, reservations and orders. Owned by exactly one actor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub(crate) partition: u16,
+    /// Log time of the last applied record (never decreases).
+    pub(crate) clock: UnixMs,
+    /// Offset of the next record to apply.
+    pub(crate) next_offset: u64,
+    pub(crate) sales: BTreeMap<SaleId, SaleMeta>,
+    pub(crate) products: FxHashMap<SkuId, Product>,
+    pub(crate) reservations: FxHashMap<ReservationId, Reservation>,
+    /// Live (`RESERVED`) reservations by expiry time; the deterministic expiry order.
+    pub(crate) expiries: BTreeSet<(UnixMs, ReservationId)>,
+    pub(crate) idempotency: FxHashMap<String, IdempotencyEntry>,
+    pub(crate) idempotency_fifo: VecDeque<(UnixMs, String)>,
+}
+
+impl State {
+    pub fn new(partition: u16) -> Self {
+        State {
+            partition,
+            clock: 0,
+            next_offset: 0,
+            sales: BTreeMap::new(),
+            products: FxHashMap::default(),
+            reservations: FxHashMap::default(),
+            expiries: BTreeSet::new(),
+            idempotency: FxHashMap::default(),
+            idempotency_fifo: VecDeque::new(),
+        }
+    }
+
+    pub fn partition(&self) -> u16 {
+        self.partition
+    }
+    pub fn clock(&self) -> UnixMs {
+        self.clock
+    }
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+    pub fn sales(&self) -> impl Iterator<Item = &SaleMeta> {
+        self.sales.values()
+    }
+    pub fn product(&self, sku: &SkuId) -> Option<&Product> {
+        self.products.get(sku)
+    }
+    pub fn products(&self) -> impl Iterator<Item = (&SkuId, &Product)> {
+        self.products.iter()
+    }
+    pub fn reservation(&self, id: &ReservationId) -> Option<&Reservation> {
+        self.reservations.get(id)
+    }
+    pub fn reservations(&self) -> impl Iterator<Item = &Reservation> {
+        self.reservations.values()
+    }
+    pub fn live_reservations(&self) -> usize {
+        self.expiries.len()
+    }
+    /// True while ticks are needed to expire holds on time.
+    pub fn needs_ticks(&self) -> bool {
+        !self.expiries.is_empty()
+    }
+    /// When the next hold falls due, if any.
+    pub fn next_expiry(&self) -> Option<UnixMs> {
+        self.expiries.first().map(|(t, _)| *t)
+    }
+
+    /// Applies one command record at log `offset` and log time `log_time`; appends what
+    /// changed to `events` and returns the reply. Records must come in log order;
+    /// a record at an offset already applied is a caller bug.
+    pub fn apply(
+        &mut self,
+        offset: u64,
+        log_time: UnixMs,
+        record: &CommandRecord,
+        events: &mut Vec<Event>,
+    ) -> Reply {
+        assert!(
+            offset >= self.next_offset,
+            "offset {offset} applied twice (next is {})",
+            self.next_offset
+        );
+        self.next_offset = offset + 1;
+        // The clock never goes back, whatever the producer's timestamps say.
+        self.clock = self.clock.max(log_time);
+        let now = self.clock;
+        self.expire_due(now, events);
+        self.forget_old_keys(now);
+        let reply = match &record.command {
+            Command::Reserve { user, sku, quantity } => {
+                self.reserve(now, record, user, sku, *quantity, events)
+            }
+            Command::Checkout(req) => self.checkout(now, record.request_id, req, events),
+            Command::Cancel { reservation } => self.cancel(now, *reservation, events),
+            Command::ConfigureSale(cfg) => self.configure(cfg, events),
+            Command::DropSale { sale_id } => self.drop_sale(*sale_id, events),
+            Command::Tick => Reply::Ticked,
+        };
+        #[cfg(debug_assertions)]
+        self.assert_touched(record);
+        reply
+    }
+
+    fn expire_due(&mut self, now: UnixMs, events: &mut Vec<Event>) {
+        while let Some(&(at, id)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop_first();
+            let r = self.reservations.get_mut(&id).expect("expiry index names a reservation");
+            assert_eq!(r.status, ReservationStatus::Reserved, "only live holds are indexed");
+            r.status = ReservationStatus::Expired;
+            let view = r.view();
+            let (sku, user, q) = (r.sku.clone(), r.user.clone(), r.quantity);
+            let p = self.products.get_mut(&sku).expect("a hold's product exists");
+            p.held -= u64::from(q);
+            release_user(p, &user, q);
+            events.push(Event::Reservation(view));
+            events.push(inventory_event(&sku, p));
+        }
+    }
+
+    fn forget_old_keys(&mut self, now: UnixMs) {
+        while let Some((at, _)) = self.idempotency_fifo.front() {
+            if at.saturating_add(IDEMPOTENCY_RETENTION_MS) > now {
+                break;
+            }
+            let (_, key) = self.idempotency_fifo.pop_front().expect("front exists");
+            self.idempotency.remove(&key);
+        }
+    }
+
+    fn reserve(
+        &mut self,
+        now: UnixMs,
+        record: &CommandRecord,
+        user: &UserId,
+        sku: &SkuId,
+        quantity: u32,
+        events: &mut Vec<Event>,
+    ) -> Reply {
+        if !user.is_valid() || !sku.is_valid() || quantity == 0 || quantity > MAX_QUANTITY {
+            return invalid("reserve: bad userId, skuId or quantity");
+        }
+        if let Some(key) = &record.idempotency_key {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS {
+                return invalid("reserve: idempotency key must be 1-128 characters");
+            }
+            if let Some(e) = self.idempotency.get(key) {
+                if e.user != *user || e.sku != *sku || e.quantity != quantity {
+                    return Reply::Rejected(Rejection::IdempotencyKeyReused);
+                }
+                let r = &self.reservations[&e.reservation];
+                return Reply::Reserved { reservation: r.view(), repeat: true };
+            }
+        }
+        let id = ReservationId { partition: self.partition, ulid: record.request_id.0 };
+        if let Some(r) = self.reservations.get(&id) {
+            // The same request delivered twice (a producer retry): answer it again.
+            return Reply::Reserved { reservation: r.view(), repeat: true };
+        }
+        let Some(p) = self.products.get_mut(sku) else {
+            return Reply::Rejected(Rejection::ProductNotFound { sku: sku.clone() });
+        };
+        if !p.is_open(now) {
+            return Reply::Rejected(Rejection::SaleNotActive {
+                sku: sku.clone(),
+                starts_at: p.starts_at,
+                ends_at: p.ends_at,
+            });
+        }
+        let used = p.used_by(user);
+        let limit = p.spec.per_user_limit;
+        if u64::from(used) + u64::from(quantity) > u64::from(limit) {
+            return Reply::Rejected(Rejection::PurchaseLimitExceeded {
+                sku: sku.clone(),
+                limit,
+                held: used,
+            });
+        }
+        let available = p.available();
+        if u64::from(quantity) > available {
+            return Reply::Rejected(Rejection::OutOfStock {
+                sku: sku.clone(),
+                requested: quantity,
+                available,
+            });
+        }
+        p.held += u64::from(quantity);
+        *p.per_user.entry(user.clone()).or_insert(0) += quantity;
+        let expires_at = now.saturating_add(p.ttl_ms);
+        let r = Reservation {
+            id,
+            user: user.clone(),
+            sku: sku.clone(),
+            quantity,
+            status: ReservationStatus::Reserved,
+            created_at: now,
+            expires_at,
+            order: None,
+        };
+        let view = r.view();
+        events.push(Event::Reservation(view.clone()));
+        events.push(inventory_event(sku, p));
+        self.reservations.insert(id, r);
+        self.expiries.insert((expires_at, id));
+        if let Some(key) = &record.idempotency_key {
+            self.idempotency.insert(
+                key.clone(),
+                IdempotencyEntry {
+                    user: user.clone(),
+                    sku: sku.clone(),
+                    quantity,
+                    reservation: id,
+                },
+            );
+            self.idempotency_fifo.push_back((now, key.clone()));
+        }
+        Reply::Reserved { reservation: view, repeat: false }
+    }
+
+    fn checkout(
+        &mut self,
+        now: UnixMs,
+        request_id: RequestId,
+        req: &CheckoutRequest,
+        events: &mut Vec<Event>,
+    ) -> Reply {
+        if req.payment_transaction_id.is_empty()
+            || req.payment_transaction_id.chars().count() > MAX_PAYMENT_ID_CHARS
+            || req.shipping_address.is_empty()
+            || req.shipping_address.chars().count() > MAX_ADDRESS_CHARS
+        {
+            return invalid("checkout: bad paymentTransactionId or shippingAddress");
+        }
+        let Some(r) = self.reservations.get_mut(&req.reservation) else {
+            return Reply::Rejected(Rejection::ReservationNotFound { reservation: req.reservation });
+        };
+        match r.status {
+            ReservationStatus::Reserved => {
+                // `expire_due` ran first, so a live hold here has not reached expires_at.
+                debug_assert!(now < r.expires_at);
+                let p = self.products.get_mut(&r.sku).expect("a hold's product exists");
+                let q = u64::from(r.quantity);
+                r.status = ReservationStatus::Confirmed;
+                r.order = Some(Box::new(OrderRecord {
+                    order_id: OrderId { partition: self.partition, ulid: request_id.0 },
+                    payment_transaction_id: req.payment_transaction_id.clone(),
+                    payment_method: req.payment_method,
+                    shipping_address: req.shipping_address.clone(),
+                    total_price: Cents(p.spec.flash_sale_price.0.saturating_mul(q)),
+                    created_at: now,
+                }));
+                p.held -= q;
+                p.sold += q;
+                self.expiries.remove(&(r.expires_at, r.id));
+                let order = r.order_view().expect("just set");
+                events.push(Event::Reservation(r.view()));
+                events.push(inventory_event(&r.sku, p));
+                events.push(Event::OrderCreated(order.clone()));
+                Reply::CheckedOut { order, repeat: false }
+            }
+            ReservationStatus::Confirmed => {
+                let order = r.order_view().expect("a confirmed hold has an order");
+                if order.payment_transaction_id == req.payment_transaction_id {
+                    Reply::CheckedOut { order, repeat: true }
+                } else {
+                    Reply::Rejected(Rejection::ReservationNotActive {
+                        reservation: r.id,
+                        status: r.status,
+                    })
+                }
+            }
+            ReservationStatus::Expired => Reply::Rejected(Rejection::ReservationExpired {
+                reservation: r.id,
+                expired_at: r.expires_at,
+            }),
+            ReservationStatus::Cancelled => Reply::Rejected(Rejection::ReservationNotActive {
+                reservation: r.id,
+                status: r.status,
+            }),
+        }
+    }
+
+    fn cancel(&mut self, _now: UnixMs, id: ReservationId, events: &mut Vec<Event>) -> Reply {
+        let Some(r) = self.reservations.get_mut(&id) else {
+            return Reply::Rejected(Rejection::ReservationNotFound { reservation: id });
+        };
+        match r.status {
+            ReservationStatus::Reserved => {
+                let p = self.products.get_mut(&r.sku).expect("a hold's product exists");
+                r.status = ReservationStatus::Cancelled;
+                p.held -= u64::from(r.quantity);
+                release_user(p, &r.user, r.quantity);
+                self.expiries.remove(&(r.expires_at, r.id));
+                events.push(Event::Reservation(r.view()));
+                events.push(inventory_event(&r.sku, p));
+                Reply::Cancelled { reservation: r.view() }
+            }
+            ReservationStatus::Cancelled => Reply::Cancelled { reservation: r.view() },
+            ReservationStatus::Confirmed | ReservationStatus::Expired => {
+                Reply::Rejected(Rejection::ReservationNotActive {
+                    reservation: r.id,
+                    status: r.status,
+                })
+            }
+        }
+    }
+
+    fn configure(&mut self, cfg: &SaleConfig, events: &mut Vec<Event>) -> Reply {
+        if let Err(reason) = validate_sale(cfg) {
+            return invalid(&reason);
+        }
+        let sale_id = cfg.sale.sale_id;
+        for spec in &cfg.products {
+            if let Some(p) = self.products.get(&spec.sku) {
+                if p.sale_id != sale_id {
+                    return Reply::Rejected(Rejection::Conflict { sku: spec.sku.clone() });
+                }
+            }
+        }
+        if self.sales.contains_key(&sale_id) {
+            // A repeat of a command already applied (a retry): nothing changes.
+            return Reply::SaleConfigured { sale_id };
+        }
+        self.sales.insert(sale_id, cfg.sale.clone());
+        let ttl_ms = u64::from(cfg.sale.reservation_ttl_s) * 1000;
+        for spec in &cfg.products {
+            let p = Product {
+                spec: spec.clone(),
+                sale_id,
+                starts_at: cfg.sale.starts_at,
+                ends_at: cfg.sale.ends_at,
+                ttl_ms,
+                held: 0,
+                sold: 0,
+                per_user: FxHashMap::default(),
+            };
+            self.products.insert(spec.sku.clone(), p);
+        }
+        events.push(Event::SaleConfigured(cfg.clone()));
+        for spec in &cfg.products {
+            events.push(inventory_event(&spec.sku, &self.products[&spec.sku]));
+        }
+        Reply::SaleConfigured { sale_id }
+    }
+
+    fn drop_sale(&mut self, sale_id: SaleId, events: &mut Vec<Event>) -> Reply {
+        let mut skus: Vec<SkuId> = self
+            .products
+            .iter()
+            .filter(|(_, p)| p.sale_id == sale_id)
+            .map(|(s, _)| s.clone())
+            .collect();
+        skus.sort();
+        if skus.iter().any(|s| {
+            let p = &self.products[s];
+            p.held + p.sold > 0
+        }) {
+            return Reply::Rejected(Rejection::SaleInUse { sale_id });
+        }
+        for s in &skus {
+            self.products.remove(s);
+        }
+        if self.sales.remove(&sale_id).is_some() {
+            events.push(Event::SaleDropped { sale_id, skus });
+        }
+        Reply::SaleDropped { sale_id }
+    }
+
+    /// Debug builds check, after every apply, the invariants the record could have
+    /// broken: its product's counters and its user's limit.
+    #[cfg(debug_assertions)]
+    fn assert_touched(&self, record: &CommandRecord) {
+        let (sku, user) = match &record.command {
+            Command::Reserve { sku, user, .. } => (Some(sku.clone()), Some(user.clone())),
+            Command::Checkout(c) => match self.reservations.get(&c.reservation) {
+                Some(r) => (Some(r.sku.clone()), Some(r.user.clone())),
+                None => (None, None),
+            },
+            Command::Cancel { reservation } => match self.reservations.get(reservation) {
+                Some(r) => (Some(r.sku.clone()), Some(r.user.clone())),
+                None => (None, None),
+            },
+            _ => (None, None),
+        };
+        if let Some(p) = sku.as_ref().and_then(|s| self.products.get(s)) {
+            invariants::check_product(p).unwrap_or_else(|v| panic!("invariant broken: {v}"));
+            if let Some(u) = &user {
+                invariants::check_user_limit(p, u).unwrap_or_else(|v| panic!("invariant broken: {v}"));
+            }
+        }
+    }
+}
+
+fn release_user(p: &mut Product, user: &UserId, q: u32) {
+    let n = p.per_user.get_mut(user).expect("a hold counts for its user");
+    *n = n.checked_sub(q).expect("a user never releases more than they hold");
+    if *n == 0 {
+        p.per_user.remove(user);
+    }
+}
+
+fn inventory_event(sku: &SkuId, p: &Product) -> Event {
+    Event::Inventory { sku: sku.clone(), total: p.total(), held: p.held, sold: p.sold }
+}
+
+fn invalid(reason: &str) -> Reply {
+    Reply::Rejected(Rejection::Invalid { reason: reason.to_string() })
+}
+
+/// The wire rules of a `ConfigureSale` (the gateway checks the same, with user-facing
+/// messages; this guards against other producers).
+pub fn validate_sale(cfg: &SaleConfig) -> Result<(), String> {
+    let s = &cfg.sale;
+    if cfg.products.is_empty() || cfg.products.len() > MAX_PRODUCTS_PER_SALE {
+        return Err("a sale has 1-100 products".into());
+    }
+    if s.all_skus.len() > MAX_PRODUCTS_PER_SALE {
+        return Err("a sale has 1-100 products".into());
+    }
+    if s.ends_at <= s.starts_at {
+        return Err("endsAt must be after startsAt".into());
+    }
+    if s.reservation_ttl_s == 0 || s.reservation_ttl_s > MAX_TTL_S {
+        return Err("reservationTtlSeconds must be 1-3600".into());
+    }
+    if s.name.len() > MAX_TEXT_CHARS {
+        return Err("sale name too long".into());
+    }
+    let mut seen = BTreeSet::new();
+    for p in &cfg.products {
+        if !p.sku.is_valid() || !seen.insert(&p.sku) {
+            return Err(format!("bad or duplicate skuId {}", p.sku));
+        }
+        if p.flash_sale_price > p.base_price {
+            return Err(format!("{}: flashSalePrice above basePrice", p.sku));
+        }
+        if p.per_user_limit == 0 {
+            return Err(format!("{}: perUserLimit must be at least 1", p.sku));
+        }
+        if [&p.name, &p.description, &p.category, &p.image_url]
+            .iter()
+            .any(|t| t.len() > MAX_TEXT_CHARS)
+        {
+            return Err(format!("{}: a text field is too long", p.sku));
+        }
+    }
+    Ok(())
+}

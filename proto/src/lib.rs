@@ -1,0 +1,24 @@
+//! Wire types of flashsale: the commands a gateway puts on the log, the replies and
+//! events an engine actor sends back, the ids they carry, and their encoding.
+//!
+//! Every message on every topic (and every record of the embedded log) is one byte of
+//! format version followed by the bincode (serde) encoding of the value. Decoding any
+//! byte string returns a value or an error, never panics, and never allocates more than
+//! [`MAX_MESSAGE_BYTES`]. See `schemas/messages.md` for the layouts.
+//!
+//! This crate does no I/O and holds no policy: validation of user input lives in the
+//! gateway, business rules in `flashsale-engine`.
+//!
+//! Layout: [`ids`] (newtypes for ids, money and time), [`msg`] (commands, replies,
+//! events), [`codec`] (versioned encoding), [`partition`] (Kafka-compatible murmur2
+//! partitioner).
+
+pub mod codec;
+pub mod ids;
+pub mod msg;
+pub mod partition;
+
+pub use codec::{decode, encode, DecodeError, FORMAT_VERSION, MAX_MESSAGE_BYTES};
+pub use ids::*;
+pub use msg::*;
+pub use partition::{murmur2, partition_for_key};

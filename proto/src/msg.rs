@@ -1,0 +1,277 @@
+//! Commands (gateway → engine), replies (engine → the asking gateway) and events
+//! (engine → everyone who follows the `events` topic).
+
+use crate::ids::*;
+use serde::{Deserialize, Serialize};
+
+/// What a gateway (or any producer) puts on the `commands` log, keyed by SKU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// Unique per attempt; replies are correlated by it.
+    pub request_id: RequestId,
+    /// The gateway whose reply partition gets the reply. `u32::MAX`: nobody waits.
+    pub reply_to: u32,
+    /// The client's `Idempotency-Key`, when it gave one.
+    pub idempotency_key: Option<String>,
+    pub command: Command,
+}
+
+/// Nobody waits for the reply of a record with this `reply_to` (ticks, replays).
+pub const NO_REPLY: u32 = u32::MAX;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Configure the products of one sale that live on this partition.
+    ConfigureSale(SaleConfig),
+    /// Undo a `ConfigureSale` that another partition refused (only while nothing of
+    /// it is held or sold).
+    DropSale { sale_id: SaleId },
+    Reserve { user: UserId, sku: SkuId, quantity: u32 },
+    Checkout(CheckoutRequest),
+    Cancel { reservation: ReservationId },
+    /// Advances the partition's clock; expires due holds.
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutRequest {
+    pub reservation: ReservationId,
+    pub payment_transaction_id: String,
+    pub payment_method: PaymentMethod,
+    pub shipping_address: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PaymentMethod {
+    CreditCard,
+    DebitCard,
+    Upi,
+    Wallet,
+    NetBanking,
+}
+
+impl PaymentMethod {
+    pub const ALL: [PaymentMethod; 5] = [
+        PaymentMethod::CreditCard,
+        PaymentMethod::DebitCard,
+        PaymentMethod::Upi,
+        PaymentMethod::Wallet,
+        PaymentMethod::NetBanking,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentMethod::CreditCard => "CREDIT_CARD",
+            PaymentMethod::DebitCard => "DEBIT_CARD",
+            PaymentMethod::Upi => "UPI",
+            PaymentMethod::Wallet => "WALLET",
+            PaymentMethod::NetBanking => "NET_BANKING",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// A sale as configured on one partition: the sale's settings and the subset of its
+/// products whose SKUs hash to that partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleConfig {
+    pub sale: SaleMeta,
+    pub products: Vec<ProductSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleMeta {
+    pub sale_id: SaleId,
+    pub name: String,
+    pub starts_at: UnixMs,
+    pub ends_at: UnixMs,
+    pub reservation_ttl_s: u32,
+    /// Every SKU of the sale (all partitions), so any reader can list the sale.
+    pub all_skus: Vec<SkuId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductSpec {
+    pub sku: SkuId,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub base_price: Cents,
+    pub flash_sale_price: Cents,
+    pub total_inventory: u64,
+    pub per_user_limit: u32,
+    pub image_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReservationStatus {
+    Reserved,
+    Confirmed,
+    Expired,
+    Cancelled,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationStatus::Reserved => "RESERVED",
+            ReservationStatus::Confirmed => "CONFIRMED",
+            ReservationStatus::Expired => "EXPIRED",
+            ReservationStatus::Cancelled => "CANCELLED",
+        }
+    }
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ReservationStatus::Reserved)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationView {
+    pub id: ReservationId,
+    pub user: UserId,
+    pub sku: SkuId,
+    pub quantity: u32,
+    pub status: ReservationStatus,
+    pub created_at: UnixMs,
+    pub expires_at: UnixMs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub order_id: OrderId,
+    pub reservation_id: ReservationId,
+    pub user: UserId,
+    pub sku: SkuId,
+    pub quantity: u32,
+    pub total_price: Cents,
+    pub payment_transaction_id: String,
+    pub payment_method: PaymentMethod,
+    pub shipping_address: String,
+    pub created_at: UnixMs,
+}
+
+/// The engine's answer to one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A hold; `repeat` when this is an idempotent repeat of an earlier request.
+    Reserved { reservation: ReservationView, repeat: bool },
+    /// Cancel succeeded (or the reservation was already cancelled).
+    Cancelled { reservation: ReservationView },
+    CheckedOut { order: OrderView, repeat: bool },
+    SaleConfigured { sale_id: SaleId },
+    SaleDropped { sale_id: SaleId },
+    Ticked,
+    Rejected(Rejection),
+}
+
+/// Business outcomes that refuse a command. Values, not errors: the engine never
+/// fails on a well-formed record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    ProductNotFound { sku: SkuId },
+    ReservationNotFound { reservation: ReservationId },
+    SaleNotActive { sku: SkuId, starts_at: UnixMs, ends_at: UnixMs },
+    PurchaseLimitExceeded { sku: SkuId, limit: u32, held: u32 },
+    OutOfStock { sku: SkuId, requested: u32, available: u64 },
+    ReservationExpired { reservation: ReservationId, expired_at: UnixMs },
+    ReservationNotActive { reservation: ReservationId, status: ReservationStatus },
+    IdempotencyKeyReused,
+    /// A SKU already belongs to another sale.
+    Conflict { sku: SkuId },
+    /// `DropSale` refused: units of the sale are already held or sold.
+    SaleInUse { sale_id: SaleId },
+    /// The record breaks a wire rule (a producer bug, not a user error).
+    Invalid { reason: String },
+}
+
+/// What the engine sends to the asking gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyRecord {
+    pub request_id: RequestId,
+    pub partition: u32,
+    /// Offset of the command record this answers.
+    pub offset: u64,
+    pub reply: Reply,
+}
+
+/// What changed, for read models and the order projector. Keyed by SKU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    SaleConfigured(SaleConfig),
+    SaleDropped { sale_id: SaleId, skus: Vec<SkuId> },
+    /// A product's counters after a change.
+    Inventory { sku: SkuId, total: u64, held: u64, sold: u64 },
+    /// A reservation's state after a change.
+    Reservation(ReservationView),
+    OrderCreated(OrderView),
+}
+
+/// Events of one applied command record; consumers drop duplicates by
+/// (partition, offset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub log_time: UnixMs,
+    pub events: Vec<Event>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode, DecodeError};
+    use proptest::prelude::*;
+
+    fn sample() -> CommandRecord {
+        CommandRecord {
+            request_id: RequestId(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            reply_to: 3,
+            idempotency_key: Some("k-1".into()),
+            command: Command::Reserve {
+                user: UserId::parse("user123").unwrap(),
+                sku: SkuId::parse("IPHONE15-256GB").unwrap(),
+                quantity: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_with_version_byte() {
+        let rec = sample();
+        let bytes = encode(&rec);
+        assert_eq!(bytes[0], crate::FORMAT_VERSION);
+        assert_eq!(decode::<CommandRecord>(&bytes).unwrap(), rec);
+    }
+
+    #[test]
+    fn refuses_unknown_version_and_trailing_bytes() {
+        let mut bytes = encode(&sample());
+        bytes.push(0);
+        assert!(matches!(decode::<CommandRecord>(&bytes), Err(DecodeError::Trailing(1))));
+        bytes[0] = 9;
+        assert_eq!(decode::<CommandRecord>(&bytes), Err(DecodeError::Version { found: 9 }));
+        assert_eq!(decode::<CommandRecord>(&[]), Err(DecodeError::Empty));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        /// Any byte string decodes to a value or an error; never a panic.
+        #[test]
+        fn decoding_random_bytes_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Some(b) = bytes.first_mut() { *b = crate::FORMAT_VERSION; }
+            let _ = decode::<CommandRecord>(&bytes);
+            let _ = decode::<ReplyRecord>(&bytes);
+            let _ = decode::<EventRecord>(&bytes);
+        }
+
+        /// Flipping bytes of a valid record never panics either.
+        #[test]
+        fn decoding_mutated_records_never_panics(idx in 0usize..64, val in any::<u8>()) {
+            let mut bytes = encode(&sample());
+            let i = idx % bytes.len();
+            bytes[i] = val;
+            let _ = decode::<CommandRecord>(&bytes);
+        }
+    }
+}
