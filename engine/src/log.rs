@@ -1,0 +1,270 @@
+//! The embedded command log: one append-only file per partition, with offsets and log
+//! time, synced to disk before anything is applied (and so before any reply).
+//!
+//! Record layout (little endian): `len: u32` (payload bytes), `crc: u32` (CRC-32 of the
+//! 16 header bytes that follow and the payload), `offset: u64`, `log_time_ms: u64`,
+//! `payload`. Opening a log scans it, checks every record, and cuts a torn tail (a
+//! write interrupted by a crash: it was never synced, so never acknowledged).
+
+use flashsale_proto::UnixMs;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Largest payload accepted in one record (a command is far smaller).
+pub const MAX_RECORD_BYTES: u32 = 1 << 20;
+const HEADER: usize = 24;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub offset: u64,
+    pub log_time: UnixMs,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log i/o error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("offset {offset} is past the end of partition {partition}'s log (next offset {end})")]
+    PastEnd { partition: u32, offset: u64, end: u64 },
+    #[error("record of {0} bytes is over the {MAX_RECORD_BYTES} byte limit")]
+    TooLarge(usize),
+}
+
+/// One partition's log file. Appends come from a single writer.
+#[derive(Debug)]
+pub struct PartitionLog {
+    partition: u32,
+    path: PathBuf,
+    file: File,
+    /// File position of every record, by offset. 8 bytes per record.
+    positions: Vec<u64>,
+    end_pos: u64,
+    last_time: UnixMs,
+    /// Bytes cut from a torn tail when the log was opened.
+    truncated_bytes: u64,
+}
+
+pub fn log_path(dir: &Path, partition: u32) -> PathBuf {
+    dir.join(format!("p{partition:03}.log"))
+}
+
+impl PartitionLog {
+    /// Opens (creating if needed) `dir/pNNN.log`, verifying every record and cutting a
+    /// torn tail.
+    pub fn open(dir: &Path, partition: u32) -> Result<Self, LogError> {
+        let path = log_path(dir, partition);
+        let io_err = |source| LogError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        let mut positions = Vec::new();
+        let mut last_time = 0;
+        let mut pos = 0u64;
+        let mut reader = BufReader::with_capacity(1 << 20, file.try_clone().map_err(io_err)?);
+        while let Some(rec) = read_record(&mut reader).map_err(io_err)? {
+            if rec.offset != positions.len() as u64 {
+                break; // out of sequence: treat like a torn tail
+            }
+            positions.push(pos);
+            last_time = rec.log_time;
+            pos += (HEADER + rec.payload.len()) as u64;
+        }
+        let truncated_bytes = len - pos;
+        if truncated_bytes > 0 {
+            file.set_len(pos).map_err(io_err)?;
+            file.sync_all().map_err(io_err)?;
+        }
+        Ok(PartitionLog { partition, path, file, positions, end_pos: pos, last_time, truncated_bytes })
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+    /// The offset the next appended record gets.
+    pub fn next_offset(&self) -> u64 {
+        self.positions.len() as u64
+    }
+    /// The oldest offset still in the log (the embedded log keeps everything).
+    pub fn first_offset(&self) -> u64 {
+        0
+    }
+    pub fn last_time(&self) -> UnixMs {
+        self.last_time
+    }
+    pub fn truncated_bytes(&self) -> u64 {
+        self.truncated_bytes
+    }
+
+    /// Appends a batch stamped with log time `max(last, now_ms)` and syncs it to disk
+    /// (group commit: one sync per batch). Returns the records as written.
+    pub fn append(&mut self, payloads: Vec<Vec<u8>>, now_ms: UnixMs) -> Result<Vec<LogRecord>, LogError> {
+        let io_err = |source| LogError::Io { path: self.path.clone(), source };
+        let time = self.last_time.max(now_ms);
+        let mut buf = Vec::with_capacity(payloads.iter().map(|p| p.len() + HEADER).sum());
+        let mut out = Vec::with_capacity(payloads.len());
+        let mut offset = self.next_offset();
+        let mut pos = self.end_pos;
+        let mut positions = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            if payload.len() > MAX_RECORD_BYTES as usize {
+                return Err(LogError::TooLarge(payload.len()));
+            }
+            encode_record(&mut buf, offset, time, &payload);
+            positions.push(pos);
+            pos += (HEADER + payload.len()) as u64;
+            out.push(LogRecord { offset, log_time: time, payload });
+            offset += 1;
+        }
+        self.file.write_all(&buf).map_err(io_err)?;
+        self.file.sync_data().map_err(io_err)?;
+        self.positions.extend(positions);
+        self.end_pos = pos;
+        self.last_time = time;
+        Ok(out)
+    }
+
+    /// A reader positioned at `offset`, for replay. Reads records synced so far.
+    pub fn reader_from(&self, offset: u64) -> Result<LogReader, LogError> {
+        let end = self.next_offset();
+        if offset > end {
+            return Err(LogError::PastEnd { partition: self.partition, offset, end });
+        }
+        let pos = self.positions.get(offset as usize).copied().unwrap_or(self.end_pos);
+        let io_err = |source| LogError::Io { path: self.path.clone(), source };
+        let mut f = File::open(&self.path).map_err(io_err)?;
+        f.seek(SeekFrom::Start(pos)).map_err(io_err)?;
+        Ok(LogReader { inner: BufReader::with_capacity(1 << 20, f), next: offset, end, path: self.path.clone() })
+    }
+}
+
+/// Sequential reader over a log, up to the end it had when created.
+#[derive(Debug)]
+pub struct LogReader {
+    inner: BufReader<File>,
+    next: u64,
+    end: u64,
+    path: PathBuf,
+}
+
+impl LogReader {
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = Result<LogRecord, LogError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
+        match read_record(&mut self.inner) {
+            Ok(Some(r)) => {
+                self.next += 1;
+                Some(Ok(r))
+            }
+            Ok(None) => None,
+            Err(source) => Some(Err(LogError::Io { path: self.path.clone(), source })),
+        }
+    }
+}
+
+fn encode_record(buf: &mut Vec<u8>, offset: u64, time: UnixMs, payload: &[u8]) {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&offset.to_le_bytes());
+    h.update(&time.to_le_bytes());
+    h.update(payload);
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&h.finalize().to_le_bytes());
+    buf.extend_from_slice(&offset.to_le_bytes());
+    buf.extend_from_slice(&time.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// Reads one record; `Ok(None)` at the end or at a torn/corrupt record.
+fn read_record(r: &mut impl Read) -> io::Result<Option<LogRecord>> {
+    let mut head = [0u8; HEADER];
+    match read_full(r, &mut head)? {
+        0 => return Ok(None),
+        n if n < HEADER => return Ok(None),
+        _ => {}
+    }
+    let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+    let offset = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+    let log_time = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
+    if len > MAX_RECORD_BYTES {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; len as usize];
+    if read_full(r, &mut payload)? < payload.len() {
+        return Ok(None);
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&head[8..24]);
+    h.update(&payload);
+    if h.finalize() != crc {
+        return Ok(None);
+    }
+    Ok(Some(LogRecord { offset, log_time, payload }))
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_survive_reopen_and_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), 2).unwrap();
+        let recs = log.append(vec![b"a".to_vec(), b"bb".to_vec()], 1000).unwrap();
+        assert_eq!(recs[1].offset, 1);
+        // the clock never goes back
+        let recs = log.append(vec![b"ccc".to_vec()], 500).unwrap();
+        assert_eq!(recs[0].log_time, 1000);
+        drop(log);
+        // simulate a torn write: half a record at the end
+        let path = log_path(dir.path(), 2);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2, 3]).unwrap();
+        drop(f);
+        let log = PartitionLog::open(dir.path(), 2).unwrap();
+        assert_eq!(log.next_offset(), 3);
+        assert_eq!(log.truncated_bytes(), 7);
+        let all: Vec<_> = log.reader_from(1).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].payload, b"ccc");
+        assert!(log.reader_from(4).is_err());
+    }
+
+    #[test]
+    fn corrupt_record_ends_the_log_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), 0).unwrap();
+        log.append(vec![b"one".to_vec()], 1).unwrap();
+        log.append(vec![b"two".to_vec()], 2).unwrap();
+        drop(log);
+        let path = log_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let log = PartitionLog::open(dir.path(), 0).unwrap();
+        assert_eq!(log.next_offset(), 1);
+    }
+}

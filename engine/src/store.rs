@@ -1,0 +1,178 @@
+//! Where snapshots live. [`SnapshotStore`] has a file implementation here (embedded
+//! mode: `<data-dir>/snapshots/pNNN/<offset>-<log time>.snap`) and a Postgres one in
+//! Kafka mode. Writes are atomic (temp file, sync, rename, sync dir).
+
+use crate::snapshot::{self, SnapshotError};
+use crate::State;
+use flashsale_proto::UnixMs;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SnapshotInfo {
+    /// `p<partition>@<offset>`: what operators pass to `--from-snapshot`.
+    pub id: String,
+    pub partition: u32,
+    /// The first offset NOT covered: replay starts here.
+    pub offset: u64,
+    /// Log time of the last applied record.
+    pub taken_at: UnixMs,
+    pub size_bytes: u64,
+    pub checksum: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("snapshot store i/o error at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("no snapshot {0}; `flashsale snapshot list` shows the ids")]
+    NotFound(String),
+    #[error("snapshot store error: {0}")]
+    Other(String),
+}
+
+/// Blocking API: called from the background snapshot writer and from recovery, never
+/// from the apply loop.
+pub trait SnapshotStore: Send + Sync + 'static {
+    fn save(&self, partition: u32, offset: u64, taken_at: UnixMs, bytes: &[u8]) -> Result<SnapshotInfo, StoreError>;
+    /// Newest first.
+    fn list(&self, partition: u32) -> Result<Vec<SnapshotInfo>, StoreError>;
+    fn load(&self, info: &SnapshotInfo) -> Result<Vec<u8>, StoreError>;
+    /// Keeps the newest `keep` snapshots of the partition.
+    fn prune(&self, partition: u32, keep: usize) -> Result<(), StoreError>;
+}
+
+pub fn snapshot_id(partition: u32, offset: u64) -> String {
+    format!("p{partition}@{offset}")
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSnapshotStore {
+    dir: PathBuf,
+}
+
+impl FileSnapshotStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FileSnapshotStore { dir: dir.into() }
+    }
+    fn part_dir(&self, partition: u32) -> PathBuf {
+        self.dir.join(format!("p{partition:03}"))
+    }
+    fn file(&self, partition: u32, offset: u64, taken_at: UnixMs) -> PathBuf {
+        self.part_dir(partition).join(format!("{offset:020}-{taken_at}.snap"))
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+impl SnapshotStore for FileSnapshotStore {
+    fn save(&self, partition: u32, offset: u64, taken_at: UnixMs, bytes: &[u8]) -> Result<SnapshotInfo, StoreError> {
+        let dir = self.part_dir(partition);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = self.file(partition, offset, taken_at);
+        let tmp = path.with_extension("snap.tmp");
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
+        Ok(SnapshotInfo {
+            id: snapshot_id(partition, offset),
+            partition,
+            offset,
+            taken_at,
+            size_bytes: bytes.len() as u64,
+            checksum: header_checksum(bytes),
+        })
+    }
+
+    fn list(&self, partition: u32) -> Result<Vec<SnapshotInfo>, StoreError> {
+        let dir = self.part_dir(partition);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::Io { path: dir, source: e }),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(io(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".snap") else { continue };
+            let Some((o, t)) = stem.split_once('-') else { continue };
+            let (Ok(offset), Ok(taken_at)) = (o.parse::<u64>(), t.parse::<u64>()) else { continue };
+            let path = entry.path();
+            let size_bytes = entry.metadata().map_err(io(&path))?.len();
+            let mut head = [0u8; 9];
+            let checksum = fs::File::open(&path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                .map(|_| header_checksum(&head))
+                .unwrap_or(0);
+            out.push(SnapshotInfo { id: snapshot_id(partition, offset), partition, offset, taken_at, size_bytes, checksum });
+        }
+        out.sort_by(|a, b| b.offset.cmp(&a.offset));
+        Ok(out)
+    }
+
+    fn load(&self, info: &SnapshotInfo) -> Result<Vec<u8>, StoreError> {
+        let path = self.file(info.partition, info.offset, info.taken_at);
+        fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound(info.id.clone()),
+            _ => StoreError::Io { path, source: e },
+        })
+    }
+
+    fn prune(&self, partition: u32, keep: usize) -> Result<(), StoreError> {
+        for old in self.list(partition)?.into_iter().skip(keep) {
+            let path = self.file(partition, old.offset, old.taken_at);
+            fs::remove_file(&path).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+}
+
+fn header_checksum(bytes: &[u8]) -> u32 {
+    if bytes.len() >= 9 {
+        u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]])
+    } else {
+        0
+    }
+}
+
+/// A snapshot refused at recovery, and why.
+#[derive(Debug)]
+pub struct Rejected {
+    pub info: SnapshotInfo,
+    pub error: String,
+}
+
+/// Loads the newest snapshot that decodes and passes every invariant, falling back to
+/// older ones. Returns it (if any) and every newer snapshot that was refused.
+pub fn load_newest_valid(
+    store: &dyn SnapshotStore,
+    partition: u32,
+) -> Result<(Option<(SnapshotInfo, State)>, Vec<Rejected>), StoreError> {
+    let mut rejected = Vec::new();
+    for info in store.list(partition)? {
+        let result = store.load(&info).map_err(|e| e.to_string()).and_then(|bytes| {
+            snapshot::decode(&bytes).map_err(|e: SnapshotError| e.to_string())
+        });
+        match result {
+            Ok(state) if state.partition() as u32 == partition && state.next_offset() == info.offset => {
+                return Ok((Some((info, state)), rejected));
+            }
+            Ok(state) => rejected.push(Rejected {
+                error: format!(
+                    "snapshot holds partition {} at offset {}, not what its name says",
+                    state.partition(),
+                    state.next_offset()
+                ),
+                info,
+            }),
+            Err(error) => rejected.push(Rejected { info, error }),
+        }
+    }
+    Ok((None, rejected))
+}
