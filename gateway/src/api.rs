@@ -1,0 +1,423 @@
+//! The HTTP API of API.md as an axum `Router` (tests drive it without a socket).
+//!
+//! Each handler checks in API.md's precedence order: 413 (body limit) → 401 → 400 →
+//! 429 → then the engine decides 422 / 404 / 409s in its own order.
+
+use crate::dispatch::Dispatcher;
+use crate::error::{render_errors, ApiError};
+use crate::json::*;
+use crate::metrics::Metrics;
+use crate::orders::OrderSource;
+use crate::readmodel::ReadModel;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use flashsale_proto::*;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::{json, Value};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest request body (API.md).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Every route of the API, as (method, path template). The OpenAPI test compares
+/// this list with `schemas/openapi.yaml`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/v1/reservations"),
+    ("get", "/api/v1/reservations/{reservationId}"),
+    ("delete", "/api/v1/reservations/{reservationId}"),
+    ("post", "/api/v1/orders/checkout"),
+    ("get", "/api/v1/orders/{orderId}"),
+    ("get", "/api/v1/orders/user/{userId}"),
+    ("get", "/api/v1/products"),
+    ("get", "/api/v1/products/{skuId}/availability"),
+    ("post", "/api/v1/admin/sales"),
+    ("get", "/api/v1/admin/sales/{saleId}"),
+    ("get", "/health"),
+    ("get", "/actuator/health"),
+    ("get", "/ready"),
+    ("get", "/metrics"),
+];
+
+/// Per-user limit on reservation attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Attempts per second per `userId`; 0 turns the limit off.
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+pub struct ApiConfig {
+    pub admin_token: String,
+    pub rate_limit: RateLimit,
+}
+
+pub struct AppInner {
+    pub dispatcher: Dispatcher,
+    pub read: Arc<ReadModel>,
+    pub orders: Arc<dyn OrderSource>,
+    pub metrics: Arc<Metrics>,
+    admin_token: String,
+    limiter: Option<DefaultKeyedRateLimiter<UserId>>,
+}
+
+pub type AppState = Arc<AppInner>;
+
+impl AppInner {
+    pub fn new(
+        dispatcher: Dispatcher,
+        read: Arc<ReadModel>,
+        orders: Arc<dyn OrderSource>,
+        metrics: Arc<Metrics>,
+        cfg: ApiConfig,
+    ) -> AppState {
+        let limiter = NonZeroU32::new(cfg.rate_limit.per_second).map(|rate| {
+            let burst = NonZeroU32::new(cfg.rate_limit.burst.max(1)).expect("max(1) is non-zero");
+            RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst))
+        });
+        Arc::new(AppInner { dispatcher, read, orders, metrics, admin_token: cfg.admin_token, limiter })
+    }
+
+    /// Forgets idle users' rate-limit state (bounded memory); call periodically.
+    pub fn housekeeping(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+
+    fn rate_limit(&self, user: &UserId) -> Result<(), ApiError> {
+        let Some(l) = &self.limiter else { return Ok(()) };
+        l.check_key(user).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            ApiError::too_many_requests(wait.as_secs_f64().ceil().max(1.0) as u64)
+        })
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), self.admin_token.as_bytes()) => Ok(()),
+            _ => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/reservations", post(create_reservation))
+        .route("/api/v1/reservations/{reservation_id}", get(get_reservation).delete(cancel_reservation))
+        .route("/api/v1/orders/checkout", post(checkout))
+        .route("/api/v1/orders/user/{user_id}", get(orders_of_user))
+        .route("/api/v1/orders/{order_id}", get(get_order))
+        .route("/api/v1/products", get(list_products))
+        .route("/api/v1/products/{sku_id}/availability", get(availability))
+        .route("/api/v1/admin/sales", post(create_sale))
+        .route("/api/v1/admin/sales/{sale_id}", get(get_sale))
+        .route("/health", get(health))
+        .route("/actuator/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async { ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(render_errors))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::from_status(StatusCode::SERVICE_UNAVAILABLE).into_response()
+        }))
+        .with_state(state)
+}
+
+/// The body, or 413/400 in API.md's order.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
+        } else {
+            ApiError::bad_request("body", e.body_text())
+        }
+    })
+}
+
+fn path_param(p: Result<Path<String>, PathRejection>, name: &str) -> Result<String, ApiError> {
+    p.map(|Path(s)| s).map_err(|e| ApiError::bad_request(name, e.body_text()))
+}
+
+fn created(v: Value) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
+}
+
+fn reservation_result(result: &ApiError) -> &'static str {
+    match result.payload.title {
+        "Out of Stock" => "out_of_stock",
+        "Purchase Limit Exceeded" => "limit_exceeded",
+        "Sale Not Active" => "sale_not_active",
+        "Product Not Found" => "not_found",
+        "Too Many Requests" => "rate_limited",
+        "Idempotency Key Reused" => "idempotency_key_reused",
+        "Service Unavailable" => "unavailable",
+        "Payload Too Large" | "Bad Request" => "invalid",
+        _ => "other",
+    }
+}
+
+async fn create_reservation(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let result = reserve(&app, &headers, body).await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) => reservation_result(e),
+    };
+    app.metrics.reservation(label, started.elapsed());
+    match result {
+        Ok(v) => created(v),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn reserve(app: &AppInner, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let bytes = body_bytes(body)?;
+    let b = Body::parse(&bytes)?;
+    let user = b.user_id("userId")?;
+    let sku = b.sku_id("skuId")?;
+    let quantity = b.int("quantity", 1, u64::from(MAX_QUANTITY), None)? as u32;
+    let key = idempotency_key(headers)?;
+    app.rate_limit(&user)?;
+    let partition = app.dispatcher.partition_of(&sku);
+    let rec = app.dispatcher.call(partition, Command::Reserve { user, sku, quantity }, key).await?;
+    match rec.reply {
+        Reply::Reserved { reservation, .. } => {
+            app.read.upsert_reservation(&reservation, rec.offset);
+            Ok(reservation_json(&reservation, now_ms()))
+        }
+        Reply::Rejected(r) => Err(ApiError::from_rejection(&r)),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let ok = !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| (0x21..0x7f).contains(b));
+    if !ok {
+        return Err(ApiError::bad_request("Idempotency-Key", "must be 1-128 visible ASCII characters"));
+    }
+    Ok(Some(v.to_str().expect("checked ascii").to_string()))
+}
+
+fn unexpected(reply: Reply) -> ApiError {
+    tracing::error!(?reply, "engine answered with an unexpected reply kind");
+    ApiError::unavailable("Unexpected engine reply; retry shortly")
+}
+
+/// Parses a reservation id from a path or body; a malformed id names no reservation.
+fn reservation_id(raw: &str) -> Result<ReservationId, ApiError> {
+    raw.parse::<ReservationId>().map_err(|_| ApiError::reservation_not_found(raw))
+}
+
+async fn get_reservation(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+    let raw = path_param(id, "reservationId")?;
+    let id = reservation_id(&raw)?;
+    let v = app.read.reservation(&id).ok_or_else(|| ApiError::reservation_not_found(&raw))?;
+    Ok(Json(reservation_json(&v, now_ms())))
+}
+
+async fn cancel_reservation(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+    let raw = path_param(id, "reservationId")?;
+    let id = reservation_id(&raw)?;
+    if u32::from(id.partition) >= app.dispatcher.partitions() {
+        return Err(ApiError::reservation_not_found(&raw));
+    }
+    let rec = app.dispatcher.call(u32::from(id.partition), Command::Cancel { reservation: id }, None).await?;
+    match rec.reply {
+        Reply::Cancelled { reservation } => {
+            app.read.upsert_reservation(&reservation, rec.offset);
+            Ok(Json(reservation_json(&reservation, now_ms())))
+        }
+        Reply::Rejected(r) => Err(ApiError::from_rejection(&r)),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn checkout(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = do_checkout(&app, body).await;
+    app.metrics.order(match &result {
+        Ok((StatusCode::CREATED, _)) => "created",
+        Ok(_) => "repeat",
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        Err(_) => "rejected",
+    });
+    match result {
+        Ok((status, v)) => (status, Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn do_checkout(app: &AppInner, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Value), ApiError> {
+    let bytes = body_bytes(body)?;
+    let b = Body::parse(&bytes)?;
+    let raw_id = b.string("reservationId", 128)?;
+    let payment_transaction_id = b.string("paymentTransactionId", 128)?;
+    let method = b.string("paymentMethod", 32)?;
+    let payment_method = PaymentMethod::parse(&method).ok_or_else(|| {
+        ApiError::bad_request("paymentMethod", "must be one of CREDIT_CARD, DEBIT_CARD, UPI, WALLET, NET_BANKING")
+    })?;
+    let shipping_address = b.string("shippingAddress", 500)?;
+    let id = reservation_id(&raw_id)?;
+    if u32::from(id.partition) >= app.dispatcher.partitions() {
+        return Err(ApiError::reservation_not_found(&raw_id));
+    }
+    let cmd = Command::Checkout(CheckoutRequest { reservation: id, payment_transaction_id, payment_method, shipping_address });
+    let rec = app.dispatcher.call(u32::from(id.partition), cmd, None).await?;
+    match rec.reply {
+        Reply::CheckedOut { order, repeat } => {
+            app.read.insert_order(&order);
+            let status = if repeat { StatusCode::OK } else { StatusCode::CREATED };
+            Ok((status, order_json(&order)))
+        }
+        Reply::Rejected(r) => Err(ApiError::from_rejection(&r)),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn get_order(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+    let raw = path_param(id, "orderId")?;
+    let id: OrderId = raw.parse().map_err(|_| ApiError::order_not_found(&raw))?;
+    let o = app.orders.order(&id).await?.ok_or_else(|| ApiError::order_not_found(&raw))?;
+    Ok(Json(order_json(&o)))
+}
+
+async fn orders_of_user(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+    let raw = path_param(id, "userId")?;
+    let user = UserId::parse(&raw).map_err(|e| ApiError::bad_request("userId", e.to_string()))?;
+    let orders: Vec<Value> = app.orders.orders_of(&user).await?.iter().map(order_json).collect();
+    Ok(Json(Value::Array(orders)))
+}
+
+async fn list_products(State(app): State<AppState>) -> Json<Value> {
+    let now = now_ms();
+    Json(Value::Array(app.read.products().iter().map(|p| product_json(p, now)).collect()))
+}
+
+async fn availability(State(app): State<AppState>, sku: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+    let raw = path_param(sku, "skuId")?;
+    let sku = SkuId::parse(&raw).map_err(|_| ApiError::product_not_found(&raw))?;
+    let p = app.read.product(&sku).ok_or_else(|| ApiError::product_not_found(&raw))?;
+    Ok(Json(product_json(&p, now_ms())))
+}
+
+async fn create_sale(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let bytes = body_bytes(body)?;
+    app.authorize(&headers)?;
+    let b = Body::parse(&bytes)?;
+    let (meta, products) = parse_sale(&b)?;
+    let sale = crate::sales::create_sale(&app.dispatcher, &app.read, meta, products).await?;
+    Ok(created(sale))
+}
+
+/// Validates a sale body (API.md "Admin"), in body order, with field paths like
+/// `products[2].flashSalePrice`.
+pub fn parse_sale(b: &Body) -> Result<(SaleMeta, Vec<ProductSpec>), ApiError> {
+    let name = b.string("name", 200)?;
+    let starts_at = b.time("startsAt")?;
+    let ends_at = b.time("endsAt")?;
+    if ends_at <= starts_at {
+        return Err(ApiError::bad_request("endsAt", "must be after startsAt"));
+    }
+    let ttl = b.int("reservationTtlSeconds", 1, 3600, Some(120))? as u32;
+    let items = match b.0.get("products") {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::bad_request("products", "must be an array")),
+        None => return Err(ApiError::bad_request("products", "is required")),
+    };
+    if items.is_empty() || items.len() > 100 {
+        return Err(ApiError::bad_request("products", "a sale has 1 to 100 products"));
+    }
+    let mut products: Vec<ProductSpec> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let field = |f: &str| format!("products[{i}].{f}");
+        let Value::Object(m) = item else {
+            return Err(ApiError::bad_request(&format!("products[{i}]"), "must be an object"));
+        };
+        let pb = Body(m.clone());
+        let rename = |e: ApiError, f: &str| -> ApiError {
+            let reason = e.payload.details.as_ref().and_then(|d| d.get("reason")).and_then(|r| r.as_str()).unwrap_or("is invalid").to_string();
+            ApiError::bad_request(&field(f), reason)
+        };
+        let sku = pb.sku_id("skuId").map_err(|e| rename(e, "skuId"))?;
+        if products.iter().any(|p| p.sku == sku) {
+            return Err(ApiError::bad_request(&field("skuId"), format!("duplicate skuId {sku} in this sale")));
+        }
+        let spec = ProductSpec {
+            name: pb.string("name", 200).map_err(|e| rename(e, "name"))?,
+            description: pb.text("description", 2000).map_err(|e| rename(e, "description"))?,
+            category: pb.text("category", 200).map_err(|e| rename(e, "category"))?,
+            base_price: pb.money("basePrice").map_err(|e| rename(e, "basePrice"))?,
+            flash_sale_price: pb.money("flashSalePrice").map_err(|e| rename(e, "flashSalePrice"))?,
+            total_inventory: match m.get("totalInventory") {
+                Some(Value::Number(n)) if n.as_i64().is_some_and(|x| x < 0) => {
+                    return Err(ApiError::bad_request(&field("totalInventory"), "must not be negative"))
+                }
+                _ => pb.int("totalInventory", 0, 1_000_000_000, None).map_err(|e| rename(e, "totalInventory"))?,
+            },
+            per_user_limit: pb.int("perUserLimit", 1, u64::from(MAX_QUANTITY), Some(1)).map_err(|e| rename(e, "perUserLimit"))? as u32,
+            image_url: pb.text("imageUrl", 2000).map_err(|e| rename(e, "imageUrl"))?,
+            sku,
+        };
+        if spec.flash_sale_price > spec.base_price {
+            return Err(ApiError::bad_request(&field("flashSalePrice"), "must not be above basePrice"));
+        }
+        products.push(spec);
+    }
+    let meta = SaleMeta {
+        sale_id: SaleId(ulid::Ulid::new().0),
+        name,
+        starts_at,
+        ends_at,
+        reservation_ttl_s: ttl,
+        all_skus: products.iter().map(|p| p.sku.clone()).collect(),
+    };
+    Ok((meta, products))
+}
+
+async fn get_sale(State(app): State<AppState>, headers: HeaderMap, id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers)?;
+    let raw = path_param(id, "saleId")?;
+    let id: SaleId = raw.parse().map_err(|_| ApiError::sale_not_found(&raw))?;
+    let (sale, products) = app.read.sale(&id).ok_or_else(|| ApiError::sale_not_found(&raw))?;
+    Ok(Json(sale_json(&sale, &products)))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "UP"}))
+}
+
+async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if app.dispatcher.is_ready() {
+        Ok(Json(json!({"status": "UP"})))
+    } else {
+        Err(ApiError::unavailable("Not every partition is owned and caught up yet"))
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let mut res = app.metrics.render().into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    res
+}

@@ -1,0 +1,130 @@
+//! Command dispatch: stamp a request id, put the command on its partition's log, and
+//! await the engine's reply (a oneshot in a map keyed by request id) with a deadline.
+//! The log behind [`CommandBus`] is the embedded one or Kafka; this code is the same.
+
+use crate::error::ApiError;
+use dashmap::DashMap;
+use flashsale_proto::*;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, Semaphore};
+
+pub type BusFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("partition {0}'s command queue is full")]
+    Full(u32),
+    #[error("the command log is not available: {0}")]
+    Unavailable(String),
+}
+
+/// Where commands go: a partitioned, durable log.
+pub trait CommandBus: Send + Sync + 'static {
+    fn partitions(&self) -> u32;
+    /// Appends `record` to `partition`. Resolves once the log has taken it (it may
+    /// not be applied yet). Never waits without bound.
+    fn send(&self, partition: u32, record: CommandRecord) -> BusFuture<'_>;
+    /// True when every partition this node serves is owned and caught up.
+    fn is_ready(&self) -> bool;
+}
+
+/// Replies awaited by this gateway, by request id.
+#[derive(Debug, Default)]
+pub struct Pending {
+    map: DashMap<RequestId, oneshot::Sender<ReplyRecord>>,
+}
+
+impl Pending {
+    /// Hands a reply to whoever waits for it; a reply nobody waits for (the wait timed
+    /// out, or it was re-sent during a replay) is dropped.
+    pub fn complete(&self, rec: ReplyRecord) {
+        if let Some((_, tx)) = self.map.remove(&rec.request_id) {
+            let _ = tx.send(rec);
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Removes the waiter when the wait ends for any reason (reply, deadline, client gone).
+struct Waiter<'a> {
+    pending: &'a Pending,
+    id: RequestId,
+}
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.pending.map.remove(&self.id);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchConfig {
+    pub gateway_id: u32,
+    /// How long to wait for the engine's reply before answering 503.
+    pub reply_deadline: Duration,
+    /// Cap on commands awaiting a reply; past it, 503 at once.
+    pub max_in_flight: usize,
+}
+
+pub struct Dispatcher {
+    bus: Arc<dyn CommandBus>,
+    pending: Arc<Pending>,
+    cfg: DispatchConfig,
+    in_flight: Semaphore,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Dispatcher {
+    pub fn new(bus: Arc<dyn CommandBus>, pending: Arc<Pending>, cfg: DispatchConfig) -> Self {
+        Dispatcher { bus, pending, in_flight: Semaphore::new(cfg.max_in_flight), cfg }
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.bus.partitions()
+    }
+    pub fn is_ready(&self) -> bool {
+        self.bus.is_ready()
+    }
+    pub fn partition_of(&self, sku: &SkuId) -> u32 {
+        partition_for_key(sku.as_str().as_bytes(), self.partitions())
+    }
+
+    /// Sends a command and waits for its reply.
+    pub async fn call(&self, partition: u32, command: Command, idempotency_key: Option<String>) -> Result<ReplyRecord, ApiError> {
+        let _permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| ApiError::unavailable("Too many requests in flight; retry shortly"))?;
+        if !self.bus.is_ready() {
+            return Err(ApiError::unavailable("The engine is recovering; retry shortly"));
+        }
+        let request_id = RequestId::from_ulid(ulid::Ulid::new());
+        let (tx, rx) = oneshot::channel();
+        self.pending.map.insert(request_id, tx);
+        let _waiter = Waiter { pending: &self.pending, id: request_id };
+        let record = CommandRecord { request_id, reply_to: self.cfg.gateway_id, idempotency_key, command };
+        match tokio::time::timeout(self.cfg.reply_deadline, self.bus.send(partition, record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ApiError::unavailable(format!("{e}; retry with the same Idempotency-Key"))),
+            Err(_) => return Err(ApiError::unavailable("The command log did not accept the request in time; retry with the same Idempotency-Key")),
+        }
+        match tokio::time::timeout(self.cfg.reply_deadline, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) | Err(_) => Err(ApiError::unavailable(
+                "The engine did not answer in time; the outcome is unknown: retry with the same Idempotency-Key",
+            )),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The API's error body, rendered in one place.
+//!
+//! Handlers return [`ApiError`]; it becomes a response carrying an [`ErrorPayload`]
+//! extension, and the [`render_errors`] middleware (which knows the request path and
+//! the time) writes the JSON body. Any 4xx/5xx produced elsewhere (axum rejections,
+//! the 405 of a method router, the body limit) gets the same body from its status.
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use flashsale_proto::Rejection;
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Clone)]
+pub struct ErrorPayload {
+    pub title: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+    pub retry_after_s: Option<u64>,
+}
+
+/// Every error the API answers with. One variant per row of API.md's table.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub payload: ErrorPayload,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, title: &'static str, message: impl Into<String>, details: Option<Value>) -> Self {
+        ApiError { status, payload: ErrorPayload { title, message: message.into(), details, retry_after_s: None } }
+    }
+    pub fn bad_request(field: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            format!("Invalid {field}: {reason}"),
+            Some(json!({"field": field, "reason": reason})),
+        )
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Missing or wrong admin bearer token", None)
+    }
+    pub fn too_many_requests(retry_after_s: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too Many Requests",
+            format!("Too many reservation attempts for this user; retry in {retry_after_s} s"),
+            None,
+        );
+        e.payload.retry_after_s = Some(retry_after_s);
+        e
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", message, None);
+        e.payload.retry_after_s = Some(1);
+        e
+    }
+    pub fn product_not_found(sku: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "Product Not Found",
+            format!("Product {sku} not found"),
+            Some(json!({"skuId": sku})),
+        )
+    }
+    pub fn reservation_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "Reservation Not Found",
+            format!("Reservation {id} not found"),
+            Some(json!({"reservationId": id})),
+        )
+    }
+    pub fn order_not_found(id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Order Not Found", format!("Order {id} not found"), Some(json!({"orderId": id})))
+    }
+    pub fn sale_not_found(id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Sale Not Found", format!("Sale {id} not found"), Some(json!({"saleId": id})))
+    }
+    pub fn conflict(sku: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("Product {sku} already belongs to another sale"),
+            Some(json!({"skuId": sku})),
+        )
+    }
+    pub fn from_status(status: StatusCode) -> Self {
+        let (title, message) = match status.as_u16() {
+            400 => ("Bad Request", "The request could not be understood"),
+            401 => ("Unauthorized", "Missing or wrong admin bearer token"),
+            404 => ("Not Found", "No such route"),
+            405 => ("Method Not Allowed", "This route does not accept that method"),
+            413 => ("Payload Too Large", "Request body is over 64 KiB"),
+            415 => ("Bad Request", "Unsupported content type"),
+            422 => ("Bad Request", "The request body could not be processed"),
+            429 => ("Too Many Requests", "Too many requests"),
+            503 => ("Service Unavailable", "Service unavailable; retry shortly"),
+            _ if status.is_client_error() => ("Bad Request", "The request could not be understood"),
+            _ => ("Service Unavailable", "Service unavailable; retry shortly"),
+        };
+        // Never answer 500 (API.md): anything unexpected is reported as 503, retryable.
+        let status = match status.as_u16() {
+            415 | 422 => StatusCode::BAD_REQUEST,
+            s if s >= 500 => StatusCode::SERVICE_UNAVAILABLE,
+            _ => status,
+        };
+        let mut e = Self::new(status, title, message, None);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            e.payload.retry_after_s = Some(1);
+        }
+        e
+    }
+
+    /// The engine's business outcomes, mapped to API.md's table.
+    pub fn from_rejection(r: &Rejection) -> Self {
+        use crate::json::rfc3339;
+        match r {
+            Rejection::ProductNotFound { sku } => Self::product_not_found(sku.as_str()),
+            Rejection::ReservationNotFound { reservation } => Self::reservation_not_found(&reservation.to_string()),
+            Rejection::SaleNotActive { sku, starts_at, ends_at } => Self::new(
+                StatusCode::CONFLICT,
+                "Sale Not Active",
+                format!("The sale of {sku} is not active: it runs from {} to {}", rfc3339(*starts_at), rfc3339(*ends_at)),
+                Some(json!({"skuId": sku.as_str(), "startsAt": rfc3339(*starts_at), "endsAt": rfc3339(*ends_at)})),
+            ),
+            Rejection::PurchaseLimitExceeded { sku, limit, held } => Self::new(
+                StatusCode::CONFLICT,
+                "Purchase Limit Exceeded",
+                format!("Purchase limit for {sku} is {limit} per user; this user already holds or bought {held}"),
+                Some(json!({"skuId": sku.as_str(), "limit": limit, "held": held})),
+            ),
+            Rejection::OutOfStock { sku, requested, available } => Self::new(
+                StatusCode::CONFLICT,
+                "Out of Stock",
+                format!("Product {sku} is out of stock. Requested: {requested}, Available: {available}"),
+                Some(json!({"skuId": sku.as_str(), "requestedQuantity": requested, "availableQuantity": available})),
+            ),
+            Rejection::ReservationExpired { reservation, expired_at } => Self::new(
+                StatusCode::CONFLICT,
+                "Reservation Expired",
+                format!("Reservation {reservation} expired at {}", rfc3339(*expired_at)),
+                Some(json!({"reservationId": reservation.to_string(), "expiredAt": rfc3339(*expired_at)})),
+            ),
+            Rejection::ReservationNotActive { reservation, status } => Self::new(
+                StatusCode::CONFLICT,
+                "Reservation Not Active",
+                format!("Reservation {reservation} is {}", status.as_str()),
+                Some(json!({"reservationId": reservation.to_string(), "status": status.as_str()})),
+            ),
+            Rejection::IdempotencyKeyReused => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency Key Reused",
+                "This Idempotency-Key was used with a different request body",
+                None,
+            ),
+            Rejection::Conflict { sku } => Self::conflict(sku.as_str()),
+            Rejection::SaleInUse { sale_id } => Self::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("Sale {sale_id} already has held or sold units"),
+                None,
+            ),
+            Rejection::Invalid { reason } => Self::bad_request("body", reason.clone()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = self.status.into_response();
+        res.extensions_mut().insert(self.payload);
+        res
+    }
+}
+
+/// Header every response carries.
+pub const REQUEST_ID: &str = "x-request-id";
+
+#[derive(Debug, Clone)]
+pub struct RequestIdValue(pub HeaderValue);
+
+/// Stamps `X-Request-Id` (echoing a sane client value, else a new ULID) and renders
+/// the error body of every 4xx/5xx response.
+pub async fn render_errors(mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let rid = req
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| (0x21..0x7f).contains(b)))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_str(&ulid::Ulid::new().to_string()).expect("ulid is ascii"));
+    req.extensions_mut().insert(RequestIdValue(rid.clone()));
+    let mut res = next.run(req).await;
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        let payload = res.extensions_mut().remove::<ErrorPayload>();
+        let err = match payload {
+            Some(p) => ApiError { status, payload: p },
+            None => ApiError::from_status(status),
+        };
+        res = error_response(&err, &path);
+    }
+    res.headers_mut().insert(REQUEST_ID, rid);
+    res
+}
+
+fn error_response(err: &ApiError, path: &str) -> Response {
+    let mut body = Map::new();
+    body.insert("timestamp".into(), json!(crate::json::rfc3339_now()));
+    body.insert("status".into(), json!(err.status.as_u16()));
+    body.insert("error".into(), json!(err.payload.title));
+    body.insert("message".into(), json!(err.payload.message));
+    body.insert("path".into(), json!(path));
+    if let Some(d) = &err.payload.details {
+        body.insert("details".into(), d.clone());
+    }
+    let mut res = (err.status, axum::Json(Value::Object(body))).into_response();
+    if let Some(s) = err.payload.retry_after_s {
+        res.headers_mut().insert("retry-after", HeaderValue::from(s));
+    }
+    res
+}

@@ -1,0 +1,206 @@
+//! The gateway's in-memory read model, built from the engine's events: what the hot
+//! read paths (availability, reservation status, orders in embedded mode) answer from.
+//! Never a database per request.
+//!
+//! Events of a partition are applied in offset order and duplicates (same partition,
+//! offset) dropped; a reservation keeps the offset of its newest change so that a
+//! reply applied early (read-your-writes) is never overwritten by an older event.
+
+use crate::metrics::Metrics;
+use dashmap::DashMap;
+use flashsale_engine::State;
+use flashsale_proto::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct ProductEntry {
+    pub spec: ProductSpec,
+    pub sale_id: SaleId,
+    pub starts_at: UnixMs,
+    pub ends_at: UnixMs,
+    pub held: u64,
+    pub sold: u64,
+}
+
+impl ProductEntry {
+    pub fn available(&self) -> u64 {
+        self.spec.total_inventory.saturating_sub(self.held + self.sold)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SaleEntry {
+    pub meta: SaleMeta,
+}
+
+#[derive(Debug)]
+pub struct ReadModel {
+    products: DashMap<SkuId, ProductEntry>,
+    sales: DashMap<SaleId, SaleEntry>,
+    reservations: DashMap<ReservationId, (ReservationView, u64)>,
+    orders: DashMap<OrderId, OrderView>,
+    user_orders: DashMap<UserId, Vec<OrderId>>,
+    /// Next event offset expected per partition.
+    next_offset: Vec<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl ReadModel {
+    pub fn new(partitions: u32, metrics: Arc<Metrics>) -> Self {
+        ReadModel {
+            products: DashMap::new(),
+            sales: DashMap::new(),
+            reservations: DashMap::new(),
+            orders: DashMap::new(),
+            user_orders: DashMap::new(),
+            next_offset: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            metrics,
+        }
+    }
+
+    pub fn product(&self, sku: &SkuId) -> Option<ProductEntry> {
+        let r = self.products.get(sku).map(|p| p.clone());
+        self.metrics.readmodel_lookup(r.is_some());
+        r
+    }
+    pub fn products(&self) -> Vec<ProductEntry> {
+        let mut v: Vec<ProductEntry> = self.products.iter().map(|e| e.value().clone()).collect();
+        v.sort_by(|a, b| a.spec.sku.cmp(&b.spec.sku));
+        v
+    }
+    pub fn has_products(&self) -> bool {
+        !self.products.is_empty()
+    }
+    pub fn sale(&self, id: &SaleId) -> Option<(SaleEntry, Vec<ProductEntry>)> {
+        let s = self.sales.get(id)?.clone();
+        let products = s.meta.all_skus.iter().filter_map(|k| self.products.get(k).map(|p| p.clone())).collect();
+        Some((s, products))
+    }
+    /// The sale a SKU belongs to, if any.
+    pub fn sale_of(&self, sku: &SkuId) -> Option<SaleId> {
+        self.products.get(sku).map(|p| p.sale_id)
+    }
+    pub fn reservation(&self, id: &ReservationId) -> Option<ReservationView> {
+        let r = self.reservations.get(id).map(|r| r.0.clone());
+        self.metrics.readmodel_lookup(r.is_some());
+        r
+    }
+    pub fn order(&self, id: &OrderId) -> Option<OrderView> {
+        self.orders.get(id).map(|o| o.clone())
+    }
+    /// Newest first.
+    pub fn orders_of(&self, user: &UserId) -> Vec<OrderView> {
+        let ids = self.user_orders.get(user).map(|v| v.clone()).unwrap_or_default();
+        let mut v: Vec<OrderView> = ids.iter().filter_map(|id| self.order(id)).collect();
+        v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.order_id.cmp(&a.order_id)));
+        v
+    }
+
+    /// A reservation as of `version` (the offset of the record that produced it).
+    pub fn upsert_reservation(&self, view: &ReservationView, version: u64) {
+        self.reservations
+            .entry(view.id)
+            .and_modify(|e| {
+                if version >= e.1 {
+                    *e = (view.clone(), version);
+                }
+            })
+            .or_insert_with(|| (view.clone(), version));
+    }
+
+    pub fn insert_order(&self, o: &OrderView) {
+        if self.orders.insert(o.order_id, o.clone()).is_none() {
+            self.user_orders.entry(o.user.clone()).or_default().push(o.order_id);
+        }
+    }
+
+    fn insert_sale(&self, cfg: &SaleConfig) {
+        self.sales.insert(cfg.sale.sale_id, SaleEntry { meta: cfg.sale.clone() });
+        for spec in &cfg.products {
+            self.products.insert(
+                spec.sku.clone(),
+                ProductEntry {
+                    spec: spec.clone(),
+                    sale_id: cfg.sale.sale_id,
+                    starts_at: cfg.sale.starts_at,
+                    ends_at: cfg.sale.ends_at,
+                    held: 0,
+                    sold: 0,
+                },
+            );
+            self.metrics.set_available(spec.sku.as_str(), spec.total_inventory);
+        }
+    }
+
+    /// Applies one partition's event record; drops it if already applied.
+    pub fn apply(&self, rec: &EventRecord) {
+        let Some(next) = self.next_offset.get(rec.partition as usize) else {
+            tracing::warn!(partition = rec.partition, "event for a partition this gateway does not know");
+            return;
+        };
+        if rec.offset < next.load(Ordering::Acquire) {
+            return;
+        }
+        next.store(rec.offset + 1, Ordering::Release);
+        for ev in &rec.events {
+            match ev {
+                Event::SaleConfigured(cfg) => self.insert_sale(cfg),
+                Event::SaleDropped { sale_id, skus } => {
+                    for s in skus {
+                        self.products.remove_if(s, |_, p| p.sale_id == *sale_id);
+                    }
+                    self.sales.remove(sale_id);
+                }
+                Event::Inventory { sku, held, sold, .. } => {
+                    if let Some(mut p) = self.products.get_mut(sku) {
+                        let before = p.available();
+                        p.held = *held;
+                        p.sold = *sold;
+                        let after = p.available();
+                        if before > 0 && after == 0 {
+                            self.metrics.stockout();
+                        }
+                        self.metrics.set_available(sku.as_str(), after);
+                    }
+                }
+                Event::Reservation(v) => self.upsert_reservation(v, rec.offset),
+                Event::OrderCreated(o) => self.insert_order(o),
+            }
+        }
+    }
+
+    /// Loads a partition's whole state (after recovery), replacing what was known.
+    pub fn reset(&self, state: &State) {
+        let partition = u32::from(state.partition());
+        let version = state.next_offset().saturating_sub(1);
+        for sale in state.sales() {
+            self.sales.insert(sale.sale_id, SaleEntry { meta: sale.clone() });
+        }
+        for (sku, p) in state.products() {
+            let meta = state.sales().find(|s| s.sale_id == p.sale_id()).cloned();
+            let Some(meta) = meta else { continue };
+            self.products.insert(
+                sku.clone(),
+                ProductEntry {
+                    spec: p.spec().clone(),
+                    sale_id: p.sale_id(),
+                    starts_at: meta.starts_at,
+                    ends_at: meta.ends_at,
+                    held: p.held(),
+                    sold: p.sold(),
+                },
+            );
+            self.metrics.set_available(sku.as_str(), p.available());
+        }
+        for r in state.reservations() {
+            self.upsert_reservation(&r.view(), version);
+            if let Some(o) = r.order_view() {
+                self.insert_order(&o);
+            }
+        }
+        if let Some(n) = self.next_offset.get(partition as usize) {
+            n.store(state.next_offset(), Ordering::Release);
+        }
+    }
+}
