@@ -270,3 +270,28 @@ impl Drop for ChildServer {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
+
+/// Runs each named `async fn(&TestServer)` once in embedded mode and once in Kafka
+/// mode (skipped with a message when the services are not configured).
+#[macro_export]
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use $crate::{Mode, TestServer};
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                let s = TestServer::start(Mode::Embedded).await.expect("embedded starts");
+                super::$name(&s).await;
+                s.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kafka() {
+                if let Some(s) = TestServer::start(Mode::Kafka).await {
+                    super::$name(&s).await;
+                    s.stop().await;
+                }
+            }
+        }
+    )*};
+}
+
