@@ -39,6 +39,12 @@ pub enum Command {
     /// Run the HTTP API with the engine (embedded mode: log and snapshots in --data-dir).
     #[command(after_help = "Examples:\n  flashsale serve --demo\n  FLASHSALE_ADMIN_TOKEN=s3cret flashsale serve --listen 0.0.0.0:8080 --data-dir /var/lib/flashsale")]
     Serve(ServeArgs),
+    /// Create or update the Postgres schema (Kafka mode); running it again is a no-op.
+    #[command(after_help = "Examples:\n  flashsale migrate --postgres postgres://postgres@127.0.0.1:15432/flashsale\n  FLASHSALE_POSTGRES=postgres://… flashsale migrate --json")]
+    Migrate(MigrateArgs),
+    /// Follow the events topic and write reservations and orders to Postgres, exactly once.
+    #[command(after_help = "Examples:\n  flashsale projector --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale")]
+    Projector(ProjectorArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -85,4 +91,39 @@ pub struct ServeArgs {
     /// Snapshots kept per partition.
     #[arg(long, env = "FLASHSALE_KEEP_SNAPSHOTS", default_value_t = 3)]
     pub keep_snapshots: usize,
+}
+
+/// Where Postgres is, for every command of Kafka mode that needs it.
+#[derive(Debug, Clone, Args)]
+pub struct PostgresArgs {
+    /// Postgres URL, e.g. postgres://postgres@127.0.0.1:15432/flashsale.
+    #[arg(long, env = "FLASHSALE_POSTGRES", hide_env_values = true)]
+    pub postgres: String,
+    /// Most connections this process opens to Postgres.
+    #[arg(long, env = "FLASHSALE_PG_POOL_SIZE", default_value_t = 8)]
+    pub pg_pool_size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub pg: PostgresArgs,
+    /// Print the result as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProjectorArgs {
+    /// Kafka bootstrap servers, host:port[,host:port].
+    #[arg(long, env = "FLASHSALE_KAFKA")]
+    pub kafka: String,
+    #[command(flatten)]
+    pub pg: PostgresArgs,
+    /// Prefix of the topic names; events are read from <prefix>events.
+    #[arg(long, env = "FLASHSALE_TOPIC_PREFIX", default_value = "flashsale.")]
+    pub topic_prefix: String,
+    /// Most event records applied in one Postgres transaction.
+    #[arg(long, env = "FLASHSALE_PROJECTOR_BATCH", default_value_t = 5000)]
+    pub projector_batch: usize,
 }

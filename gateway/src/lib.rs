@@ -17,6 +17,7 @@ pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod orders;
+pub mod pg;
 pub mod readmodel;
 pub mod sales;
 

@@ -22,6 +22,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => flashsale_gateway::serve(args, shutdown_signal()).await,
+            Command::Migrate(args) => flashsale_gateway::pg::migrate_command(args).await,
+            Command::Projector(args) => flashsale_gateway::pg::projector_command(args, shutdown_signal()).await,
         }
     });
     match result {

@@ -1,0 +1,3 @@
+INSERT INTO projector_positions (topic, partition, next_offset) VALUES ($1, $2, $3)
+ON CONFLICT (topic, partition) DO UPDATE
+SET next_offset = GREATEST(projector_positions.next_offset, EXCLUDED.next_offset), updated_at = now()

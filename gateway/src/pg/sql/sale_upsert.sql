@@ -1,0 +1,9 @@
+INSERT INTO sales (sale_id, name, starts_at, ends_at, reservation_ttl_s, all_skus)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (sale_id) DO UPDATE
+SET name = EXCLUDED.name,
+    starts_at = EXCLUDED.starts_at,
+    ends_at = EXCLUDED.ends_at,
+    reservation_ttl_s = EXCLUDED.reservation_ttl_s,
+    all_skus = EXCLUDED.all_skus,
+    updated_at = now()

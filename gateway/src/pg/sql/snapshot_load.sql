@@ -1,0 +1,3 @@
+SELECT format_version, checksum, state
+FROM engine_snapshots
+WHERE partition = $1 AND log_offset = $2
