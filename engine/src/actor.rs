@@ -16,7 +16,10 @@ pub struct SnapshotPolicy {
 
 impl Default for SnapshotPolicy {
     fn default() -> Self {
-        SnapshotPolicy { every_commands: 50_000, every_ms: 30_000 }
+        SnapshotPolicy {
+            every_commands: 50_000,
+            every_ms: 30_000,
+        }
     }
 }
 
@@ -44,7 +47,13 @@ pub struct PartitionActor {
 impl PartitionActor {
     pub fn new(state: State, policy: SnapshotPolicy) -> Self {
         let last_snapshot_time = state.clock();
-        PartitionActor { state, policy, applied_since_snapshot: 0, last_snapshot_time, events_buf: Vec::new() }
+        PartitionActor {
+            state,
+            policy,
+            applied_since_snapshot: 0,
+            last_snapshot_time,
+            events_buf: Vec::new(),
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -66,16 +75,28 @@ impl PartitionActor {
             Err(e) => {
                 tracing::warn!(partition = self.partition(), offset = rec.offset, error = %e, "undecodable command record; applied as a tick");
                 out.undecodable += 1;
-                CommandRecord { request_id: RequestId(0), reply_to: NO_REPLY, idempotency_key: None, command: Command::Tick }
+                CommandRecord {
+                    request_id: RequestId(0),
+                    reply_to: NO_REPLY,
+                    idempotency_key: None,
+                    command: Command::Tick,
+                }
             }
         };
         self.events_buf.clear();
-        let reply = self.state.apply(rec.offset, rec.log_time, &record, &mut self.events_buf);
+        let reply = self
+            .state
+            .apply(rec.offset, rec.log_time, &record, &mut self.events_buf);
         self.applied_since_snapshot += 1;
         if record.reply_to != NO_REPLY && !matches!(record.command, Command::Tick) {
             out.replies.push((
                 record.reply_to,
-                ReplyRecord { request_id: record.request_id, partition: self.partition(), offset: rec.offset, reply },
+                ReplyRecord {
+                    request_id: record.request_id,
+                    partition: self.partition(),
+                    offset: rec.offset,
+                    reply,
+                },
             ));
         }
         if !self.events_buf.is_empty() {
@@ -102,7 +123,8 @@ impl PartitionActor {
             return None;
         }
         let by_count = self.applied_since_snapshot >= self.policy.every_commands;
-        let by_time = self.state.clock().saturating_sub(self.last_snapshot_time) >= self.policy.every_ms;
+        let by_time =
+            self.state.clock().saturating_sub(self.last_snapshot_time) >= self.policy.every_ms;
         if !(by_count || by_time) {
             return None;
         }

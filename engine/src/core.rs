@@ -156,8 +156,13 @@ pub struct State {
     pub(crate) sales: BTreeMap<SaleId, SaleMeta>,
     pub(crate) products: FxHashMap<SkuId, Product>,
     pub(crate) reservations: FxHashMap<ReservationId, Reservation>,
-    /// Live (`RESERVED`) reservations by expiry time; the deterministic expiry order.
-    pub(crate) expiries: BTreeSet<(UnixMs, ReservationId)>,
+    /// Expiry queues, one per TTL. Log time never goes back, so within one TTL the
+    /// expiry times arrive in order: a FIFO is already sorted (O(1) insert, unlike a
+    /// tree). Holds that end early (checkout, cancel) stay queued and are skipped when
+    /// they reach the front. Expiry order is (expires_at, id) across queues.
+    pub(crate) expiries: BTreeMap<u64, VecDeque<(UnixMs, ReservationId)>>,
+    /// Number of `RESERVED` reservations.
+    pub(crate) live: u64,
     pub(crate) idempotency: FxHashMap<String, IdempotencyEntry>,
     pub(crate) idempotency_fifo: VecDeque<(UnixMs, String)>,
 }
@@ -171,7 +176,8 @@ impl State {
             sales: BTreeMap::new(),
             products: FxHashMap::default(),
             reservations: FxHashMap::default(),
-            expiries: BTreeSet::new(),
+            expiries: BTreeMap::new(),
+            live: 0,
             idempotency: FxHashMap::default(),
             idempotency_fifo: VecDeque::new(),
         }
@@ -201,16 +207,29 @@ impl State {
     pub fn reservations(&self) -> impl Iterator<Item = &Reservation> {
         self.reservations.values()
     }
-    pub fn live_reservations(&self) -> usize {
-        self.expiries.len()
+    pub fn live_reservations(&self) -> u64 {
+        self.live
     }
     /// True while ticks are needed to expire holds on time.
     pub fn needs_ticks(&self) -> bool {
-        !self.expiries.is_empty()
+        self.live > 0
     }
-    /// When the next hold falls due, if any.
+    /// When the next queued hold falls due, if any (it may have ended early; a tick
+    /// then changes nothing).
     pub fn next_expiry(&self) -> Option<UnixMs> {
-        self.expiries.first().map(|(t, _)| *t)
+        self.expiries
+            .values()
+            .filter_map(|q| q.front().map(|(t, _)| *t))
+            .min()
+    }
+
+    /// The queue whose front is due first at `now`, by (expires_at, id).
+    fn due_queue(&self, now: UnixMs) -> Option<u64> {
+        self.expiries
+            .iter()
+            .filter_map(|(ttl, q)| q.front().filter(|(t, _)| *t <= now).map(|f| (*f, *ttl)))
+            .min()
+            .map(|(_, ttl)| ttl)
     }
 
     /// Applies one command record at log `offset` and log time `log_time`; appends what
@@ -235,9 +254,11 @@ impl State {
         self.expire_due(now, events);
         self.forget_old_keys(now);
         let reply = match &record.command {
-            Command::Reserve { user, sku, quantity } => {
-                self.reserve(now, record, user, sku, *quantity, events)
-            }
+            Command::Reserve {
+                user,
+                sku,
+                quantity,
+            } => self.reserve(now, record, user, sku, *quantity, events),
             Command::Checkout(req) => self.checkout(now, record.request_id, req, events),
             Command::Cancel { reservation } => self.cancel(now, *reservation, events),
             Command::ConfigureSale(cfg) => self.configure(cfg, events),
@@ -250,17 +271,27 @@ impl State {
     }
 
     fn expire_due(&mut self, now: UnixMs, events: &mut Vec<Event>) {
-        while let Some(&(at, id)) = self.expiries.first() {
-            if at > now {
-                break;
+        while let Some(ttl) = self.due_queue(now) {
+            let q = self.expiries.get_mut(&ttl).expect("due queue exists");
+            let (_, id) = q.pop_front().expect("due queue has a front");
+            if q.is_empty() {
+                self.expiries.remove(&ttl);
             }
-            self.expiries.pop_first();
-            let r = self.reservations.get_mut(&id).expect("expiry index names a reservation");
-            assert_eq!(r.status, ReservationStatus::Reserved, "only live holds are indexed");
+            let r = self
+                .reservations
+                .get_mut(&id)
+                .expect("expiry queue names a reservation");
+            if r.status != ReservationStatus::Reserved {
+                continue; // ended early by checkout or cancel
+            }
+            self.live -= 1;
             r.status = ReservationStatus::Expired;
             let view = r.view();
             let (sku, user, q) = (r.sku.clone(), r.user.clone(), r.quantity);
-            let p = self.products.get_mut(&sku).expect("a hold's product exists");
+            let p = self
+                .products
+                .get_mut(&sku)
+                .expect("a hold's product exists");
             p.held -= u64::from(q);
             release_user(p, &user, q);
             events.push(Event::Reservation(view));
@@ -299,13 +330,22 @@ impl State {
                     return Reply::Rejected(Rejection::IdempotencyKeyReused);
                 }
                 let r = &self.reservations[&e.reservation];
-                return Reply::Reserved { reservation: r.view(), repeat: true };
+                return Reply::Reserved {
+                    reservation: r.view(),
+                    repeat: true,
+                };
             }
         }
-        let id = ReservationId { partition: self.partition, ulid: record.request_id.0 };
+        let id = ReservationId {
+            partition: self.partition,
+            ulid: record.request_id.0,
+        };
         if let Some(r) = self.reservations.get(&id) {
             // The same request delivered twice (a producer retry): answer it again.
-            return Reply::Reserved { reservation: r.view(), repeat: true };
+            return Reply::Reserved {
+                reservation: r.view(),
+                repeat: true,
+            };
         }
         let Some(p) = self.products.get_mut(sku) else {
             return Reply::Rejected(Rejection::ProductNotFound { sku: sku.clone() });
@@ -337,6 +377,7 @@ impl State {
         p.held += u64::from(quantity);
         *p.per_user.entry(user.clone()).or_insert(0) += quantity;
         let expires_at = now.saturating_add(p.ttl_ms);
+        let ttl_ms = p.ttl_ms;
         let r = Reservation {
             id,
             user: user.clone(),
@@ -351,7 +392,13 @@ impl State {
         events.push(Event::Reservation(view.clone()));
         events.push(inventory_event(sku, p));
         self.reservations.insert(id, r);
-        self.expiries.insert((expires_at, id));
+        let q = self.expiries.entry(ttl_ms).or_default();
+        debug_assert!(
+            q.back().is_none_or(|(t, _)| *t <= expires_at),
+            "log time went back"
+        );
+        q.push_back((expires_at, id));
+        self.live += 1;
         if let Some(key) = &record.idempotency_key {
             self.idempotency.insert(
                 key.clone(),
@@ -364,7 +411,10 @@ impl State {
             );
             self.idempotency_fifo.push_back((now, key.clone()));
         }
-        Reply::Reserved { reservation: view, repeat: false }
+        Reply::Reserved {
+            reservation: view,
+            repeat: false,
+        }
     }
 
     fn checkout(
@@ -382,17 +432,25 @@ impl State {
             return invalid("checkout: bad paymentTransactionId or shippingAddress");
         }
         let Some(r) = self.reservations.get_mut(&req.reservation) else {
-            return Reply::Rejected(Rejection::ReservationNotFound { reservation: req.reservation });
+            return Reply::Rejected(Rejection::ReservationNotFound {
+                reservation: req.reservation,
+            });
         };
         match r.status {
             ReservationStatus::Reserved => {
                 // `expire_due` ran first, so a live hold here has not reached expires_at.
                 debug_assert!(now < r.expires_at);
-                let p = self.products.get_mut(&r.sku).expect("a hold's product exists");
+                let p = self
+                    .products
+                    .get_mut(&r.sku)
+                    .expect("a hold's product exists");
                 let q = u64::from(r.quantity);
                 r.status = ReservationStatus::Confirmed;
                 r.order = Some(Box::new(OrderRecord {
-                    order_id: OrderId { partition: self.partition, ulid: request_id.0 },
+                    order_id: OrderId {
+                        partition: self.partition,
+                        ulid: request_id.0,
+                    },
                     payment_transaction_id: req.payment_transaction_id.clone(),
                     payment_method: req.payment_method,
                     shipping_address: req.shipping_address.clone(),
@@ -401,17 +459,23 @@ impl State {
                 }));
                 p.held -= q;
                 p.sold += q;
-                self.expiries.remove(&(r.expires_at, r.id));
+                self.live -= 1;
                 let order = r.order_view().expect("just set");
                 events.push(Event::Reservation(r.view()));
                 events.push(inventory_event(&r.sku, p));
                 events.push(Event::OrderCreated(order.clone()));
-                Reply::CheckedOut { order, repeat: false }
+                Reply::CheckedOut {
+                    order,
+                    repeat: false,
+                }
             }
             ReservationStatus::Confirmed => {
                 let order = r.order_view().expect("a confirmed hold has an order");
                 if order.payment_transaction_id == req.payment_transaction_id {
-                    Reply::CheckedOut { order, repeat: true }
+                    Reply::CheckedOut {
+                        order,
+                        repeat: true,
+                    }
                 } else {
                     Reply::Rejected(Rejection::ReservationNotActive {
                         reservation: r.id,
@@ -436,16 +500,23 @@ impl State {
         };
         match r.status {
             ReservationStatus::Reserved => {
-                let p = self.products.get_mut(&r.sku).expect("a hold's product exists");
+                let p = self
+                    .products
+                    .get_mut(&r.sku)
+                    .expect("a hold's product exists");
                 r.status = ReservationStatus::Cancelled;
                 p.held -= u64::from(r.quantity);
                 release_user(p, &r.user, r.quantity);
-                self.expiries.remove(&(r.expires_at, r.id));
+                self.live -= 1;
                 events.push(Event::Reservation(r.view()));
                 events.push(inventory_event(&r.sku, p));
-                Reply::Cancelled { reservation: r.view() }
+                Reply::Cancelled {
+                    reservation: r.view(),
+                }
             }
-            ReservationStatus::Cancelled => Reply::Cancelled { reservation: r.view() },
+            ReservationStatus::Cancelled => Reply::Cancelled {
+                reservation: r.view(),
+            },
             ReservationStatus::Confirmed | ReservationStatus::Expired => {
                 Reply::Rejected(Rejection::ReservationNotActive {
                     reservation: r.id,
@@ -463,7 +534,9 @@ impl State {
         for spec in &cfg.products {
             if let Some(p) = self.products.get(&spec.sku) {
                 if p.sale_id != sale_id {
-                    return Reply::Rejected(Rejection::Conflict { sku: spec.sku.clone() });
+                    return Reply::Rejected(Rejection::Conflict {
+                        sku: spec.sku.clone(),
+                    });
                 }
             }
         }
@@ -535,26 +608,39 @@ impl State {
         if let Some(p) = sku.as_ref().and_then(|s| self.products.get(s)) {
             invariants::check_product(p).unwrap_or_else(|v| panic!("invariant broken: {v}"));
             if let Some(u) = &user {
-                invariants::check_user_limit(p, u).unwrap_or_else(|v| panic!("invariant broken: {v}"));
+                invariants::check_user_limit(p, u)
+                    .unwrap_or_else(|v| panic!("invariant broken: {v}"));
             }
         }
     }
 }
 
 fn release_user(p: &mut Product, user: &UserId, q: u32) {
-    let n = p.per_user.get_mut(user).expect("a hold counts for its user");
-    *n = n.checked_sub(q).expect("a user never releases more than they hold");
+    let n = p
+        .per_user
+        .get_mut(user)
+        .expect("a hold counts for its user");
+    *n = n
+        .checked_sub(q)
+        .expect("a user never releases more than they hold");
     if *n == 0 {
         p.per_user.remove(user);
     }
 }
 
 fn inventory_event(sku: &SkuId, p: &Product) -> Event {
-    Event::Inventory { sku: sku.clone(), total: p.total(), held: p.held, sold: p.sold }
+    Event::Inventory {
+        sku: sku.clone(),
+        total: p.total(),
+        held: p.held,
+        sold: p.sold,
+    }
 }
 
 fn invalid(reason: &str) -> Reply {
-    Reply::Rejected(Rejection::Invalid { reason: reason.to_string() })
+    Reply::Rejected(Rejection::Invalid {
+        reason: reason.to_string(),
+    })
 }
 
 /// The wire rules of a `ConfigureSale` (the gateway checks the same, with user-facing

@@ -16,17 +16,57 @@ use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {
-    Oversold { sku: SkuId, total: u64, held: u64, sold: u64 },
-    HeldMismatch { sku: SkuId, recorded: u64, counted: u64 },
-    SoldMismatch { sku: SkuId, recorded: u64, counted: u64 },
-    UserOverLimit { sku: SkuId, user: UserId, used: u32, limit: u32 },
-    UserCountMismatch { sku: SkuId, user: UserId, recorded: u32, counted: u32 },
-    ConfirmedWithoutOrder { reservation: ReservationId },
-    OrderWithoutConfirmation { reservation: ReservationId },
-    DuplicateOrderId { order: OrderId },
-    ExpiryIndexMismatch { reservation: ReservationId },
-    OrphanReservation { reservation: ReservationId, sku: SkuId },
-    WrongPartition { reservation: ReservationId },
+    Oversold {
+        sku: SkuId,
+        total: u64,
+        held: u64,
+        sold: u64,
+    },
+    HeldMismatch {
+        sku: SkuId,
+        recorded: u64,
+        counted: u64,
+    },
+    SoldMismatch {
+        sku: SkuId,
+        recorded: u64,
+        counted: u64,
+    },
+    UserOverLimit {
+        sku: SkuId,
+        user: UserId,
+        used: u32,
+        limit: u32,
+    },
+    UserCountMismatch {
+        sku: SkuId,
+        user: UserId,
+        recorded: u32,
+        counted: u32,
+    },
+    ConfirmedWithoutOrder {
+        reservation: ReservationId,
+    },
+    OrderWithoutConfirmation {
+        reservation: ReservationId,
+    },
+    DuplicateOrderId {
+        order: OrderId,
+    },
+    ExpiryIndexMismatch {
+        reservation: ReservationId,
+    },
+    OrphanReservation {
+        reservation: ReservationId,
+        sku: SkuId,
+    },
+    WrongPartition {
+        reservation: ReservationId,
+    },
+    LiveCountMismatch {
+        recorded: u64,
+        counted: u64,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -63,6 +103,9 @@ impl fmt::Display for Violation {
             Violation::OrphanReservation { reservation, sku } => {
                 write!(f, "reservation {reservation} names unknown product {sku}")
             }
+            Violation::LiveCountMismatch { recorded, counted } => {
+                write!(f, "live hold count {recorded} recorded, {counted} counted")
+            }
             Violation::WrongPartition { reservation } => {
                 write!(f, "reservation {reservation} belongs to another partition")
             }
@@ -72,7 +115,10 @@ impl fmt::Display for Violation {
 
 /// Invariant 1 for one product.
 pub fn check_product(p: &Product) -> Result<(), Violation> {
-    if p.sold().checked_add(p.held()).is_none_or(|used| used > p.total()) {
+    if p.sold()
+        .checked_add(p.held())
+        .is_none_or(|used| used > p.total())
+    {
         return Err(Violation::Oversold {
             sku: p.spec().sku.clone(),
             total: p.total(),
@@ -88,7 +134,12 @@ pub fn check_user_limit(p: &Product, user: &UserId) -> Result<(), Violation> {
     let used = p.used_by(user);
     let limit = p.spec().per_user_limit;
     if used > limit {
-        return Err(Violation::UserOverLimit { sku: p.spec().sku.clone(), user: user.clone(), used, limit });
+        return Err(Violation::UserOverLimit {
+            sku: p.spec().sku.clone(),
+            user: user.clone(),
+            used,
+            limit,
+        });
     }
     Ok(())
 }
@@ -101,13 +152,20 @@ pub fn check_state(s: &State) -> Vec<Violation> {
     let mut sold: FxHashMap<&SkuId, u64> = FxHashMap::default();
     let mut per_user: FxHashMap<(&SkuId, &UserId), u32> = FxHashMap::default();
     let mut order_ids = rustc_hash::FxHashSet::default();
-    let mut live = 0usize;
+    let mut live = 0u64;
+    let queued: rustc_hash::FxHashSet<(UnixMs, ReservationId)> =
+        s.expiries.values().flatten().copied().collect();
     for r in s.reservations() {
         if r.id().partition != s.partition() {
-            out.push(Violation::WrongPartition { reservation: r.id() });
+            out.push(Violation::WrongPartition {
+                reservation: r.id(),
+            });
         }
         if s.product(r.sku()).is_none() {
-            out.push(Violation::OrphanReservation { reservation: r.id(), sku: r.sku().clone() });
+            out.push(Violation::OrphanReservation {
+                reservation: r.id(),
+                sku: r.sku().clone(),
+            });
             continue;
         }
         let q = u64::from(r.quantity());
@@ -116,8 +174,10 @@ pub fn check_state(s: &State) -> Vec<Violation> {
                 live += 1;
                 *held.entry(r.sku()).or_default() += q;
                 *per_user.entry((r.sku(), r.user())).or_default() += r.quantity();
-                if !s.expiries.contains(&(r.expires_at, r.id())) {
-                    out.push(Violation::ExpiryIndexMismatch { reservation: r.id() });
+                if !queued.contains(&(r.expires_at, r.id())) {
+                    out.push(Violation::ExpiryIndexMismatch {
+                        reservation: r.id(),
+                    });
                 }
             }
             ReservationStatus::Confirmed => {
@@ -127,24 +187,30 @@ pub fn check_state(s: &State) -> Vec<Violation> {
             ReservationStatus::Expired | ReservationStatus::Cancelled => {}
         }
         match (r.status(), r.order()) {
-            (ReservationStatus::Confirmed, None) => {
-                out.push(Violation::ConfirmedWithoutOrder { reservation: r.id() })
-            }
+            (ReservationStatus::Confirmed, None) => out.push(Violation::ConfirmedWithoutOrder {
+                reservation: r.id(),
+            }),
             (ReservationStatus::Confirmed, Some(o)) => {
                 if !order_ids.insert(o.order_id) {
                     out.push(Violation::DuplicateOrderId { order: o.order_id });
                 }
             }
-            (_, Some(_)) => out.push(Violation::OrderWithoutConfirmation { reservation: r.id() }),
+            (_, Some(_)) => out.push(Violation::OrderWithoutConfirmation {
+                reservation: r.id(),
+            }),
             (_, None) => {}
         }
     }
-    if live != s.expiries.len() {
-        for (_, id) in &s.expiries {
-            if s.reservation(id).is_none_or(|r| r.status() != ReservationStatus::Reserved) {
-                out.push(Violation::ExpiryIndexMismatch { reservation: *id });
-            }
+    for (_, id) in &queued {
+        if s.reservation(id).is_none() {
+            out.push(Violation::ExpiryIndexMismatch { reservation: *id });
         }
+    }
+    if live != s.live {
+        out.push(Violation::LiveCountMismatch {
+            recorded: s.live,
+            counted: live,
+        });
     }
     let mut skus: Vec<_> = s.products().collect();
     skus.sort_by(|a, b| a.0.cmp(b.0));
@@ -154,11 +220,19 @@ pub fn check_state(s: &State) -> Vec<Violation> {
         }
         let h = held.get(sku).copied().unwrap_or(0);
         if h != p.held() {
-            out.push(Violation::HeldMismatch { sku: sku.clone(), recorded: p.held(), counted: h });
+            out.push(Violation::HeldMismatch {
+                sku: sku.clone(),
+                recorded: p.held(),
+                counted: h,
+            });
         }
         let so = sold.get(sku).copied().unwrap_or(0);
         if so != p.sold() {
-            out.push(Violation::SoldMismatch { sku: sku.clone(), recorded: p.sold(), counted: so });
+            out.push(Violation::SoldMismatch {
+                sku: sku.clone(),
+                recorded: p.sold(),
+                counted: so,
+            });
         }
         let mut users: Vec<_> = p.per_user().collect();
         users.sort();
@@ -180,7 +254,12 @@ pub fn check_state(s: &State) -> Vec<Violation> {
     let mut rest: Vec<_> = per_user.into_iter().filter(|(_, n)| *n > 0).collect();
     rest.sort();
     for ((sku, user), counted) in rest {
-        out.push(Violation::UserCountMismatch { sku: sku.clone(), user: user.clone(), recorded: 0, counted });
+        out.push(Violation::UserCountMismatch {
+            sku: sku.clone(),
+            user: user.clone(),
+            recorded: 0,
+            counted,
+        });
     }
     out
 }

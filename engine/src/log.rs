@@ -27,7 +27,11 @@ pub enum LogError {
     #[error("log i/o error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("offset {offset} is past the end of partition {partition}'s log (next offset {end})")]
-    PastEnd { partition: u32, offset: u64, end: u64 },
+    PastEnd {
+        partition: u32,
+        offset: u64,
+        end: u64,
+    },
     #[error("record of {0} bytes is over the {MAX_RECORD_BYTES} byte limit")]
     TooLarge(usize),
 }
@@ -55,9 +59,17 @@ impl PartitionLog {
     /// torn tail.
     pub fn open(dir: &Path, partition: u32) -> Result<Self, LogError> {
         let path = log_path(dir, partition);
-        let io_err = |source| LogError::Io { path: path.clone(), source };
+        let io_err = |source| LogError::Io {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(io_err)?;
-        let file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io_err)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         let mut positions = Vec::new();
         let mut last_time = 0;
@@ -76,7 +88,15 @@ impl PartitionLog {
             file.set_len(pos).map_err(io_err)?;
             file.sync_all().map_err(io_err)?;
         }
-        Ok(PartitionLog { partition, path, file, positions, end_pos: pos, last_time, truncated_bytes })
+        Ok(PartitionLog {
+            partition,
+            path,
+            file,
+            positions,
+            end_pos: pos,
+            last_time,
+            truncated_bytes,
+        })
     }
 
     pub fn partition(&self) -> u32 {
@@ -99,8 +119,15 @@ impl PartitionLog {
 
     /// Appends a batch stamped with log time `max(last, now_ms)` and syncs it to disk
     /// (group commit: one sync per batch). Returns the records as written.
-    pub fn append(&mut self, payloads: Vec<Vec<u8>>, now_ms: UnixMs) -> Result<Vec<LogRecord>, LogError> {
-        let io_err = |source| LogError::Io { path: self.path.clone(), source };
+    pub fn append(
+        &mut self,
+        payloads: Vec<Vec<u8>>,
+        now_ms: UnixMs,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        let io_err = |source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let time = self.last_time.max(now_ms);
         let mut buf = Vec::with_capacity(payloads.iter().map(|p| p.len() + HEADER).sum());
         let mut out = Vec::with_capacity(payloads.len());
@@ -114,7 +141,11 @@ impl PartitionLog {
             encode_record(&mut buf, offset, time, &payload);
             positions.push(pos);
             pos += (HEADER + payload.len()) as u64;
-            out.push(LogRecord { offset, log_time: time, payload });
+            out.push(LogRecord {
+                offset,
+                log_time: time,
+                payload,
+            });
             offset += 1;
         }
         self.file.write_all(&buf).map_err(io_err)?;
@@ -129,13 +160,29 @@ impl PartitionLog {
     pub fn reader_from(&self, offset: u64) -> Result<LogReader, LogError> {
         let end = self.next_offset();
         if offset > end {
-            return Err(LogError::PastEnd { partition: self.partition, offset, end });
+            return Err(LogError::PastEnd {
+                partition: self.partition,
+                offset,
+                end,
+            });
         }
-        let pos = self.positions.get(offset as usize).copied().unwrap_or(self.end_pos);
-        let io_err = |source| LogError::Io { path: self.path.clone(), source };
+        let pos = self
+            .positions
+            .get(offset as usize)
+            .copied()
+            .unwrap_or(self.end_pos);
+        let io_err = |source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let mut f = File::open(&self.path).map_err(io_err)?;
         f.seek(SeekFrom::Start(pos)).map_err(io_err)?;
-        Ok(LogReader { inner: BufReader::with_capacity(1 << 20, f), next: offset, end, path: self.path.clone() })
+        Ok(LogReader {
+            inner: BufReader::with_capacity(1 << 20, f),
+            next: offset,
+            end,
+            path: self.path.clone(),
+        })
     }
 }
 
@@ -166,7 +213,10 @@ impl Iterator for LogReader {
                 Some(Ok(r))
             }
             Ok(None) => None,
-            Err(source) => Some(Err(LogError::Io { path: self.path.clone(), source })),
+            Err(source) => Some(Err(LogError::Io {
+                path: self.path.clone(),
+                source,
+            })),
         }
     }
 }
@@ -208,7 +258,11 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<LogRecord>> {
     if h.finalize() != crc {
         return Ok(None);
     }
-    Ok(Some(LogRecord { offset, log_time, payload }))
+    Ok(Some(LogRecord {
+        offset,
+        log_time,
+        payload,
+    }))
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -232,7 +286,9 @@ mod tests {
     fn appends_survive_reopen_and_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = PartitionLog::open(dir.path(), 2).unwrap();
-        let recs = log.append(vec![b"a".to_vec(), b"bb".to_vec()], 1000).unwrap();
+        let recs = log
+            .append(vec![b"a".to_vec(), b"bb".to_vec()], 1000)
+            .unwrap();
         assert_eq!(recs[1].offset, 1);
         // the clock never goes back
         let recs = log.append(vec![b"ccc".to_vec()], 500).unwrap();

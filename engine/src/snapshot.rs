@@ -42,7 +42,8 @@ pub fn encode(state: &State) -> Result<Vec<u8>, SnapshotError> {
     if !v.is_empty() {
         return Err(SnapshotError::Invariants(v));
     }
-    let body = bincode::serde::encode_to_vec(state, config()).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+    let body = bincode::serde::encode_to_vec(state, config())
+        .map_err(|e| SnapshotError::Decode(e.to_string()))?;
     let mut out = Vec::with_capacity(body.len() + 9);
     out.extend_from_slice(MAGIC);
     out.push(SNAPSHOT_VERSION);
@@ -65,10 +66,13 @@ pub fn decode(bytes: &[u8]) -> Result<State, SnapshotError> {
     if stored != computed {
         return Err(SnapshotError::Checksum { stored, computed });
     }
-    let (state, used): (State, usize) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+    let (state, used): (State, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| SnapshotError::Decode(e.to_string()))?;
     if used != body.len() {
-        return Err(SnapshotError::Decode(format!("{} trailing bytes", body.len() - used)));
+        return Err(SnapshotError::Decode(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
     }
     let v = check_state(&state);
     if !v.is_empty() {

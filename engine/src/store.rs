@@ -25,7 +25,10 @@ pub struct SnapshotInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("snapshot store i/o error at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no snapshot {0}; `flashsale snapshot list` shows the ids")]
     NotFound(String),
     #[error("snapshot store error: {0}")]
@@ -35,7 +38,13 @@ pub enum StoreError {
 /// Blocking API: called from the background snapshot writer and from recovery, never
 /// from the apply loop.
 pub trait SnapshotStore: Send + Sync + 'static {
-    fn save(&self, partition: u32, offset: u64, taken_at: UnixMs, bytes: &[u8]) -> Result<SnapshotInfo, StoreError>;
+    fn save(
+        &self,
+        partition: u32,
+        offset: u64,
+        taken_at: UnixMs,
+        bytes: &[u8],
+    ) -> Result<SnapshotInfo, StoreError>;
     /// Newest first.
     fn list(&self, partition: u32) -> Result<Vec<SnapshotInfo>, StoreError>;
     fn load(&self, info: &SnapshotInfo) -> Result<Vec<u8>, StoreError>;
@@ -60,16 +69,26 @@ impl FileSnapshotStore {
         self.dir.join(format!("p{partition:03}"))
     }
     fn file(&self, partition: u32, offset: u64, taken_at: UnixMs) -> PathBuf {
-        self.part_dir(partition).join(format!("{offset:020}-{taken_at}.snap"))
+        self.part_dir(partition)
+            .join(format!("{offset:020}-{taken_at}.snap"))
     }
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl SnapshotStore for FileSnapshotStore {
-    fn save(&self, partition: u32, offset: u64, taken_at: UnixMs, bytes: &[u8]) -> Result<SnapshotInfo, StoreError> {
+    fn save(
+        &self,
+        partition: u32,
+        offset: u64,
+        taken_at: UnixMs,
+        bytes: &[u8],
+    ) -> Result<SnapshotInfo, StoreError> {
         let dir = self.part_dir(partition);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = self.file(partition, offset, taken_at);
@@ -78,7 +97,9 @@ impl SnapshotStore for FileSnapshotStore {
         f.write_all(bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
-        fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
         Ok(SnapshotInfo {
             id: snapshot_id(partition, offset),
             partition,
@@ -94,15 +115,26 @@ impl SnapshotStore for FileSnapshotStore {
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::Io { path: dir, source: e }),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
         };
         let mut out = Vec::new();
         for entry in rd {
             let entry = entry.map_err(io(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".snap") else { continue };
-            let Some((o, t)) = stem.split_once('-') else { continue };
-            let (Ok(offset), Ok(taken_at)) = (o.parse::<u64>(), t.parse::<u64>()) else { continue };
+            let Some(stem) = name.strip_suffix(".snap") else {
+                continue;
+            };
+            let Some((o, t)) = stem.split_once('-') else {
+                continue;
+            };
+            let (Ok(offset), Ok(taken_at)) = (o.parse::<u64>(), t.parse::<u64>()) else {
+                continue;
+            };
             let path = entry.path();
             let size_bytes = entry.metadata().map_err(io(&path))?.len();
             let mut head = [0u8; 9];
@@ -110,7 +142,14 @@ impl SnapshotStore for FileSnapshotStore {
                 .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
                 .map(|_| header_checksum(&head))
                 .unwrap_or(0);
-            out.push(SnapshotInfo { id: snapshot_id(partition, offset), partition, offset, taken_at, size_bytes, checksum });
+            out.push(SnapshotInfo {
+                id: snapshot_id(partition, offset),
+                partition,
+                offset,
+                taken_at,
+                size_bytes,
+                checksum,
+            });
         }
         out.sort_by(|a, b| b.offset.cmp(&a.offset));
         Ok(out)
@@ -156,11 +195,14 @@ pub fn load_newest_valid(
 ) -> Result<(Option<(SnapshotInfo, State)>, Vec<Rejected>), StoreError> {
     let mut rejected = Vec::new();
     for info in store.list(partition)? {
-        let result = store.load(&info).map_err(|e| e.to_string()).and_then(|bytes| {
-            snapshot::decode(&bytes).map_err(|e: SnapshotError| e.to_string())
-        });
+        let result = store
+            .load(&info)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| snapshot::decode(&bytes).map_err(|e: SnapshotError| e.to_string()));
         match result {
-            Ok(state) if state.partition() as u32 == partition && state.next_offset() == info.offset => {
+            Ok(state)
+                if state.partition() as u32 == partition && state.next_offset() == info.offset =>
+            {
                 return Ok((Some((info, state)), rejected));
             }
             Ok(state) => rejected.push(Rejected {

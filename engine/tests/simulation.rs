@@ -118,10 +118,16 @@ impl Model {
                         );
                     }
                 }
-                Reply::SaleConfigured { sale_id: cfg.sale.sale_id }
+                Reply::SaleConfigured {
+                    sale_id: cfg.sale.sale_id,
+                }
             }
             Command::DropSale { sale_id } => Reply::SaleDropped { sale_id: *sale_id },
-            Command::Reserve { user, sku, quantity } => {
+            Command::Reserve {
+                user,
+                sku,
+                quantity,
+            } => {
                 let q = *quantity;
                 if q == 0 || q > MAX_QUANTITY {
                     return Reply::Rejected(Rejection::Invalid {
@@ -133,12 +139,21 @@ impl Model {
                         if (&k.1, &k.2, k.3) != (user, sku, q) {
                             return Reply::Rejected(Rejection::IdempotencyKeyReused);
                         }
-                        return Reply::Reserved { reservation: self.res[k.4].view.clone(), repeat: true };
+                        return Reply::Reserved {
+                            reservation: self.res[k.4].view.clone(),
+                            repeat: true,
+                        };
                     }
                 }
-                let id = ReservationId { partition: PARTITION, ulid: rec.request_id.0 };
+                let id = ReservationId {
+                    partition: PARTITION,
+                    ulid: rec.request_id.0,
+                };
                 if let Some(&i) = self.by_id.get(&id) {
-                    return Reply::Reserved { reservation: self.res[i].view.clone(), repeat: true };
+                    return Reply::Reserved {
+                        reservation: self.res[i].view.clone(),
+                        repeat: true,
+                    };
                 }
                 let Some(p) = self.products.get(sku).cloned() else {
                     return Reply::Rejected(Rejection::ProductNotFound { sku: sku.clone() });
@@ -160,7 +175,11 @@ impl Model {
                 }
                 let available = p.spec.total_inventory - self.used(sku, None);
                 if u64::from(q) > available {
-                    return Reply::Rejected(Rejection::OutOfStock { sku: sku.clone(), requested: q, available });
+                    return Reply::Rejected(Rejection::OutOfStock {
+                        sku: sku.clone(),
+                        requested: q,
+                        available,
+                    });
                 }
                 let view = ReservationView {
                     id,
@@ -172,38 +191,60 @@ impl Model {
                     expires_at: now + p.ttl_ms,
                 };
                 let i = self.res.len();
-                self.res.push(MRes { view: view.clone(), order: None });
+                self.res.push(MRes {
+                    view: view.clone(),
+                    order: None,
+                });
                 self.by_id.insert(id, i);
                 self.counted.entry(sku.clone()).or_default().push(i);
                 if let Some(key) = &rec.idempotency_key {
-                    self.keys.push((key.clone(), user.clone(), sku.clone(), q, i, now));
+                    self.keys
+                        .push((key.clone(), user.clone(), sku.clone(), q, i, now));
                 }
-                Reply::Reserved { reservation: view, repeat: false }
+                Reply::Reserved {
+                    reservation: view,
+                    repeat: false,
+                }
             }
             Command::Cancel { reservation } => {
                 let Some(&i) = self.by_id.get(reservation) else {
-                    return Reply::Rejected(Rejection::ReservationNotFound { reservation: *reservation });
+                    return Reply::Rejected(Rejection::ReservationNotFound {
+                        reservation: *reservation,
+                    });
                 };
                 match self.res[i].view.status {
                     ReservationStatus::Reserved => {
                         self.res[i].view.status = ReservationStatus::Cancelled;
                         self.uncount(i);
-                        Reply::Cancelled { reservation: self.res[i].view.clone() }
+                        Reply::Cancelled {
+                            reservation: self.res[i].view.clone(),
+                        }
                     }
-                    ReservationStatus::Cancelled => Reply::Cancelled { reservation: self.res[i].view.clone() },
-                    s => Reply::Rejected(Rejection::ReservationNotActive { reservation: *reservation, status: s }),
+                    ReservationStatus::Cancelled => Reply::Cancelled {
+                        reservation: self.res[i].view.clone(),
+                    },
+                    s => Reply::Rejected(Rejection::ReservationNotActive {
+                        reservation: *reservation,
+                        status: s,
+                    }),
                 }
             }
             Command::Checkout(c) => {
                 let Some(&i) = self.by_id.get(&c.reservation) else {
-                    return Reply::Rejected(Rejection::ReservationNotFound { reservation: c.reservation });
+                    return Reply::Rejected(Rejection::ReservationNotFound {
+                        reservation: c.reservation,
+                    });
                 };
                 let r = self.res[i].view.clone();
                 match r.status {
                     ReservationStatus::Reserved => {
-                        let price = self.products[&r.sku].spec.flash_sale_price.0 * u64::from(r.quantity);
+                        let price =
+                            self.products[&r.sku].spec.flash_sale_price.0 * u64::from(r.quantity);
                         let order = OrderView {
-                            order_id: OrderId { partition: PARTITION, ulid: rec.request_id.0 },
+                            order_id: OrderId {
+                                partition: PARTITION,
+                                ulid: rec.request_id.0,
+                            },
                             reservation_id: r.id,
                             user: r.user.clone(),
                             sku: r.sku.clone(),
@@ -216,21 +257,34 @@ impl Model {
                         };
                         self.res[i].view.status = ReservationStatus::Confirmed;
                         self.res[i].order = Some(order.clone());
-                        Reply::CheckedOut { order, repeat: false }
+                        Reply::CheckedOut {
+                            order,
+                            repeat: false,
+                        }
                     }
                     ReservationStatus::Confirmed => {
                         let o = self.res[i].order.clone().unwrap();
                         if o.payment_transaction_id == c.payment_transaction_id {
-                            Reply::CheckedOut { order: o, repeat: true }
+                            Reply::CheckedOut {
+                                order: o,
+                                repeat: true,
+                            }
                         } else {
-                            Reply::Rejected(Rejection::ReservationNotActive { reservation: r.id, status: r.status })
+                            Reply::Rejected(Rejection::ReservationNotActive {
+                                reservation: r.id,
+                                status: r.status,
+                            })
                         }
                     }
-                    ReservationStatus::Expired => {
-                        Reply::Rejected(Rejection::ReservationExpired { reservation: r.id, expired_at: r.expires_at })
-                    }
+                    ReservationStatus::Expired => Reply::Rejected(Rejection::ReservationExpired {
+                        reservation: r.id,
+                        expired_at: r.expires_at,
+                    }),
                     ReservationStatus::Cancelled => {
-                        Reply::Rejected(Rejection::ReservationNotActive { reservation: r.id, status: r.status })
+                        Reply::Rejected(Rejection::ReservationNotActive {
+                            reservation: r.id,
+                            status: r.status,
+                        })
                     }
                 }
             }
@@ -259,7 +313,9 @@ impl Gen {
             time: T0,
             next_req: 1,
             skus: Vec::new(),
-            users: (0..300).map(|i| UserId::parse(&format!("user{i}")).unwrap()).collect(),
+            users: (0..300)
+                .map(|i| UserId::parse(&format!("user{i}")).unwrap())
+                .collect(),
             known_res: Vec::new(),
             sales: 0,
         };
@@ -268,7 +324,12 @@ impl Gen {
 
     fn record(&mut self, command: Command, key: Option<String>) -> CommandRecord {
         self.next_req += 1;
-        CommandRecord { request_id: RequestId(self.next_req << 16), reply_to: 0, idempotency_key: key, command }
+        CommandRecord {
+            request_id: RequestId(self.next_req << 16),
+            reply_to: 0,
+            idempotency_key: key,
+            command,
+        }
     }
 
     fn sale(&mut self) -> Command {
@@ -330,7 +391,11 @@ impl Gen {
         } else {
             self.time += self.rng.random_range(0..120);
         }
-        let t = if self.rng.random_bool(0.02) { self.time.saturating_sub(5_000) } else { self.time };
+        let t = if self.rng.random_bool(0.02) {
+            self.time.saturating_sub(5_000)
+        } else {
+            self.time
+        };
         let roll = self.rng.random_range(0..1000);
         let rec = if roll < 3 || self.skus.is_empty() {
             let c = self.sale();
@@ -343,9 +408,23 @@ impl Gen {
                 let n = self.skus.len();
                 self.skus[self.rng.random_range(n.saturating_sub(40)..n)].clone()
             };
-            let quantity = if self.rng.random_bool(0.01) { 0 } else { self.rng.random_range(1..=3) };
-            let key = self.rng.random_bool(0.2).then(|| format!("key-{}", self.rng.random_range(0..400)));
-            self.record(Command::Reserve { user, sku, quantity }, key)
+            let quantity = if self.rng.random_bool(0.01) {
+                0
+            } else {
+                self.rng.random_range(1..=3)
+            };
+            let key = self
+                .rng
+                .random_bool(0.2)
+                .then(|| format!("key-{}", self.rng.random_range(0..400)));
+            self.record(
+                Command::Reserve {
+                    user,
+                    sku,
+                    quantity,
+                },
+                key,
+            )
         } else if roll < 800 {
             let reservation = self.pick_res();
             let c = Command::Checkout(CheckoutRequest {
@@ -362,7 +441,14 @@ impl Gen {
             // a duplicate delivery of a reserve: same request id as an earlier one
             let user = self.users[0].clone();
             let sku = self.skus[self.skus.len() - 1].clone();
-            let mut r = self.record(Command::Reserve { user, sku, quantity: 1 }, None);
+            let mut r = self.record(
+                Command::Reserve {
+                    user,
+                    sku,
+                    quantity: 1,
+                },
+                None,
+            );
             if let Some(id) = self.known_res.last() {
                 r.request_id = RequestId(id.ulid);
             }
@@ -375,7 +461,10 @@ impl Gen {
 
     fn pick_res(&mut self) -> ReservationId {
         if self.known_res.is_empty() || self.rng.random_bool(0.03) {
-            ReservationId { partition: PARTITION, ulid: 7 }
+            ReservationId {
+                partition: PARTITION,
+                ulid: 7,
+            }
         } else {
             let n = self.known_res.len();
             let lo = n.saturating_sub(200);
@@ -419,7 +508,10 @@ fn run(seed: u64, steps: usize) {
         let want = model.apply(t, &rec);
         assert_eq!(got, want, "step {step}: reply differs for {rec:?}");
         match &got {
-            Reply::Reserved { reservation, repeat: false } => {
+            Reply::Reserved {
+                reservation,
+                repeat: false,
+            } => {
                 gen.known_res.push(reservation.id);
                 reserved += 1;
             }
@@ -432,7 +524,11 @@ fn run(seed: u64, steps: usize) {
             let v = check_state(&engine);
             assert!(v.is_empty(), "step {step}: {v:?}");
             for (sku, p) in engine.products() {
-                assert_eq!(p.available(), p.total() - model.used(sku, None), "step {step}: {sku}");
+                assert_eq!(
+                    p.available(),
+                    p.total() - model.used(sku, None),
+                    "step {step}: {sku}"
+                );
             }
         }
         log.push((t, rec));
@@ -441,7 +537,10 @@ fn run(seed: u64, steps: usize) {
     assert!(check_state(&engine).is_empty());
     // The workload must have exercised the interesting paths, or the run proves little.
     eprintln!("seed {seed}: {steps} commands, {reserved} holds, {sold_out} out-of-stock, {checkouts} orders, log time span {} h", (gen.time - T0) / 3_600_000);
-    assert!(reserved > 1000 && sold_out > 1000 && checkouts > 100, "{reserved} {sold_out} {checkouts}");
+    assert!(
+        reserved > 1000 && sold_out > 1000 && checkouts > 100,
+        "{reserved} {sold_out} {checkouts}"
+    );
 
     // Restore from the snapshot and replay the rest: identical replies and state.
     let mut restored = snapshot::decode(&snap.unwrap()).expect("snapshot decodes");
@@ -449,9 +548,15 @@ fn run(seed: u64, steps: usize) {
     for (i, (t, rec)) in log.iter().enumerate().skip(snap_at) {
         events.clear();
         let got = restored.apply(i as u64, *t, rec, &mut events);
-        assert_eq!(got, replies[i], "replay from snapshot at {snap_at}: step {i} differs");
+        assert_eq!(
+            got, replies[i],
+            "replay from snapshot at {snap_at}: step {i} differs"
+        );
     }
-    assert!(restored == engine, "state after replay from snapshot differs from the straight run");
+    assert!(
+        restored == engine,
+        "state after replay from snapshot differs from the straight run"
+    );
 }
 
 fn run_reporting_seed(seed: u64, steps: usize) {
@@ -463,12 +568,18 @@ fn run_reporting_seed(seed: u64, steps: usize) {
 }
 
 fn steps() -> usize {
-    std::env::var("FLASHSALE_SIM_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000)
+    std::env::var("FLASHSALE_SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000)
 }
 
 #[test]
 fn simulation_matches_reference_model() {
-    if let Some(seed) = std::env::var("FLASHSALE_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = std::env::var("FLASHSALE_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return run_reporting_seed(seed, steps());
     }
     // Fixed seeds keep CI reproducible; one more from the clock explores new ground
@@ -497,7 +608,13 @@ fn bad_snapshots_are_refused() {
     let mut flipped = good.clone();
     let n = flipped.len();
     flipped[n / 2] ^= 0x40;
-    assert!(matches!(snapshot::decode(&flipped), Err(snapshot::SnapshotError::Checksum { .. })));
+    assert!(matches!(
+        snapshot::decode(&flipped),
+        Err(snapshot::SnapshotError::Checksum { .. })
+    ));
     assert!(matches!(snapshot::decode(&good[..n - 3]), Err(_)));
-    assert!(matches!(snapshot::decode(b"nope"), Err(snapshot::SnapshotError::Magic)));
+    assert!(matches!(
+        snapshot::decode(b"nope"),
+        Err(snapshot::SnapshotError::Magic)
+    ));
 }
