@@ -1,0 +1,38 @@
+# flashsale — the two commands that matter: `make run` and `make test`.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
+
+.PHONY: run test build fmt fmt-check clippy bench bench-compare services-up services-down help
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+run: ## the embedded server with a demo sale on http://127.0.0.1:8080
+	cargo run --release --bin flashsale -- serve --demo
+
+test: ## the whole suite: installs what is missing, starts Kafka + Postgres, tests, stops them
+	bash ops/test.sh
+
+build: ## debug build of everything
+	cargo build --workspace --all-targets
+
+fmt: ## format the code
+	cargo fmt --all
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy: ## lint, warnings are errors
+	cargo clippy --workspace --all-targets -- -D warnings
+
+bench: ## engine micro-benchmarks (criterion)
+	cargo bench -p flashsale-engine
+
+bench-compare: ## flashsale vs the Postgres and Redis baselines, one scenario, one run
+	bash benches/scripts/bench-compare.sh
+
+services-up: ## start Kafka + Postgres on 127.0.0.1, write .services.env
+	bash ops/services-up.sh
+
+services-down: ## stop them
+	bash ops/services-down.sh

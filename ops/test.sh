@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# `make test`: install what is missing, start real Kafka + Postgres on 127.0.0.1,
+# build the `flashsale` binary (the crash tests run it as a child process), run every
+# test of the workspace, and always stop the services again.
+# Usage: ops/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flashsale-target}"
+bash ops/ensure-tools.sh
+trap 'bash ops/services-down.sh || true' EXIT
+bash ops/services-up.sh
+set -a
+# shellcheck disable=SC1091
+. ./.services.env
+set +a
+# Tests that need Kafka or Postgres fail instead of skipping when these are missing.
+export FLASHSALE_REQUIRE_SERVICES=1
+cargo build --bin flashsale
+cargo test --workspace --no-fail-fast "$@"
