@@ -216,14 +216,19 @@ mod tests {
 
     #[test]
     fn partitioned_ids_round_trip() {
-        let id = ReservationId { partition: 7, ulid: Ulid::from_parts(1_700_000_000_000, 42).0 };
+        let id = ReservationId {
+            partition: 7,
+            ulid: Ulid::from_parts(1_700_000_000_000, 42).0,
+        };
         let s = id.to_string();
         assert!(s.starts_with("res_"));
         assert_eq!(s.len(), 33);
         assert_eq!(s.parse::<ReservationId>().unwrap(), id);
         assert!(s.parse::<OrderId>().is_err());
         assert!("res_".parse::<ReservationId>().is_err());
-        assert!("res_0000000000000000000000000Z+ff".parse::<ReservationId>().is_err());
+        assert!("res_0000000000000000000000000Z+ff"
+            .parse::<ReservationId>()
+            .is_err());
         let sale = SaleId(99);
         assert_eq!(sale.to_string().parse::<SaleId>().unwrap(), sale);
     }

@@ -25,10 +25,18 @@ pub enum Command {
     ConfigureSale(SaleConfig),
     /// Undo a `ConfigureSale` that another partition refused (only while nothing of
     /// it is held or sold).
-    DropSale { sale_id: SaleId },
-    Reserve { user: UserId, sku: SkuId, quantity: u32 },
+    DropSale {
+        sale_id: SaleId,
+    },
+    Reserve {
+        user: UserId,
+        sku: SkuId,
+        quantity: u32,
+    },
     Checkout(CheckoutRequest),
-    Cancel { reservation: ReservationId },
+    Cancel {
+        reservation: ReservationId,
+    },
     /// Advances the partition's clock; expires due holds.
     Tick,
 }
@@ -155,12 +163,24 @@ pub struct OrderView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// A hold; `repeat` when this is an idempotent repeat of an earlier request.
-    Reserved { reservation: ReservationView, repeat: bool },
+    Reserved {
+        reservation: ReservationView,
+        repeat: bool,
+    },
     /// Cancel succeeded (or the reservation was already cancelled).
-    Cancelled { reservation: ReservationView },
-    CheckedOut { order: OrderView, repeat: bool },
-    SaleConfigured { sale_id: SaleId },
-    SaleDropped { sale_id: SaleId },
+    Cancelled {
+        reservation: ReservationView,
+    },
+    CheckedOut {
+        order: OrderView,
+        repeat: bool,
+    },
+    SaleConfigured {
+        sale_id: SaleId,
+    },
+    SaleDropped {
+        sale_id: SaleId,
+    },
     Ticked,
     Rejected(Rejection),
 }
@@ -169,20 +189,48 @@ pub enum Reply {
 /// fails on a well-formed record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
-    ProductNotFound { sku: SkuId },
-    ReservationNotFound { reservation: ReservationId },
-    SaleNotActive { sku: SkuId, starts_at: UnixMs, ends_at: UnixMs },
-    PurchaseLimitExceeded { sku: SkuId, limit: u32, held: u32 },
-    OutOfStock { sku: SkuId, requested: u32, available: u64 },
-    ReservationExpired { reservation: ReservationId, expired_at: UnixMs },
-    ReservationNotActive { reservation: ReservationId, status: ReservationStatus },
+    ProductNotFound {
+        sku: SkuId,
+    },
+    ReservationNotFound {
+        reservation: ReservationId,
+    },
+    SaleNotActive {
+        sku: SkuId,
+        starts_at: UnixMs,
+        ends_at: UnixMs,
+    },
+    PurchaseLimitExceeded {
+        sku: SkuId,
+        limit: u32,
+        held: u32,
+    },
+    OutOfStock {
+        sku: SkuId,
+        requested: u32,
+        available: u64,
+    },
+    ReservationExpired {
+        reservation: ReservationId,
+        expired_at: UnixMs,
+    },
+    ReservationNotActive {
+        reservation: ReservationId,
+        status: ReservationStatus,
+    },
     IdempotencyKeyReused,
     /// A SKU already belongs to another sale.
-    Conflict { sku: SkuId },
+    Conflict {
+        sku: SkuId,
+    },
     /// `DropSale` refused: units of the sale are already held or sold.
-    SaleInUse { sale_id: SaleId },
+    SaleInUse {
+        sale_id: SaleId,
+    },
     /// The record breaks a wire rule (a producer bug, not a user error).
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
 }
 
 /// What the engine sends to the asking gateway.
@@ -199,9 +247,17 @@ pub struct ReplyRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     SaleConfigured(SaleConfig),
-    SaleDropped { sale_id: SaleId, skus: Vec<SkuId> },
+    SaleDropped {
+        sale_id: SaleId,
+        skus: Vec<SkuId>,
+    },
     /// A product's counters after a change.
-    Inventory { sku: SkuId, total: u64, held: u64, sold: u64 },
+    Inventory {
+        sku: SkuId,
+        total: u64,
+        held: u64,
+        sold: u64,
+    },
     /// A reservation's state after a change.
     Reservation(ReservationView),
     OrderCreated(OrderView),
@@ -248,9 +304,15 @@ mod tests {
     fn refuses_unknown_version_and_trailing_bytes() {
         let mut bytes = encode(&sample());
         bytes.push(0);
-        assert!(matches!(decode::<CommandRecord>(&bytes), Err(DecodeError::Trailing(1))));
+        assert!(matches!(
+            decode::<CommandRecord>(&bytes),
+            Err(DecodeError::Trailing(1))
+        ));
         bytes[0] = 9;
-        assert_eq!(decode::<CommandRecord>(&bytes), Err(DecodeError::Version { found: 9 }));
+        assert_eq!(
+            decode::<CommandRecord>(&bytes),
+            Err(DecodeError::Version { found: 9 })
+        );
         assert_eq!(decode::<CommandRecord>(&[]), Err(DecodeError::Empty));
     }
 
