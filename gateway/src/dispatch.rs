@@ -45,6 +45,10 @@ impl Pending {
             let _ = tx.send(rec);
         }
     }
+    /// True while a request with this id awaits its reply.
+    pub fn is_waiting(&self, id: &RequestId) -> bool {
+        self.map.contains_key(id)
+    }
     pub fn len(&self) -> usize {
         self.map.len()
     }

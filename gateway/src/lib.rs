@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod embedded;
 pub mod error;
 pub mod json;
+pub mod kafka;
 pub mod metrics;
 pub mod orders;
 pub mod pg;

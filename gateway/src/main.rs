@@ -21,7 +21,10 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => flashsale_gateway::serve(args, shutdown_signal()).await,
+            Command::Serve(cmd) => flashsale_gateway::kafka::cli::serve_command(cmd, shutdown_signal()).await,
+            Command::Topics(args) => flashsale_gateway::kafka::cli::topics_command(args).await,
+            Command::Engine(args) => flashsale_gateway::kafka::cli::engine_command(args, shutdown_signal()).await,
+            Command::Gateway(args) => flashsale_gateway::kafka::cli::gateway_command(args, shutdown_signal()).await,
             Command::Migrate(args) => flashsale_gateway::pg::migrate_command(args).await,
             Command::Projector(args) => flashsale_gateway::pg::projector_command(args, shutdown_signal()).await,
         }

@@ -133,6 +133,12 @@ impl ReadModel {
         }
     }
 
+    /// The next command offset of `partition` whose events are not applied yet: every
+    /// event of a command at a lower offset is in the model.
+    pub fn applied_through(&self, partition: u32) -> u64 {
+        self.next_offset.get(partition as usize).map_or(0, |n| n.load(Ordering::Acquire))
+    }
+
     /// Applies one partition's event record; drops it if already applied.
     pub fn apply(&self, rec: &EventRecord) {
         let Some(next) = self.next_offset.get(rec.partition as usize) else {

@@ -1,0 +1,135 @@
+//! Kafka mode in tests: where the real services are, fresh topics and a fresh
+//! Postgres schema per server, and the in-process `serve --kafka` node.
+//!
+//! The services come from `FLASHSALE_KAFKA` / `FLASHSALE_POSTGRES` in the environment,
+//! else from `<repo>/.services.env` (written by `make services-up`). With neither,
+//! Kafka-mode tests skip with a message, unless `FLASHSALE_REQUIRE_SERVICES=1`, which
+//! turns the skip into a failure (CI sets it, so a missing broker cannot pass as green).
+
+use flashsale_gateway::cli::{EngineTuning, ServeArgs, ServeKafkaArgs};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// The real services of this run.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub kafka: String,
+    pub postgres: Option<String>,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn env_file() -> HashMap<String, String> {
+    let path = repo_root().join(".services.env");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The services, if configured (environment first, then `.services.env`).
+pub fn services() -> Option<Services> {
+    let file = env_file();
+    let get = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| file.get(k).cloned().filter(|v| !v.is_empty()))
+    };
+    let kafka = get("FLASHSALE_KAFKA")?;
+    Some(Services {
+        kafka,
+        postgres: get("FLASHSALE_POSTGRES"),
+    })
+}
+
+/// True when a missing service must fail the test instead of skipping it.
+pub fn services_required() -> bool {
+    std::env::var("FLASHSALE_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// The services, or `None` after saying why the caller skips; panics instead when
+/// `FLASHSALE_REQUIRE_SERVICES=1`.
+pub fn services_or_skip(what: &str) -> Option<Services> {
+    match services() {
+        Some(s) => Some(s),
+        None if services_required() => panic!(
+            "{what}: FLASHSALE_REQUIRE_SERVICES=1 but no Kafka is configured: run `make services-up` (writes .services.env) or set FLASHSALE_KAFKA/FLASHSALE_POSTGRES"
+        ),
+        None => {
+            eprintln!("{what}: Kafka/Postgres not configured (run `make services-up` or set FLASHSALE_KAFKA); skipping");
+            None
+        }
+    }
+}
+
+/// A name part unique to this test run (lowercase; fine in topic and schema names).
+pub fn unique_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    format!(
+        "{t:x}p{}n{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates a fresh schema in the Postgres of `url` and returns a URL whose sessions
+/// use it, so every test server has empty tables of its own.
+pub async fn fresh_postgres(url: &str, id: &str) -> anyhow::Result<String> {
+    let schema = format!("t_{id}");
+    let pool = flashsale_gateway::pg::connect(url, 1)?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to Postgres at {url}: {e}"))?;
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .await?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{sep}options=-c%20search_path%3D{schema}"))
+}
+
+/// Kafka flags of a test server: fresh topics (prefix `flashsale-test-<id>.`), its own
+/// engine group, Postgres in a fresh schema.
+pub async fn serve_kafka_args(svc: &Services) -> anyhow::Result<ServeKafkaArgs> {
+    let id = unique_id();
+    let postgres = match &svc.postgres {
+        Some(url) => Some(fresh_postgres(url, &id).await?),
+        None => None,
+    };
+    Ok(ServeKafkaArgs {
+        kafka: Some(svc.kafka.clone()),
+        postgres,
+        pg_pool_size: 4,
+        topic_prefix: format!("flashsale-test-{id}."),
+        replies_partitions: 2,
+        linger_ms: 1,
+        engine: EngineTuning {
+            engine_group: format!("flashsale-test-{id}-engine"),
+            max_batch: 4096,
+        },
+    })
+}
+
+/// `serve --kafka` in this process, on fresh topics.
+pub async fn start_in_process(
+    args: ServeArgs,
+    svc: &Services,
+) -> anyhow::Result<flashsale_gateway::Running> {
+    let kafka = serve_kafka_args(svc).await?;
+    let (gw, k, extras) = flashsale_gateway::kafka::cli::serve_parts(&args, &kafka).await?;
+    flashsale_gateway::kafka::node::start(gw, k, extras).await
+}
