@@ -133,6 +133,16 @@ async fn kill9_mid_sale_loses_nothing_acknowledged() {
     let acked = Arc::new(Mutex::new(Acked::default()));
     buyers(server.base.clone(), skus.clone(), 0, 90, acked.clone()).await;
     let before = admin_counts(&server.base, &sale_id).await;
+    // Snapshots are written in the background; wait (bounded) until one is on disk so
+    // the restart below goes through snapshot + replay, not just replay.
+    let has_snapshot = || std::fs::read_dir(data.join("snapshots")).map(|d| d.count() > 0).unwrap_or(false);
+    for _ in 0..100 {
+        if has_snapshot() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(has_snapshot(), "a snapshot was written after 40 commands");
     server.kill9();
 
     let port = free_port();
@@ -140,10 +150,6 @@ async fn kill9_mid_sale_loses_nothing_acknowledged() {
     let after = admin_counts(&server.base, &sale_id).await;
     assert_eq!(after, before, "stock after kill -9 + restart equals stock before");
     check_acked_survived(&server.base, &acked.lock().unwrap()).await;
-    assert!(
-        std::fs::read_dir(data.join("snapshots")).map(|d| d.count() > 0).unwrap_or(false),
-        "snapshots were written, so recovery used snapshot + replay"
-    );
 
     // Phase 2: kill -9 while buyers are mid-flight.
     let load = tokio::spawn(buyers(server.base.clone(), skus.clone(), 1000, 400, acked.clone()));

@@ -131,6 +131,11 @@ impl PartitionActor {
         Some(self.snapshot_now())
     }
 
+    /// True when records were applied since the last snapshot.
+    pub fn dirty(&self) -> bool {
+        self.applied_since_snapshot > 0
+    }
+
     /// A copy of the state now (on shutdown or revoke).
     pub fn snapshot_now(&mut self) -> State {
         self.applied_since_snapshot = 0;

@@ -58,18 +58,28 @@ impl PartitionLog {
     /// Opens (creating if needed) `dir/pNNN.log`, verifying every record and cutting a
     /// torn tail.
     pub fn open(dir: &Path, partition: u32) -> Result<Self, LogError> {
+        Self::open_with(dir, partition, true)
+    }
+
+    /// Opens an existing log for reading only (operators' tools): nothing is created
+    /// or cut, and a log a server is appending to can be read up to its valid end.
+    pub fn open_read_only(dir: &Path, partition: u32) -> Result<Self, LogError> {
+        Self::open_with(dir, partition, false)
+    }
+
+    fn open_with(dir: &Path, partition: u32, writable: bool) -> Result<Self, LogError> {
         let path = log_path(dir, partition);
         let io_err = |source| LogError::Io {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io_err)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_err)?;
+        let file = if writable {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+            OpenOptions::new().read(true).append(true).create(true).open(&path)
+        } else {
+            OpenOptions::new().read(true).open(&path)
+        }
+        .map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         let mut positions = Vec::new();
         let mut last_time = 0;
@@ -84,7 +94,7 @@ impl PartitionLog {
             pos += (HEADER + rec.payload.len()) as u64;
         }
         let truncated_bytes = len - pos;
-        if truncated_bytes > 0 {
+        if truncated_bytes > 0 && writable {
             file.set_len(pos).map_err(io_err)?;
             file.sync_all().map_err(io_err)?;
         }

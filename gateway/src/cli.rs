@@ -48,6 +48,13 @@ pub enum Command {
     /// Run an HTTP gateway (Kafka mode): commands to Kafka, replies and events back.
     #[command(after_help = "Examples:\n  flashsale gateway --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale --listen 0.0.0.0:8080 --admin-token s3cret --gateway-id 0\n  flashsale gateway --kafka 127.0.0.1:19092 --listen 127.0.0.1:8081 --gateway-id 1\nEvery gateway needs its own --gateway-id (a partition of the replies topic).")]
     Gateway(GatewayArgs),
+    /// Rebuild a partition's state from a snapshot and the log, to an offset or a time.
+    Replay(crate::operator::ReplayArgs),
+    /// Check every invariant: rebuild every partition; with Postgres, check the orders too.
+    Audit(crate::operator::AuditArgs),
+    /// List, show and verify engine snapshots.
+    #[command(after_help = "Examples:\n  flashsale snapshot list\n  flashsale snapshot show p3@120000\n  flashsale snapshot verify --partition 3")]
+    Snapshot(crate::operator::SnapshotArgs),
     /// Create or update the Postgres schema (Kafka mode); running it again is a no-op.
     #[command(after_help = "Examples:\n  flashsale migrate --postgres postgres://postgres@127.0.0.1:15432/flashsale\n  FLASHSALE_POSTGRES=postgres://… flashsale migrate --json")]
     Migrate(MigrateArgs),

@@ -407,6 +407,9 @@ async fn actor_loop(
         }
     }
     // The writer stopped (shutdown): one last snapshot so the next start replays little.
+    if !actor.dirty() {
+        return;
+    }
     let state = actor.snapshot_now();
     let _ = tokio::task::spawn_blocking(move || write_snapshot(&state, store.as_ref(), keep, &metrics)).await;
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod json;
 pub mod kafka;
 pub mod metrics;
+pub mod operator;
 pub mod orders;
 pub mod pg;
 pub mod readmodel;

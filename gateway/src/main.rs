@@ -25,15 +25,23 @@ fn main() -> std::process::ExitCode {
             Command::Topics(args) => flashsale_gateway::kafka::cli::topics_command(args).await,
             Command::Engine(args) => flashsale_gateway::kafka::cli::engine_command(args, shutdown_signal()).await,
             Command::Gateway(args) => flashsale_gateway::kafka::cli::gateway_command(args, shutdown_signal()).await,
+            Command::Replay(args) => flashsale_gateway::operator::replay_command(args).await,
+            Command::Audit(args) => flashsale_gateway::operator::audit_command(args).await,
+            Command::Snapshot(args) => flashsale_gateway::operator::snapshot_command(args).await,
             Command::Migrate(args) => flashsale_gateway::pg::migrate_command(args).await,
             Command::Projector(args) => flashsale_gateway::pg::projector_command(args, shutdown_signal()).await,
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // A tool that ran and found problems (audit, verify) exits 1; errors exit 2.
+        Err(e) if e.downcast_ref::<flashsale_gateway::operator::ProblemsFound>().is_some() => {
+            eprintln!("{e}");
+            std::process::ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(1)
+            std::process::ExitCode::from(2)
         }
     }
 }
