@@ -52,6 +52,8 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub mode: Mode,
+    /// Embedded mode: the server's data directory (for the operators' tools).
+    pub data_dir: PathBuf,
     running: Option<flashsale_gateway::Running>,
     _dir: tempfile::TempDir,
 }
@@ -86,6 +88,7 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args = serve_args(dir.path().join("data"));
         tweak(&mut args);
+        let data_dir = args.data_dir.clone();
         let running = match mode {
             Mode::Embedded => flashsale_gateway::start(args).await.expect("server starts"),
             Mode::Kafka => {
@@ -94,7 +97,7 @@ impl TestServer {
             }
         };
         let base = format!("http://{}", running.addr);
-        let s = TestServer { base, client: client(), mode, running: Some(running), _dir: dir };
+        let s = TestServer { base, client: client(), mode, data_dir, running: Some(running), _dir: dir };
         s.wait_ready().await;
         Some(s)
     }
@@ -116,6 +119,15 @@ impl TestServer {
         if let Some(r) = self.running.take() {
             r.stop().await.expect("clean stop");
         }
+    }
+
+    /// Stops the server and hands over its temp dir (with `data_dir`) instead of
+    /// deleting it.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("clean stop");
+        }
+        self._dir
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Answer {
