@@ -147,14 +147,30 @@ pub fn check_user_limit(p: &Product, user: &UserId) -> Result<(), Violation> {
 /// Every invariant over a whole partition, recounting counters from the reservations.
 /// Returns every violation found (empty = clean). O(reservations).
 pub fn check_state(s: &State) -> Vec<Violation> {
+    // Sized up front: recovery checks every snapshot it loads, and a partition may hold
+    // millions of reservations; growing these maps step by step costs more than the check.
     let mut out = Vec::new();
     let mut held: FxHashMap<&SkuId, u64> = FxHashMap::default();
     let mut sold: FxHashMap<&SkuId, u64> = FxHashMap::default();
-    let mut per_user: FxHashMap<(&SkuId, &UserId), u32> = FxHashMap::default();
+    // Per product, then per user: hashing the user alone, in a map sized for the product.
+    let mut per_user: FxHashMap<&SkuId, FxHashMap<&UserId, u32>> = s
+        .products
+        .iter()
+        .map(|(sku, p)| {
+            (
+                sku,
+                FxHashMap::with_capacity_and_hasher(p.per_user.len(), Default::default()),
+            )
+        })
+        .collect();
     let mut order_ids = rustc_hash::FxHashSet::default();
     let mut live = 0u64;
-    let queued: rustc_hash::FxHashSet<(UnixMs, ReservationId)> =
-        s.expiries.values().flatten().copied().collect();
+    let mut queued: rustc_hash::FxHashSet<(UnixMs, ReservationId)> =
+        rustc_hash::FxHashSet::with_capacity_and_hasher(
+            s.expiries.values().map(|q| q.len()).sum(),
+            Default::default(),
+        );
+    queued.extend(s.expiries.values().flatten().copied());
     for r in s.reservations() {
         if r.id().partition != s.partition() {
             out.push(Violation::WrongPartition {
@@ -173,7 +189,11 @@ pub fn check_state(s: &State) -> Vec<Violation> {
             ReservationStatus::Reserved => {
                 live += 1;
                 *held.entry(r.sku()).or_default() += q;
-                *per_user.entry((r.sku(), r.user())).or_default() += r.quantity();
+                *per_user
+                    .entry(r.sku())
+                    .or_default()
+                    .entry(r.user())
+                    .or_default() += r.quantity();
                 if !queued.contains(&(r.expires_at, r.id())) {
                     out.push(Violation::ExpiryIndexMismatch {
                         reservation: r.id(),
@@ -182,7 +202,11 @@ pub fn check_state(s: &State) -> Vec<Violation> {
             }
             ReservationStatus::Confirmed => {
                 *sold.entry(r.sku()).or_default() += q;
-                *per_user.entry((r.sku(), r.user())).or_default() += r.quantity();
+                *per_user
+                    .entry(r.sku())
+                    .or_default()
+                    .entry(r.user())
+                    .or_default() += r.quantity();
             }
             ReservationStatus::Expired | ReservationStatus::Cancelled => {}
         }
@@ -234,24 +258,36 @@ pub fn check_state(s: &State) -> Vec<Violation> {
                 counted: so,
             });
         }
-        let mut users: Vec<_> = p.per_user().collect();
-        users.sort();
-        for (user, recorded) in users {
+        // Users in order, as before, but only those with something to report are sorted
+        // (sorting a million user ids on every snapshot load was most of its cost).
+        let mut counts = per_user.get_mut(sku);
+        let mut found: Vec<(&UserId, Vec<Violation>)> = Vec::new();
+        for (user, recorded) in p.per_user() {
+            let mut vs = Vec::new();
             if let Err(v) = check_user_limit(p, user) {
-                out.push(v);
+                vs.push(v);
             }
-            let counted = per_user.remove(&(sku, user)).unwrap_or(0);
+            let counted = counts.as_mut().and_then(|c| c.remove(user)).unwrap_or(0);
             if counted != recorded {
-                out.push(Violation::UserCountMismatch {
+                vs.push(Violation::UserCountMismatch {
                     sku: sku.clone(),
                     user: user.clone(),
                     recorded,
                     counted,
                 });
             }
+            if !vs.is_empty() {
+                found.push((user, vs));
+            }
         }
+        found.sort_by(|a, b| a.0.cmp(b.0));
+        out.extend(found.into_iter().flat_map(|(_, vs)| vs));
     }
-    let mut rest: Vec<_> = per_user.into_iter().filter(|(_, n)| *n > 0).collect();
+    let mut rest: Vec<_> = per_user
+        .into_iter()
+        .flat_map(|(sku, users)| users.into_iter().map(move |(user, n)| ((sku, user), n)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     rest.sort();
     for ((sku, user), counted) in rest {
         out.push(Violation::UserCountMismatch {
