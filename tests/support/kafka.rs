@@ -133,3 +133,110 @@ pub async fn start_in_process(
     let (gw, k, extras) = flashsale_gateway::kafka::cli::serve_parts(&args, &kafka).await?;
     flashsale_gateway::kafka::node::start(gw, k, extras).await
 }
+
+/// A `flashsale` child process (engine, gateway, projector) for fault tests; killed
+/// with SIGKILL when dropped. Its stderr goes to `<log_dir>/<name>.log`.
+pub struct Proc {
+    pub name: String,
+    child: Option<std::process::Child>,
+}
+
+impl Proc {
+    /// Starts `flashsale <args>` with the services' variables removed from its
+    /// environment (everything it needs is on the command line).
+    pub fn spawn(name: &str, args: &[String], log_dir: &std::path::Path) -> anyhow::Result<Proc> {
+        use anyhow::Context;
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).context("log file")?;
+        let child = std::process::Command::new(crate::flashsale_bin())
+            .args(args)
+            .env_remove("FLASHSALE_KAFKA")
+            .env_remove("FLASHSALE_POSTGRES")
+            .env("FLASHSALE_LOG", "info,librdkafka=warn")
+            .env("FLASHSALE_LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn flashsale {name}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child: Some(child),
+        })
+    }
+
+    /// SIGKILL: no shutdown hooks, no final snapshot, no offset commit.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and a bounded wait (30 s), then SIGKILL. True if it exited by itself.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// Waits (bounded by `secs`) for the process to exit by itself; true if it exited
+    /// with status 0. Killed when the time is up.
+    pub fn terminate_after_exit(&mut self, secs: u64) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        for _ in 0..secs * 10 {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Creates the topics of `prefix` (blocking call off the runtime).
+pub async fn create_topics(
+    brokers: &str,
+    prefix: &str,
+    partitions: u32,
+    replies_partitions: u32,
+) -> anyhow::Result<()> {
+    use flashsale_gateway::kafka::{topics, Topics};
+    let spec = topics::TopicSpec {
+        topics: Topics::with_prefix(prefix),
+        partitions,
+        replies_partitions,
+        replication_factor: 1,
+        min_insync_replicas: 1,
+    };
+    let brokers = brokers.to_string();
+    tokio::task::spawn_blocking(move || topics::create(&brokers, &spec)).await??;
+    Ok(())
+}

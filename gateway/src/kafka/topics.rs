@@ -259,3 +259,23 @@ pub fn check(brokers: &str, topics: &Topics) -> anyhow::Result<(u32, u32)> {
     );
     Ok((commands, replies))
 }
+
+/// Sets the committed offset of `group` on partition `partition` of `topic`: the next
+/// engine to own that partition re-delivers (and re-produces the outputs of)
+/// everything from there. Only while no member of the group runs (the broker refuses
+/// commits from outside a live group). Blocking.
+pub fn rewind_group(brokers: &str, group: &str, topic: &str, partition: u32, offset: u64) -> anyhow::Result<()> {
+    use rdkafka::consumer::CommitMode;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = base_config(brokers, "flashsale-rewind")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("cannot create a Kafka client")?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))?;
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .with_context(|| format!("cannot commit offset {offset} of {topic} partition {partition} for group {group}"))?;
+    Ok(())
+}
