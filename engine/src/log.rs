@@ -141,10 +141,10 @@ impl PartitionLog {
         let time = self.last_time.max(now_ms);
         let mut buf = Vec::with_capacity(payloads.iter().map(|p| p.len() + HEADER).sum());
         let mut out = Vec::with_capacity(payloads.len());
-        let mut offset = self.next_offset();
+        let first = self.next_offset();
         let mut pos = self.end_pos;
         let mut positions = Vec::with_capacity(payloads.len());
-        for payload in payloads {
+        for (offset, payload) in (first..).zip(payloads) {
             if payload.len() > MAX_RECORD_BYTES as usize {
                 return Err(LogError::TooLarge(payload.len()));
             }
@@ -156,7 +156,6 @@ impl PartitionLog {
                 log_time: time,
                 payload,
             });
-            offset += 1;
         }
         self.file.write_all(&buf).map_err(io_err)?;
         self.file.sync_data().map_err(io_err)?;

@@ -151,7 +151,7 @@ impl SnapshotStore for FileSnapshotStore {
                 checksum,
             });
         }
-        out.sort_by(|a, b| b.offset.cmp(&a.offset));
+        out.sort_by_key(|s| std::cmp::Reverse(s.offset));
         Ok(out)
     }
 
@@ -187,12 +187,12 @@ pub struct Rejected {
     pub error: String,
 }
 
+/// The newest usable snapshot (if any) and every newer one that was refused.
+pub type Loaded = (Option<(SnapshotInfo, State)>, Vec<Rejected>);
+
 /// Loads the newest snapshot that decodes and passes every invariant, falling back to
 /// older ones. Returns it (if any) and every newer snapshot that was refused.
-pub fn load_newest_valid(
-    store: &dyn SnapshotStore,
-    partition: u32,
-) -> Result<(Option<(SnapshotInfo, State)>, Vec<Rejected>), StoreError> {
+pub fn load_newest_valid(store: &dyn SnapshotStore, partition: u32) -> Result<Loaded, StoreError> {
     let mut rejected = Vec::new();
     for info in store.list(partition)? {
         let result = store
