@@ -60,6 +60,8 @@ pub(crate) fn base_config(brokers: &str, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         // Loopback and LAN brokers: find a dead broker quickly.
         .set("socket.keepalive.enable", "true")
+        // Small records, latency first: never let Nagle hold a request back.
+        .set("socket.nagle.disable", "true")
         .set("reconnect.backoff.max.ms", "1000")
         .set("log_level", "4");
     c
