@@ -433,16 +433,65 @@ async fn rate_limit_is_429_with_retry_after() {
     s.stop().await;
 }
 
-/// 503 with Retry-After when the engine does not answer within the deadline (a zero
-/// deadline: only an answer available at once would do, and the log must sync first).
+/// 503 with Retry-After when the engine cannot answer: an embedded server whose
+/// partition 0 cannot be recovered (its newest snapshot claims offsets the log does not
+/// have) never becomes ready, and says so instead of queueing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrecoverable_engine_is_503_with_retry_after() {
+    use flashsale_engine::store::{FileSnapshotStore, SnapshotStore};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = TestServer::start_with(Mode::Embedded, |a| a.data_dir = data.clone()).await.unwrap();
+    s.stop().await;
+    let mut state = flashsale_engine::State::new(0);
+    let tick = flashsale_proto::CommandRecord {
+        request_id: flashsale_proto::RequestId(1),
+        reply_to: flashsale_proto::NO_REPLY,
+        idempotency_key: None,
+        command: flashsale_proto::Command::Tick,
+    };
+    state.apply(99, 1, &tick, &mut Vec::new());
+    let bytes = flashsale_engine::snapshot::encode(&state).unwrap();
+    FileSnapshotStore::new(data.join("snapshots")).save(0, 100, 1, &bytes).unwrap();
+
+    let mut args = serve_args(data);
+    args.reply_deadline_ms = 300;
+    let running = flashsale_gateway::start(args).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let c = client();
+    let ready = call(&c, &base, Method::GET, "/ready", None, &[]).await;
+    assert_error(&ready, 503, "Service Unavailable");
+    let a = call(&c, &base, Method::POST, "/api/v1/reservations", Some(json!({"userId": "u", "skuId": "ANY", "quantity": 1})), &[]).await;
+    assert_error(&a, 503, "Service Unavailable");
+    assert_eq!(a.headers["retry-after"], "1");
+    // health is about the process, not the engine
+    assert_eq!(call(&c, &base, Method::GET, "/health", None, &[]).await.status, StatusCode::OK);
+    running.stop().await.unwrap();
+}
+
+/// 503 with Retry-After when the engine does not answer within the deadline: a Kafka
+/// gateway whose commands no engine consumes. The outcome is unknown, so the message
+/// says to retry with the same Idempotency-Key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_deadline_is_503_with_retry_after() {
-    let s = TestServer::start_with(Mode::Embedded, |a| a.reply_deadline_ms = 0).await.unwrap();
-    let a = s.reserve("u", "ANY-SKU", 1).await;
+    let Some(svc) = kafka::services_or_skip("gateway without an engine") else { return };
+    let prefix = format!("flashsale-test-{}.", kafka::unique_id());
+    let run = |args: Vec<String>| std::process::Command::new(flashsale_bin()).args(args).env_remove("FLASHSALE_POSTGRES").output().unwrap();
+    let o = run(vec!["topics".into(), "create".into(), "--kafka".into(), svc.kafka.clone(), "--topic-prefix".into(), prefix.clone(), "--partitions".into(), "2".into(), "--replies-partitions".into(), "1".into()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = ["gateway", "--kafka", &svc.kafka, "--topic-prefix", &prefix, "--listen", &format!("127.0.0.1:{port}"),
+        "--admin-token", TOKEN, "--gateway-id", "0", "--reply-deadline-ms", "500"].iter().map(|s| s.to_string()).collect();
+    let mut gw = kafka::Proc::spawn("gateway-no-engine", &args, dir.path()).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let c = client();
+    wait_ready(&c, &base).await;
+    let a = call(&c, &base, Method::POST, "/api/v1/reservations", Some(json!({"userId": "u", "skuId": "ANY-SKU", "quantity": 1})), &[("idempotency-key", "k-503")]).await;
     assert_error(&a, 503, "Service Unavailable");
     assert_eq!(a.headers["retry-after"], "1");
     assert!(a.body["message"].as_str().unwrap().contains("Idempotency-Key"));
-    s.stop().await;
+    gw.kill9();
 }
 
 /// No input, however malformed, gets a 500, a panic or a dropped connection.
