@@ -214,12 +214,37 @@ pub fn create(brokers: &str, spec: &TopicSpec) -> anyhow::Result<Vec<TopicOutcom
     Ok(outcomes)
 }
 
+/// Per named topic: how many of its partitions have a leader (`None`: no such topic).
+fn led_partitions(brokers: &str, names: &[&str]) -> anyhow::Result<Vec<Option<u32>>> {
+    let consumer: BaseConsumer = base_config(brokers, "flashsale-metadata")
+        .create()
+        .context("cannot create a Kafka client")?;
+    let md = consumer
+        .fetch_metadata(None, ADMIN_TIMEOUT)
+        .with_context(|| format!("cannot read topic metadata from {brokers}; is Kafka running?"))?;
+    Ok(names
+        .iter()
+        .map(|n| {
+            md.topics()
+                .iter()
+                .find(|t| t.name() == *n && t.error().is_none())
+                .map(|t| {
+                    t.partitions()
+                        .iter()
+                        .filter(|p| p.error().is_none() && p.leader() >= 0)
+                        .count() as u32
+                })
+        })
+        .collect())
+}
+
 /// Topic creation is asynchronous in the broker: wait (bounded) until metadata shows
-/// every topic with all its partitions, so clients started next find them.
+/// every topic with all its partitions, each with a leader, so clients started next
+/// can read offsets at once (not `NotLeaderForPartition`).
 fn wait_visible(brokers: &str, plan: &[PlannedTopic]) -> anyhow::Result<()> {
     let names: Vec<&str> = plan.iter().map(|t| t.name.as_str()).collect();
     for _ in 0..100 {
-        let counts = partition_counts(brokers, &names)?;
+        let counts = led_partitions(brokers, &names)?;
         if counts
             .iter()
             .zip(plan)
