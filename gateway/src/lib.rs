@@ -1,7 +1,10 @@
 //! The flashsale gateway: the HTTP API of API.md ([`api`]), the command dispatcher
 //! that awaits engine replies by request id ([`dispatch`]), the read model built from
 //! engine events ([`readmodel`]), metrics ([`metrics`]), and the embedded node that
-//! runs log, engine actors and snapshots in-process ([`embedded`]).
+//! runs log, engine actors and snapshots in-process ([`embedded`]). In Kafka mode the
+//! log is Kafka ([`kafka`]) and Postgres ([`pg`]) holds the schema, the engine's
+//! snapshots and the exactly-once projection of reservations and orders that the
+//! order reads of the API come from.
 //!
 //! What it does not do: decide anything about stock. Every decision is the engine's
 //! (`flashsale-engine`), made in log order; the gateway validates input, routes

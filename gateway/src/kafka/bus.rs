@@ -9,7 +9,7 @@
 //! bounded map meanwhile; nobody waits for one whose request is gone (deadline passed,
 //! or a reply re-sent by an engine replaying after a failover), so it is dropped.
 
-use super::{base_config, producer_config, Topics, ADMIN_TIMEOUT};
+use super::{base_config, producer_config, Topics};
 use crate::dispatch::{BusError, BusFuture, CommandBus, Pending};
 use crate::readmodel::ReadModel;
 use anyhow::Context;
@@ -192,8 +192,7 @@ impl Follower {
         .context("cannot create the Kafka consumer")?;
         // Replies: from the end as it is now, resolved here (not lazily at the first
         // fetch) so that no reply to a request sent after this point is skipped.
-        let (_, replies_end) = consumer
-            .fetch_watermarks(&opts.topics.replies, opts.gateway_id as i32, ADMIN_TIMEOUT)
+        let (_, replies_end) = super::watermarks(&consumer, &opts.topics.replies, opts.gateway_id as i32)
             .with_context(|| {
                 format!(
                     "cannot read the end of {} partition {}",
@@ -208,8 +207,7 @@ impl Follower {
             Offset::Offset(replies_end),
         )?;
         for p in 0..opts.partitions as i32 {
-            let (low, high) = consumer
-                .fetch_watermarks(&opts.topics.events, p, ADMIN_TIMEOUT)
+            let (low, high) = super::watermarks(&consumer, &opts.topics.events, p)
                 .with_context(|| {
                     format!(
                         "cannot read the offsets of {} partition {p}",

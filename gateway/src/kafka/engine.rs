@@ -645,7 +645,7 @@ impl Core {
                 Some(Offset::Offset(c)) if c >= 0 => c as u64,
                 _ => 0,
             };
-            let (low, high) = match consumer.fetch_watermarks(&topic, p as i32, ADMIN_TIMEOUT) {
+            let (low, high) = match super::watermarks(consumer, &topic, p as i32) {
                 Ok((l, h)) => (l.max(0) as u64, h.max(0) as u64),
                 Err(e) => fatal(format!(
                     "cannot read the offsets of {topic} partition {p}: {e}"

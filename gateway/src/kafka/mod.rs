@@ -88,3 +88,42 @@ pub(crate) fn record_time_ms(ts: rdkafka::Timestamp) -> Option<u64> {
 
 /// A wait for metadata and other admin answers.
 pub(crate) const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `(low, high)` offsets of a partition, retried (bounded) while the broker is still
+/// electing its leader: right after a topic is created, `ListOffsets` can answer
+/// `NotLeaderForPartition` for a moment.
+pub(crate) fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> rdkafka::error::KafkaResult<(i64, i64)> {
+    use rdkafka::consumer::Consumer;
+    let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, ADMIN_TIMEOUT) {
+            Ok(w) => return Ok(w),
+            Err(e) if std::time::Instant::now() < deadline && is_transient(&e) => {
+                tracing::debug!(topic, partition, error = %e, "offsets not available yet; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Errors a broker answers while a partition's leadership settles.
+fn is_transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::NotLeaderForPartition
+                | C::LeaderNotAvailable
+                | C::UnknownTopicOrPartition
+                | C::UnknownLeaderEpoch
+                | C::NotCoordinator
+                | C::RequestTimedOut
+                | C::OperationTimedOut
+        )
+    )
+}

@@ -89,6 +89,16 @@ pub struct TopicOutcome {
 
 /// Partition counts of the named topics (`None` for a topic that does not exist).
 pub fn partition_counts(brokers: &str, names: &[&str]) -> anyhow::Result<Vec<Option<u32>>> {
+    count_partitions(brokers, names, false)
+}
+
+/// Per named topic, how many partitions it has (`only_led`: how many have a leader);
+/// `None` for a topic that does not exist.
+fn count_partitions(
+    brokers: &str,
+    names: &[&str],
+    only_led: bool,
+) -> anyhow::Result<Vec<Option<u32>>> {
     let consumer: BaseConsumer = base_config(brokers, "flashsale-metadata")
         .create()
         .context("cannot create a Kafka client")?;
@@ -101,7 +111,12 @@ pub fn partition_counts(brokers: &str, names: &[&str]) -> anyhow::Result<Vec<Opt
             md.topics()
                 .iter()
                 .find(|t| t.name() == *n && t.error().is_none())
-                .map(|t| t.partitions().len() as u32)
+                .map(|t| {
+                    t.partitions()
+                        .iter()
+                        .filter(|p| !only_led || (p.error().is_none() && p.leader() >= 0))
+                        .count() as u32
+                })
         })
         .collect())
 }
@@ -214,37 +229,13 @@ pub fn create(brokers: &str, spec: &TopicSpec) -> anyhow::Result<Vec<TopicOutcom
     Ok(outcomes)
 }
 
-/// Per named topic: how many of its partitions have a leader (`None`: no such topic).
-fn led_partitions(brokers: &str, names: &[&str]) -> anyhow::Result<Vec<Option<u32>>> {
-    let consumer: BaseConsumer = base_config(brokers, "flashsale-metadata")
-        .create()
-        .context("cannot create a Kafka client")?;
-    let md = consumer
-        .fetch_metadata(None, ADMIN_TIMEOUT)
-        .with_context(|| format!("cannot read topic metadata from {brokers}; is Kafka running?"))?;
-    Ok(names
-        .iter()
-        .map(|n| {
-            md.topics()
-                .iter()
-                .find(|t| t.name() == *n && t.error().is_none())
-                .map(|t| {
-                    t.partitions()
-                        .iter()
-                        .filter(|p| p.error().is_none() && p.leader() >= 0)
-                        .count() as u32
-                })
-        })
-        .collect())
-}
-
 /// Topic creation is asynchronous in the broker: wait (bounded) until metadata shows
 /// every topic with all its partitions, each with a leader, so clients started next
 /// can read offsets at once (not `NotLeaderForPartition`).
 fn wait_visible(brokers: &str, plan: &[PlannedTopic]) -> anyhow::Result<()> {
     let names: Vec<&str> = plan.iter().map(|t| t.name.as_str()).collect();
     for _ in 0..100 {
-        let counts = led_partitions(brokers, &names)?;
+        let counts = count_partitions(brokers, &names, true)?;
         if counts
             .iter()
             .zip(plan)
@@ -289,7 +280,13 @@ pub fn check(brokers: &str, topics: &Topics) -> anyhow::Result<(u32, u32)> {
 /// engine to own that partition re-delivers (and re-produces the outputs of)
 /// everything from there. Only while no member of the group runs (the broker refuses
 /// commits from outside a live group). Blocking.
-pub fn rewind_group(brokers: &str, group: &str, topic: &str, partition: u32, offset: u64) -> anyhow::Result<()> {
+pub fn rewind_group(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+) -> anyhow::Result<()> {
     use rdkafka::consumer::CommitMode;
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = base_config(brokers, "flashsale-rewind")
@@ -299,8 +296,8 @@ pub fn rewind_group(brokers: &str, group: &str, topic: &str, partition: u32, off
         .context("cannot create a Kafka client")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))?;
-    consumer
-        .commit(&tpl, CommitMode::Sync)
-        .with_context(|| format!("cannot commit offset {offset} of {topic} partition {partition} for group {group}"))?;
+    consumer.commit(&tpl, CommitMode::Sync).with_context(|| {
+        format!("cannot commit offset {offset} of {topic} partition {partition} for group {group}")
+    })?;
     Ok(())
 }
