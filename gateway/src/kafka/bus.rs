@@ -192,13 +192,14 @@ impl Follower {
         .context("cannot create the Kafka consumer")?;
         // Replies: from the end as it is now, resolved here (not lazily at the first
         // fetch) so that no reply to a request sent after this point is skipped.
-        let (_, replies_end) = super::watermarks(&consumer, &opts.topics.replies, opts.gateway_id as i32)
-            .with_context(|| {
-                format!(
-                    "cannot read the end of {} partition {}",
-                    opts.topics.replies, opts.gateway_id
-                )
-            })?;
+        let (_, replies_end) =
+            super::watermarks(&consumer, &opts.topics.replies, opts.gateway_id as i32)
+                .with_context(|| {
+                    format!(
+                        "cannot read the end of {} partition {}",
+                        opts.topics.replies, opts.gateway_id
+                    )
+                })?;
         let mut targets = Vec::with_capacity(opts.partitions as usize);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(
@@ -207,8 +208,8 @@ impl Follower {
             Offset::Offset(replies_end),
         )?;
         for p in 0..opts.partitions as i32 {
-            let (low, high) = super::watermarks(&consumer, &opts.topics.events, p)
-                .with_context(|| {
+            let (low, high) =
+                super::watermarks(&consumer, &opts.topics.events, p).with_context(|| {
                     format!(
                         "cannot read the offsets of {} partition {p}",
                         opts.topics.events
