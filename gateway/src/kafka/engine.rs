@@ -547,9 +547,11 @@ impl Core {
         }
     }
 
-    /// Appends tick records to partitions with holds due.
+    /// Appends tick records to partitions with holds due, and snapshots partitions
+    /// gone quiet.
     fn tick(&mut self) {
         let now = now_ms();
+        self.snapshot_quiet(now);
         let due: Vec<u32> = self
             .owned
             .iter()
@@ -574,6 +576,36 @@ impl Core {
             // Not tracked for commits: a lost tick is followed by another.
             let ack = Arc::new(BatchAck::default());
             self.produce(&topic, p, None, None, &encode(&tick), &ack);
+        }
+    }
+
+    /// A partition whose last record is older (in wall time) than the snapshot interval
+    /// and has records no snapshot covers gets one now: the policy counts log time,
+    /// which stands still while nothing is appended, and the log behind an old
+    /// snapshot may meanwhile be deleted by retention.
+    fn snapshot_quiet(&mut self, now: UnixMs) {
+        let every_ms = self.opts.snapshot.every_ms;
+        for o in self.owned.values_mut() {
+            let quiet = o.catch_up_to.is_none()
+                && o.actor.state().next_offset() > o.last_snapshot_offset
+                && now.saturating_sub(o.actor.state().clock()) >= every_ms
+                && !o.writing.load(Ordering::Acquire);
+            if !quiet {
+                continue;
+            }
+            let state = o.actor.snapshot_now();
+            o.last_snapshot_offset = state.next_offset();
+            o.writing.store(true, Ordering::Release);
+            let (store, metrics, writing, keep) = (
+                self.store.clone(),
+                self.metrics.clone(),
+                o.writing.clone(),
+                self.opts.keep_snapshots,
+            );
+            std::thread::spawn(move || {
+                write_snapshot(&state, store.as_ref(), keep, &metrics);
+                writing.store(false, Ordering::Release);
+            });
         }
     }
 
