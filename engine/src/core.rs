@@ -69,7 +69,8 @@ impl Product {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` leaves the shipping address out (personal data never reaches a log).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderRecord {
     pub order_id: OrderId,
     pub payment_transaction_id: String,
@@ -77,6 +78,19 @@ pub struct OrderRecord {
     pub shipping_address: String,
     pub total_price: Cents,
     pub created_at: UnixMs,
+}
+
+impl std::fmt::Debug for OrderRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderRecord")
+            .field("order_id", &self.order_id)
+            .field("payment_transaction_id", &self.payment_transaction_id)
+            .field("payment_method", &self.payment_method)
+            .field("shipping_address", &flashsale_proto::REDACTED)
+            .field("total_price", &self.total_price)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,12 +41,37 @@ pub enum Command {
     Tick,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` leaves the shipping address out (personal data never reaches a log).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckoutRequest {
     pub reservation: ReservationId,
     pub payment_transaction_id: String,
     pub payment_method: PaymentMethod,
     pub shipping_address: String,
+}
+
+impl std::fmt::Debug for CheckoutRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckoutRequest")
+            .field("reservation", &self.reservation)
+            .field("payment_transaction_id", &self.payment_transaction_id)
+            .field("payment_method", &self.payment_method)
+            .field("shipping_address", &REDACTED)
+            .finish()
+    }
+}
+
+/// What `Debug` prints in place of personal data.
+pub const REDACTED: Redacted = Redacted;
+
+/// Prints as `<redacted>`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -145,7 +170,8 @@ pub struct ReservationView {
     pub expires_at: UnixMs,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` leaves the shipping address out (personal data never reaches a log).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderView {
     pub order_id: OrderId,
     pub reservation_id: ReservationId,
@@ -157,6 +183,23 @@ pub struct OrderView {
     pub payment_method: PaymentMethod,
     pub shipping_address: String,
     pub created_at: UnixMs,
+}
+
+impl std::fmt::Debug for OrderView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderView")
+            .field("order_id", &self.order_id)
+            .field("reservation_id", &self.reservation_id)
+            .field("user", &self.user)
+            .field("sku", &self.sku)
+            .field("quantity", &self.quantity)
+            .field("total_price", &self.total_price)
+            .field("payment_transaction_id", &self.payment_transaction_id)
+            .field("payment_method", &self.payment_method)
+            .field("shipping_address", &REDACTED)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
 }
 
 /// The engine's answer to one command.
