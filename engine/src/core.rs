@@ -35,6 +35,7 @@ pub struct Product {
     /// Units of `CONFIRMED` reservations.
     pub(crate) sold: u64,
     /// Per user: units held + bought. Zero entries are removed.
+    #[serde(deserialize_with = "crate::presized::map")]
     pub(crate) per_user: FxHashMap<UserId, u32>,
 }
 
@@ -169,6 +170,7 @@ pub struct State {
     pub(crate) next_offset: u64,
     pub(crate) sales: BTreeMap<SaleId, SaleMeta>,
     pub(crate) products: FxHashMap<SkuId, Product>,
+    #[serde(deserialize_with = "crate::presized::map")]
     pub(crate) reservations: FxHashMap<ReservationId, Reservation>,
     /// Expiry queues, one per TTL. Log time never goes back, so within one TTL the
     /// expiry times arrive in order: a FIFO is already sorted (O(1) insert, unlike a
@@ -177,6 +179,7 @@ pub struct State {
     pub(crate) expiries: BTreeMap<u64, VecDeque<(UnixMs, ReservationId)>>,
     /// Number of `RESERVED` reservations.
     pub(crate) live: u64,
+    #[serde(deserialize_with = "crate::presized::map")]
     pub(crate) idempotency: FxHashMap<String, IdempotencyEntry>,
     pub(crate) idempotency_fifo: VecDeque<(UnixMs, String)>,
 }

@@ -11,6 +11,7 @@ pub mod actor;
 pub mod core;
 pub mod invariants;
 pub mod log;
+mod presized;
 pub mod snapshot;
 pub mod store;
 

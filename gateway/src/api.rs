@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/actuator/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn(crate::telemetry::trace_http))
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -414,7 +415,12 @@ async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    let mut res = app.metrics.render().into_response();
+    metrics_response(&app.metrics)
+}
+
+/// `GET /metrics`: the registry in the OpenMetrics text format.
+pub fn metrics_response(metrics: &Metrics) -> Response {
+    let mut res = metrics.render().into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

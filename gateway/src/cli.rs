@@ -26,6 +26,30 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `flashsale_gateway=debug`.
     #[arg(long, global = true, env = "FLASHSALE_LOG", default_value = "info")]
     pub log: String,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Trace export (OpenTelemetry OTLP); off unless an endpoint is given. The variables
+/// are OpenTelemetry's standard ones, so a deployment's usual settings apply.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryArgs {
+    /// OTLP collector base URL (http:// only), e.g. http://127.0.0.1:4318 for OTLP/HTTP (spans go to <url>/v1/traces) or http://127.0.0.1:4317 for gRPC. Unset: no trace export.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport: http/protobuf or grpc.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::HttpProtobuf)]
+    pub otlp_protocol: OtlpProtocol,
+    /// Fraction of new traces recorded, 0.0-1.0. A request with a W3C traceparent follows its caller's decision (parent-based).
+    #[arg(long, global = true, env = "FLASHSALE_TRACE_SAMPLE_RATIO", default_value_t = 0.01)]
+    pub trace_sample_ratio: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    #[value(name = "http/protobuf", alias = "http")]
+    HttpProtobuf,
+    Grpc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -142,6 +166,9 @@ pub struct ProjectorArgs {
     /// Most event records applied in one Postgres transaction.
     #[arg(long, env = "FLASHSALE_PROJECTOR_BATCH", default_value_t = 5000)]
     pub projector_batch: usize,
+    /// Address for GET /metrics (Prometheus); unset: no metrics endpoint.
+    #[arg(long, env = "FLASHSALE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `serve`: the embedded server, or with `--kafka` engine + gateway + projector in one
@@ -279,6 +306,9 @@ pub struct EngineArgs {
     /// Producer linger in ms: under load, records are batched for at most this long.
     #[arg(long, env = "FLASHSALE_KAFKA_LINGER_MS", default_value_t = 1)]
     pub linger_ms: u32,
+    /// Address for GET /metrics (Prometheus); unset: no metrics endpoint.
+    #[arg(long, env = "FLASHSALE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -3,6 +3,7 @@
 //! The log behind [`CommandBus`] is the embedded one or Kafka; this code is the same.
 
 use crate::error::ApiError;
+use crate::telemetry::{self, TraceParent};
 use dashmap::DashMap;
 use flashsale_proto::*;
 use std::future::Future;
@@ -27,6 +28,13 @@ pub trait CommandBus: Send + Sync + 'static {
     /// Appends `record` to `partition`. Resolves once the log has taken it (it may
     /// not be applied yet). Never waits without bound.
     fn send(&self, partition: u32, record: CommandRecord) -> BusFuture<'_>;
+    /// [`CommandBus::send`] with the command's trace context, carried beside the
+    /// record (a Kafka header, or in-process), never inside its payload. A bus that
+    /// cannot carry it drops it.
+    fn send_traced(&self, partition: u32, record: CommandRecord, trace: Option<TraceParent>) -> BusFuture<'_> {
+        let _ = trace;
+        self.send(partition, record)
+    }
     /// True when every partition this node serves is owned and caught up.
     fn is_ready(&self) -> bool;
 }
@@ -105,8 +113,27 @@ impl Dispatcher {
         partition_for_key(sku.as_str().as_bytes(), self.partitions())
     }
 
-    /// Sends a command and waits for its reply.
+    /// Sends a command and waits for its reply (in a `command` span when traced).
     pub async fn call(&self, partition: u32, command: Command, idempotency_key: Option<String>) -> Result<ReplyRecord, ApiError> {
+        let span = telemetry::command_span(command_name(&command), partition);
+        if span.is_disabled() {
+            return self.call_inner(partition, command, idempotency_key, None).await;
+        }
+        let trace = TraceParent::of(&span);
+        let result = tracing::Instrument::instrument(self.call_inner(partition, command, idempotency_key, trace), span.clone()).await;
+        if let Ok(rec) = &result {
+            span.record("flashsale.offset", rec.offset);
+        }
+        result
+    }
+
+    async fn call_inner(
+        &self,
+        partition: u32,
+        command: Command,
+        idempotency_key: Option<String>,
+        trace: Option<TraceParent>,
+    ) -> Result<ReplyRecord, ApiError> {
         let _permit = self
             .in_flight
             .try_acquire()
@@ -119,7 +146,7 @@ impl Dispatcher {
         self.pending.map.insert(request_id, tx);
         let _waiter = Waiter { pending: &self.pending, id: request_id };
         let record = CommandRecord { request_id, reply_to: self.cfg.gateway_id, idempotency_key, command };
-        match tokio::time::timeout(self.cfg.reply_deadline, self.bus.send(partition, record)).await {
+        match tokio::time::timeout(self.cfg.reply_deadline, self.bus.send_traced(partition, record, trace)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(ApiError::unavailable(format!("{e}; retry with the same Idempotency-Key"))),
             Err(_) => return Err(ApiError::unavailable("The command log did not accept the request in time; retry with the same Idempotency-Key")),
@@ -130,5 +157,17 @@ impl Dispatcher {
                 "The engine did not answer in time; the outcome is unknown: retry with the same Idempotency-Key",
             )),
         }
+    }
+}
+
+/// A command's name in spans.
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::ConfigureSale(_) => "configure_sale",
+        Command::DropSale { .. } => "drop_sale",
+        Command::Reserve { .. } => "reserve",
+        Command::Checkout(_) => "checkout",
+        Command::Cancel { .. } => "cancel",
+        Command::Tick => "tick",
     }
 }

@@ -13,6 +13,7 @@ use crate::dispatch::{BusError, BusFuture, CommandBus, Pending};
 use crate::json::now_ms;
 use crate::metrics::Metrics;
 use crate::readmodel::ReadModel;
+use crate::telemetry::{self, TraceParent};
 use anyhow::Context;
 use flashsale_engine::actor::{Applied, PartitionActor, SnapshotPolicy};
 use flashsale_engine::log::{LogRecord, PartitionLog};
@@ -78,9 +79,15 @@ impl EngineOutput for LocalOutput {
 
 /// Messages to a partition's writer thread.
 enum WriterMsg {
-    Append(Vec<u8>),
+    /// An encoded command record, and its trace context (kept beside the record on
+    /// its way to the actor, never written to the log).
+    Append(Vec<u8>, Option<TraceParent>),
     Stop,
 }
+
+/// Records written by one group commit, with the trace contexts of the traced ones
+/// as (index, context): empty, so never allocated, when nothing is traced.
+type Written = (Vec<LogRecord>, Vec<(usize, TraceParent)>);
 
 pub struct EmbeddedBus {
     writers: Vec<mpsc::Sender<WriterMsg>>,
@@ -94,12 +101,15 @@ impl CommandBus for EmbeddedBus {
         self.partitions
     }
     fn send(&self, partition: u32, record: CommandRecord) -> BusFuture<'_> {
+        self.send_traced(partition, record, None)
+    }
+    fn send_traced(&self, partition: u32, record: CommandRecord, trace: Option<TraceParent>) -> BusFuture<'_> {
         let result = if self.closing.load(Ordering::Acquire) {
             Err(BusError::Unavailable("the server is shutting down".into()))
         } else {
             match self.writers.get(partition as usize) {
                 None => Err(BusError::Unavailable(format!("no partition {partition}"))),
-                Some(w) => w.try_send(WriterMsg::Append(encode(&record))).map_err(|e| match e {
+                Some(w) => w.try_send(WriterMsg::Append(encode(&record), trace)).map_err(|e| match e {
                     mpsc::error::TrySendError::Full(_) => BusError::Full(partition),
                     mpsc::error::TrySendError::Closed(_) => BusError::Unavailable("the log writer stopped".into()),
                 }),
@@ -301,14 +311,20 @@ pub fn recover(
         tracing::warn!(partition, snapshot = %r.info.id, error = %r.error, "snapshot refused; falling back to an older one");
     }
     let (snapshot_offset, state) = match found {
-        Some((info, state)) if info.offset <= log.next_offset() => (Some(info.offset), state),
+        Some((info, state)) if info.offset <= log.next_offset() => {
+            metrics.snapshot_at(partition, info.taken_at);
+            (Some(info.offset), state)
+        }
         Some((info, _)) => anyhow::bail!(
             "snapshot {} covers offset {} but the log of partition {partition} ends at {}: the log is missing records",
             info.id,
             info.offset,
             log.next_offset()
         ),
-        None => (None, State::new(partition as u16)),
+        None => {
+            metrics.snapshot_at(partition, now_ms());
+            (None, State::new(partition as u16))
+        }
     };
     let mut actor = PartitionActor::new(state, policy);
     let mut replayed = 0;
@@ -338,20 +354,31 @@ pub fn recover(
 fn writer_loop(
     mut log: PartitionLog,
     mut inbox: mpsc::Receiver<WriterMsg>,
-    to_actor: mpsc::Sender<Vec<LogRecord>>,
+    to_actor: mpsc::Sender<Written>,
     shared: Arc<Vec<PartitionShared>>,
     partition: u32,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut traces = Vec::new();
     let mut stop = false;
     while !stop {
         match inbox.blocking_recv() {
-            Some(WriterMsg::Append(p)) => batch.push(p),
+            Some(WriterMsg::Append(p, t)) => {
+                if let Some(t) = t {
+                    traces.push((batch.len(), t));
+                }
+                batch.push(p)
+            }
             Some(WriterMsg::Stop) | None => break,
         }
         while batch.len() < MAX_BATCH {
             match inbox.try_recv() {
-                Ok(WriterMsg::Append(p)) => batch.push(p),
+                Ok(WriterMsg::Append(p, t)) => {
+                    if let Some(t) = t {
+                        traces.push((batch.len(), t));
+                    }
+                    batch.push(p)
+                }
                 Ok(WriterMsg::Stop) => {
                     stop = true;
                     break;
@@ -369,7 +396,7 @@ fn writer_loop(
             }
         };
         shared[partition as usize].written.store(log.next_offset(), Ordering::Release);
-        if to_actor.blocking_send(records).is_err() {
+        if to_actor.blocking_send((records, std::mem::take(&mut traces))).is_err() {
             break;
         }
     }
@@ -377,7 +404,7 @@ fn writer_loop(
 
 async fn actor_loop(
     mut actor: PartitionActor,
-    mut inbox: mpsc::Receiver<Vec<LogRecord>>,
+    mut inbox: mpsc::Receiver<Written>,
     output: Arc<dyn EngineOutput>,
     shared: Arc<Vec<PartitionShared>>,
     store: Arc<dyn SnapshotStore>,
@@ -386,9 +413,9 @@ async fn actor_loop(
 ) {
     let p = actor.partition();
     let writing = Arc::new(AtomicBool::new(false));
-    while let Some(batch) = inbox.recv().await {
+    while let Some((batch, traces)) = inbox.recv().await {
         let t = Instant::now();
-        let applied = actor.apply_batch(&batch);
+        let applied = telemetry::apply_traced(&mut actor, &batch, &traces);
         metrics.engine_apply(t.elapsed());
         let sh = &shared[p as usize];
         sh.needs_tick_at.store(actor.state().next_expiry().unwrap_or(u64::MAX), Ordering::Release);
@@ -423,6 +450,7 @@ fn write_snapshot(state: &State, store: &dyn SnapshotStore, keep: usize, metrics
     match result {
         Ok(info) => {
             metrics.snapshot_written(t.elapsed());
+            metrics.snapshot_at(p, now_ms());
             tracing::debug!(partition = p, offset = info.offset, bytes = info.size_bytes, "snapshot written");
             if let Err(e) = store.prune(p, keep.max(1)) {
                 tracing::warn!(partition = p, error = %e, "could not prune old snapshots");

@@ -25,6 +25,7 @@ pub mod orders;
 pub mod pg;
 pub mod readmodel;
 pub mod sales;
+pub mod telemetry;
 
 use anyhow::Context;
 use api::{ApiConfig, AppInner, RateLimit};

@@ -1,22 +1,27 @@
 //! `flashsale`: parse the command line, set up logging, run the subcommand.
 
 use clap::Parser;
-use flashsale_gateway::cli::{Cli, Command, LogFormat};
-use tracing_subscriber::EnvFilter;
+use flashsale_gateway::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return std::process::ExitCode::from(1);
+        }
+    };
+    // Inside the runtime: the gRPC trace exporter needs it.
+    let telemetry = {
+        let _rt = runtime.enter();
+        flashsale_gateway::telemetry::init(&cli.log, cli.log_format, &cli.telemetry, service_name(&cli.command))
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
         }
     };
     let result = runtime.block_on(async {
@@ -32,6 +37,8 @@ fn main() -> std::process::ExitCode {
             Command::Projector(args) => flashsale_gateway::pg::projector_command(args, shutdown_signal()).await,
         }
     });
+    // Export the spans still buffered, while the runtime is still there.
+    telemetry.shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A tool that ran and found problems (audit, verify) exits 1; errors exit 2.
@@ -43,6 +50,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// The `service.name` of this process's traces.
+fn service_name(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::Serve(_) => "flashsale",
+        Command::Engine(_) => "flashsale-engine",
+        Command::Gateway(_) => "flashsale-gateway",
+        Command::Projector(_) => "flashsale-projector",
+        _ => "flashsale-cli",
     }
 }
 

@@ -12,11 +12,12 @@
 use super::{base_config, producer_config, Topics};
 use crate::dispatch::{BusError, BusFuture, CommandBus, Pending};
 use crate::readmodel::ReadModel;
+use crate::telemetry::{TraceParent, TRACEPARENT_HEADER};
 use anyhow::Context;
 use flashsale_proto::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -99,6 +100,16 @@ impl CommandBus for KafkaBus {
     }
 
     fn send(&self, partition: u32, record: CommandRecord) -> BusFuture<'_> {
+        self.send_traced(partition, record, None)
+    }
+
+    /// The trace context travels as a W3C `traceparent` record header.
+    fn send_traced(
+        &self,
+        partition: u32,
+        record: CommandRecord,
+        trace: Option<TraceParent>,
+    ) -> BusFuture<'_> {
         Box::pin(async move {
             if self.closing.load(Ordering::Acquire) {
                 return Err(BusError::Unavailable("the server is shutting down".into()));
@@ -109,6 +120,12 @@ impl CommandBus for KafkaBus {
                 .payload(&payload);
             if let Some(k) = command_key(&record.command) {
                 rec = rec.key(k.as_bytes());
+            }
+            if let Some(t) = trace {
+                rec = rec.headers(OwnedHeaders::new().insert(Header {
+                    key: TRACEPARENT_HEADER,
+                    value: Some(&t.encode()[..]),
+                }));
             }
             // The record's timestamp is left to the client: CreateTime = now.
             let delivery = self.producer.send_result(rec).map_err(|(e, _)| match e {

@@ -69,7 +69,7 @@ pub async fn engine_command(
         max_batch: args.engine.max_batch,
         linger_ms: args.linger_ms,
     };
-    node::run_engine(opts, store, shutdown).await
+    node::run_engine(opts, store, args.metrics_listen, shutdown).await
 }
 
 pub async fn gateway_command(

@@ -32,6 +32,7 @@ use super::bus::EngineReadiness;
 use super::{base_config, producer_config, record_time_ms, Topics, ADMIN_TIMEOUT};
 use crate::json::now_ms;
 use crate::metrics::Metrics;
+use crate::telemetry::{self, TraceParent, TRACEPARENT_HEADER};
 use anyhow::Context;
 use flashsale_engine::actor::{PartitionActor, SnapshotPolicy};
 use flashsale_engine::log::LogRecord;
@@ -40,7 +41,7 @@ use flashsale_engine::{snapshot, State};
 use flashsale_proto::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -179,6 +180,8 @@ pub fn start(
         .set("max.poll.interval.ms", "300000")
         .set("fetch.wait.max.ms", "5")
         .set("fetch.error.backoff.ms", "50")
+        // For the partition-lag gauge (see `EngineContext::stats`).
+        .set("statistics.interval.ms", "1000")
         .create_with_context(EngineContext {
             core: Mutex::new(core),
         })
@@ -234,7 +237,26 @@ impl ProducerContext for AckContext {
 struct EngineContext {
     core: Mutex<Core>,
 }
-impl ClientContext for EngineContext {}
+impl ClientContext for EngineContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`, delivered inside
+    /// `poll`, where the core is not locked): the partition lag is the high watermark
+    /// of the last fetch minus the next offset to apply.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(topic) = stats.topics.get(&core.opts.topics.commands) else {
+            return;
+        };
+        for (p, o) in &core.owned {
+            if let Some(part) = topic.partitions.get(&(*p as i32)) {
+                if part.hi_offset >= 0 {
+                    let next = o.actor.state().next_offset();
+                    core.metrics
+                        .partition_lag(*p, (part.hi_offset as u64).saturating_sub(next));
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for EngineContext {
     fn rebalance(
@@ -304,7 +326,7 @@ struct Core {
 }
 
 fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usize) {
-    let mut batch: Vec<(u32, LogRecord)> = Vec::with_capacity(max_batch);
+    let mut batch: Vec<(u32, LogRecord, Option<TraceParent>)> = Vec::with_capacity(max_batch);
     while !stop.load(Ordering::Acquire) {
         // Rebalance callbacks run inside poll: never hold the core lock across it.
         let mut timeout = Duration::from_millis(50);
@@ -322,7 +344,7 @@ fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usi
                         log_time,
                         payload: m.payload().unwrap_or(&[]).to_vec(),
                     };
-                    batch.push((m.partition() as u32, rec));
+                    batch.push((m.partition() as u32, rec, traceparent(&m)));
                 }
             }
             timeout = Duration::ZERO;
@@ -350,27 +372,33 @@ fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usi
 
 impl Core {
     /// Groups a fetched batch by partition (log order within each) and applies it.
-    fn process(&mut self, batch: Vec<(u32, LogRecord)>) {
+    fn process(&mut self, batch: Vec<(u32, LogRecord, Option<TraceParent>)>) {
         if batch.is_empty() {
             return;
         }
-        let mut by_partition: BTreeMap<u32, Vec<LogRecord>> = BTreeMap::new();
-        for (p, r) in batch {
-            by_partition.entry(p).or_default().push(r);
+        // Per partition: its records, and (index, context) of the traced ones.
+        type Part = (Vec<LogRecord>, Vec<(usize, TraceParent)>);
+        let mut by_partition: BTreeMap<u32, Part> = BTreeMap::new();
+        for (p, r, t) in batch {
+            let (recs, traces) = by_partition.entry(p).or_default();
+            if let Some(t) = t {
+                traces.push((recs.len(), t));
+            }
+            recs.push(r);
         }
-        for (p, recs) in by_partition {
-            self.apply(p, &recs);
+        for (p, (recs, traces)) in by_partition {
+            self.apply(p, &recs, &traces);
         }
     }
 
-    fn apply(&mut self, p: u32, recs: &[LogRecord]) {
+    fn apply(&mut self, p: u32, recs: &[LogRecord], traces: &[(usize, TraceParent)]) {
         // A partition revoked while its records were being fetched: not ours now.
         let Some(o) = self.owned.get_mut(&p) else {
             return;
         };
         let before = o.actor.state().next_offset();
         let t = Instant::now();
-        let mut applied = o.actor.apply_batch(recs);
+        let mut applied = telemetry::apply_traced(&mut o.actor, recs, traces);
         self.metrics.engine_apply(t.elapsed());
         let after = o.actor.state().next_offset();
         if after == before {
@@ -646,6 +674,7 @@ impl Core {
                 );
             }
             self.idle.insert(p, o.actor);
+            self.metrics.partition_released(p);
         }
         self.status.owned.store(0, Ordering::Release);
         self.status.catching_up.store(0, Ordering::Release);
@@ -690,6 +719,7 @@ impl Core {
                 fatal(format!("cannot set the start offset of partition {p}: {e}"));
             }
             let catch_up_to = (high > next).then_some(high);
+            self.metrics.partition_lag(p, high.saturating_sub(next));
             if catch_up_to.is_some() {
                 self.status.catching_up.fetch_add(1, Ordering::AcqRel);
             }
@@ -770,6 +800,7 @@ impl Core {
                 });
             match loaded {
                 Ok(s) => {
+                    self.metrics.snapshot_at(p, info.taken_at);
                     found = Some(s);
                     break;
                 }
@@ -787,6 +818,11 @@ impl Core {
                 "log start",
             ),
         };
+        if from != "snapshot" {
+            // No snapshot loaded: the age counts from now (the kept actor's partition
+            // was snapshotted when it was let go).
+            self.metrics.snapshot_at(p, now_ms());
+        }
         let next = actor.state().next_offset();
         if next < low {
             fatal(format!(
@@ -796,6 +832,16 @@ impl Core {
         }
         (actor, from)
     }
+}
+
+/// The trace context of a command record (its `traceparent` header), if any.
+fn traceparent(m: &BorrowedMessage<'_>) -> Option<TraceParent> {
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == TRACEPARENT_HEADER)
+        .and_then(|h| h.value)
+        .and_then(TraceParent::parse)
 }
 
 /// The SKU an event record is about (its Kafka key).
@@ -822,6 +868,7 @@ fn write_snapshot(state: &State, store: &dyn SnapshotStore, keep: usize, metrics
     match result {
         Ok(info) => {
             metrics.snapshot_written(t.elapsed());
+            metrics.snapshot_at(p, now_ms());
             tracing::debug!(
                 partition = p,
                 offset = info.offset,

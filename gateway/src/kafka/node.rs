@@ -263,9 +263,14 @@ pub async fn serve(
 pub async fn run_engine(
     opts: EngineOptions,
     store: Arc<dyn SnapshotStore>,
+    metrics_listen: Option<SocketAddr>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let metrics_server = match metrics_listen {
+        Some(addr) => Some(crate::telemetry::serve_metrics(addr, metrics.clone()).await?),
+        None => None,
+    };
     let (group, brokers) = (opts.group_id.clone(), opts.brokers.clone());
     let handle = blocking(move || engine::start(opts, store, metrics)).await?;
     println!("flashsale engine running (group {group}, brokers {brokers})");
@@ -284,5 +289,8 @@ pub async fn run_engine(
     tokio::task::spawn_blocking(move || handle.stop())
         .await
         .context("engine shutdown panicked")?;
+    if let Some(s) = metrics_server {
+        s.abort();
+    }
     Ok(())
 }

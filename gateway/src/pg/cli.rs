@@ -46,5 +46,15 @@ pub async fn projector_command(
     }
     let mut config = ProjectorConfig::new(args.kafka, format!("{}events", args.topic_prefix));
     config.max_batch = args.projector_batch.max(1);
-    run_projector(config, pool, shutdown).await
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let server = match args.metrics_listen {
+        Some(addr) => Some(crate::telemetry::serve_metrics(addr, metrics.clone()).await?),
+        None => None,
+    };
+    config.metrics = Some(metrics);
+    let result = run_projector(config, pool, shutdown).await;
+    if let Some(s) = server {
+        s.abort();
+    }
+    result
 }

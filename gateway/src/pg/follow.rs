@@ -102,6 +102,9 @@ pub async fn run_projector(
             };
             records_total += report.applied as u64;
             orders_total += report.orders_inserted;
+            if let Some(m) = &config.metrics {
+                m.projected(report.applied as u64, report.orders_inserted);
+            }
             skipped_total += report.skipped as u64;
         }
         if last_progress.elapsed() >= PROGRESS_EVERY && records_total > 0 {

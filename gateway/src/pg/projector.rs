@@ -33,6 +33,8 @@ pub struct ProjectorConfig {
     pub events_topic: String,
     /// Most event records applied in one transaction.
     pub max_batch: usize,
+    /// Where to count what was projected (`flashsale projector --metrics-listen`).
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl ProjectorConfig {
@@ -41,6 +43,7 @@ impl ProjectorConfig {
             kafka_bootstrap: kafka_bootstrap.into(),
             events_topic: events_topic.into(),
             max_batch: 5000,
+            metrics: None,
         }
     }
 }
