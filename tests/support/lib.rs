@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod kafka;
+pub mod otlp;
 
 pub use reqwest;
 pub use serde_json;
