@@ -165,12 +165,15 @@ pub fn check_state(s: &State) -> Vec<Violation> {
         .collect();
     let mut order_ids = rustc_hash::FxHashSet::default();
     let mut live = 0u64;
-    let mut queued: rustc_hash::FxHashSet<(UnixMs, ReservationId)> =
-        rustc_hash::FxHashSet::with_capacity_and_hasher(
-            s.expiries.values().map(|q| q.len()).sum(),
-            Default::default(),
-        );
-    queued.extend(s.expiries.values().flatten().copied());
+    // Invariant 3's index check compares two sorted lists (the queued entries, the live
+    // holds) instead of probing a hash set a million times at random: on recovery of a
+    // large partition, those cache misses were the biggest part of the check.
+    let mut queued: Vec<(ReservationId, UnixMs)> =
+        Vec::with_capacity(s.expiries.values().map(|q| q.len()).sum());
+    queued.extend(s.expiries.values().flatten().map(|&(t, id)| (id, t)));
+    queued.sort_unstable();
+    queued.dedup();
+    let mut live_holds: Vec<(ReservationId, UnixMs)> = Vec::with_capacity(queued.len());
     for r in s.reservations() {
         if r.id().partition != s.partition() {
             out.push(Violation::WrongPartition {
@@ -194,11 +197,7 @@ pub fn check_state(s: &State) -> Vec<Violation> {
                     .or_default()
                     .entry(r.user())
                     .or_default() += r.quantity();
-                if !queued.contains(&(r.expires_at, r.id())) {
-                    out.push(Violation::ExpiryIndexMismatch {
-                        reservation: r.id(),
-                    });
-                }
+                live_holds.push((r.id(), r.expires_at));
             }
             ReservationStatus::Confirmed => {
                 *sold.entry(r.sku()).or_default() += q;
@@ -225,10 +224,26 @@ pub fn check_state(s: &State) -> Vec<Violation> {
             (_, None) => {}
         }
     }
-    for (_, id) in &queued {
+    // Every live hold is queued at its expiry time; every queued entry names a hold.
+    live_holds.sort_unstable();
+    let mut q = queued.iter().peekable();
+    let orphan_entry = |id: &ReservationId, out: &mut Vec<Violation>| {
         if s.reservation(id).is_none() {
             out.push(Violation::ExpiryIndexMismatch { reservation: *id });
         }
+    };
+    for hold in &live_holds {
+        while let Some(entry) = q.next_if(|e| *e < hold) {
+            orphan_entry(&entry.0, &mut out);
+        }
+        if q.next_if_eq(&hold).is_none() {
+            out.push(Violation::ExpiryIndexMismatch {
+                reservation: hold.0,
+            });
+        }
+    }
+    for entry in q {
+        orphan_entry(&entry.0, &mut out);
     }
     if live != s.live {
         out.push(Violation::LiveCountMismatch {
@@ -298,4 +313,113 @@ pub fn check_state(s: &State) -> Vec<Violation> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with_holds(n: u64) -> State {
+        let sku = SkuId::parse("SKU-1").unwrap();
+        let spec = ProductSpec {
+            sku: sku.clone(),
+            name: "p".into(),
+            description: String::new(),
+            category: String::new(),
+            base_price: Cents(200),
+            flash_sale_price: Cents(100),
+            total_inventory: 1000,
+            per_user_limit: 1,
+            image_url: String::new(),
+        };
+        let sale = SaleMeta {
+            sale_id: SaleId(1),
+            name: "s".into(),
+            starts_at: 0,
+            ends_at: u64::MAX / 2,
+            reservation_ttl_s: 60,
+            all_skus: vec![sku.clone()],
+        };
+        let mut s = State::new(0);
+        let mut ev = Vec::new();
+        let rec = |id: u128, command| CommandRecord {
+            request_id: RequestId(id),
+            reply_to: NO_REPLY,
+            idempotency_key: None,
+            command,
+        };
+        s.apply(
+            0,
+            1000,
+            &rec(
+                1,
+                Command::ConfigureSale(SaleConfig {
+                    sale,
+                    products: vec![spec],
+                }),
+            ),
+            &mut ev,
+        );
+        for i in 0..n {
+            let user = UserId::parse(&format!("u{i}")).unwrap();
+            let cmd = Command::Reserve {
+                user,
+                sku: sku.clone(),
+                quantity: 1,
+            };
+            s.apply(1 + i, 1000 + i, &rec(100 + u128::from(i), cmd), &mut ev);
+        }
+        s
+    }
+
+    #[test]
+    fn the_expiry_index_must_hold_exactly_the_live_holds() {
+        let s = state_with_holds(5);
+        assert!(check_state(&s).is_empty());
+
+        // A live hold missing from its queue.
+        let mut missing = s.clone();
+        let (_, dropped) = missing
+            .expiries
+            .values_mut()
+            .next()
+            .unwrap()
+            .pop_back()
+            .unwrap();
+        assert_eq!(
+            check_state(&missing),
+            vec![Violation::ExpiryIndexMismatch {
+                reservation: dropped
+            }]
+        );
+
+        // A queued entry naming no reservation.
+        let mut ghost = s.clone();
+        let nobody = ReservationId {
+            partition: 0,
+            ulid: 999_999,
+        };
+        ghost
+            .expiries
+            .values_mut()
+            .next()
+            .unwrap()
+            .push_back((5_000, nobody));
+        assert_eq!(
+            check_state(&ghost),
+            vec![Violation::ExpiryIndexMismatch {
+                reservation: nobody
+            }]
+        );
+
+        // Queued at another time than the hold's expiry: that hold is not queued.
+        let mut moved = s.clone();
+        let q = moved.expiries.values_mut().next().unwrap();
+        let (t, id) = q.pop_front().unwrap();
+        q.push_front((t + 1, id));
+        assert_eq!(
+            check_state(&moved),
+            vec![Violation::ExpiryIndexMismatch { reservation: id }]
+        );
+    }
 }
