@@ -134,6 +134,18 @@ fn replay_records(state: &State, replay: usize) -> Vec<LogRecord> {
     out
 }
 
+/// CPU time of this thread (from /proc, 10 ms resolution): on a machine shared with
+/// other work, wall time overstates what recovery costs; this does not.
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the command name (in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
+    Duration::from_millis(ticks * 10)
+}
+
 /// Recovery as the engine does it on assignment; returns the actor ready to serve.
 fn recover(store: &dyn SnapshotStore, log: &[LogRecord]) -> (PartitionActor, Duration, Duration) {
     let t = Instant::now();
@@ -322,10 +334,21 @@ fn main() {
         }
         println!("[{name:<8}] write        {}", write.show());
         println!("[{name:<8}] encode+write {}", enc_write.show());
+        let mut read = Stats(Vec::new());
+        let info = store.list(u32::from(PARTITION)).expect("list")[0].clone();
+        for _ in 0..runs.min(3) {
+            let t = Instant::now();
+            std::hint::black_box(store.load(&info).expect("load"));
+            read.0.push(t.elapsed());
+        }
+        println!("[{name:<8}] read bytes   {}", read.show());
         let mut load = Stats(Vec::new());
         let mut total = Stats(Vec::new());
+        let mut cpu = Stats(Vec::new());
         for _ in 0..runs {
+            let c = thread_cpu();
             let (actor, loaded, serving) = recover(store.as_ref(), &log);
+            cpu.0.push(thread_cpu().saturating_sub(c));
             assert_eq!(
                 actor.state().next_offset(),
                 log.last().map_or(state.next_offset(), |r| r.offset + 1)
@@ -337,6 +360,10 @@ fn main() {
         println!(
             "[{name:<8}] assignment → serving (load + replay {replay}) {}",
             total.show()
+        );
+        println!(
+            "[{name:<8}]   of which CPU time in this process     {}",
+            cpu.show()
         );
     }
     if let Some((_, admin, schema)) = pg {
