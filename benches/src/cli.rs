@@ -1,0 +1,548 @@
+//! The command line of `flashsale-bench`, and what each command does with it.
+//!
+//! Scenario flags are optional on purpose: a value given on the command line (or in its
+//! `FLASHSALE_BENCH_…` variable) overrides the TOML file of `--scenario`, which overrides
+//! the built-in default named in each flag's help.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::ApiClient;
+use crate::compare;
+use crate::error::BenchError;
+use crate::find_max::{find_max, FindMaxOptions};
+use crate::html;
+use crate::report::render_table;
+use crate::runner::{run, ProgressMode, RunOptions, RunOutput};
+use crate::scenario::Scenario;
+
+const EXAMPLES: &str = "\
+Examples:
+  # 10 s at 500 reservations/s and 5,000 reads/s on one hot SKU, after a 2 s warm-up
+  flashsale-bench --target http://127.0.0.1:8080 --admin-token secret --write-rate 500
+
+  # A flash crowd: 5,000 users arrive in the first 300 ms, then a steady 200 writes/s
+  flashsale-bench --users 5000 --flash-crowd-ms 300 --inventory 1000 \\
+      --json-out run.json --html-out run.html
+
+  # The highest write rate that keeps reservation p99 under 20 ms
+  flashsale-bench --find-max --slo-p99-ms 20 --inventory 1000000 --users 1000000
+
+  # A scenario file, with one value overridden
+  flashsale-bench --scenario benches/scenarios/flash-crowd.toml --duration-secs 30
+
+  # Reports side by side, ratios relative to flashsale in Kafka mode
+  flashsale-bench compare flashsale-kafka=k.json baseline-postgres=pg.json --html-out cmp.html
+
+Exit codes: 0 clean run, 1 correctness violations found, 2 the run could not be done.";
+
+/// Open-loop load harness for flashsale and its baselines.
+///
+/// Creates its own sale on the target, offers requests at fixed, precomputed times (open
+/// loop: latency counts from each request's scheduled time, so coordinated omission is
+/// corrected), shows a live progress line on stderr, prints a table per operation, and
+/// checks at the end that nothing was oversold and no user went over its limit. Loopback
+/// targets only.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flashsale-bench",
+    version,
+    after_long_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// A subcommand; without one, a load run with the flags below.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The load run.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Put several JSON reports side by side, as ratios to a reference target.
+    Compare(CompareArgs),
+}
+
+/// Flags of a load run.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Base URL of the server under test (loopback only).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_TARGET",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub target: String,
+    /// Bearer token of the admin API (to create the sale and read its figures).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_ADMIN_TOKEN",
+        default_value = "bench-admin-token",
+        hide_env_values = true
+    )]
+    pub admin_token: String,
+    /// Name of the target in tables and charts [default: the target URL].
+    #[arg(long, env = "FLASHSALE_BENCH_LABEL")]
+    pub label: Option<String>,
+    /// TOML scenario file (keys as in the JSON report's `scenario`); flags override it.
+    #[arg(long, env = "FLASHSALE_BENCH_SCENARIO")]
+    pub scenario: Option<PathBuf>,
+
+    /// Products in the sale, 1–100; product 0 is the hot SKU [default: 1].
+    #[arg(long, env = "FLASHSALE_BENCH_PRODUCTS", help_heading = "Scenario")]
+    pub products: Option<u32>,
+    /// Units of each product [default: 1000].
+    #[arg(long, env = "FLASHSALE_BENCH_INVENTORY", help_heading = "Scenario")]
+    pub inventory: Option<i64>,
+    /// perUserLimit of each product [default: 1].
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_PER_USER_LIMIT",
+        help_heading = "Scenario"
+    )]
+    pub per_user_limit: Option<u32>,
+    /// Distinct users the writes are spread over [default: 10000].
+    #[arg(long, env = "FLASHSALE_BENCH_USERS", help_heading = "Scenario")]
+    pub users: Option<u32>,
+    /// Share (0–1) of writes and reads that go to the hot SKU [default: 1].
+    #[arg(long, env = "FLASHSALE_BENCH_HOT_SHARE", help_heading = "Scenario")]
+    pub hot_share: Option<f64>,
+    /// Availability reads per reservation attempt [default: 10].
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_READS_PER_WRITE",
+        help_heading = "Scenario"
+    )]
+    pub reads_per_write: Option<f64>,
+    /// Steady reservation attempts per second [default: 200].
+    #[arg(long, env = "FLASHSALE_BENCH_WRITE_RATE", help_heading = "Scenario")]
+    pub write_rate: Option<f64>,
+    /// Steady availability reads per second [default: write rate × reads per write].
+    #[arg(long, env = "FLASHSALE_BENCH_READ_RATE", help_heading = "Scenario")]
+    pub read_rate: Option<f64>,
+    /// Flash crowd: its users each send one reservation within the first N ms, on top of
+    /// the steady stream; 0 = no crowd [default: 0].
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_FLASH_CROWD_MS",
+        help_heading = "Scenario"
+    )]
+    pub flash_crowd_ms: Option<u64>,
+    /// Users in the flash crowd [default: all users].
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_FLASH_CROWD_USERS",
+        help_heading = "Scenario"
+    )]
+    pub flash_crowd_users: Option<u32>,
+    /// Share (0–1) of successful reservations that are checked out [default: 0].
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_CHECKOUT_SHARE",
+        help_heading = "Scenario"
+    )]
+    pub checkout_share: Option<f64>,
+    /// Delay from a reservation's reply to its checkout, ms [default: 200].
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_CHECKOUT_DELAY_MS",
+        help_heading = "Scenario"
+    )]
+    pub checkout_delay_ms: Option<u64>,
+    /// Units per reservation [default: 1].
+    #[arg(long, env = "FLASHSALE_BENCH_QUANTITY", help_heading = "Scenario")]
+    pub quantity: Option<u32>,
+    /// Length of the measured phase, seconds [default: 10].
+    #[arg(long, env = "FLASHSALE_BENCH_DURATION_SECS", help_heading = "Scenario")]
+    pub duration_secs: Option<f64>,
+    /// Warm-up before it (own sale, not recorded), seconds [default: 2].
+    #[arg(long, env = "FLASHSALE_BENCH_WARMUP_SECS", help_heading = "Scenario")]
+    pub warmup_secs: Option<f64>,
+    /// reservationTtlSeconds of the sale; must outlast the run [default: 3600].
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_RESERVATION_TTL_SECS",
+        help_heading = "Scenario"
+    )]
+    pub reservation_ttl_secs: Option<u32>,
+    /// Seed of the schedule's choices [default: 1].
+    #[arg(long, env = "FLASHSALE_BENCH_SEED", help_heading = "Scenario")]
+    pub seed: Option<u64>,
+
+    /// Per-request timeout, ms.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_TIMEOUT_MS",
+        default_value_t = 5000,
+        help_heading = "Client"
+    )]
+    pub timeout_ms: u64,
+    /// Requests in flight at most; also the keep-alive pool size.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_MAX_IN_FLIGHT",
+        default_value_t = 2048,
+        help_heading = "Client"
+    )]
+    pub max_in_flight: usize,
+    /// Threads of the harness's runtime (the server shares the machine).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_CLIENT_THREADS",
+        default_value_t = 1,
+        help_heading = "Client"
+    )]
+    pub client_threads: usize,
+    /// Live progress line on stderr.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_PROGRESS",
+        value_enum,
+        default_value = "auto",
+        help_heading = "Client"
+    )]
+    pub progress: ProgressMode,
+    /// Interval of the stock samples (admin figures) for the stock chart, ms.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_STOCK_SAMPLE_MS",
+        default_value_t = 250,
+        help_heading = "Client"
+    )]
+    pub stock_sample_ms: u64,
+    /// Prefix of the SKU ids the run creates (a unique run id follows).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_SKU_PREFIX",
+        default_value = "BENCH-",
+        help_heading = "Client"
+    )]
+    pub sku_prefix: String,
+
+    /// Write the JSON report here.
+    #[arg(long, env = "FLASHSALE_BENCH_JSON_OUT", help_heading = "Output")]
+    pub json_out: Option<PathBuf>,
+    /// Write a self-contained HTML page with charts here.
+    #[arg(long, env = "FLASHSALE_BENCH_HTML_OUT", help_heading = "Output")]
+    pub html_out: Option<PathBuf>,
+    /// After the run, saturate /health and then the availability read, closed loop, for
+    /// this many seconds each, and report their ratio; 0 = off.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_READ_CEILING_SECS",
+        default_value_t = 0.0,
+        help_heading = "Output"
+    )]
+    pub read_ceiling_secs: f64,
+    /// Requests in flight during the read ceiling.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_READ_CEILING_CONCURRENCY",
+        default_value_t = 64,
+        help_heading = "Output"
+    )]
+    pub read_ceiling_concurrency: u32,
+
+    /// Search for the highest write rate whose reservation p99 stays within --slo-p99-ms
+    /// and failures within --max-failure-pct (steps without flash crowd).
+    #[arg(long, env = "FLASHSALE_BENCH_FIND_MAX", help_heading = "Find max")]
+    pub find_max: bool,
+    /// The p99 SLO of reservations, ms.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_SLO_P99_MS",
+        default_value_t = 50.0,
+        help_heading = "Find max"
+    )]
+    pub slo_p99_ms: f64,
+    /// Highest share of failed or shed (429/503) reservations, in percent.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_MAX_FAILURE_PCT",
+        default_value_t = 0.1,
+        help_heading = "Find max"
+    )]
+    pub max_failure_pct: f64,
+    /// First write rate of the search, per second.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_FIND_MAX_START",
+        default_value_t = 200.0,
+        help_heading = "Find max"
+    )]
+    pub find_max_start: f64,
+    /// Rate multiplier between steps while they hold.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_FIND_MAX_FACTOR",
+        default_value_t = 1.5,
+        help_heading = "Find max"
+    )]
+    pub find_max_factor: f64,
+    /// Seconds per step.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_FIND_MAX_STEP_SECS",
+        default_value_t = 5.0,
+        help_heading = "Find max"
+    )]
+    pub find_max_step_secs: f64,
+    /// Most growth steps.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_FIND_MAX_STEPS",
+        default_value_t = 12,
+        help_heading = "Find max"
+    )]
+    pub find_max_steps: u32,
+    /// Bisection steps between the last rate that held and the first that failed.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_FIND_MAX_REFINE",
+        default_value_t = 2,
+        help_heading = "Find max"
+    )]
+    pub find_max_refine: u32,
+    /// Repeats of a failing step before it counts as failed.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_FIND_MAX_CONFIRM",
+        default_value_t = 1,
+        help_heading = "Find max"
+    )]
+    pub find_max_confirm: u32,
+}
+
+/// Flags of `compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Reports as NAME=FILE (a name may appear twice: its find-max report and its scenario
+    /// report). Names the target checks look for: flashsale-kafka, flashsale-embedded,
+    /// baseline-postgres, baseline-redis.
+    #[arg(
+        required = true,
+        env = "FLASHSALE_BENCH_COMPARE_INPUTS",
+        value_delimiter = ','
+    )]
+    pub inputs: Vec<String>,
+    /// Target the ratios are relative to [default: flashsale-kafka if present, else
+    /// flashsale-embedded, else the first].
+    #[arg(long, env = "FLASHSALE_BENCH_COMPARE_REFERENCE")]
+    pub reference: Option<String>,
+    /// Write the comparison as JSON here.
+    #[arg(long, env = "FLASHSALE_BENCH_COMPARE_JSON_OUT")]
+    pub json_out: Option<PathBuf>,
+    /// Write a self-contained HTML page with bar charts here.
+    #[arg(long, env = "FLASHSALE_BENCH_COMPARE_HTML_OUT")]
+    pub html_out: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The scenario: defaults, then the TOML file, then the flags.
+    pub fn scenario(&self) -> Result<Scenario, BenchError> {
+        let mut s = match &self.scenario {
+            Some(p) => Scenario::from_toml(
+                &std::fs::read_to_string(p)
+                    .map_err(|e| BenchError::Scenario(format!("{}: {e}", p.display())))?,
+            )?,
+            None => Scenario::default(),
+        };
+        macro_rules! over {
+            ($flag:ident => $field:ident) => {
+                if let Some(v) = self.$flag {
+                    s.$field = v;
+                }
+            };
+            ($flag:ident => Some $field:ident) => {
+                if let Some(v) = self.$flag {
+                    s.$field = Some(v);
+                }
+            };
+        }
+        over!(products => products);
+        over!(inventory => inventory_per_product);
+        over!(per_user_limit => per_user_limit);
+        over!(users => users);
+        over!(hot_share => hot_sku_share);
+        over!(reads_per_write => reads_per_write);
+        over!(write_rate => write_rate_per_s);
+        over!(read_rate => Some read_rate_per_s);
+        over!(flash_crowd_ms => flash_crowd_ms);
+        over!(flash_crowd_users => Some flash_crowd_users);
+        over!(checkout_share => checkout_share);
+        over!(checkout_delay_ms => checkout_delay_ms);
+        over!(quantity => quantity);
+        over!(duration_secs => duration_secs);
+        over!(warmup_secs => warmup_secs);
+        over!(reservation_ttl_secs => reservation_ttl_secs);
+        over!(seed => seed);
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Client-side options.
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions {
+            label: self.label.clone().unwrap_or_else(|| self.target.clone()),
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            max_in_flight: self.max_in_flight.clamp(1, 65_536),
+            progress: self.progress,
+            stock_sample: Duration::from_millis(self.stock_sample_ms.max(20)),
+            sku_prefix: self.sku_prefix.clone(),
+            read_ceiling: (self.read_ceiling_secs > 0.0).then_some((
+                self.read_ceiling_concurrency.clamp(1, 4096),
+                self.read_ceiling_secs.min(60.0),
+            )),
+        }
+    }
+
+    fn find_max_options(&self) -> FindMaxOptions {
+        FindMaxOptions {
+            start_rate_per_s: self.find_max_start.max(1.0),
+            factor: self.find_max_factor.max(1.05),
+            step_secs: self.find_max_step_secs.clamp(0.5, 300.0),
+            max_steps: self.find_max_steps.clamp(1, 40),
+            refine_steps: self.find_max_refine.min(10),
+            confirm_failures: self.find_max_confirm.min(5),
+            slo_p99_ms: self.slo_p99_ms,
+            max_failure_share: self.max_failure_pct / 100.0,
+        }
+    }
+}
+
+/// Exit code of a run without violations.
+pub const EXIT_OK: u8 = 0;
+/// Exit code when violations were found.
+pub const EXIT_VIOLATIONS: u8 = 1;
+/// Exit code when the run could not be done.
+pub const EXIT_FAILED: u8 = 2;
+
+/// A load run (or find-max) with its outputs; returns the exit code.
+pub async fn run_command(args: &RunArgs) -> Result<u8, BenchError> {
+    let scenario = args.scenario()?;
+    let opts = args.run_options();
+    let client = ApiClient::new(
+        &args.target,
+        &args.admin_token,
+        opts.max_in_flight,
+        opts.timeout,
+    )?;
+    let out = if args.find_max {
+        find_max(&client, &scenario, &opts, &args.find_max_options()).await?
+    } else {
+        run(&client, &scenario, &opts).await?
+    };
+    write_outputs(&out, args.json_out.as_deref(), args.html_out.as_deref())?;
+    print!("{}", render_table(&out.report, &out.extras));
+    Ok(if out.report.violations.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_VIOLATIONS
+    })
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), BenchError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text).map_err(|e| BenchError::Report(format!("{}: {e}", path.display())))
+}
+
+/// Writes the JSON and HTML reports of a run, where asked.
+pub fn write_outputs(
+    out: &RunOutput,
+    json: Option<&Path>,
+    html_path: Option<&Path>,
+) -> Result<(), BenchError> {
+    if let Some(p) = json {
+        write_file(p, &out.report.to_json())?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = html_path {
+        write_file(p, &html::run_page(&out.report, &out.extras, &out.charts))?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// `compare`; returns the exit code (1 when any report had violations).
+pub fn compare_command(args: &CompareArgs) -> Result<u8, BenchError> {
+    let inputs = args
+        .inputs
+        .iter()
+        .map(|s| compare::parse_input(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let c = compare::load(&inputs, args.reference.as_deref())?;
+    let table = compare::render(&c);
+    print!("{table}");
+    if let Some(p) = &args.json_out {
+        write_file(
+            p,
+            &serde_json::to_string_pretty(&c).map_err(|e| BenchError::Report(e.to_string()))?,
+        )?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &args.html_out {
+        let dir = p.parent().unwrap_or(Path::new("."));
+        let page = html::compare_page(&table, &compare::bars(&c), &compare::links(&inputs, dir));
+        write_file(p, &page)?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(if c.targets.iter().any(|t| t.violations > 0) {
+        EXIT_VIOLATIONS
+    } else {
+        EXIT_OK
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_scenario_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s.toml");
+        std::fs::write(&f, "products = 4\nusers = 77\nwrite_rate_per_s = 10.0\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "flashsale-bench",
+            "--scenario",
+            f.to_str().unwrap(),
+            "--users",
+            "99",
+            "--read-rate",
+            "5",
+        ])
+        .unwrap();
+        let s = cli.run.scenario().unwrap();
+        assert_eq!(s.products, 4, "from the file");
+        assert_eq!(s.users, 99, "flag wins");
+        assert_eq!(s.write_rate_per_s, 10.0);
+        assert_eq!(s.read_rate(), 5.0);
+        assert_eq!(
+            s.inventory_per_product,
+            Scenario::default().inventory_per_product
+        );
+    }
+
+    #[test]
+    fn compare_is_a_subcommand() {
+        let cli =
+            Cli::try_parse_from(["flashsale-bench", "compare", "a=x.json", "b=y.json"]).unwrap();
+        match cli.command {
+            Some(Command::Compare(c)) => assert_eq!(c.inputs.len(), 2),
+            None => panic!("expected compare"),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The HTTP client side: a keep-alive connection pool and the calls the harness makes.
+//!
+//! Only loopback targets are accepted ([`check_loopback`]): this is a load generator, and
+//! its traffic must never leave the machine.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::contract::{CheckoutRequest, CreateSale, ReserveRequest, SaleView, API_BASE};
+use crate::error::BenchError;
+use crate::stats::Outcome;
+
+/// Checks that `url` is `http://` on a loopback address and returns it without a
+/// trailing slash.
+pub fn check_loopback(url: &str) -> Result<String, BenchError> {
+    let u = reqwest::Url::parse(url).map_err(|e| BenchError::Target(format!("{url}: {e}")))?;
+    if u.scheme() != "http" {
+        return Err(BenchError::Target(format!(
+            "{url}: only http:// is supported"
+        )));
+    }
+    let host = u.host_str().unwrap_or("");
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    if !loopback {
+        return Err(BenchError::Target(format!(
+            "{url}: the harness only loads loopback addresses (127.0.0.0/8, ::1, localhost)"
+        )));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+enum CreateError {
+    Retry(BenchError),
+    Fatal(BenchError),
+}
+
+/// Result of one timed call.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The reservation id of a successful reservation.
+    pub reservation_id: Option<String>,
+}
+
+impl CallResult {
+    fn outcome(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            reservation_id: None,
+        }
+    }
+}
+
+/// The API client: one pooled `reqwest::Client` (HTTP/1.1 keep-alive) and the base URL.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    admin_token: String,
+}
+
+impl ApiClient {
+    /// A client for `base` (checked to be loopback) with at most `pool_size` idle
+    /// connections kept and `timeout` per request.
+    pub fn new(
+        base: &str,
+        admin_token: &str,
+        pool_size: usize,
+        timeout: Duration,
+    ) -> Result<Self, BenchError> {
+        let base = check_loopback(base)?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(pool_size)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .http1_only()
+            .no_proxy()
+            .build()
+            .map_err(|e| BenchError::Setup(format!("http client: {e}")))?;
+        Ok(Self {
+            http,
+            base,
+            admin_token: admin_token.to_owned(),
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn error_of(e: &reqwest::Error) -> Outcome {
+        Outcome::Error(Cow::Borrowed(if e.is_timeout() {
+            "timeout"
+        } else if e.is_connect() {
+            "connect"
+        } else {
+            "transport"
+        }))
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        expected: &[u16],
+    ) -> (Outcome, bytes::Bytes) {
+        match req.send().await {
+            Err(e) => (Self::error_of(&e), bytes::Bytes::new()),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                match resp.bytes().await {
+                    Err(e) => (Self::error_of(&e), bytes::Bytes::new()),
+                    Ok(body) => (Outcome::classify(status, expected, &body), body),
+                }
+            }
+        }
+    }
+
+    /// `GET /health`: the server's static handler.
+    pub async fn health(&self) -> Outcome {
+        self.send(self.http.get(format!("{}/health", self.base)), &[200])
+            .await
+            .0
+    }
+
+    /// `GET /ready`: 200 once the server can decide (flashsale: every partition owned and
+    /// caught up). Servers without it answer 404.
+    pub async fn ready(&self) -> Outcome {
+        self.send(self.http.get(format!("{}/ready", self.base)), &[200])
+            .await
+            .0
+    }
+
+    /// `POST /api/v1/reservations`.
+    pub async fn reserve(&self, req: &ReserveRequest) -> CallResult {
+        let (outcome, body) = self
+            .send(
+                self.http
+                    .post(format!("{}{API_BASE}/reservations", self.base))
+                    .json(req),
+                &[201],
+            )
+            .await;
+        if outcome != Outcome::Ok {
+            return CallResult::outcome(outcome);
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Created {
+            reservation_id: String,
+        }
+        match serde_json::from_slice::<Created>(&body) {
+            Ok(c) => CallResult {
+                outcome,
+                reservation_id: Some(c.reservation_id),
+            },
+            // A 201 without a reservation id breaks the contract: not a success.
+            Err(_) => CallResult::outcome(Outcome::Error(Cow::Borrowed("bad 201 body"))),
+        }
+    }
+
+    /// `GET /api/v1/products/{skuId}/availability`.
+    pub async fn availability(&self, sku_id: &str) -> Outcome {
+        self.send(
+            self.http.get(format!(
+                "{}{API_BASE}/products/{sku_id}/availability",
+                self.base
+            )),
+            &[200],
+        )
+        .await
+        .0
+    }
+
+    /// `POST /api/v1/orders/checkout` (201 for a new order, 200 for a repeat).
+    pub async fn checkout(&self, req: &CheckoutRequest) -> Outcome {
+        self.send(
+            self.http
+                .post(format!("{}{API_BASE}/orders/checkout", self.base))
+                .json(req),
+            &[200, 201],
+        )
+        .await
+        .0
+    }
+
+    /// `POST /api/v1/admin/sales`; returns the new `saleId`. A 503 (the contract's "retry
+    /// shortly", e.g. while the engine recovers) is retried for up to 15 s.
+    pub async fn create_sale(&self, sale: &CreateSale) -> Result<String, BenchError> {
+        let mut last = None;
+        for _ in 0..30 {
+            match self.create_sale_once(sale).await {
+                Err(CreateError::Retry(e)) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(CreateError::Fatal(e)) => return Err(e),
+                Ok(id) => return Ok(id),
+            }
+        }
+        Err(last.unwrap_or_else(|| BenchError::Setup("create sale: no attempt".into())))
+    }
+
+    async fn create_sale_once(&self, sale: &CreateSale) -> Result<String, CreateError> {
+        let fatal = |e: BenchError| CreateError::Fatal(e);
+        let resp = self
+            .http
+            .post(format!("{}{API_BASE}/admin/sales", self.base))
+            .bearer_auth(&self.admin_token)
+            .json(sale)
+            .send()
+            .await
+            .map_err(|e| fatal(BenchError::Setup(format!("create sale: {e}"))))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| fatal(BenchError::Setup(format!("create sale: {e}"))))?;
+        if status.as_u16() != 201 {
+            let e = BenchError::Setup(format!("create sale: HTTP {status}: {body}"));
+            return Err(if status.as_u16() == 503 {
+                CreateError::Retry(e)
+            } else {
+                CreateError::Fatal(e)
+            });
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Created {
+            sale_id: String,
+        }
+        serde_json::from_str::<Created>(&body)
+            .map(|c| c.sale_id)
+            .map_err(|e| fatal(BenchError::Setup(format!("create sale: {e}: {body}"))))
+    }
+
+    /// `GET /api/v1/admin/sales/{saleId}`.
+    pub async fn sale(&self, sale_id: &str) -> Result<SaleView, BenchError> {
+        let resp = self
+            .http
+            .get(format!("{}{API_BASE}/admin/sales/{sale_id}", self.base))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .map_err(|e| BenchError::Setup(format!("sale figures: {e}")))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| BenchError::Setup(format!("sale figures: {e}")))?;
+        if !status.is_success() {
+            return Err(BenchError::Setup(format!(
+                "sale figures: HTTP {status}: {body}"
+            )));
+        }
+        serde_json::from_str(&body).map_err(|e| BenchError::Setup(format!("sale figures: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets() {
+        assert_eq!(
+            check_loopback("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert!(check_loopback("http://127.3.4.5:1").is_ok());
+        assert!(check_loopback("http://localhost:1").is_ok());
+        assert!(check_loopback("http://[::1]:1").is_ok());
+        assert!(check_loopback("http://10.0.0.1:80").is_err());
+        assert!(check_loopback("http://example.com").is_err());
+        assert!(check_loopback("https://127.0.0.1").is_err());
+        assert!(check_loopback("not a url").is_err());
+    }
+}

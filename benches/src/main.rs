@@ -1,0 +1,40 @@
+//! `flashsale-bench`: parses the command line, builds the runtime, runs, exits with
+//! 0 (clean), 1 (correctness violations) or 2 (the run could not be done).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use flashsale_bench::cli::{compare_command, run_command, Cli, Command, EXIT_FAILED};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let result = match &cli.command {
+        Some(Command::Compare(args)) => compare_command(args),
+        None => {
+            // The harness shares the machine with the server it measures: its thread count
+            // is a flag, not the number of cores.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cli.run.client_threads.clamp(1, 64))
+                .enable_all()
+                .build();
+            match rt {
+                Ok(rt) => rt.block_on(run_command(&cli.run)),
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("flashsale-bench: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

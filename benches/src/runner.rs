@@ -1,0 +1,870 @@
+//! The load run: set-up, warm-up, the measured open-loop phase, the end-of-run checks.
+//!
+//! Shape of a phase: one dispatcher walks the [`Schedule`], sleeps until each request is
+//! due and spawns it; a semaphore caps the requests in flight (when it is exhausted the
+//! dispatcher waits, and the wait counts in the latency because latency runs from the
+//! due time). Workers send one [`Sample`] each to a single collector task that owns the
+//! [`Recorder`], so recording needs no locks. Everything is bounded: the schedule is
+//! finite, every request has a timeout, and a phase ends at a hard deadline (its duration
+//! plus one timeout) whatever the server does; requests still unsent then count as errors.
+
+use std::borrow::Cow;
+use std::io::{IsTerminal, Write as _};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chrono::Utc;
+use hdrhistogram::Histogram;
+use rand::Rng;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout_at};
+
+use crate::client::ApiClient;
+use crate::contract::{rfc3339, CheckoutRequest, CreateSale, NewProduct, ReserveRequest, SaleView};
+use crate::error::BenchError;
+use crate::report::{OpReport, ReadCeilingReport, Report, ScenarioReport, TableExtras};
+use crate::scenario::Scenario;
+use crate::schedule::{corrected_latency, Op, Planned, Schedule, ScheduleSpec, Slot};
+use crate::stats::{new_histogram, record_us, LatencySummary, OpStats, Outcome, Timeline};
+use crate::verify::{check_ledger, check_server, Expected, Ledger};
+
+/// Samples buffered between workers and the collector.
+const SAMPLE_CHANNEL: usize = 65_536;
+/// The dispatcher yields to the workers after this many back-to-back sends, so a
+/// single-threaded runtime keeps answering while the harness catches up on its schedule.
+const YIELD_EVERY: u32 = 64;
+/// Longest wait for the target's `/health` before giving up.
+const READY_WAIT: Duration = Duration::from_secs(30);
+/// Requests per closed-loop worker of the read ceiling, at most.
+const CEILING_MAX_REQUESTS: u64 = 5_000_000;
+
+/// How the live progress line is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// A terminal line rewritten in place when stderr is a terminal, else `plain`.
+    Auto,
+    /// A new line on stderr every 5 s.
+    Plain,
+    /// Nothing.
+    Off,
+}
+
+/// How a run talks to its target, apart from the workload.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Name in tables and charts.
+    pub label: String,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Requests in flight at most (also the connection pool size).
+    pub max_in_flight: usize,
+    /// Live progress.
+    pub progress: ProgressMode,
+    /// Interval of the stock samples (admin figures) during the measured phase.
+    pub stock_sample: Duration,
+    /// Prefix of the SKU ids the run creates.
+    pub sku_prefix: String,
+    /// Closed-loop read ceiling after the run: (concurrency, seconds per endpoint).
+    pub read_ceiling: Option<(u32, f64)>,
+}
+
+/// Admin figures at one moment of the measured phase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StockPoint {
+    /// ms since the phase start.
+    pub t_ms: f64,
+    /// `availableCount` per product, in product order.
+    pub available: Vec<i64>,
+}
+
+/// What the charts need beyond the JSON report.
+#[derive(Debug, Clone)]
+pub struct ChartData {
+    /// Per-bucket series of the measured phase.
+    pub timeline: Timeline,
+    /// Whole-phase latency histograms, µs, per operation.
+    pub latency_us: [Histogram<u64>; 3],
+    /// Stock samples.
+    pub stock: Vec<StockPoint>,
+    /// Product SKUs, hot first.
+    pub sku_ids: Vec<String>,
+}
+
+/// Everything a run produces.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// The JSON report.
+    pub report: Report,
+    /// Table-only figures.
+    pub extras: TableExtras,
+    /// Chart data.
+    pub charts: ChartData,
+}
+
+/// One finished (or abandoned) request, from a worker to the collector.
+#[derive(Debug)]
+struct Sample {
+    op: Op,
+    /// Due time, ns from the phase start.
+    scheduled_ns: u64,
+    /// From due time to answer (coordinated omission corrected).
+    latency_us: u64,
+    /// How late the harness got to the request by its own doing (short of CPU): from its
+    /// due time, or from the end of the dispatcher's last wait for an in-flight slot if
+    /// that is later (that wait is the server's doing, and counts in the latency).
+    lag_us: u64,
+    outcome: Outcome,
+    /// (user, product, units) of an acknowledged reservation.
+    granted: Option<(u32, u16, u32)>,
+}
+
+/// The single-owner state of a phase's collector.
+#[derive(Debug)]
+struct Recorder {
+    ops: [OpStats; 3],
+    timeline: Timeline,
+    ledger: Ledger,
+    lag_us: Histogram<u64>,
+    /// Latest completion, ns from the phase start.
+    last_done_ns: u64,
+    user_prefix: Arc<str>,
+    write_skus: Arc<Vec<String>>,
+}
+
+impl Recorder {
+    fn record(&mut self, s: Sample) {
+        self.ops[s.op.index()].record(&s.outcome, s.latency_us);
+        self.timeline
+            .record(s.op, s.scheduled_ns, s.latency_us, &s.outcome);
+        record_us(&mut self.lag_us, s.lag_us);
+        self.last_done_ns = self.last_done_ns.max(s.scheduled_ns + s.latency_us * 1000);
+        if let Some((user, sku, qty)) = s.granted {
+            let user_id = format!("{}{user}", self.user_prefix);
+            self.ledger
+                .record(&user_id, &self.write_skus[sku as usize], qty);
+        }
+    }
+}
+
+/// Shared, read-only context of a phase's workers.
+#[derive(Debug)]
+struct Ctx {
+    client: ApiClient,
+    tx: mpsc::Sender<Sample>,
+    sem: Arc<Semaphore>,
+    write_skus: Arc<Vec<String>>,
+    read_skus: Arc<Vec<String>>,
+    user_prefix: Arc<str>,
+    quantity: u32,
+    checkout_delay: Duration,
+    start: Instant,
+    end: Instant,
+    hard_end: Instant,
+}
+
+impl Ctx {
+    fn since_start_ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.start).as_nanos() as u64
+    }
+
+    async fn emit(
+        &self,
+        op: Op,
+        due: Instant,
+        lag: Duration,
+        outcome: Outcome,
+        granted: Option<(u32, u16, u32)>,
+    ) {
+        let done = Instant::now();
+        let s = Sample {
+            op,
+            scheduled_ns: self.since_start_ns(due),
+            latency_us: corrected_latency(due, done).as_micros() as u64,
+            lag_us: lag.as_micros() as u64,
+            outcome,
+            granted,
+        };
+        // The collector may have stopped at the hard deadline; a late sample is dropped.
+        let _ = self.tx.send(s).await;
+    }
+}
+
+/// Runs `scenario` against `client`'s target: creates the sale(s), warms up, measures,
+/// checks, and returns the report. Fails only when the run cannot be set up.
+pub async fn run(
+    client: &ApiClient,
+    scenario: &Scenario,
+    opts: &RunOptions,
+) -> Result<RunOutput, BenchError> {
+    scenario.validate()?;
+    wait_ready(client).await?;
+    let run_id = run_id();
+    let sku_ids: Vec<String> = (0..scenario.products)
+        .map(|i| format!("{}{run_id}-{i:03}", opts.sku_prefix))
+        .collect();
+    let expected: Vec<Expected> = sku_ids
+        .iter()
+        .map(|s| Expected {
+            sku_id: s.clone(),
+            total_inventory: scenario.inventory_per_product,
+            per_user_limit: scenario.per_user_limit,
+        })
+        .collect();
+    let sale_id = client
+        .create_sale(&sale_body(
+            &format!("flashsale-bench {run_id}"),
+            &sku_ids,
+            scenario.inventory_per_product,
+            scenario.per_user_limit,
+            scenario.reservation_ttl_secs,
+        ))
+        .await?;
+    let skus = Arc::new(sku_ids.clone());
+
+    if scenario.warmup_secs > 0.0 {
+        // Warm-up writes go to a sale of their own so they do not touch measured stock;
+        // reads go to the measured products (reads change nothing).
+        // One warm-up SKU per product, so the schedule's product choice maps one to one.
+        let warm_skus: Vec<String> = (0..scenario.products)
+            .map(|i| format!("{}{run_id}-W{i:03}", opts.sku_prefix))
+            .collect();
+        client
+            .create_sale(&sale_body(
+                &format!("flashsale-bench {run_id} warm-up"),
+                &warm_skus,
+                10_000_000,
+                1_000_000,
+                scenario.reservation_ttl_secs,
+            ))
+            .await?;
+        let _ = run_phase(
+            client,
+            opts,
+            "warm-up",
+            ScheduleSpec::warmup(scenario),
+            Arc::new(warm_skus),
+            skus.clone(),
+            Arc::from(format!("w{run_id}-")),
+            scenario,
+            None,
+        )
+        .await;
+    }
+
+    let spec = ScheduleSpec::measured(scenario);
+    let phase = run_phase(
+        client,
+        opts,
+        "measure",
+        spec.clone(),
+        skus.clone(),
+        skus.clone(),
+        Arc::from(format!("u{run_id}-")),
+        scenario,
+        Some(sale_id.clone()),
+    )
+    .await;
+
+    let mut violations = check_ledger(&expected, &phase.rec.ledger);
+    match settled_figures(client, &sale_id).await {
+        Ok(sale) => violations.extend(check_server(&expected, &phase.rec.ledger, &sale)),
+        Err(e) => eprintln!(
+            "warning: no admin figures at the end of the run, server-side checks skipped: {e}"
+        ),
+    }
+
+    let read_ceiling = match opts.read_ceiling {
+        Some((concurrency, secs)) if secs > 0.0 => {
+            Some(read_ceiling(client, &sku_ids[0], concurrency, secs).await)
+        }
+        _ => None,
+    };
+
+    // Throughput over the measured window, stretched to the last answer when the server
+    // fell behind its schedule.
+    let secs = (spec.duration_ns.max(phase.rec.last_done_ns)) as f64 / 1e9;
+    let operations = Op::ALL
+        .iter()
+        .map(|op| {
+            (
+                op.key().to_string(),
+                OpReport::from_stats(&phase.rec.ops[op.index()], secs),
+            )
+        })
+        .collect();
+    let report = Report {
+        scenario: ScenarioReport {
+            label: opts.label.clone(),
+            target: client.base().to_string(),
+            scenario: scenario.clone(),
+        },
+        operations,
+        violations,
+        find_max: None,
+        read_ceiling,
+    };
+    let lag = LatencySummary::of(&phase.rec.lag_us);
+    let extras = TableExtras {
+        error_kinds: Op::ALL
+            .iter()
+            .filter(|op| !phase.rec.ops[op.index()].error_kinds.is_empty())
+            .map(|op| {
+                (
+                    op.key().to_string(),
+                    phase.rec.ops[op.index()].error_kinds.clone(),
+                )
+            })
+            .collect(),
+        dispatch_lag_ms: Some((lag.p99, lag.max)),
+    };
+    let [a, b, c] = &phase.rec.ops;
+    let charts = ChartData {
+        timeline: phase.rec.timeline.clone(),
+        latency_us: [
+            a.latency_us.clone(),
+            b.latency_us.clone(),
+            c.latency_us.clone(),
+        ],
+        stock: phase.stock,
+        sku_ids,
+    };
+    Ok(RunOutput {
+        report,
+        extras,
+        charts,
+    })
+}
+
+/// A unique, short, id-safe run id: ms since the epoch in hex plus 16 random bits.
+fn run_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{ms:x}-{:04x}", rand::rng().random::<u16>())
+}
+
+/// The admin body of a sale open from a second ago for a day.
+fn sale_body(
+    name: &str,
+    sku_ids: &[String],
+    inventory: i64,
+    per_user_limit: u32,
+    ttl_secs: u32,
+) -> CreateSale {
+    let now = Utc::now();
+    CreateSale {
+        name: name.to_string(),
+        // A second in the past so that the engine's clock is inside the window at once.
+        starts_at: rfc3339(now - chrono::Duration::seconds(1)),
+        ends_at: rfc3339(now + chrono::Duration::days(1)),
+        reservation_ttl_seconds: ttl_secs,
+        products: sku_ids
+            .iter()
+            .enumerate()
+            .map(|(i, sku)| NewProduct {
+                sku_id: sku.clone(),
+                name: format!("Bench product {i}"),
+                description: "flashsale-bench load test product".into(),
+                category: "Bench".into(),
+                base_price: 100.0,
+                flash_sale_price: 79.99,
+                total_inventory: inventory,
+                per_user_limit,
+                image_url: String::new(),
+            })
+            .collect(),
+    }
+}
+
+/// Polls `/ready` until it answers 200 (or `/health`, for servers without `/ready`),
+/// for at most [`READY_WAIT`].
+async fn wait_ready(client: &ApiClient) -> Result<(), BenchError> {
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        let o = match client.ready().await {
+            Outcome::Rejected(t) if t == "HTTP 404" || t == crate::contract::title::NOT_FOUND => {
+                client.health().await
+            }
+            o => o,
+        };
+        if o == Outcome::Ok {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Setup(format!(
+                "{} was not ready (/ready or /health 200) within {READY_WAIT:?} (last: {o:?})",
+                client.base()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The admin figures once two reads 200 ms apart agree (read models may trail the
+/// engine by up to 100 ms), for at most 3 s; the last read otherwise.
+async fn settled_figures(client: &ApiClient, sale_id: &str) -> Result<SaleView, BenchError> {
+    let mut last = client.sale(sale_id).await?;
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = client.sale(sale_id).await?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
+struct PhaseResult {
+    rec: Recorder,
+    stock: Vec<StockPoint>,
+}
+
+#[allow(clippy::too_many_arguments)] // one call site per phase; a struct would only rename them
+async fn run_phase(
+    client: &ApiClient,
+    opts: &RunOptions,
+    name: &'static str,
+    spec: ScheduleSpec,
+    write_skus: Arc<Vec<String>>,
+    read_skus: Arc<Vec<String>>,
+    user_prefix: Arc<str>,
+    scenario: &Scenario,
+    stock_sale: Option<String>,
+) -> PhaseResult {
+    let start = Instant::now() + Duration::from_millis(20);
+    let end = start + Duration::from_nanos(spec.duration_ns);
+    let hard_end = end + opts.timeout + Duration::from_millis(500);
+    let sem = Arc::new(Semaphore::new(opts.max_in_flight));
+    let (tx, rx) = mpsc::channel(SAMPLE_CHANNEL);
+    let rec = Recorder {
+        ops: Default::default(),
+        timeline: Timeline::new(Timeline::bucket_for(spec.duration_ns)),
+        ledger: Ledger::default(),
+        lag_us: new_histogram(3),
+        last_done_ns: 0,
+        user_prefix: user_prefix.clone(),
+        write_skus: write_skus.clone(),
+    };
+    let progress = Progress::new(opts.progress, name, spec.duration_ns as f64 / 1e9);
+    let collector = tokio::spawn(collect(
+        rx,
+        rec,
+        progress,
+        sem.clone(),
+        opts.max_in_flight,
+        start,
+        hard_end + Duration::from_millis(500),
+    ));
+    let sampler = stock_sale.map(|sale_id| {
+        tokio::spawn(sample_stock(
+            client.clone(),
+            sale_id,
+            write_skus.clone(),
+            start,
+            end,
+            opts.stock_sample,
+        ))
+    });
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        tx,
+        sem: sem.clone(),
+        write_skus,
+        read_skus,
+        user_prefix,
+        quantity: scenario.quantity,
+        checkout_delay: Duration::from_millis(scenario.checkout_delay_ms),
+        start,
+        end,
+        hard_end,
+    });
+
+    let mut not_sent = [0u64; 3];
+    let mut dispatched = [0u64; 3];
+    let mut schedule = Schedule::new(spec);
+    let mut burst = 0u32;
+    let mut last_unblock = start;
+    while let Some(slot) = schedule.next() {
+        let due = start + Duration::from_nanos(slot.at_ns);
+        if due > Instant::now() + Duration::from_micros(50) {
+            sleep_until(due.into()).await;
+            burst = 0;
+        } else {
+            burst += 1;
+            if burst >= YIELD_EVERY {
+                burst = 0;
+                tokio::task::yield_now().await;
+            }
+        }
+        let reached = Instant::now();
+        let lag = reached.saturating_duration_since(due.max(last_unblock));
+        let permit = match sem.clone().try_acquire_owned() {
+            Ok(p) => Ok(Ok(p)),
+            Err(_) => {
+                let p = timeout_at(hard_end.into(), sem.clone().acquire_owned()).await;
+                last_unblock = Instant::now();
+                p
+            }
+        };
+        let Ok(Ok(permit)) = permit else {
+            // Blocked past the hard deadline behind a server that does not answer: this
+            // request and every later one would have been infinitely late.
+            not_sent[op_of(&slot).index()] += 1;
+            for rest in schedule.by_ref() {
+                not_sent[op_of(&rest).index()] += 1;
+            }
+            break;
+        };
+        dispatched[op_of(&slot).index()] += 1;
+        tokio::spawn(dispatch(ctx.clone(), slot, due, lag, permit));
+    }
+    drop(ctx);
+    // Ends when every worker has dropped its sender, or at the hard deadline.
+    let mut rec = match collector.await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    let late_us = opts.timeout.as_micros() as u64;
+    for op in Op::ALL {
+        let i = op.index();
+        // Sent, but the collector stopped at the hard deadline before their answer came.
+        let unanswered = dispatched[i].saturating_sub(rec.ops[i].sent);
+        for _ in 0..unanswered {
+            rec.ops[i].record(
+                &Outcome::Error(Cow::Borrowed("no answer before the deadline")),
+                late_us,
+            );
+        }
+        for _ in 0..not_sent[i] {
+            rec.ops[i].record(
+                &Outcome::Error(Cow::Borrowed("not sent before the deadline")),
+                late_us,
+            );
+        }
+    }
+    let stock = match sampler {
+        Some(h) => h.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    PhaseResult { rec, stock }
+}
+
+fn op_of(slot: &Slot) -> Op {
+    match slot.what {
+        Planned::Reserve { .. } => Op::Reserve,
+        Planned::Read { .. } => Op::Availability,
+    }
+}
+
+/// One scheduled request, and the checkout that may follow a reservation.
+async fn dispatch(
+    ctx: Arc<Ctx>,
+    slot: Slot,
+    due: Instant,
+    lag: Duration,
+    permit: OwnedSemaphorePermit,
+) {
+    match slot.what {
+        Planned::Read { sku } => {
+            let outcome = ctx.client.availability(&ctx.read_skus[sku as usize]).await;
+            drop(permit);
+            ctx.emit(Op::Availability, due, lag, outcome, None).await;
+        }
+        Planned::Reserve {
+            user,
+            sku,
+            checkout,
+        } => {
+            let req = ReserveRequest {
+                user_id: format!("{}{user}", ctx.user_prefix),
+                sku_id: ctx.write_skus[sku as usize].clone(),
+                quantity: ctx.quantity,
+            };
+            let res = ctx.client.reserve(&req).await;
+            drop(permit);
+            let answered = Instant::now();
+            let granted = (res.outcome == Outcome::Ok).then_some((user, sku, ctx.quantity));
+            ctx.emit(Op::Reserve, due, lag, res.outcome, granted).await;
+            if let (true, Some(reservation_id)) = (checkout, res.reservation_id) {
+                run_checkout(&ctx, reservation_id, answered + ctx.checkout_delay).await;
+            }
+        }
+    }
+}
+
+/// The checkout of a reservation, due `delay` after its reply; skipped when that falls
+/// after the measured phase.
+async fn run_checkout(ctx: &Ctx, reservation_id: String, due: Instant) {
+    if due >= ctx.end {
+        return;
+    }
+    sleep_until(due.into()).await;
+    let lag = Instant::now().saturating_duration_since(due);
+    let Ok(Ok(permit)) = timeout_at(ctx.hard_end.into(), ctx.sem.clone().acquire_owned()).await
+    else {
+        let outcome = Outcome::Error(Cow::Borrowed("not sent before the deadline"));
+        ctx.emit(Op::Checkout, due, lag, outcome, None).await;
+        return;
+    };
+    let req = CheckoutRequest {
+        payment_transaction_id: format!("pay_{reservation_id}"),
+        reservation_id,
+        payment_method: "CREDIT_CARD".into(),
+        shipping_address: "1 Bench Street, Loopback 127001".into(),
+    };
+    let outcome = ctx.client.checkout(&req).await;
+    drop(permit);
+    ctx.emit(Op::Checkout, due, lag, outcome, None).await;
+}
+
+/// The collector: owns the recorder, prints progress, stops when every sender is gone or
+/// at `deadline`.
+async fn collect(
+    mut rx: mpsc::Receiver<Sample>,
+    mut rec: Recorder,
+    mut progress: Progress,
+    sem: Arc<Semaphore>,
+    max_in_flight: usize,
+    start: Instant,
+    deadline: Instant,
+) -> Recorder {
+    let mut tick = tokio::time::interval_at((start + progress.every).into(), progress.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let stop = sleep_until(deadline.into());
+    tokio::pin!(stop);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut buf, 256) => {
+                if n == 0 {
+                    break;
+                }
+                for s in buf.drain(..) {
+                    rec.record(s);
+                }
+            }
+            _ = tick.tick() => {
+                progress.show(&rec, start, max_in_flight - sem.available_permits());
+            }
+            _ = &mut stop => break,
+        }
+    }
+    progress.finish(&rec, start);
+    rec
+}
+
+/// The live progress line.
+#[derive(Debug)]
+struct Progress {
+    mode: ProgressMode,
+    tty: bool,
+    every: Duration,
+    phase: &'static str,
+    phase_secs: f64,
+    last_completed: [u64; 3],
+    last_at: Option<Instant>,
+}
+
+impl Progress {
+    fn new(mode: ProgressMode, phase: &'static str, phase_secs: f64) -> Self {
+        let tty = mode == ProgressMode::Auto && std::io::stderr().is_terminal();
+        Self {
+            mode,
+            tty,
+            every: Duration::from_secs(if tty { 1 } else { 5 }),
+            phase,
+            phase_secs,
+            last_completed: [0; 3],
+            last_at: None,
+        }
+    }
+
+    fn line(&mut self, rec: &Recorder, start: Instant, in_flight: Option<usize>) -> String {
+        let now = Instant::now();
+        let since = self.last_at.unwrap_or(start);
+        let dt = now.saturating_duration_since(since).as_secs_f64().max(1e-3);
+        self.last_at = Some(now);
+        let mut parts = Vec::new();
+        for op in Op::ALL {
+            let s = &rec.ops[op.index()];
+            if s.sent == 0 {
+                continue;
+            }
+            let rate = (s.sent - self.last_completed[op.index()]) as f64 / dt;
+            self.last_completed[op.index()] = s.sent;
+            let p99 = s.latency_us.value_at_quantile(0.99) as f64 / 1000.0;
+            parts.push(format!(
+                "{} {:.0}/s ok {} rej {} err {} p99 {:.2}ms",
+                op.key(),
+                rate,
+                s.ok,
+                s.rejected.values().sum::<u64>(),
+                s.errors,
+                p99
+            ));
+        }
+        let elapsed = now.saturating_duration_since(start).as_secs_f64();
+        let inflight = in_flight
+            .map(|n| format!(" | in flight {n}"))
+            .unwrap_or_default();
+        format!(
+            "[{} {:>5.1}/{:.0}s] {}{}",
+            self.phase,
+            elapsed.min(self.phase_secs + 99.0),
+            self.phase_secs,
+            parts.join(" | "),
+            inflight
+        )
+    }
+
+    fn show(&mut self, rec: &Recorder, start: Instant, in_flight: usize) {
+        if self.mode == ProgressMode::Off {
+            return;
+        }
+        let line = self.line(rec, start, Some(in_flight));
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            write!(err, "\r{line}\x1b[K")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+    }
+
+    fn finish(&mut self, rec: &Recorder, start: Instant) {
+        if self.mode == ProgressMode::Off {
+            return;
+        }
+        self.last_completed = [0; 3];
+        self.last_at = Some(start);
+        let line = self.line(rec, start, None);
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            writeln!(err, "\r{line} (done)\x1b[K")
+        } else {
+            writeln!(err, "{line} (done)")
+        };
+    }
+}
+
+/// Samples the admin figures every `every` from `start` to `end` (bounded count).
+async fn sample_stock(
+    client: ApiClient,
+    sale_id: String,
+    skus: Arc<Vec<String>>,
+    start: Instant,
+    end: Instant,
+    every: Duration,
+) -> Vec<StockPoint> {
+    let every = every.max(Duration::from_millis(20));
+    let total = end.saturating_duration_since(start);
+    let n = (total.as_nanos() / every.as_nanos()) as u64 + 2;
+    let mut out = Vec::with_capacity(n as usize);
+    for k in 0..n {
+        let at = start + every * (k as u32);
+        sleep_until(at.into()).await;
+        if let Ok(sale) = client.sale(&sale_id).await {
+            let available = skus
+                .iter()
+                .map(|sku| {
+                    sale.products
+                        .iter()
+                        .find(|p| &p.sku_id == sku)
+                        .map_or(0, |p| p.available_count)
+                })
+                .collect();
+            out.push(StockPoint {
+                t_ms: Instant::now()
+                    .saturating_duration_since(start)
+                    .as_secs_f64()
+                    * 1000.0,
+                available,
+            });
+        }
+    }
+    out
+}
+
+/// Closed-loop saturation of `/health` and of the availability read, alternating in four
+/// rounds so that slow drift of the machine (a checkpoint, a vacuum) hits both alike.
+pub async fn read_ceiling(
+    client: &ApiClient,
+    sku_id: &str,
+    concurrency: u32,
+    secs: f64,
+) -> ReadCeilingReport {
+    const ROUNDS: u32 = 4;
+    let slice = Duration::from_secs_f64(secs / f64::from(ROUNDS));
+    let sku: Arc<str> = Arc::from(sku_id);
+    let (mut health, mut avail) = ((0u64, 0f64), (0u64, 0f64));
+    for _ in 0..ROUNDS {
+        let h = closed_loop(client, concurrency, slice, |c: ApiClient| async move {
+            c.health().await
+        })
+        .await;
+        let a = closed_loop(client, concurrency, slice, {
+            let sku = sku.clone();
+            move |c: ApiClient| {
+                let sku = sku.clone();
+                async move { c.availability(&sku).await }
+            }
+        })
+        .await;
+        health = (health.0 + h.0, health.1 + h.1);
+        avail = (avail.0 + a.0, avail.1 + a.1);
+    }
+    let per_s = |(n, s): (u64, f64)| if s > 0.0 { n as f64 / s } else { 0.0 };
+    let (health_per_s, availability_per_s) = (per_s(health), per_s(avail));
+    ReadCeilingReport {
+        concurrency,
+        secs,
+        health_per_s,
+        availability_per_s,
+        ratio: if health_per_s > 0.0 {
+            availability_per_s / health_per_s
+        } else {
+            0.0
+        },
+    }
+}
+
+/// `concurrency` loops each sending the next request when the previous one is answered,
+/// for `dur`; returns (successes, elapsed seconds).
+async fn closed_loop<F, Fut>(
+    client: &ApiClient,
+    concurrency: u32,
+    dur: Duration,
+    f: F,
+) -> (u64, f64)
+where
+    F: Fn(ApiClient) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send,
+{
+    let t0 = Instant::now();
+    let deadline = t0 + dur;
+    let mut set = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (c, f) = (client.clone(), f.clone());
+        set.spawn(async move {
+            let mut ok = 0u64;
+            for _ in 0..CEILING_MAX_REQUESTS {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                if f(c.clone()).await == Outcome::Ok {
+                    ok += 1;
+                }
+            }
+            ok
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = set.join_next().await {
+        ok += r.unwrap_or(0);
+    }
+    (ok, t0.elapsed().as_secs_f64())
+}
