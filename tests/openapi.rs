@@ -9,7 +9,10 @@ fn openapi_matches_the_router() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/openapi.yaml");
     let text = std::fs::read_to_string(path).expect("schemas/openapi.yaml exists");
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("valid YAML");
-    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "an OpenAPI 3 document");
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "an OpenAPI 3 document"
+    );
     let mut spec = BTreeSet::new();
     for (p, item) in doc["paths"].as_mapping().expect("paths") {
         for (m, _) in item.as_mapping().expect("path item") {
@@ -19,11 +22,20 @@ fn openapi_matches_the_router() {
             }
         }
     }
-    let routes: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let routes: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
     let missing_in_spec: Vec<_> = routes.difference(&spec).collect();
     let missing_in_router: Vec<_> = spec.difference(&routes).collect();
-    assert!(missing_in_spec.is_empty(), "routes not in openapi.yaml: {missing_in_spec:?}");
-    assert!(missing_in_router.is_empty(), "openapi.yaml paths the router lacks: {missing_in_router:?}");
+    assert!(
+        missing_in_spec.is_empty(),
+        "routes not in openapi.yaml: {missing_in_spec:?}"
+    );
+    assert!(
+        missing_in_router.is_empty(),
+        "openapi.yaml paths the router lacks: {missing_in_router:?}"
+    );
 }
 
 /// `ROUTES` is the router's own list: every entry answers something other than the
@@ -42,7 +54,11 @@ async fn routes_list_matches_the_router() {
         let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let a = s.call(m, &concrete, None, &[]).await;
         assert_ne!(a.error(), "Not Found", "{method} {path} is not routed");
-        assert_ne!(a.error(), "Method Not Allowed", "{method} {path} is not routed");
+        assert_ne!(
+            a.error(),
+            "Method Not Allowed",
+            "{method} {path} is not routed"
+        );
     }
     s.stop().await;
 }

@@ -184,16 +184,19 @@ fn bench(c: &mut Criterion) {
     // The hot SKU of a flash sale: 1,000 units, 100,000 buyers (1 % accepted).
     let hot_crowd = reserves(&hot, 100_000, 0);
     g.throughput(Throughput::Elements(hot_crowd.len() as u64));
-    g.bench_function(BenchmarkId::from_parameter("flash_crowd/hot_sku_1k_units_100k_buyers"), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let (mut s, mut off) = setup(&hot, 1000);
-                total += run(&mut s, &mut off, T0 + 1, &hot_crowd);
-            }
-            total
-        })
-    });
+    g.bench_function(
+        BenchmarkId::from_parameter("flash_crowd/hot_sku_1k_units_100k_buyers"),
+        |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (mut s, mut off) = setup(&hot, 1000);
+                    total += run(&mut s, &mut off, T0 + 1, &hot_crowd);
+                }
+                total
+            })
+        },
+    );
     g.finish();
 }
 

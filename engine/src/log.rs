@@ -75,7 +75,11 @@ impl PartitionLog {
         };
         let file = if writable {
             std::fs::create_dir_all(dir).map_err(io_err)?;
-            OpenOptions::new().read(true).append(true).create(true).open(&path)
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(&path)
         } else {
             OpenOptions::new().read(true).open(&path)
         }

@@ -81,7 +81,14 @@ impl AppInner {
             let burst = NonZeroU32::new(cfg.rate_limit.burst.max(1)).expect("max(1) is non-zero");
             RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst))
         });
-        Arc::new(AppInner { dispatcher, read, orders, metrics, admin_token: cfg.admin_token, limiter })
+        Arc::new(AppInner {
+            dispatcher,
+            read,
+            orders,
+            metrics,
+            admin_token: cfg.admin_token,
+            limiter,
+        })
     }
 
     /// Forgets idle users' rate-limit state (bounded memory); call periodically.
@@ -93,9 +100,13 @@ impl AppInner {
     }
 
     fn rate_limit(&self, user: &UserId) -> Result<(), ApiError> {
-        let Some(l) = &self.limiter else { return Ok(()) };
+        let Some(l) = &self.limiter else {
+            return Ok(());
+        };
         l.check_key(user).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
             ApiError::too_many_requests(wait.as_secs_f64().ceil().max(1.0) as u64)
         })
     }
@@ -120,7 +131,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/reservations", post(create_reservation))
-        .route("/api/v1/reservations/{reservation_id}", get(get_reservation).delete(cancel_reservation))
+        .route(
+            "/api/v1/reservations/{reservation_id}",
+            get(get_reservation).delete(cancel_reservation),
+        )
         .route("/api/v1/orders/checkout", post(checkout))
         .route("/api/v1/orders/user/{user_id}", get(orders_of_user))
         .route("/api/v1/orders/{order_id}", get(get_order))
@@ -134,7 +148,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn(crate::telemetry::trace_http))
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
-        .method_not_allowed_fallback(|| async { ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(render_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
@@ -155,7 +171,8 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 fn path_param(p: Result<Path<String>, PathRejection>, name: &str) -> Result<String, ApiError> {
-    p.map(|Path(s)| s).map_err(|e| ApiError::bad_request(name, e.body_text()))
+    p.map(|Path(s)| s)
+        .map_err(|e| ApiError::bad_request(name, e.body_text()))
 }
 
 fn created(v: Value) -> Response {
@@ -176,7 +193,11 @@ fn reservation_result(result: &ApiError) -> &'static str {
     }
 }
 
-async fn create_reservation(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn create_reservation(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
     let result = reserve(&app, &headers, body).await;
     let label = match &result {
@@ -190,7 +211,11 @@ async fn create_reservation(State(app): State<AppState>, headers: HeaderMap, bod
     }
 }
 
-async fn reserve(app: &AppInner, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+async fn reserve(
+    app: &AppInner,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
     let bytes = body_bytes(body)?;
     let b = Body::parse(&bytes)?;
     let user = b.user_id("userId")?;
@@ -199,7 +224,18 @@ async fn reserve(app: &AppInner, headers: &HeaderMap, body: Result<Bytes, BytesR
     let key = idempotency_key(headers)?;
     app.rate_limit(&user)?;
     let partition = app.dispatcher.partition_of(&sku);
-    let rec = app.dispatcher.call(partition, Command::Reserve { user, sku, quantity }, key).await?;
+    let rec = app
+        .dispatcher
+        .call(
+            partition,
+            Command::Reserve {
+                user,
+                sku,
+                quantity,
+            },
+            key,
+        )
+        .await?;
     match rec.reply {
         Reply::Reserved { reservation, .. } => {
             app.read.upsert_reservation(&reservation, rec.offset);
@@ -211,10 +247,16 @@ async fn reserve(app: &AppInner, headers: &HeaderMap, body: Result<Bytes, BytesR
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let ok = !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| (0x21..0x7f).contains(b));
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let ok =
+        !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| (0x21..0x7f).contains(b));
     if !ok {
-        return Err(ApiError::bad_request("Idempotency-Key", "must be 1-128 visible ASCII characters"));
+        return Err(ApiError::bad_request(
+            "Idempotency-Key",
+            "must be 1-128 visible ASCII characters",
+        ));
     }
     Ok(Some(v.to_str().expect("checked ascii").to_string()))
 }
@@ -226,23 +268,40 @@ fn unexpected(reply: Reply) -> ApiError {
 
 /// Parses a reservation id from a path or body; a malformed id names no reservation.
 fn reservation_id(raw: &str) -> Result<ReservationId, ApiError> {
-    raw.parse::<ReservationId>().map_err(|_| ApiError::reservation_not_found(raw))
+    raw.parse::<ReservationId>()
+        .map_err(|_| ApiError::reservation_not_found(raw))
 }
 
-async fn get_reservation(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+async fn get_reservation(
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let raw = path_param(id, "reservationId")?;
     let id = reservation_id(&raw)?;
-    let v = app.read.reservation(&id).ok_or_else(|| ApiError::reservation_not_found(&raw))?;
+    let v = app
+        .read
+        .reservation(&id)
+        .ok_or_else(|| ApiError::reservation_not_found(&raw))?;
     Ok(Json(reservation_json(&v, now_ms())))
 }
 
-async fn cancel_reservation(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+async fn cancel_reservation(
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let raw = path_param(id, "reservationId")?;
     let id = reservation_id(&raw)?;
     if u32::from(id.partition) >= app.dispatcher.partitions() {
         return Err(ApiError::reservation_not_found(&raw));
     }
-    let rec = app.dispatcher.call(u32::from(id.partition), Command::Cancel { reservation: id }, None).await?;
+    let rec = app
+        .dispatcher
+        .call(
+            u32::from(id.partition),
+            Command::Cancel { reservation: id },
+            None,
+        )
+        .await?;
     match rec.reply {
         Reply::Cancelled { reservation } => {
             app.read.upsert_reservation(&reservation, rec.offset);
@@ -267,26 +326,44 @@ async fn checkout(State(app): State<AppState>, body: Result<Bytes, BytesRejectio
     }
 }
 
-async fn do_checkout(app: &AppInner, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Value), ApiError> {
+async fn do_checkout(
+    app: &AppInner,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Value), ApiError> {
     let bytes = body_bytes(body)?;
     let b = Body::parse(&bytes)?;
     let raw_id = b.string("reservationId", 128)?;
     let payment_transaction_id = b.string("paymentTransactionId", 128)?;
     let method = b.string("paymentMethod", 32)?;
     let payment_method = PaymentMethod::parse(&method).ok_or_else(|| {
-        ApiError::bad_request("paymentMethod", "must be one of CREDIT_CARD, DEBIT_CARD, UPI, WALLET, NET_BANKING")
+        ApiError::bad_request(
+            "paymentMethod",
+            "must be one of CREDIT_CARD, DEBIT_CARD, UPI, WALLET, NET_BANKING",
+        )
     })?;
     let shipping_address = b.string("shippingAddress", 500)?;
     let id = reservation_id(&raw_id)?;
     if u32::from(id.partition) >= app.dispatcher.partitions() {
         return Err(ApiError::reservation_not_found(&raw_id));
     }
-    let cmd = Command::Checkout(CheckoutRequest { reservation: id, payment_transaction_id, payment_method, shipping_address });
-    let rec = app.dispatcher.call(u32::from(id.partition), cmd, None).await?;
+    let cmd = Command::Checkout(CheckoutRequest {
+        reservation: id,
+        payment_transaction_id,
+        payment_method,
+        shipping_address,
+    });
+    let rec = app
+        .dispatcher
+        .call(u32::from(id.partition), cmd, None)
+        .await?;
     match rec.reply {
         Reply::CheckedOut { order, repeat } => {
             app.read.insert_order(&order);
-            let status = if repeat { StatusCode::OK } else { StatusCode::CREATED };
+            let status = if repeat {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
             Ok((status, order_json(&order)))
         }
         Reply::Rejected(r) => Err(ApiError::from_rejection(&r)),
@@ -294,33 +371,65 @@ async fn do_checkout(app: &AppInner, body: Result<Bytes, BytesRejection>) -> Res
     }
 }
 
-async fn get_order(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+async fn get_order(
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let raw = path_param(id, "orderId")?;
     let id: OrderId = raw.parse().map_err(|_| ApiError::order_not_found(&raw))?;
-    let o = app.orders.order(&id).await?.ok_or_else(|| ApiError::order_not_found(&raw))?;
+    let o = app
+        .orders
+        .order(&id)
+        .await?
+        .ok_or_else(|| ApiError::order_not_found(&raw))?;
     Ok(Json(order_json(&o)))
 }
 
-async fn orders_of_user(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+async fn orders_of_user(
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let raw = path_param(id, "userId")?;
     let user = UserId::parse(&raw).map_err(|e| ApiError::bad_request("userId", e.to_string()))?;
-    let orders: Vec<Value> = app.orders.orders_of(&user).await?.iter().map(order_json).collect();
+    let orders: Vec<Value> = app
+        .orders
+        .orders_of(&user)
+        .await?
+        .iter()
+        .map(order_json)
+        .collect();
     Ok(Json(Value::Array(orders)))
 }
 
 async fn list_products(State(app): State<AppState>) -> Json<Value> {
     let now = now_ms();
-    Json(Value::Array(app.read.products().iter().map(|p| product_json(p, now)).collect()))
+    Json(Value::Array(
+        app.read
+            .products()
+            .iter()
+            .map(|p| product_json(p, now))
+            .collect(),
+    ))
 }
 
-async fn availability(State(app): State<AppState>, sku: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+async fn availability(
+    State(app): State<AppState>,
+    sku: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let raw = path_param(sku, "skuId")?;
     let sku = SkuId::parse(&raw).map_err(|_| ApiError::product_not_found(&raw))?;
-    let p = app.read.product(&sku).ok_or_else(|| ApiError::product_not_found(&raw))?;
+    let p = app
+        .read
+        .product(&sku)
+        .ok_or_else(|| ApiError::product_not_found(&raw))?;
     Ok(Json(product_json(&p, now_ms())))
 }
 
-async fn create_sale(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn create_sale(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let bytes = body_bytes(body)?;
     app.authorize(&headers)?;
     let b = Body::parse(&bytes)?;
@@ -345,41 +454,75 @@ pub fn parse_sale(b: &Body) -> Result<(SaleMeta, Vec<ProductSpec>), ApiError> {
         None => return Err(ApiError::bad_request("products", "is required")),
     };
     if items.is_empty() || items.len() > 100 {
-        return Err(ApiError::bad_request("products", "a sale has 1 to 100 products"));
+        return Err(ApiError::bad_request(
+            "products",
+            "a sale has 1 to 100 products",
+        ));
     }
     let mut products: Vec<ProductSpec> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let field = |f: &str| format!("products[{i}].{f}");
         let Value::Object(m) = item else {
-            return Err(ApiError::bad_request(&format!("products[{i}]"), "must be an object"));
+            return Err(ApiError::bad_request(
+                &format!("products[{i}]"),
+                "must be an object",
+            ));
         };
         let pb = Body(m.clone());
         let rename = |e: ApiError, f: &str| -> ApiError {
-            let reason = e.payload.details.as_ref().and_then(|d| d.get("reason")).and_then(|r| r.as_str()).unwrap_or("is invalid").to_string();
+            let reason = e
+                .payload
+                .details
+                .as_ref()
+                .and_then(|d| d.get("reason"))
+                .and_then(|r| r.as_str())
+                .unwrap_or("is invalid")
+                .to_string();
             ApiError::bad_request(&field(f), reason)
         };
         let sku = pb.sku_id("skuId").map_err(|e| rename(e, "skuId"))?;
         if products.iter().any(|p| p.sku == sku) {
-            return Err(ApiError::bad_request(&field("skuId"), format!("duplicate skuId {sku} in this sale")));
+            return Err(ApiError::bad_request(
+                &field("skuId"),
+                format!("duplicate skuId {sku} in this sale"),
+            ));
         }
         let spec = ProductSpec {
             name: pb.string("name", 200).map_err(|e| rename(e, "name"))?,
-            description: pb.text("description", 2000).map_err(|e| rename(e, "description"))?,
-            category: pb.text("category", 200).map_err(|e| rename(e, "category"))?,
+            description: pb
+                .text("description", 2000)
+                .map_err(|e| rename(e, "description"))?,
+            category: pb
+                .text("category", 200)
+                .map_err(|e| rename(e, "category"))?,
             base_price: pb.money("basePrice").map_err(|e| rename(e, "basePrice"))?,
-            flash_sale_price: pb.money("flashSalePrice").map_err(|e| rename(e, "flashSalePrice"))?,
+            flash_sale_price: pb
+                .money("flashSalePrice")
+                .map_err(|e| rename(e, "flashSalePrice"))?,
             total_inventory: match m.get("totalInventory") {
                 Some(Value::Number(n)) if n.as_i64().is_some_and(|x| x < 0) => {
-                    return Err(ApiError::bad_request(&field("totalInventory"), "must not be negative"))
+                    return Err(ApiError::bad_request(
+                        &field("totalInventory"),
+                        "must not be negative",
+                    ))
                 }
-                _ => pb.int("totalInventory", 0, 1_000_000_000, None).map_err(|e| rename(e, "totalInventory"))?,
+                _ => pb
+                    .int("totalInventory", 0, 1_000_000_000, None)
+                    .map_err(|e| rename(e, "totalInventory"))?,
             },
-            per_user_limit: pb.int("perUserLimit", 1, u64::from(MAX_QUANTITY), Some(1)).map_err(|e| rename(e, "perUserLimit"))? as u32,
-            image_url: pb.text("imageUrl", 2000).map_err(|e| rename(e, "imageUrl"))?,
+            per_user_limit: pb
+                .int("perUserLimit", 1, u64::from(MAX_QUANTITY), Some(1))
+                .map_err(|e| rename(e, "perUserLimit"))? as u32,
+            image_url: pb
+                .text("imageUrl", 2000)
+                .map_err(|e| rename(e, "imageUrl"))?,
             sku,
         };
         if spec.flash_sale_price > spec.base_price {
-            return Err(ApiError::bad_request(&field("flashSalePrice"), "must not be above basePrice"));
+            return Err(ApiError::bad_request(
+                &field("flashSalePrice"),
+                "must not be above basePrice",
+            ));
         }
         products.push(spec);
     }
@@ -394,11 +537,18 @@ pub fn parse_sale(b: &Body) -> Result<(SaleMeta, Vec<ProductSpec>), ApiError> {
     Ok((meta, products))
 }
 
-async fn get_sale(State(app): State<AppState>, headers: HeaderMap, id: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+async fn get_sale(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     app.authorize(&headers)?;
     let raw = path_param(id, "saleId")?;
     let id: SaleId = raw.parse().map_err(|_| ApiError::sale_not_found(&raw))?;
-    let (sale, products) = app.read.sale(&id).ok_or_else(|| ApiError::sale_not_found(&raw))?;
+    let (sale, products) = app
+        .read
+        .sale(&id)
+        .ok_or_else(|| ApiError::sale_not_found(&raw))?;
     Ok(Json(sale_json(&sale, &products)))
 }
 
@@ -410,7 +560,9 @@ async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     if app.dispatcher.is_ready() {
         Ok(Json(json!({"status": "UP"})))
     } else {
-        Err(ApiError::unavailable("Not every partition is owned and caught up yet"))
+        Err(ApiError::unavailable(
+            "Not every partition is owned and caught up yet",
+        ))
     }
 }
 

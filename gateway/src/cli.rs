@@ -41,7 +41,12 @@ pub struct TelemetryArgs {
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::HttpProtobuf)]
     pub otlp_protocol: OtlpProtocol,
     /// Fraction of new traces recorded, 0.0-1.0. A request with a W3C traceparent follows its caller's decision (parent-based).
-    #[arg(long, global = true, env = "FLASHSALE_TRACE_SAMPLE_RATIO", default_value_t = 0.01)]
+    #[arg(
+        long,
+        global = true,
+        env = "FLASHSALE_TRACE_SAMPLE_RATIO",
+        default_value_t = 0.01
+    )]
     pub trace_sample_ratio: f64,
 }
 
@@ -61,29 +66,43 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API with the engine (embedded mode: log and snapshots in --data-dir).
-    #[command(after_help = "Examples:\n  flashsale serve --demo\n  FLASHSALE_ADMIN_TOKEN=s3cret flashsale serve --listen 0.0.0.0:8080 --data-dir /var/lib/flashsale")]
+    #[command(
+        after_help = "Examples:\n  flashsale serve --demo\n  FLASHSALE_ADMIN_TOKEN=s3cret flashsale serve --listen 0.0.0.0:8080 --data-dir /var/lib/flashsale"
+    )]
     Serve(ServeCmd),
     /// Create the Kafka topics (commands, events, replies); existing ones are checked.
-    #[command(after_help = "Examples:\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 8\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 32 --replies-partitions 8 --replication-factor 3 --min-insync-replicas 2 --prefix shop1.")]
+    #[command(
+        after_help = "Examples:\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 8\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 32 --replies-partitions 8 --replication-factor 3 --min-insync-replicas 2 --prefix shop1."
+    )]
     Topics(TopicsArgs),
     /// Run an engine (Kafka mode): owns the command partitions the group gives it.
-    #[command(after_help = "Examples:\n  flashsale engine --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale\n  flashsale engine --kafka 127.0.0.1:19092 --data-dir /var/lib/flashsale   # snapshots in files, no Postgres\nStart as many as you like: the consumer group shares the partitions among them.")]
+    #[command(
+        after_help = "Examples:\n  flashsale engine --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale\n  flashsale engine --kafka 127.0.0.1:19092 --data-dir /var/lib/flashsale   # snapshots in files, no Postgres\nStart as many as you like: the consumer group shares the partitions among them."
+    )]
     Engine(EngineArgs),
     /// Run an HTTP gateway (Kafka mode): commands to Kafka, replies and events back.
-    #[command(after_help = "Examples:\n  flashsale gateway --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale --listen 0.0.0.0:8080 --admin-token s3cret --gateway-id 0\n  flashsale gateway --kafka 127.0.0.1:19092 --listen 127.0.0.1:8081 --gateway-id 1\nEvery gateway needs its own --gateway-id (a partition of the replies topic).")]
+    #[command(
+        after_help = "Examples:\n  flashsale gateway --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale --listen 0.0.0.0:8080 --admin-token s3cret --gateway-id 0\n  flashsale gateway --kafka 127.0.0.1:19092 --listen 127.0.0.1:8081 --gateway-id 1\nEvery gateway needs its own --gateway-id (a partition of the replies topic)."
+    )]
     Gateway(GatewayArgs),
     /// Rebuild a partition's state from a snapshot and the log, to an offset or a time.
     Replay(crate::operator::ReplayArgs),
     /// Check every invariant: rebuild every partition; with Postgres, check the orders too.
     Audit(crate::operator::AuditArgs),
     /// List, show and verify engine snapshots.
-    #[command(after_help = "Examples:\n  flashsale snapshot list\n  flashsale snapshot show p3@120000\n  flashsale snapshot verify --partition 3")]
+    #[command(
+        after_help = "Examples:\n  flashsale snapshot list\n  flashsale snapshot show p3@120000\n  flashsale snapshot verify --partition 3"
+    )]
     Snapshot(crate::operator::SnapshotArgs),
     /// Create or update the Postgres schema (Kafka mode); running it again is a no-op.
-    #[command(after_help = "Examples:\n  flashsale migrate --postgres postgres://postgres@127.0.0.1:15432/flashsale\n  FLASHSALE_POSTGRES=postgres://… flashsale migrate --json")]
+    #[command(
+        after_help = "Examples:\n  flashsale migrate --postgres postgres://postgres@127.0.0.1:15432/flashsale\n  FLASHSALE_POSTGRES=postgres://… flashsale migrate --json"
+    )]
     Migrate(MigrateArgs),
     /// Follow the events topic and write reservations and orders to Postgres, exactly once.
-    #[command(after_help = "Examples:\n  flashsale projector --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale")]
+    #[command(
+        after_help = "Examples:\n  flashsale projector --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale"
+    )]
     Projector(ProjectorArgs),
 }
 
@@ -123,7 +142,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_RATE_LIMIT_BURST", default_value_t = 10)]
     pub rate_limit_burst: u32,
     /// Snapshot a partition after this many commands...
-    #[arg(long, env = "FLASHSALE_SNAPSHOT_EVERY_COMMANDS", default_value_t = 50_000)]
+    #[arg(
+        long,
+        env = "FLASHSALE_SNAPSHOT_EVERY_COMMANDS",
+        default_value_t = 50_000
+    )]
     pub snapshot_every_commands: u64,
     /// ...or after this many seconds of log time, whichever comes first.
     #[arg(long, env = "FLASHSALE_SNAPSHOT_EVERY_SECS", default_value_t = 30)]
@@ -188,13 +211,23 @@ pub struct ServeKafkaArgs {
     #[arg(long, env = "FLASHSALE_KAFKA")]
     pub kafka: Option<String>,
     /// Postgres URL (Kafka mode): snapshots, and orders written by the projector. Without it, snapshots go to --data-dir and orders are served from memory.
-    #[arg(long, env = "FLASHSALE_POSTGRES", hide_env_values = true, requires = "kafka")]
+    #[arg(
+        long,
+        env = "FLASHSALE_POSTGRES",
+        hide_env_values = true,
+        requires = "kafka"
+    )]
     pub postgres: Option<String>,
     /// Most connections this process opens to Postgres.
     #[arg(long, env = "FLASHSALE_PG_POOL_SIZE", default_value_t = 8)]
     pub pg_pool_size: usize,
     /// Prefix of the topic names (<prefix>commands, <prefix>events, <prefix>replies).
-    #[arg(long = "topic-prefix", visible_alias = "prefix", env = "FLASHSALE_TOPIC_PREFIX", default_value = "flashsale.")]
+    #[arg(
+        long = "topic-prefix",
+        visible_alias = "prefix",
+        env = "FLASHSALE_TOPIC_PREFIX",
+        default_value = "flashsale."
+    )]
     pub topic_prefix: String,
     /// Partitions of the replies topic when serve creates it (gateway ids 0..N-1).
     #[arg(long, env = "FLASHSALE_REPLIES_PARTITIONS", default_value_t = 4)]
@@ -215,7 +248,12 @@ pub struct KafkaArgs {
     #[arg(long, env = "FLASHSALE_KAFKA")]
     pub kafka: String,
     /// Prefix of the topic names (<prefix>commands, <prefix>events, <prefix>replies).
-    #[arg(long = "topic-prefix", visible_alias = "prefix", env = "FLASHSALE_TOPIC_PREFIX", default_value = "flashsale.")]
+    #[arg(
+        long = "topic-prefix",
+        visible_alias = "prefix",
+        env = "FLASHSALE_TOPIC_PREFIX",
+        default_value = "flashsale."
+    )]
     pub topic_prefix: String,
 }
 
@@ -234,7 +272,11 @@ pub struct OptionalPostgres {
 #[derive(Debug, Clone, Args)]
 pub struct EngineTuning {
     /// Consumer group shared by the engines of one deployment.
-    #[arg(long, env = "FLASHSALE_ENGINE_GROUP", default_value = "flashsale-engine")]
+    #[arg(
+        long,
+        env = "FLASHSALE_ENGINE_GROUP",
+        default_value = "flashsale-engine"
+    )]
     pub engine_group: String,
     /// Most command records applied as one batch.
     #[arg(long, env = "FLASHSALE_MAX_BATCH", default_value_t = 4096)]
@@ -260,7 +302,9 @@ pub enum TopicsAction {
     /// (the engine's clock) with message.timestamp.after.max.ms=60000 (refuses producers
     /// whose clock is a minute ahead). Production: --replication-factor 3
     /// --min-insync-replicas 2 (producers use acks=all).
-    #[command(after_help = "Examples:\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 8\n  flashsale topics create --kafka kafka-1:9092,kafka-2:9092 --partitions 32 --replies-partitions 16 --replication-factor 3 --min-insync-replicas 2")]
+    #[command(
+        after_help = "Examples:\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 8\n  flashsale topics create --kafka kafka-1:9092,kafka-2:9092 --partitions 32 --replies-partitions 16 --replication-factor 3 --min-insync-replicas 2"
+    )]
     Create(TopicsCreateArgs),
 }
 
@@ -297,7 +341,11 @@ pub struct EngineArgs {
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Snapshot a partition after this many commands...
-    #[arg(long, env = "FLASHSALE_SNAPSHOT_EVERY_COMMANDS", default_value_t = 50_000)]
+    #[arg(
+        long,
+        env = "FLASHSALE_SNAPSHOT_EVERY_COMMANDS",
+        default_value_t = 50_000
+    )]
     pub snapshot_every_commands: u64,
     /// ...or after this many seconds of log time, whichever comes first.
     #[arg(long, env = "FLASHSALE_SNAPSHOT_EVERY_SECS", default_value_t = 30)]

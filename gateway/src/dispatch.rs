@@ -31,7 +31,12 @@ pub trait CommandBus: Send + Sync + 'static {
     /// [`CommandBus::send`] with the command's trace context, carried beside the
     /// record (a Kafka header, or in-process), never inside its payload. A bus that
     /// cannot carry it drops it.
-    fn send_traced(&self, partition: u32, record: CommandRecord, trace: Option<TraceParent>) -> BusFuture<'_> {
+    fn send_traced(
+        &self,
+        partition: u32,
+        record: CommandRecord,
+        trace: Option<TraceParent>,
+    ) -> BusFuture<'_> {
         let _ = trace;
         self.send(partition, record)
     }
@@ -94,13 +99,20 @@ pub struct Dispatcher {
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher").field("cfg", &self.cfg).finish()
+        f.debug_struct("Dispatcher")
+            .field("cfg", &self.cfg)
+            .finish()
     }
 }
 
 impl Dispatcher {
     pub fn new(bus: Arc<dyn CommandBus>, pending: Arc<Pending>, cfg: DispatchConfig) -> Self {
-        Dispatcher { bus, pending, in_flight: Semaphore::new(cfg.max_in_flight), cfg }
+        Dispatcher {
+            bus,
+            pending,
+            in_flight: Semaphore::new(cfg.max_in_flight),
+            cfg,
+        }
     }
 
     pub fn partitions(&self) -> u32 {
@@ -114,13 +126,24 @@ impl Dispatcher {
     }
 
     /// Sends a command and waits for its reply (in a `command` span when traced).
-    pub async fn call(&self, partition: u32, command: Command, idempotency_key: Option<String>) -> Result<ReplyRecord, ApiError> {
+    pub async fn call(
+        &self,
+        partition: u32,
+        command: Command,
+        idempotency_key: Option<String>,
+    ) -> Result<ReplyRecord, ApiError> {
         let span = telemetry::command_span(command_name(&command), partition);
         if span.is_disabled() {
-            return self.call_inner(partition, command, idempotency_key, None).await;
+            return self
+                .call_inner(partition, command, idempotency_key, None)
+                .await;
         }
         let trace = TraceParent::of(&span);
-        let result = tracing::Instrument::instrument(self.call_inner(partition, command, idempotency_key, trace), span.clone()).await;
+        let result = tracing::Instrument::instrument(
+            self.call_inner(partition, command, idempotency_key, trace),
+            span.clone(),
+        )
+        .await;
         if let Ok(rec) = &result {
             span.record("flashsale.offset", rec.offset);
         }
@@ -139,13 +162,23 @@ impl Dispatcher {
             .try_acquire()
             .map_err(|_| ApiError::unavailable("Too many requests in flight; retry shortly"))?;
         if !self.bus.is_ready() {
-            return Err(ApiError::unavailable("The engine is recovering; retry shortly"));
+            return Err(ApiError::unavailable(
+                "The engine is recovering; retry shortly",
+            ));
         }
         let request_id = RequestId::from_ulid(ulid::Ulid::new());
         let (tx, rx) = oneshot::channel();
         self.pending.map.insert(request_id, tx);
-        let _waiter = Waiter { pending: &self.pending, id: request_id };
-        let record = CommandRecord { request_id, reply_to: self.cfg.gateway_id, idempotency_key, command };
+        let _waiter = Waiter {
+            pending: &self.pending,
+            id: request_id,
+        };
+        let record = CommandRecord {
+            request_id,
+            reply_to: self.cfg.gateway_id,
+            idempotency_key,
+            command,
+        };
         match tokio::time::timeout(self.cfg.reply_deadline, self.bus.send_traced(partition, record, trace)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(ApiError::unavailable(format!("{e}; retry with the same Idempotency-Key"))),

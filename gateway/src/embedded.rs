@@ -103,22 +103,32 @@ impl CommandBus for EmbeddedBus {
     fn send(&self, partition: u32, record: CommandRecord) -> BusFuture<'_> {
         self.send_traced(partition, record, None)
     }
-    fn send_traced(&self, partition: u32, record: CommandRecord, trace: Option<TraceParent>) -> BusFuture<'_> {
+    fn send_traced(
+        &self,
+        partition: u32,
+        record: CommandRecord,
+        trace: Option<TraceParent>,
+    ) -> BusFuture<'_> {
         let result = if self.closing.load(Ordering::Acquire) {
             Err(BusError::Unavailable("the server is shutting down".into()))
         } else {
             match self.writers.get(partition as usize) {
                 None => Err(BusError::Unavailable(format!("no partition {partition}"))),
-                Some(w) => w.try_send(WriterMsg::Append(encode(&record), trace)).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => BusError::Full(partition),
-                    mpsc::error::TrySendError::Closed(_) => BusError::Unavailable("the log writer stopped".into()),
-                }),
+                Some(w) => w
+                    .try_send(WriterMsg::Append(encode(&record), trace))
+                    .map_err(|e| match e {
+                        mpsc::error::TrySendError::Full(_) => BusError::Full(partition),
+                        mpsc::error::TrySendError::Closed(_) => {
+                            BusError::Unavailable("the log writer stopped".into())
+                        }
+                    }),
             }
         };
         Box::pin(std::future::ready(result))
     }
     fn is_ready(&self) -> bool {
-        self.recovered.load(Ordering::Acquire) == self.partitions as usize && !self.closing.load(Ordering::Acquire)
+        self.recovered.load(Ordering::Acquire) == self.partitions as usize
+            && !self.closing.load(Ordering::Acquire)
     }
 }
 
@@ -142,7 +152,9 @@ pub struct EmbeddedNode {
 
 impl std::fmt::Debug for EmbeddedNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedNode").field("partitions", &self.bus.partitions).finish()
+        f.debug_struct("EmbeddedNode")
+            .field("partitions", &self.bus.partitions)
+            .finish()
     }
 }
 
@@ -155,7 +167,11 @@ struct PartitionShared {
 impl EmbeddedNode {
     /// Opens the data directory and starts recovering every partition in the
     /// background; the bus reports ready once all have caught up.
-    pub fn start(opts: EmbeddedOptions, output: Arc<dyn EngineOutput>, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn start(
+        opts: EmbeddedOptions,
+        output: Arc<dyn EngineOutput>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             opts.partitions >= 1 && opts.partitions <= MAX_PARTITIONS,
             "--partitions must be 1-{MAX_PARTITIONS}"
@@ -183,16 +199,22 @@ impl EmbeddedNode {
                 })
                 .collect(),
         );
-        let store: Arc<dyn SnapshotStore> = Arc::new(FileSnapshotStore::new(opts.data_dir.join("snapshots")));
+        let store: Arc<dyn SnapshotStore> =
+            Arc::new(FileSnapshotStore::new(opts.data_dir.join("snapshots")));
         let actors = Arc::new(tokio::sync::Mutex::new(Vec::new()));
         {
-            let (bus, shared, actors, opts) = (bus.clone(), shared.clone(), actors.clone(), opts.clone());
+            let (bus, shared, actors, opts) =
+                (bus.clone(), shared.clone(), actors.clone(), opts.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
                 for (p, inbox) in inboxes.into_iter().enumerate() {
                     let p = p as u32;
-                    let (store2, metrics2, dir) = (store.clone(), metrics.clone(), opts.data_dir.join("log"));
-                    let rec = tokio::task::spawn_blocking(move || recover(&dir, p, store2.as_ref(), &metrics2, opts.snapshot)).await;
+                    let (store2, metrics2, dir) =
+                        (store.clone(), metrics.clone(), opts.data_dir.join("log"));
+                    let rec = tokio::task::spawn_blocking(move || {
+                        recover(&dir, p, store2.as_ref(), &metrics2, opts.snapshot)
+                    })
+                    .await;
                     let (log, actor, report) = match rec {
                         Ok(Ok(x)) => x,
                         Ok(Err(e)) => {
@@ -216,7 +238,10 @@ impl EmbeddedNode {
                     output.reset(actor.state());
                     let sh = &shared[p as usize];
                     sh.written.store(log.next_offset(), Ordering::Release);
-                    sh.needs_tick_at.store(actor.state().next_expiry().unwrap_or(u64::MAX), Ordering::Release);
+                    sh.needs_tick_at.store(
+                        actor.state().next_expiry().unwrap_or(u64::MAX),
+                        Ordering::Release,
+                    );
                     let (to_actor, actor_rx) = mpsc::channel(ACTOR_QUEUE);
                     let shared_w = shared.clone();
                     std::thread::Builder::new()
@@ -235,11 +260,20 @@ impl EmbeddedNode {
                     actors.lock().await.push(handle);
                     bus.recovered.fetch_add(1, Ordering::AcqRel);
                 }
-                tracing::info!(partitions = opts.partitions, elapsed_ms = started.elapsed().as_millis() as u64, "all partitions recovered; ready");
+                tracing::info!(
+                    partitions = opts.partitions,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "all partitions recovered; ready"
+                );
             });
         }
         let ticker = tokio::spawn(ticker_loop(bus.clone(), shared));
-        Ok(EmbeddedNode { bus, actors, ticker, _lock: lock })
+        Ok(EmbeddedNode {
+            bus,
+            actors,
+            ticker,
+            _lock: lock,
+        })
     }
 
     pub fn bus(&self) -> Arc<dyn CommandBus> {
@@ -343,7 +377,10 @@ pub fn recover(
     let report = RecoveryReport {
         partition,
         snapshot_offset,
-        rejected_snapshots: rejected.iter().map(|r| format!("{}: {}", r.info.id, r.error)).collect(),
+        rejected_snapshots: rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.info.id, r.error))
+            .collect(),
         replayed,
         log_end: log.next_offset(),
         truncated_bytes: log.truncated_bytes(),
@@ -395,8 +432,13 @@ fn writer_loop(
                 std::process::exit(74);
             }
         };
-        shared[partition as usize].written.store(log.next_offset(), Ordering::Release);
-        if to_actor.blocking_send((records, std::mem::take(&mut traces))).is_err() {
+        shared[partition as usize]
+            .written
+            .store(log.next_offset(), Ordering::Release);
+        if to_actor
+            .blocking_send((records, std::mem::take(&mut traces)))
+            .is_err()
+        {
             break;
         }
     }
@@ -418,9 +460,15 @@ async fn actor_loop(
         let applied = telemetry::apply_traced(&mut actor, &batch, &traces);
         metrics.engine_apply(t.elapsed());
         let sh = &shared[p as usize];
-        sh.needs_tick_at.store(actor.state().next_expiry().unwrap_or(u64::MAX), Ordering::Release);
+        sh.needs_tick_at.store(
+            actor.state().next_expiry().unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
         output.deliver(p, applied);
-        let lag = sh.written.load(Ordering::Acquire).saturating_sub(actor.state().next_offset());
+        let lag = sh
+            .written
+            .load(Ordering::Acquire)
+            .saturating_sub(actor.state().next_offset());
         metrics.partition_lag(p, lag);
         if !writing.load(Ordering::Acquire) {
             if let Some(state) = actor.take_snapshot_if_due() {
@@ -438,7 +486,9 @@ async fn actor_loop(
         return;
     }
     let state = actor.snapshot_now();
-    let _ = tokio::task::spawn_blocking(move || write_snapshot(&state, store.as_ref(), keep, &metrics)).await;
+    let _ =
+        tokio::task::spawn_blocking(move || write_snapshot(&state, store.as_ref(), keep, &metrics))
+            .await;
 }
 
 fn write_snapshot(state: &State, store: &dyn SnapshotStore, keep: usize, metrics: &Metrics) {
@@ -446,12 +496,21 @@ fn write_snapshot(state: &State, store: &dyn SnapshotStore, keep: usize, metrics
     let p = u32::from(state.partition());
     let result = snapshot::encode(state)
         .map_err(|e| e.to_string())
-        .and_then(|bytes| store.save(p, state.next_offset(), state.clock(), &bytes).map_err(|e| e.to_string()));
+        .and_then(|bytes| {
+            store
+                .save(p, state.next_offset(), state.clock(), &bytes)
+                .map_err(|e| e.to_string())
+        });
     match result {
         Ok(info) => {
             metrics.snapshot_written(t.elapsed());
             metrics.snapshot_at(p, now_ms());
-            tracing::debug!(partition = p, offset = info.offset, bytes = info.size_bytes, "snapshot written");
+            tracing::debug!(
+                partition = p,
+                offset = info.offset,
+                bytes = info.size_bytes,
+                "snapshot written"
+            );
             if let Err(e) = store.prune(p, keep.max(1)) {
                 tracing::warn!(partition = p, error = %e, "could not prune old snapshots");
             }

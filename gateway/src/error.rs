@@ -28,8 +28,21 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, title: &'static str, message: impl Into<String>, details: Option<Value>) -> Self {
-        ApiError { status, payload: ErrorPayload { title, message: message.into(), details, retry_after_s: None } }
+    fn new(
+        status: StatusCode,
+        title: &'static str,
+        message: impl Into<String>,
+        details: Option<Value>,
+    ) -> Self {
+        ApiError {
+            status,
+            payload: ErrorPayload {
+                title,
+                message: message.into(),
+                details,
+                retry_after_s: None,
+            },
+        }
     }
     pub fn bad_request(field: &str, reason: impl Into<String>) -> Self {
         let reason = reason.into();
@@ -41,7 +54,12 @@ impl ApiError {
         )
     }
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Missing or wrong admin bearer token", None)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Missing or wrong admin bearer token",
+            None,
+        )
     }
     pub fn too_many_requests(retry_after_s: u64) -> Self {
         let mut e = Self::new(
@@ -54,7 +72,12 @@ impl ApiError {
         e
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", message, None);
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            message,
+            None,
+        );
         e.payload.retry_after_s = Some(1);
         e
     }
@@ -75,10 +98,20 @@ impl ApiError {
         )
     }
     pub fn order_not_found(id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "Order Not Found", format!("Order {id} not found"), Some(json!({"orderId": id})))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "Order Not Found",
+            format!("Order {id} not found"),
+            Some(json!({"orderId": id})),
+        )
     }
     pub fn sale_not_found(id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "Sale Not Found", format!("Sale {id} not found"), Some(json!({"saleId": id})))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "Sale Not Found",
+            format!("Sale {id} not found"),
+            Some(json!({"saleId": id})),
+        )
     }
     pub fn conflict(sku: &str) -> Self {
         Self::new(
@@ -93,7 +126,10 @@ impl ApiError {
             400 => ("Bad Request", "The request could not be understood"),
             401 => ("Unauthorized", "Missing or wrong admin bearer token"),
             404 => ("Not Found", "No such route"),
-            405 => ("Method Not Allowed", "This route does not accept that method"),
+            405 => (
+                "Method Not Allowed",
+                "This route does not accept that method",
+            ),
             413 => ("Payload Too Large", "Request body is over 64 KiB"),
             415 => ("Bad Request", "Unsupported content type"),
             422 => ("Bad Request", "The request body could not be processed"),
@@ -190,9 +226,13 @@ pub async fn render_errors(mut req: Request, next: Next) -> Response {
     let rid = req
         .headers()
         .get(REQUEST_ID)
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| (0x21..0x7f).contains(b)))
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| (0x21..0x7f).contains(b))
+        })
         .cloned()
-        .unwrap_or_else(|| HeaderValue::from_str(&ulid::Ulid::new().to_string()).expect("ulid is ascii"));
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&ulid::Ulid::new().to_string()).expect("ulid is ascii")
+        });
     req.extensions_mut().insert(RequestIdValue(rid.clone()));
     let mut res = next.run(req).await;
     let status = res.status();
@@ -220,7 +260,8 @@ fn error_response(err: &ApiError, path: &str) -> Response {
     }
     let mut res = (err.status, axum::Json(Value::Object(body))).into_response();
     if let Some(s) = err.payload.retry_after_s {
-        res.headers_mut().insert("retry-after", HeaderValue::from(s));
+        res.headers_mut()
+            .insert("retry-after", HeaderValue::from(s));
     }
     res
 }

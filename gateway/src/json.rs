@@ -22,7 +22,9 @@ pub fn rfc3339_now() -> String {
 }
 
 pub fn money(c: Cents) -> Value {
-    serde_json::Number::from_f64(c.0 as f64 / 100.0).map(Value::Number).unwrap_or(json!(0))
+    serde_json::Number::from_f64(c.0 as f64 / 100.0)
+        .map(Value::Number)
+        .unwrap_or(json!(0))
 }
 
 /// A parsed JSON object body. Field accessors return API.md's 400 on bad input.
@@ -35,12 +37,18 @@ const MAX_MONEY_CENTS: u64 = 10_000_000_000_000;
 impl Body {
     pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
         if bytes.is_empty() {
-            return Err(ApiError::bad_request("body", "request body is empty; send a JSON object"));
+            return Err(ApiError::bad_request(
+                "body",
+                "request body is empty; send a JSON object",
+            ));
         }
         match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(m)) => Ok(Body(m)),
             Ok(_) => Err(ApiError::bad_request("body", "must be a JSON object")),
-            Err(e) => Err(ApiError::bad_request("body", format!("malformed JSON: {e}"))),
+            Err(e) => Err(ApiError::bad_request(
+                "body",
+                format!("malformed JSON: {e}"),
+            )),
         }
     }
 
@@ -49,7 +57,8 @@ impl Body {
     }
 
     pub fn string(&self, name: &str, max_chars: usize) -> Result<String, ApiError> {
-        self.opt_string(name, max_chars)?.ok_or_else(|| ApiError::bad_request(name, "is required"))
+        self.opt_string(name, max_chars)?
+            .ok_or_else(|| ApiError::bad_request(name, "is required"))
     }
 
     pub fn opt_string(&self, name: &str, max_chars: usize) -> Result<Option<String>, ApiError> {
@@ -60,7 +69,10 @@ impl Body {
                 if n == 0 {
                     Err(ApiError::bad_request(name, "must not be empty"))
                 } else if n > max_chars {
-                    Err(ApiError::bad_request(name, format!("must be at most {max_chars} characters")))
+                    Err(ApiError::bad_request(
+                        name,
+                        format!("must be at most {max_chars} characters"),
+                    ))
                 } else {
                     Ok(Some(s.clone()))
                 }
@@ -74,7 +86,10 @@ impl Body {
         match self.get(name) {
             None => Ok(String::new()),
             Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(s.clone()),
-            Some(Value::String(_)) => Err(ApiError::bad_request(name, format!("must be at most {max_chars} characters"))),
+            Some(Value::String(_)) => Err(ApiError::bad_request(
+                name,
+                format!("must be at most {max_chars} characters"),
+            )),
             Some(_) => Err(ApiError::bad_request(name, "must be a string")),
         }
     }
@@ -90,13 +105,20 @@ impl Body {
     }
 
     /// A JSON integer in `min..=max`; `default` when absent.
-    pub fn int(&self, name: &str, min: u64, max: u64, default: Option<u64>) -> Result<u64, ApiError> {
+    pub fn int(
+        &self,
+        name: &str,
+        min: u64,
+        max: u64,
+        default: Option<u64>,
+    ) -> Result<u64, ApiError> {
         let v = match (self.get(name), default) {
             (None, Some(d)) => return Ok(d),
             (None, None) => return Err(ApiError::bad_request(name, "is required")),
             (Some(v), _) => v,
         };
-        let range = || ApiError::bad_request(name, format!("must be an integer from {min} to {max}"));
+        let range =
+            || ApiError::bad_request(name, format!("must be an integer from {min} to {max}"));
         match v {
             Value::Number(n) => match n.as_u64() {
                 Some(x) if (min..=max).contains(&x) => Ok(x),
@@ -110,8 +132,12 @@ impl Body {
 
     /// Money: a JSON number ≥ 0 with at most 2 decimals.
     pub fn money(&self, name: &str) -> Result<Cents, ApiError> {
-        let v = self.get(name).ok_or_else(|| ApiError::bad_request(name, "is required"))?;
-        let x = v.as_f64().ok_or_else(|| ApiError::bad_request(name, "must be a number"))?;
+        let v = self
+            .get(name)
+            .ok_or_else(|| ApiError::bad_request(name, "is required"))?;
+        let x = v
+            .as_f64()
+            .ok_or_else(|| ApiError::bad_request(name, "must be a number"))?;
         if !x.is_finite() || x < 0.0 {
             return Err(ApiError::bad_request(name, "must be a non-negative amount"));
         }

@@ -81,11 +81,18 @@ fn random_token() -> String {
 /// directory, recovers in the background, serves at once (`/ready` says when the
 /// engine has caught up).
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
-    let admin_token = args.admin_token.clone().filter(|t| !t.is_empty()).unwrap_or_else(random_token);
+    let admin_token = args
+        .admin_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(random_token);
     let metrics = Arc::new(Metrics::new());
     let read = Arc::new(ReadModel::new(args.partitions, metrics.clone()));
     let pending = Arc::new(Pending::default());
-    let output = Arc::new(LocalOutput { read: read.clone(), pending: pending.clone() });
+    let output = Arc::new(LocalOutput {
+        read: read.clone(),
+        pending: pending.clone(),
+    });
     let node = EmbeddedNode::start(
         EmbeddedOptions {
             data_dir: args.data_dir.clone(),
@@ -117,12 +124,20 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         metrics,
         ApiConfig {
             admin_token: admin_token.clone(),
-            rate_limit: RateLimit { per_second: args.rate_limit_per_user, burst: args.rate_limit_burst },
+            rate_limit: RateLimit {
+                per_second: args.rate_limit_per_user,
+                burst: args.rate_limit_burst,
+            },
         },
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {}; is another server using it? pass --listen", args.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another server using it? pass --listen",
+                args.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(app.clone());
@@ -151,7 +166,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         node.shutdown().await;
         Ok(())
     });
-    Ok(Running { addr, admin_token, app, stop, done })
+    Ok(Running {
+        addr,
+        admin_token,
+        app,
+        stop,
+        done,
+    })
 }
 
 /// Runs the embedded server until `shutdown` resolves.
@@ -165,7 +186,10 @@ pub async fn serve(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyho
         data_dir.display()
     );
     if generated {
-        println!("admin token (generated for this run; set --admin-token to fix it): {}", running.admin_token);
+        println!(
+            "admin token (generated for this run; set --admin-token to fix it): {}",
+            running.admin_token
+        );
     }
     tokio::select! {
         _ = shutdown => {
@@ -187,21 +211,43 @@ async fn create_demo_sale(app: &api::AppState) {
         return;
     }
     let now = json::now_ms() / 1000 * 1000;
-    let item = |sku: &str, name: &str, category: &str, base: u64, flash: u64, total: u64| ProductSpec {
-        sku: SkuId::parse(sku).expect("demo SKU is valid"),
-        name: name.into(),
-        description: format!("{name}, flash-sale demo"),
-        category: category.into(),
-        base_price: Cents(base),
-        flash_sale_price: Cents(flash),
-        total_inventory: total,
-        per_user_limit: 1,
-        image_url: String::new(),
-    };
+    let item =
+        |sku: &str, name: &str, category: &str, base: u64, flash: u64, total: u64| ProductSpec {
+            sku: SkuId::parse(sku).expect("demo SKU is valid"),
+            name: name.into(),
+            description: format!("{name}, flash-sale demo"),
+            category: category.into(),
+            base_price: Cents(base),
+            flash_sale_price: Cents(flash),
+            total_inventory: total,
+            per_user_limit: 1,
+            image_url: String::new(),
+        };
     let products = vec![
-        item("IPHONE15-256GB", "iPhone 15 256GB", "Electronics", 129_999, 99_999, 100),
-        item("PS5-SLIM", "PlayStation 5 Slim", "Gaming", 49_999, 39_999, 50),
-        item("AIRPODS-PRO2", "AirPods Pro (2nd gen)", "Audio", 24_999, 17_999, 200),
+        item(
+            "IPHONE15-256GB",
+            "iPhone 15 256GB",
+            "Electronics",
+            129_999,
+            99_999,
+            100,
+        ),
+        item(
+            "PS5-SLIM",
+            "PlayStation 5 Slim",
+            "Gaming",
+            49_999,
+            39_999,
+            50,
+        ),
+        item(
+            "AIRPODS-PRO2",
+            "AirPods Pro (2nd gen)",
+            "Audio",
+            24_999,
+            17_999,
+            200,
+        ),
     ];
     let meta = SaleMeta {
         sale_id: SaleId(ulid::Ulid::new().0),
@@ -213,7 +259,9 @@ async fn create_demo_sale(app: &api::AppState) {
     };
     let id = meta.sale_id;
     match sales::create_sale(&app.dispatcher, &app.read, meta, products).await {
-        Ok(_) => println!("demo sale {id} is open: IPHONE15-256GB (100), PS5-SLIM (50), AIRPODS-PRO2 (200)"),
+        Ok(_) => println!(
+            "demo sale {id} is open: IPHONE15-256GB (100), PS5-SLIM (50), AIRPODS-PRO2 (200)"
+        ),
         Err(e) => tracing::warn!(error = %e.payload.message, "demo sale not created"),
     }
 }

@@ -5,7 +5,10 @@ use flashsale_gateway::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -15,7 +18,12 @@ fn main() -> std::process::ExitCode {
     // Inside the runtime: the gRPC trace exporter needs it.
     let telemetry = {
         let _rt = runtime.enter();
-        flashsale_gateway::telemetry::init(&cli.log, cli.log_format, &cli.telemetry, service_name(&cli.command))
+        flashsale_gateway::telemetry::init(
+            &cli.log,
+            cli.log_format,
+            &cli.telemetry,
+            service_name(&cli.command),
+        )
     };
     let telemetry = match telemetry {
         Ok(t) => t,
@@ -26,15 +34,23 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(cmd) => flashsale_gateway::kafka::cli::serve_command(cmd, shutdown_signal()).await,
+            Command::Serve(cmd) => {
+                flashsale_gateway::kafka::cli::serve_command(cmd, shutdown_signal()).await
+            }
             Command::Topics(args) => flashsale_gateway::kafka::cli::topics_command(args).await,
-            Command::Engine(args) => flashsale_gateway::kafka::cli::engine_command(args, shutdown_signal()).await,
-            Command::Gateway(args) => flashsale_gateway::kafka::cli::gateway_command(args, shutdown_signal()).await,
+            Command::Engine(args) => {
+                flashsale_gateway::kafka::cli::engine_command(args, shutdown_signal()).await
+            }
+            Command::Gateway(args) => {
+                flashsale_gateway::kafka::cli::gateway_command(args, shutdown_signal()).await
+            }
             Command::Replay(args) => flashsale_gateway::operator::replay_command(args).await,
             Command::Audit(args) => flashsale_gateway::operator::audit_command(args).await,
             Command::Snapshot(args) => flashsale_gateway::operator::snapshot_command(args).await,
             Command::Migrate(args) => flashsale_gateway::pg::migrate_command(args).await,
-            Command::Projector(args) => flashsale_gateway::pg::projector_command(args, shutdown_signal()).await,
+            Command::Projector(args) => {
+                flashsale_gateway::pg::projector_command(args, shutdown_signal()).await
+            }
         }
     });
     // Export the spans still buffered, while the runtime is still there.
@@ -42,7 +58,10 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A tool that ran and found problems (audit, verify) exits 1; errors exit 2.
-        Err(e) if e.downcast_ref::<flashsale_gateway::operator::ProblemsFound>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<flashsale_gateway::operator::ProblemsFound>()
+                .is_some() =>
+        {
             eprintln!("{e}");
             std::process::ExitCode::from(1)
         }
@@ -68,13 +87,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

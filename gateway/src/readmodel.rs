@@ -25,7 +25,9 @@ pub struct ProductEntry {
 
 impl ProductEntry {
     pub fn available(&self) -> u64 {
-        self.spec.total_inventory.saturating_sub(self.held + self.sold)
+        self.spec
+            .total_inventory
+            .saturating_sub(self.held + self.sold)
     }
 }
 
@@ -74,7 +76,12 @@ impl ReadModel {
     }
     pub fn sale(&self, id: &SaleId) -> Option<(SaleEntry, Vec<ProductEntry>)> {
         let s = self.sales.get(id)?.clone();
-        let products = s.meta.all_skus.iter().filter_map(|k| self.products.get(k).map(|p| p.clone())).collect();
+        let products = s
+            .meta
+            .all_skus
+            .iter()
+            .filter_map(|k| self.products.get(k).map(|p| p.clone()))
+            .collect();
         Some((s, products))
     }
     /// The sale a SKU belongs to, if any.
@@ -91,9 +98,17 @@ impl ReadModel {
     }
     /// Newest first.
     pub fn orders_of(&self, user: &UserId) -> Vec<OrderView> {
-        let ids = self.user_orders.get(user).map(|v| v.clone()).unwrap_or_default();
+        let ids = self
+            .user_orders
+            .get(user)
+            .map(|v| v.clone())
+            .unwrap_or_default();
         let mut v: Vec<OrderView> = ids.iter().filter_map(|id| self.order(id)).collect();
-        v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.order_id.cmp(&a.order_id)));
+        v.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then(b.order_id.cmp(&a.order_id))
+        });
         v
     }
 
@@ -111,12 +126,20 @@ impl ReadModel {
 
     pub fn insert_order(&self, o: &OrderView) {
         if self.orders.insert(o.order_id, o.clone()).is_none() {
-            self.user_orders.entry(o.user.clone()).or_default().push(o.order_id);
+            self.user_orders
+                .entry(o.user.clone())
+                .or_default()
+                .push(o.order_id);
         }
     }
 
     fn insert_sale(&self, cfg: &SaleConfig) {
-        self.sales.insert(cfg.sale.sale_id, SaleEntry { meta: cfg.sale.clone() });
+        self.sales.insert(
+            cfg.sale.sale_id,
+            SaleEntry {
+                meta: cfg.sale.clone(),
+            },
+        );
         for spec in &cfg.products {
             self.products.insert(
                 spec.sku.clone(),
@@ -129,20 +152,26 @@ impl ReadModel {
                     sold: 0,
                 },
             );
-            self.metrics.set_available(spec.sku.as_str(), spec.total_inventory);
+            self.metrics
+                .set_available(spec.sku.as_str(), spec.total_inventory);
         }
     }
 
     /// The next command offset of `partition` whose events are not applied yet: every
     /// event of a command at a lower offset is in the model.
     pub fn applied_through(&self, partition: u32) -> u64 {
-        self.next_offset.get(partition as usize).map_or(0, |n| n.load(Ordering::Acquire))
+        self.next_offset
+            .get(partition as usize)
+            .map_or(0, |n| n.load(Ordering::Acquire))
     }
 
     /// Applies one partition's event record; drops it if already applied.
     pub fn apply(&self, rec: &EventRecord) {
         let Some(next) = self.next_offset.get(rec.partition as usize) else {
-            tracing::warn!(partition = rec.partition, "event for a partition this gateway does not know");
+            tracing::warn!(
+                partition = rec.partition,
+                "event for a partition this gateway does not know"
+            );
             return;
         };
         if rec.offset < next.load(Ordering::Acquire) {
@@ -158,7 +187,9 @@ impl ReadModel {
                     }
                     self.sales.remove(sale_id);
                 }
-                Event::Inventory { sku, held, sold, .. } => {
+                Event::Inventory {
+                    sku, held, sold, ..
+                } => {
                     if let Some(mut p) = self.products.get_mut(sku) {
                         let before = p.available();
                         p.held = *held;
@@ -181,7 +212,8 @@ impl ReadModel {
         let partition = u32::from(state.partition());
         let version = state.next_offset().saturating_sub(1);
         for sale in state.sales() {
-            self.sales.insert(sale.sale_id, SaleEntry { meta: sale.clone() });
+            self.sales
+                .insert(sale.sale_id, SaleEntry { meta: sale.clone() });
         }
         for (sku, p) in state.products() {
             let meta = state.sales().find(|s| s.sale_id == p.sale_id()).cloned();

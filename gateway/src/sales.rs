@@ -25,10 +25,16 @@ pub async fn create_sale(
     }
     let mut by_partition: BTreeMap<u32, Vec<ProductSpec>> = BTreeMap::new();
     for p in &products {
-        by_partition.entry(dispatcher.partition_of(&p.sku)).or_default().push(p.clone());
+        by_partition
+            .entry(dispatcher.partition_of(&p.sku))
+            .or_default()
+            .push(p.clone());
     }
     let calls = by_partition.iter().map(|(&partition, ps)| {
-        let cmd = Command::ConfigureSale(SaleConfig { sale: meta.clone(), products: ps.clone() });
+        let cmd = Command::ConfigureSale(SaleConfig {
+            sale: meta.clone(),
+            products: ps.clone(),
+        });
         async move { (partition, dispatcher.call(partition, cmd, None).await) }
     });
     let results = futures::future::join_all(calls).await;
@@ -36,12 +42,21 @@ pub async fn create_sale(
     let mut accepted = Vec::new();
     for (partition, r) in results {
         match r {
-            Ok(ReplyRecord { reply: Reply::SaleConfigured { .. }, .. }) => accepted.push(partition),
-            Ok(ReplyRecord { reply: Reply::Rejected(rej), .. }) => {
+            Ok(ReplyRecord {
+                reply: Reply::SaleConfigured { .. },
+                ..
+            }) => accepted.push(partition),
+            Ok(ReplyRecord {
+                reply: Reply::Rejected(rej),
+                ..
+            }) => {
                 failure.get_or_insert(ApiError::from_rejection(&rej));
             }
             Ok(other) => {
-                failure.get_or_insert(ApiError::unavailable(format!("unexpected engine reply {:?}", other.reply)));
+                failure.get_or_insert(ApiError::unavailable(format!(
+                    "unexpected engine reply {:?}",
+                    other.reply
+                )));
             }
             Err(e) => {
                 failure.get_or_insert(e);
@@ -51,7 +66,9 @@ pub async fn create_sale(
     if let Some(err) = failure {
         // Undo on every partition (an unanswered one may still have applied it).
         for &partition in by_partition.keys() {
-            let cmd = Command::DropSale { sale_id: meta.sale_id };
+            let cmd = Command::DropSale {
+                sale_id: meta.sale_id,
+            };
             if let Err(e) = dispatcher.call(partition, cmd, None).await {
                 tracing::warn!(sale = %meta.sale_id, partition, error = ?e.payload.message, "could not undo a partly created sale");
             }
@@ -61,7 +78,14 @@ pub async fn create_sale(
     }
     let entries: Vec<ProductEntry> = products
         .into_iter()
-        .map(|spec| ProductEntry { sale_id: meta.sale_id, starts_at: meta.starts_at, ends_at: meta.ends_at, held: 0, sold: 0, spec })
+        .map(|spec| ProductEntry {
+            sale_id: meta.sale_id,
+            starts_at: meta.starts_at,
+            ends_at: meta.ends_at,
+            held: 0,
+            sold: 0,
+            spec,
+        })
         .collect();
     Ok(sale_json(&SaleEntry { meta }, &entries))
 }

@@ -8,11 +8,12 @@
 //! rides next to the record on its way in-process (writer thread → actor), and is never
 //! written to the durable log, so replays and snapshots do not depend on tracing.
 //!
-//! Cost: trace spans use their own target ([`TRACE_TARGET`]), which the log layer never
-//! records. Without an endpoint no layer wants them, so every span macro is a disabled
-//! callsite (one relaxed load) and nothing is propagated. With one, a request that the
-//! sampler drops builds one unsampled span and propagates nothing, so the engine does
-//! no span work for it either.
+//! Cost: the sampling decision is made once per HTTP request, before any span exists
+//! (head sampling at `--trace-sample-ratio`, or the caller's `traceparent` flag). A
+//! request left out, or any request while export is off, creates no span at all
+//! (`Span::none()`; one relaxed load, plus one random number when export is on) and
+//! propagates nothing, so the engine does no span work for it either. Trace spans use
+//! their own target ([`TRACE_TARGET`]), which the log layer never records.
 //!
 //! What it does not do: metrics (those are Prometheus, [`crate::metrics`]), or log
 //! bodies, headers or secrets: spans carry methods, routes, partitions, offsets and
@@ -28,6 +29,7 @@ use opentelemetry::trace::{
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -42,6 +44,40 @@ pub const TRACE_TARGET: &str = "flashsale::trace";
 
 /// Name of the Kafka record header that carries the context.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+// Head sampling, decided once per HTTP request before any span exists, so the 99 % of
+// requests a 1 % ratio leaves out cost a random number and nothing else (an unsampled
+// OpenTelemetry span still allocates its builder, attributes and context). Global
+// like the subscriber they belong to: set once by `init`, read by the middleware.
+/// True when spans are exported.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+/// A request without a sampled parent starts a trace when a random u64 is below this.
+static HEAD_SAMPLE_BELOW: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a request starts (or continues) a recorded trace: a caller's sampled
+/// `traceparent` is followed, an unsampled one too (nothing is recorded), and a
+/// request without one is sampled at `--trace-sample-ratio`.
+fn head_sample(parent: Option<&TraceParent>) -> bool {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return false;
+    }
+    match parent {
+        Some(tp) => tp.sampled(),
+        None => match HEAD_SAMPLE_BELOW.load(Ordering::Relaxed) {
+            0 => false,
+            u64::MAX => true,
+            below => rand::random::<u64>() < below,
+        },
+    }
+}
+
+/// True when the current span is one of ours (a request being traced).
+fn in_trace() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+        && Span::current()
+            .metadata()
+            .is_some_and(|m| m.target() == TRACE_TARGET)
+}
 
 /// The process's telemetry; [`Telemetry::shutdown`] exports what is still buffered.
 #[derive(Debug)]
@@ -120,6 +156,16 @@ pub fn init(
         .with(otel)
         .try_init()
         .context("cannot set up logging: a subscriber is already set")?;
+    if provider.is_some() {
+        let ratio = args.trace_sample_ratio;
+        let below = if ratio >= 1.0 {
+            u64::MAX
+        } else {
+            (ratio * u64::MAX as f64) as u64
+        };
+        HEAD_SAMPLE_BELOW.store(below, Ordering::Relaxed);
+        EXPORTING.store(true, Ordering::Relaxed);
+    }
     if let Some(endpoint) = &args.otlp_endpoint {
         if provider.is_some() {
             tracing::info!(
@@ -169,10 +215,10 @@ fn provider(
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| service.to_string());
     Ok(SdkTracerProvider::builder()
-        // Parent-based: a trace that arrives sampled (or not) stays so; new ones by ratio.
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            args.trace_sample_ratio,
-        ))))
+        // Parent-based: a trace that arrives sampled (or not) stays so. The ratio is
+        // applied before spans are made (`head_sample`), so a root span that exists is
+        // one to record.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         // Batched on the SDK's own thread; when its queue (2048 spans) is full, spans
         // are dropped rather than slowing requests.
         .with_batch_exporter(exporter)
@@ -285,13 +331,22 @@ fn unhex(s: &[u8], out: &mut [u8]) -> Option<()> {
 }
 
 /// The server span of one HTTP request (`otel.name` = "METHOD route"), continuing the
-/// caller's trace when the request has a valid `traceparent` header. Disabled (free)
-/// without a trace layer.
+/// caller's trace when the request has a valid `traceparent` header; `Span::none()`
+/// (free) when the request is not sampled or export is off.
 pub fn http_span(
     method: &axum::http::Method,
     route: &str,
     headers: &axum::http::HeaderMap,
 ) -> Span {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return Span::none();
+    }
+    let parent = headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| TraceParent::parse(v.as_bytes()));
+    if !head_sample(parent.as_ref()) {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         target: TRACE_TARGET,
         "http.request",
@@ -302,13 +357,8 @@ pub fn http_span(
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    if !span.is_disabled() {
-        let parent = headers
-            .get(TRACEPARENT_HEADER)
-            .and_then(|v| TraceParent::parse(v.as_bytes()));
-        if let Some(tp) = parent {
-            let _ = span.set_parent(tp.context());
-        }
+    if let Some(tp) = parent {
+        let _ = span.set_parent(tp.context());
     }
     span
 }
@@ -320,6 +370,9 @@ pub async fn trace_http(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use tracing::Instrument;
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return next.run(req).await;
+    }
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -339,8 +392,12 @@ pub async fn trace_http(
     res
 }
 
-/// The span of one command: put on the log, awaited until the engine replies.
+/// The span of one command: put on the log, awaited until the engine replies. Only
+/// inside a traced request; `Span::none()` (free) otherwise.
 pub fn command_span(command: &'static str, partition: u32) -> Span {
+    if !in_trace() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: TRACE_TARGET,
         "command",

@@ -94,11 +94,20 @@ impl TestServer {
             Mode::Embedded => flashsale_gateway::start(args).await.expect("server starts"),
             Mode::Kafka => {
                 let svc = kafka::services_or_skip("Kafka mode")?;
-                kafka::start_in_process(args, &svc).await.expect("Kafka-mode server starts")
+                kafka::start_in_process(args, &svc)
+                    .await
+                    .expect("Kafka-mode server starts")
             }
         };
         let base = format!("http://{}", running.addr);
-        let s = TestServer { base, client: client(), mode, data_dir, running: Some(running), _dir: dir };
+        let s = TestServer {
+            base,
+            client: client(),
+            mode,
+            data_dir,
+            running: Some(running),
+            _dir: dir,
+        };
         s.wait_ready().await;
         Some(s)
     }
@@ -108,7 +117,9 @@ impl TestServer {
     }
 
     pub async fn embedded() -> TestServer {
-        Self::start(Mode::Embedded).await.expect("embedded mode always starts")
+        Self::start(Mode::Embedded)
+            .await
+            .expect("embedded mode always starts")
     }
 
     /// Polls `/ready` (bounded: 60 s).
@@ -131,7 +142,13 @@ impl TestServer {
         self._dir
     }
 
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Answer {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         call(&self.client, &self.base, method, path, body, headers).await
     }
     pub async fn get(&self, path: &str) -> Answer {
@@ -141,10 +158,20 @@ impl TestServer {
         self.call(Method::POST, path, Some(body), &[]).await
     }
     pub async fn admin_post(&self, path: &str, body: Value) -> Answer {
-        self.call(Method::POST, path, Some(body), &[("authorization", &format!("Bearer {TOKEN}"))]).await
+        self.call(
+            Method::POST,
+            path,
+            Some(body),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+        )
+        .await
     }
     pub async fn reserve(&self, user: &str, sku: &str, quantity: u64) -> Answer {
-        self.post("/api/v1/reservations", json!({"userId": user, "skuId": sku, "quantity": quantity})).await
+        self.post(
+            "/api/v1/reservations",
+            json!({"userId": user, "skuId": sku, "quantity": quantity}),
+        )
+        .await
     }
     pub async fn checkout(&self, reservation_id: &str, payment: &str) -> Answer {
         self.post(
@@ -155,7 +182,12 @@ impl TestServer {
         .await
     }
     /// Creates a sale (open now unless `starts_in_s` says otherwise) and returns its id.
-    pub async fn create_sale(&self, products: &[(&str, u64, u64)], ttl_s: u64, starts_in_s: i64) -> String {
+    pub async fn create_sale(
+        &self,
+        products: &[(&str, u64, u64)],
+        ttl_s: u64,
+        starts_in_s: i64,
+    ) -> String {
         create_sale(&self.client, &self.base, products, ttl_s, starts_in_s).await
     }
 }
@@ -182,22 +214,36 @@ pub async fn call(
 ) -> Answer {
     let mut req = client.request(method, format!("{base}{path}"));
     if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_string());
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
     }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res = req.send().await.unwrap_or_else(|e| panic!("request to {path} failed: {e}"));
+    let res = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request to {path} failed: {e}"));
     let status = res.status();
     let headers = res.headers().clone();
     let text = res.text().await.expect("body");
-    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-    Answer { status, headers, body }
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// RFC 3339 of now + `secs`.
 pub fn time_in(secs: i64) -> String {
-    (chrono::Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    (chrono::Utc::now() + chrono::Duration::seconds(secs))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// products: (skuId, totalInventory, perUserLimit)
@@ -217,7 +263,15 @@ pub async fn create_sale(
         .collect();
     let body = json!({"name": "Test Sale", "startsAt": time_in(starts_in_s), "endsAt": time_in(starts_in_s + 7200),
                       "reservationTtlSeconds": ttl_s, "products": products});
-    let a = call(client, base, Method::POST, "/api/v1/admin/sales", Some(body), &[("authorization", &format!("Bearer {TOKEN}"))]).await;
+    let a = call(
+        client,
+        base,
+        Method::POST,
+        "/api/v1/admin/sales",
+        Some(body),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::CREATED, "create sale: {:?}", a.body);
     a.body["saleId"].as_str().expect("saleId").to_string()
 }
@@ -230,17 +284,32 @@ pub fn unique_sku(prefix: &str) -> String {
 fn ulid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{:x}{}{}", t, std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}{}{}",
+        t,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The `flashsale` binary built next to the test executables (`make test` builds it
 /// first: `cargo build --bin flashsale`).
 pub fn flashsale_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
     let bin = dir.join("flashsale");
-    assert!(bin.exists(), "{} not found: run `cargo build --bin flashsale` first (make test does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --bin flashsale` first (make test does)",
+        bin.display()
+    );
     bin
 }
 
@@ -252,12 +321,23 @@ pub struct ChildServer {
 
 impl ChildServer {
     /// Starts `flashsale serve` on a free port with `data_dir`, waiting until ready.
-    pub async fn start(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> anyhow::Result<ChildServer> {
+    pub async fn start(
+        data_dir: &std::path::Path,
+        port: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<ChildServer> {
         let child = std::process::Command::new(flashsale_bin())
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--data-dir", data_dir.to_str().context("utf-8 path")?])
-            .args(["--admin-token", TOKEN, "--partitions", "4", "--rate-limit-per-user", "0"])
+            .args([
+                "--admin-token",
+                TOKEN,
+                "--partitions",
+                "4",
+                "--rate-limit-per-user",
+                "0",
+            ])
             .args(extra)
             // Embedded mode even when the services' variables are exported.
             .env_remove("FLASHSALE_KAFKA")
@@ -288,7 +368,10 @@ impl Drop for ChildServer {
 
 /// A free loopback port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Runs each named `async fn(&TestServer)` once in embedded mode and once in Kafka
@@ -314,4 +397,3 @@ macro_rules! both_modes {
         }
     )*};
 }
-

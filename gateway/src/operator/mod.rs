@@ -96,13 +96,17 @@ pub struct SnapshotArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum SnapshotCommand {
     /// Snapshots per partition: id, offset, age, size, checksum.
-    #[command(after_help = "Examples:\n  flashsale snapshot list\n  flashsale snapshot list --partition 3 --json")]
+    #[command(
+        after_help = "Examples:\n  flashsale snapshot list\n  flashsale snapshot list --partition 3 --json"
+    )]
     List(SnapshotListArgs),
     /// One snapshot decoded: header and per-SKU stock.
     #[command(after_help = "Examples:\n  flashsale snapshot show p3@120000")]
     Show(SnapshotShowArgs),
     /// Decode every snapshot (or one) and check its checksum and invariants.
-    #[command(after_help = "Examples:\n  flashsale snapshot verify\n  flashsale snapshot verify --partition 3\nExit status 1 when any snapshot fails.")]
+    #[command(
+        after_help = "Examples:\n  flashsale snapshot verify\n  flashsale snapshot verify --partition 3\nExit status 1 when any snapshot fails."
+    )]
     Verify(SnapshotListArgs),
 }
 
@@ -164,7 +168,11 @@ struct Rebuilt {
 }
 
 fn progress(total: u64, quiet: bool, what: String) -> ProgressBar {
-    let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()) };
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+    };
     pb.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} records, {per_sec}, ETA {eta}")
             .expect("valid template")
@@ -175,7 +183,13 @@ fn progress(total: u64, quiet: bool, what: String) -> ProgressBar {
 }
 
 /// Applies records of `partition` from the state's next offset while `stop` admits them.
-fn replay_into(log: &mut dyn CommandLog, actor: &mut PartitionActor, partition: u32, stop: Stop, pb: &ProgressBar) -> anyhow::Result<u64> {
+fn replay_into(
+    log: &mut dyn CommandLog,
+    actor: &mut PartitionActor,
+    partition: u32,
+    stop: Stop,
+    pb: &ProgressBar,
+) -> anyhow::Result<u64> {
     let mut applied = 0u64;
     let from = actor.state().next_offset();
     log.scan(partition, from, &mut |rec| {
@@ -195,20 +209,39 @@ fn replay_into(log: &mut dyn CommandLog, actor: &mut PartitionActor, partition: 
 
 /// Newest snapshot that decodes, passes the invariants and lies before `stop`;
 /// refused ones are named in the notes.
-fn pick_snapshot(store: &dyn SnapshotStore, partition: u32, stop: Stop, notes: &mut Vec<String>) -> anyhow::Result<Option<(SnapshotInfo, State)>> {
+fn pick_snapshot(
+    store: &dyn SnapshotStore,
+    partition: u32,
+    stop: Stop,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Option<(SnapshotInfo, State)>> {
     for info in store.list(partition)? {
         if !stop.admits_snapshot(&info) {
             continue;
         }
-        match store.load(&info).map_err(|e| e.to_string()).and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string())) {
+        match store
+            .load(&info)
+            .map_err(|e| e.to_string())
+            .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string()))
+        {
             Ok(state) => return Ok(Some((info, state))),
-            Err(e) => notes.push(format!("snapshot {} refused ({e}); falling back to the one before", info.id)),
+            Err(e) => notes.push(format!(
+                "snapshot {} refused ({e}); falling back to the one before",
+                info.id
+            )),
         }
     }
     Ok(None)
 }
 
-fn rebuild(src: &mut Sources, partition: u32, from_snapshot: Option<&str>, from_offset: Option<u64>, stop: Stop, quiet: bool) -> anyhow::Result<Rebuilt> {
+fn rebuild(
+    src: &mut Sources,
+    partition: u32,
+    from_snapshot: Option<&str>,
+    from_offset: Option<u64>,
+    stop: Stop,
+    quiet: bool,
+) -> anyhow::Result<Rebuilt> {
     let (first, end) = src.log.bounds(partition)?;
     let mut notes = Vec::new();
     let (state, started_from) = if let Some(id) = from_snapshot {
@@ -219,7 +252,8 @@ fn rebuild(src: &mut Sources, partition: u32, from_snapshot: Option<&str>, from_
             .find(|i| i.id == id)
             .with_context(|| format!("no snapshot {id} for partition {partition}; `flashsale snapshot list --partition {partition}` shows the ids"))?;
         let bytes = src.store.load(&info)?;
-        let state = snapshot::decode(&bytes).with_context(|| format!("snapshot {id} cannot be trusted"))?;
+        let state =
+            snapshot::decode(&bytes).with_context(|| format!("snapshot {id} cannot be trusted"))?;
         (state, format!("snapshot {id}"))
     } else if let Some(off) = from_offset {
         if off < first {
@@ -228,9 +262,15 @@ fn rebuild(src: &mut Sources, partition: u32, from_snapshot: Option<&str>, from_
         let mut s = State::new(partition as u16);
         if off > 0 {
             // An empty state starting at `off`: only sound when nothing before it matters.
-            notes.push(format!("starting from an empty state at offset {off}; records before it are ignored"));
+            notes.push(format!(
+                "starting from an empty state at offset {off}; records before it are ignored"
+            ));
             let mut actor = PartitionActor::new(s, SnapshotPolicy::default());
-            actor.apply_batch(&[LogRecord { offset: off - 1, log_time: 0, payload: Vec::new() }]);
+            actor.apply_batch(&[LogRecord {
+                offset: off - 1,
+                log_time: 0,
+                payload: Vec::new(),
+            }]);
             s = actor.snapshot_now();
         }
         (s, format!("offset {off}"))
@@ -241,18 +281,33 @@ fn rebuild(src: &mut Sources, partition: u32, from_snapshot: Option<&str>, from_
                 if first > 0 {
                     bail!("no usable snapshot and the log of partition {partition} starts at offset {first}: the state cannot be rebuilt");
                 }
-                (State::new(partition as u16), "offset 0 (no snapshot)".to_string())
+                (
+                    State::new(partition as u16),
+                    "offset 0 (no snapshot)".to_string(),
+                )
             }
         }
     };
     if state.next_offset() > end {
-        bail!("the start point covers offset {} but partition {partition}'s log ends at {end}", state.next_offset());
+        bail!(
+            "the start point covers offset {} but partition {partition}'s log ends at {end}",
+            state.next_offset()
+        );
     }
-    let pb = progress(end.saturating_sub(state.next_offset()), quiet, format!("partition {partition}"));
+    let pb = progress(
+        end.saturating_sub(state.next_offset()),
+        quiet,
+        format!("partition {partition}"),
+    );
     let mut actor = PartitionActor::new(state, SnapshotPolicy::default());
     let applied = replay_into(src.log.as_mut(), &mut actor, partition, stop, &pb)?;
     pb.finish_and_clear();
-    Ok(Rebuilt { state: actor.snapshot_now(), started_from, applied, notes })
+    Ok(Rebuilt {
+        state: actor.snapshot_now(),
+        started_from,
+        applied,
+        notes,
+    })
 }
 
 // ------------------------------------------------------------------ output
@@ -288,7 +343,14 @@ fn state_summary(partition: u32, state: &State) -> Value {
 fn print_skus(rows: &[Value]) {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["sku", "total", "available", "held", "sold", "live reservations"]);
+    t.set_header(vec![
+        "sku",
+        "total",
+        "available",
+        "held",
+        "sold",
+        "live reservations",
+    ]);
     for r in rows {
         t.add_row(vec![
             r["sku"].as_str().unwrap_or("").to_string(),
@@ -303,7 +365,10 @@ fn print_skus(rows: &[Value]) {
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("JSON values serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialize")
+    );
 }
 
 // ------------------------------------------------------------------ replay
@@ -315,7 +380,9 @@ pub async fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
 async fn replay_inner(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let stop = match (&args.to_offset, &args.to_time) {
         (Some(o), _) => Stop::Offset(*o),
-        (None, Some(t)) => Stop::Time(crate::json::parse_time(t).map_err(|e| anyhow::anyhow!("--to-time {e}"))?),
+        (None, Some(t)) => {
+            Stop::Time(crate::json::parse_time(t).map_err(|e| anyhow::anyhow!("--to-time {e}"))?)
+        }
         (None, None) => Stop::End,
     };
     let mut src = args.source.open().await?;
@@ -325,14 +392,32 @@ async fn replay_inner(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 fn replay_blocking(args: &ReplayArgs, src: &mut Sources, stop: Stop) -> anyhow::Result<ExitCode> {
     let p = args.partition;
     if p >= src.log.partitions() {
-        bail!("unknown partition {p}: {} has partitions 0-{}", src.describe, src.log.partitions().saturating_sub(1));
+        bail!(
+            "unknown partition {p}: {} has partitions 0-{}",
+            src.describe,
+            src.log.partitions().saturating_sub(1)
+        );
     }
-    let rebuilt = rebuild(src, p, args.from_snapshot.as_deref(), args.from_offset, stop, args.quiet)?;
+    let rebuilt = rebuild(
+        src,
+        p,
+        args.from_snapshot.as_deref(),
+        args.from_offset,
+        stop,
+        args.quiet,
+    )?;
     for n in &rebuilt.notes {
         eprintln!("note: {n}");
     }
-    let violations: Vec<String> = check_state(&rebuilt.state).iter().map(|v| v.to_string()).collect();
-    let verify = if args.verify { Some(verify_point(src, p, stop, args.quiet)?) } else { None };
+    let violations: Vec<String> = check_state(&rebuilt.state)
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let verify = if args.verify {
+        Some(verify_point(src, p, stop, args.quiet)?)
+    } else {
+        None
+    };
     let mut out = state_summary(p, &rebuilt.state);
     out["source"] = json!(src.describe);
     out["startedFrom"] = json!(rebuilt.started_from);
@@ -360,11 +445,17 @@ fn replay_blocking(args: &ReplayArgs, src: &mut Sources, stop: Stop) -> anyhow::
             println!("verify: {}", v["result"].as_str().unwrap_or(""));
         }
     }
-    let diverged = verify.as_ref().is_some_and(|v| v["identical"] == json!(false));
+    let diverged = verify
+        .as_ref()
+        .is_some_and(|v| v["identical"] == json!(false));
     Ok(if violations.is_empty() && !diverged {
         EXIT_OK()
     } else {
-        Err(ProblemsFound(format!("partition {p}: {} violation(s){}", violations.len(), if diverged { ", divergence" } else { "" })))
+        Err(ProblemsFound(format!(
+            "partition {p}: {} violation(s){}",
+            violations.len(),
+            if diverged { ", divergence" } else { "" }
+        )))
     })
 }
 
@@ -377,18 +468,28 @@ fn verify_point(src: &mut Sources, p: u32, stop: Stop, quiet: bool) -> anyhow::R
     }
     let mut notes = Vec::new();
     let Some((info, snap_state)) = pick_snapshot(src.store.as_ref(), p, stop, &mut notes)? else {
-        return Ok(json!({"identical": true, "result": "no snapshot before this point: there is only one way to rebuild it", "notes": notes}));
+        return Ok(
+            json!({"identical": true, "result": "no snapshot before this point: there is only one way to rebuild it", "notes": notes}),
+        );
     };
     // Full replay up to the snapshot's offset, then compare.
     let pb = progress(info.offset, quiet, format!("verify partition {p}"));
     let mut full = PartitionActor::new(State::new(p as u16), SnapshotPolicy::default());
-    replay_into(src.log.as_mut(), &mut full, p, Stop::Offset(info.offset.saturating_sub(1)), &pb)?;
+    replay_into(
+        src.log.as_mut(),
+        &mut full,
+        p,
+        Stop::Offset(info.offset.saturating_sub(1)),
+        &pb,
+    )?;
     pb.finish_and_clear();
     if info.offset > 0 && *full.state() != snap_state {
         let a = sku_rows(&snap_state);
         let b = sku_rows(full.state());
-        return Ok(json!({"identical": false, "result": format!("snapshot {} differs from a full replay to offset {}", info.id, info.offset),
-                          "snapshot": a, "fullReplay": b}));
+        return Ok(
+            json!({"identical": false, "result": format!("snapshot {} differs from a full replay to offset {}", info.id, info.offset),
+                          "snapshot": a, "fullReplay": b}),
+        );
     }
     // Then both apply the same records; compare replies and events record by record.
     let mut from_snap = PartitionActor::new(snap_state, SnapshotPolicy::default());
@@ -407,12 +508,16 @@ fn verify_point(src: &mut Sources, p: u32, stop: Stop, quiet: bool) -> anyhow::R
         true
     })?;
     if let Some(d) = first_divergence {
-        return Ok(json!({"identical": false, "result": format!("first divergence at offset {}", d["offset"]), "divergence": d}));
+        return Ok(
+            json!({"identical": false, "result": format!("first divergence at offset {}", d["offset"]), "divergence": d}),
+        );
     }
     if from_snap.state() != full.state() {
         return Ok(json!({"identical": false, "result": "final states differ"}));
     }
-    Ok(json!({"identical": true, "result": format!("identical: snapshot {} + replay equals a full replay from offset 0", info.id), "notes": notes}))
+    Ok(
+        json!({"identical": true, "result": format!("identical: snapshot {} + replay equals a full replay from offset 0", info.id), "notes": notes}),
+    )
 }
 
 // ------------------------------------------------------------------ audit
@@ -456,7 +561,15 @@ async fn audit_inner(args: AuditArgs) -> anyhow::Result<ExitCode> {
     } else {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED);
-        t.set_header(vec!["partition", "started from", "replayed", "next offset", "products", "reservations", "live"]);
+        t.set_header(vec![
+            "partition",
+            "started from",
+            "replayed",
+            "next offset",
+            "products",
+            "reservations",
+            "live",
+        ]);
         for p in report["partitions"].as_array().into_iter().flatten() {
             t.add_row(vec![
                 p["partition"].to_string(),
@@ -482,15 +595,28 @@ async fn audit_inner(args: AuditArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if violations.is_empty() { EXIT_OK() } else { Err(ProblemsFound(format!("audit found {} violation(s)", violations.len()))) })
+    Ok(if violations.is_empty() {
+        EXIT_OK()
+    } else {
+        Err(ProblemsFound(format!(
+            "audit found {} violation(s)",
+            violations.len()
+        )))
+    })
 }
 
 /// Orders in Postgres against confirmed reservations in the rebuilt engine state:
 /// exactly one order per confirmed reservation, none without one, no user over a limit.
-async fn audit_orders(pool: &crate::pg::Pool, states: &[State]) -> anyhow::Result<(u64, Vec<Value>)> {
+async fn audit_orders(
+    pool: &crate::pg::Pool,
+    states: &[State],
+) -> anyhow::Result<(u64, Vec<Value>)> {
     let client = pool.get().await.context("connecting to Postgres")?;
     let rows = client
-        .query("SELECT order_id, reservation_id, user_id, sku, quantity FROM orders ORDER BY order_id", &[])
+        .query(
+            "SELECT order_id, reservation_id, user_id, sku, quantity FROM orders ORDER BY order_id",
+            &[],
+        )
         .await
         .context("reading orders from Postgres (has `flashsale migrate` run?)")?;
     let mut confirmed: BTreeMap<String, (String, String, String, u32, u32)> = BTreeMap::new();
@@ -501,8 +627,20 @@ async fn audit_orders(pool: &crate::pg::Pool, states: &[State]) -> anyhow::Resul
         }
         for r in s.reservations() {
             if let Some(o) = r.order() {
-                let limit = s.product(r.sku()).map(|p| p.spec().per_user_limit).unwrap_or(0);
-                confirmed.insert(r.id().to_string(), (o.order_id.to_string(), r.user().to_string(), r.sku().to_string(), r.quantity(), limit));
+                let limit = s
+                    .product(r.sku())
+                    .map(|p| p.spec().per_user_limit)
+                    .unwrap_or(0);
+                confirmed.insert(
+                    r.id().to_string(),
+                    (
+                        o.order_id.to_string(),
+                        r.user().to_string(),
+                        r.sku().to_string(),
+                        r.quantity(),
+                        limit,
+                    ),
+                );
             }
         }
     }
@@ -552,11 +690,13 @@ async fn snapshot_inner(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         SnapshotCommand::List(a) => {
             let src = a.source.open().await?;
-            tokio::task::spawn_blocking(move || snapshot_list(&src, a.partition, a.json, false)).await?
+            tokio::task::spawn_blocking(move || snapshot_list(&src, a.partition, a.json, false))
+                .await?
         }
         SnapshotCommand::Verify(a) => {
             let src = a.source.open().await?;
-            tokio::task::spawn_blocking(move || snapshot_list(&src, a.partition, a.json, true)).await?
+            tokio::task::spawn_blocking(move || snapshot_list(&src, a.partition, a.json, true))
+                .await?
         }
         SnapshotCommand::Show(a) => {
             let src = a.source.open().await?;
@@ -572,10 +712,19 @@ fn parse_snapshot_id(id: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("{id} is not a snapshot id (they look like p3@120000; see `flashsale snapshot list`)"))
 }
 
-fn snapshot_list(src: &Sources, partition: Option<u32>, as_json: bool, verify: bool) -> anyhow::Result<ExitCode> {
+fn snapshot_list(
+    src: &Sources,
+    partition: Option<u32>,
+    as_json: bool,
+    verify: bool,
+) -> anyhow::Result<ExitCode> {
     let n = src.log.partitions();
     let parts: Vec<u32> = match partition {
-        Some(p) if p >= n => bail!("unknown partition {p}: {} has partitions 0-{}", src.describe, n.saturating_sub(1)),
+        Some(p) if p >= n => bail!(
+            "unknown partition {p}: {} has partitions 0-{}",
+            src.describe,
+            n.saturating_sub(1)
+        ),
         Some(p) => vec![p],
         None => (0..n).collect(),
     };
@@ -588,9 +737,19 @@ fn snapshot_list(src: &Sources, partition: Option<u32>, as_json: bool, verify: b
                 "takenAt": rfc3339(info.taken_at), "ageSeconds": now.saturating_sub(info.taken_at) / 1000,
                 "sizeBytes": info.size_bytes, "checksum": format!("{:08x}", info.checksum)});
             if verify {
-                let result = src.store.load(&info).map_err(|e| e.to_string()).and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string()));
+                let result = src
+                    .store
+                    .load(&info)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string()));
                 match result {
-                    Ok(s) => row["verify"] = json!(format!("ok: {} products, {} reservations", s.products().count(), s.reservations().count())),
+                    Ok(s) => {
+                        row["verify"] = json!(format!(
+                            "ok: {} products, {} reservations",
+                            s.products().count(),
+                            s.reservations().count()
+                        ))
+                    }
                     Err(e) => {
                         failed += 1;
                         row["verify"] = json!(format!("FAILED: {e}"));
@@ -605,7 +764,15 @@ fn snapshot_list(src: &Sources, partition: Option<u32>, as_json: bool, verify: b
     } else {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED);
-        let mut header = vec!["id", "partition", "offset", "taken at", "age (s)", "bytes", "crc32"];
+        let mut header = vec![
+            "id",
+            "partition",
+            "offset",
+            "taken at",
+            "age (s)",
+            "bytes",
+            "crc32",
+        ];
         if verify {
             header.push("verify");
         }
@@ -630,7 +797,13 @@ fn snapshot_list(src: &Sources, partition: Option<u32>, as_json: bool, verify: b
             println!("no snapshots in {}", src.describe);
         }
     }
-    Ok(if failed == 0 { EXIT_OK() } else { Err(ProblemsFound(format!("{failed} snapshot(s) failed verification"))) })
+    Ok(if failed == 0 {
+        EXIT_OK()
+    } else {
+        Err(ProblemsFound(format!(
+            "{failed} snapshot(s) failed verification"
+        )))
+    })
 }
 
 fn snapshot_show(src: &Sources, id: &str, as_json: bool) -> anyhow::Result<ExitCode> {
@@ -640,9 +813,12 @@ fn snapshot_show(src: &Sources, id: &str, as_json: bool) -> anyhow::Result<ExitC
         .list(p)?
         .into_iter()
         .find(|i| i.id == id)
-        .with_context(|| format!("no snapshot {id}; `flashsale snapshot list --partition {p}` shows the ids"))?;
+        .with_context(|| {
+            format!("no snapshot {id}; `flashsale snapshot list --partition {p}` shows the ids")
+        })?;
     let bytes = src.store.load(&info)?;
-    let state = snapshot::decode(&bytes).with_context(|| format!("snapshot {id} cannot be trusted"))?;
+    let state =
+        snapshot::decode(&bytes).with_context(|| format!("snapshot {id} cannot be trusted"))?;
     let mut out = state_summary(p, &state);
     out["id"] = json!(info.id);
     out["sizeBytes"] = json!(info.size_bytes);

@@ -23,7 +23,11 @@ pub struct SourceArgs {
     #[arg(long, env = "FLASHSALE_POSTGRES", hide_env_values = true)]
     pub postgres: Option<String>,
     /// Kafka mode: prefix of the topic names.
-    #[arg(long = "topic-prefix", env = "FLASHSALE_TOPIC_PREFIX", default_value = "flashsale.")]
+    #[arg(
+        long = "topic-prefix",
+        env = "FLASHSALE_TOPIC_PREFIX",
+        default_value = "flashsale."
+    )]
     pub topic_prefix: String,
 }
 
@@ -34,7 +38,12 @@ pub trait CommandLog: Send {
     fn bounds(&mut self, partition: u32) -> anyhow::Result<(u64, u64)>;
     /// Feeds records from `from` (up to the end seen when called) to `f` until it
     /// returns false.
-    fn scan(&mut self, partition: u32, from: u64, f: &mut dyn FnMut(LogRecord) -> bool) -> anyhow::Result<()>;
+    fn scan(
+        &mut self,
+        partition: u32,
+        from: u64,
+        f: &mut dyn FnMut(LogRecord) -> bool,
+    ) -> anyhow::Result<()>;
 }
 
 pub struct Sources {
@@ -65,11 +74,22 @@ impl SourceArgs {
                 let (store, pool): (Arc<dyn SnapshotStore>, _) = match &self.postgres {
                     Some(url) => {
                         let pool = crate::pg::connect(url, 4).context("connecting to Postgres")?;
-                        (Arc::new(crate::pg::PgSnapshotStore::new(pool.clone())), Some(pool))
+                        (
+                            Arc::new(crate::pg::PgSnapshotStore::new(pool.clone())),
+                            Some(pool),
+                        )
                     }
-                    None => (Arc::new(FileSnapshotStore::new(self.data_dir.join("snapshots"))), None),
+                    None => (
+                        Arc::new(FileSnapshotStore::new(self.data_dir.join("snapshots"))),
+                        None,
+                    ),
                 };
-                Ok(Sources { describe: format!("Kafka {brokers}, topic {topic}"), log: Box::new(log), store, pool })
+                Ok(Sources {
+                    describe: format!("Kafka {brokers}, topic {topic}"),
+                    log: Box::new(log),
+                    store,
+                    pool,
+                })
             }
         }
     }
@@ -87,15 +107,25 @@ impl EmbeddedLog {
         let bytes = std::fs::read(&meta_path).with_context(|| {
             format!("{} not found: is {} a flashsale data directory? pass --data-dir (or --kafka for Kafka mode)", meta_path.display(), dir.display())
         })?;
-        let meta: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", meta_path.display()))?;
-        let partitions = meta.get("partitions").and_then(|v| v.as_u64()).context("flashsale.json has no partition count")? as u32;
+        let meta: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not JSON", meta_path.display()))?;
+        let partitions = meta
+            .get("partitions")
+            .and_then(|v| v.as_u64())
+            .context("flashsale.json has no partition count")? as u32;
         Ok(EmbeddedLog { dir, partitions })
     }
     fn open_partition(&self, partition: u32) -> anyhow::Result<PartitionLog> {
         if partition >= self.partitions {
-            bail!("unknown partition {partition}: this data directory has partitions 0-{}", self.partitions - 1);
+            bail!(
+                "unknown partition {partition}: this data directory has partitions 0-{}",
+                self.partitions - 1
+            );
         }
-        Ok(PartitionLog::open_read_only(&self.dir.join("log"), partition)?)
+        Ok(PartitionLog::open_read_only(
+            &self.dir.join("log"),
+            partition,
+        )?)
     }
 }
 
@@ -107,7 +137,12 @@ impl CommandLog for EmbeddedLog {
         let log = self.open_partition(partition)?;
         Ok((log.first_offset(), log.next_offset()))
     }
-    fn scan(&mut self, partition: u32, from: u64, f: &mut dyn FnMut(LogRecord) -> bool) -> anyhow::Result<()> {
+    fn scan(
+        &mut self,
+        partition: u32,
+        from: u64,
+        f: &mut dyn FnMut(LogRecord) -> bool,
+    ) -> anyhow::Result<()> {
         let log = self.open_partition(partition)?;
         for rec in log.reader_from(from)? {
             if !f(rec?) {
@@ -140,12 +175,22 @@ impl KafkaLog {
             .context("creating a Kafka consumer")?;
         let md = consumer
             .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
-            .with_context(|| format!("cannot reach the Kafka broker at {brokers}: is it running? check --kafka"))?;
-        let partitions = md.topics().first().map(|t| t.partitions().len() as u32).unwrap_or(0);
+            .with_context(|| {
+                format!("cannot reach the Kafka broker at {brokers}: is it running? check --kafka")
+            })?;
+        let partitions = md
+            .topics()
+            .first()
+            .map(|t| t.partitions().len() as u32)
+            .unwrap_or(0);
         if partitions == 0 {
             bail!("topic {topic} does not exist on {brokers}: check --topic-prefix, or create it with `flashsale topics create`");
         }
-        Ok(KafkaLog { consumer, topic: topic.to_string(), partitions })
+        Ok(KafkaLog {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+        })
     }
 }
 
@@ -156,7 +201,11 @@ impl CommandLog for KafkaLog {
     fn bounds(&mut self, partition: u32) -> anyhow::Result<(u64, u64)> {
         use rdkafka::consumer::Consumer;
         if partition >= self.partitions {
-            bail!("unknown partition {partition}: topic {} has partitions 0-{}", self.topic, self.partitions - 1);
+            bail!(
+                "unknown partition {partition}: topic {} has partitions 0-{}",
+                self.topic,
+                self.partitions - 1
+            );
         }
         let (lo, hi) = self
             .consumer
@@ -164,7 +213,12 @@ impl CommandLog for KafkaLog {
             .context("reading the partition's offsets from Kafka")?;
         Ok((lo.max(0) as u64, hi.max(0) as u64))
     }
-    fn scan(&mut self, partition: u32, from: u64, f: &mut dyn FnMut(LogRecord) -> bool) -> anyhow::Result<()> {
+    fn scan(
+        &mut self,
+        partition: u32,
+        from: u64,
+        f: &mut dyn FnMut(LogRecord) -> bool,
+    ) -> anyhow::Result<()> {
         use rdkafka::consumer::Consumer;
         use rdkafka::Message;
         let (_, end) = self.bounds(partition)?;
@@ -172,7 +226,11 @@ impl CommandLog for KafkaLog {
             return Ok(());
         }
         let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, partition as i32, rdkafka::Offset::Offset(from as i64))?;
+        tpl.add_partition_offset(
+            &self.topic,
+            partition as i32,
+            rdkafka::Offset::Offset(from as i64),
+        )?;
         self.consumer.assign(&tpl)?;
         let mut idle = 0;
         loop {

@@ -184,12 +184,14 @@ pub struct Retry {
 }
 
 impl Retry {
-    /// For background writers that must not lose their work (snapshots): 100 ms
-    /// doubling to 5 s, for up to 10 minutes.
+    /// For snapshots: 100 ms doubling to 5 s, for up to 60 s. Long enough to ride out a
+    /// Postgres restart or a short outage (the writer then writes what it holds), short
+    /// enough that a caller on the rebalance or shutdown path is not held for long; a
+    /// snapshot given up is not lost work (the log has it; the next one is taken later).
     pub const BACKGROUND: Retry = Retry {
         first_delay: Duration::from_millis(100),
         max_delay: Duration::from_secs(5),
-        give_up_after: Some(Duration::from_secs(600)),
+        give_up_after: Some(Duration::from_secs(60)),
     };
     /// Never give up (the projector: its batch must land).
     pub const FOREVER: Retry = Retry {
