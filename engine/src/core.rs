@@ -5,6 +5,7 @@
 //! ids are derived from the request id stamped by the gateway. This is what makes zero
 //! oversell checkable, replay exact and simulation cheap.
 
+#[cfg(debug_assertions)]
 use crate::invariants;
 use flashsale_proto::*;
 use rustc_hash::FxHashMap;
