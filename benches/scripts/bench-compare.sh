@@ -20,13 +20,16 @@
 # Writes to the results dir: <target>.json/.html (scenario), <target>-max.json/.html
 # (find-max), compare.json/.html/.txt, and each server's log.
 # Builds the binaries in release mode first, with CARGO_TARGET_DIR (default
-# ~/.cache/flashsale-target). A full run takes about 4 minutes on 2 cores; --quick about 1.
+# ~/.cache/flashsale-target). The runs take about 4 minutes on 2 cores (--quick: about 1),
+# plus the build.
 #
 # Environment (defaults in brackets):
 #   FLASHSALE_BENCH_RESULTS   results dir [target/bench-results/<UTC time>]
 #   FLASHSALE_BENCH_SLO_P99_MS  p99 SLO of --find-max [50]
 #   FLASHSALE_BIN             use this flashsale binary instead of building it [release build]
 #   FLASHSALE_KAFKA, FLASHSALE_POSTGRES   as written by ops/services-up.sh to .services.env
+# Kafka mode runs on topics prefixed fsbench<time>. and a database of the same name
+# (dropped at the end; the topics stay in the throwaway broker).
 # Exit status: 0 clean, 1 when any run found correctness violations, 2 when a run or the
 # set-up failed (targets skipped for want of a service do not count).
 set -euo pipefail
@@ -57,12 +60,15 @@ for arg in "$@"; do
 done
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/flashsale-target}
+# The services' addresses are read, not exported: `flashsale serve` takes FLASHSALE_KAFKA
+# from the environment, and the embedded target must not run in Kafka mode.
 if [[ -f $REPO/.services.env ]]; then
-	set -a
 	# shellcheck disable=SC1091
 	. "$REPO/.services.env"
-	set +a
 fi
+kafka=${FLASHSALE_KAFKA:-}
+postgres=${FLASHSALE_POSTGRES:-}
+unset FLASHSALE_KAFKA FLASHSALE_POSTGRES
 
 results=$(abs_path "${FLASHSALE_BENCH_RESULTS:-$REPO/target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}")
 mkdir -p "$results"
@@ -102,10 +108,14 @@ common=(--admin-token "$token" --progress plain)
 server_pid=""
 started_redis=0
 started_postgres=0
+bench_db=""
 cleanup() {
 	if [[ -n $server_pid ]]; then
 		kill_bounded "$server_pid" 15 "server" || true
 		server_pid=""
+	fi
+	if [[ -n $bench_db ]]; then
+		psql "$postgres" -qc "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >&2 || true
 	fi
 	if ((started_redis)); then
 		"$REPO/ops/redis/stop.sh" >&2 || true
@@ -194,21 +204,39 @@ bench() {
 }
 
 # --- flashsale on Kafka + Postgres ---
-if [[ -z ${FLASHSALE_KAFKA:-} ]]; then
+# Isolated from whatever else uses the same broker and database: topics under a prefix of
+# this run, its own engine consumer group, and a database of its own (dropped after).
+serve_help=$("$FLASHSALE" serve --help 2>/dev/null || true)
+if [[ -z $kafka ]]; then
 	skipped+=("flashsale-kafka: skipped: no FLASHSALE_KAFKA in .services.env (run make services-up)")
-elif ! "$FLASHSALE" serve --help 2>/dev/null | grep -q -- '--kafka'; then
-	skipped+=("flashsale-kafka: skipped: this flashsale binary has no --kafka flag yet")
-elif [[ -z ${FLASHSALE_POSTGRES:-} ]]; then
+elif ! grep -q -- '--kafka' <<<"$serve_help"; then
+	skipped+=("flashsale-kafka: skipped: this flashsale binary has no --kafka flag")
+elif [[ -z $postgres ]]; then
 	skipped+=("flashsale-kafka: skipped: no FLASHSALE_POSTGRES in .services.env")
 else
+	tag=fsbench$(date -u +%Y%m%d%H%M%S)
+	kafka_pg=$postgres
+	if command -v psql >/dev/null && psql "$postgres" -v ON_ERROR_STOP=1 -qc "CREATE DATABASE $tag" >&2; then
+		bench_db=$tag
+		kafka_pg=${postgres%/*}/$tag
+	else
+		warn "could not create database $tag: flashsale-kafka shares $postgres"
+	fi
+	isolation=()
+	if grep -q -- '--topic-prefix' <<<"$serve_help"; then isolation+=(--topic-prefix "$tag."); fi
+	if grep -q -- '--engine-group' <<<"$serve_help"; then isolation+=(--engine-group "$tag"); fi
 	port=$(free_port)
-	if start_server flashsale-kafka "$port" /ready "$FLASHSALE" serve --listen "127.0.0.1:$port" \
+	if ! "$FLASHSALE" migrate --postgres "$kafka_pg" --log warn >"$results/flashsale-kafka.migrate.log" 2>&1; then
+		skipped+=("flashsale-kafka: failed: flashsale migrate failed (see $results/flashsale-kafka.migrate.log)")
+		failed=1
+	elif start_server flashsale-kafka "$port" /ready "$FLASHSALE" serve --listen "127.0.0.1:$port" \
 		--admin-token "$token" --data-dir "$results/data-kafka" --partitions 8 \
-		--kafka "$FLASHSALE_KAFKA" --postgres "$FLASHSALE_POSTGRES" --log warn; then
+		--kafka "$kafka" --postgres "$kafka_pg" "${isolation[@]}" --log warn; then
 		bench flashsale-kafka "$port"
 		stop_server
 	else
-		skipped+=("flashsale-kafka: skipped: the server did not become ready (see $results/flashsale-kafka.server.log)")
+		skipped+=("flashsale-kafka: failed: the server did not become ready (see $results/flashsale-kafka.server.log)")
+		failed=1
 	fi
 fi
 
@@ -219,11 +247,12 @@ if start_server flashsale-embedded "$port" /ready "$FLASHSALE" serve --listen "1
 	bench flashsale-embedded "$port"
 	stop_server
 else
-	skipped+=("flashsale-embedded: skipped: the server did not become ready (see $results/flashsale-embedded.server.log)")
+	skipped+=("flashsale-embedded: failed: the server did not become ready (see $results/flashsale-embedded.server.log)")
+	failed=1
 fi
 
 # --- baseline: PostgreSQL ---
-pg_url=${FLASHSALE_POSTGRES:-}
+pg_url=$postgres
 if [[ -z $pg_url && -x $REPO/ops/postgres/start.sh ]]; then
 	log "no FLASHSALE_POSTGRES: starting Postgres with ops/postgres/start.sh"
 	if pg_url=$("$REPO/ops/postgres/start.sh" | tail -n 1); then
@@ -240,8 +269,11 @@ else
 		--admin-token "$token" --postgres "$pg_url"; then
 		bench baseline-postgres "$port"
 		stop_server
+		# Its tables live in a schema of their own; leave the database as it was found.
+		psql "$pg_url" -qc "DROP SCHEMA IF EXISTS bench_baseline CASCADE" >&2 2>/dev/null || true
 	else
-		skipped+=("baseline-postgres: skipped: the server did not become ready (see $results/baseline-postgres.server.log)")
+		skipped+=("baseline-postgres: failed: the server did not become ready (see $results/baseline-postgres.server.log)")
+		failed=1
 	fi
 fi
 
@@ -257,7 +289,8 @@ if redis_url=$("$REPO/ops/redis/start.sh"); then
 		bench baseline-redis "$port"
 		stop_server
 	else
-		skipped+=("baseline-redis: skipped: the server did not become ready (see $results/baseline-redis.server.log)")
+		skipped+=("baseline-redis: failed: the server did not become ready (see $results/baseline-redis.server.log)")
+		failed=1
 	fi
 else
 	skipped+=("baseline-redis: skipped: ops/redis/start.sh failed")

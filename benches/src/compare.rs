@@ -246,8 +246,12 @@ fn checks(targets: &[TargetFigures]) -> Vec<TargetCheck> {
             Some(true)
         } else if x_hi < factor * y_lo {
             Some(false)
-        } else if x.max_write_rate_held_per_s.is_some() && y.max_write_rate_held_per_s.is_some() {
-            // Both measured, neither bound decisive only when a step limit was hit.
+        } else if x_hi.is_finite()
+            && y_hi.is_finite()
+            && x.max_write_rate_held_per_s.is_some()
+            && y.max_write_rate_held_per_s.is_some()
+        {
+            // Both measured to the point of failure: the measured rates decide.
             Some(x_lo >= factor * y_lo)
         } else {
             None
@@ -265,7 +269,8 @@ fn checks(targets: &[TargetFigures]) -> Vec<TargetCheck> {
                     String::new()
                 },
                 if met.is_none() {
-                    " (inconclusive: lower --find-max-start for the target that held nothing)"
+                    " (inconclusive: a search held nothing or hit its step limit; adjust \
+                     --find-max-start / --find-max-steps)"
                 } else {
                     ""
                 }
@@ -551,6 +556,15 @@ mod tests {
         assert_eq!(c.checks[1].met, Some(false), "{:?}", c.checks[1]);
         assert!(render(&c).contains("≥8389"));
         assert!(render(&c).contains("<500"));
+        // Both searches hit their step limit at the same rate: nothing can be said.
+        let c = compare(
+            &[
+                (names::EMBEDDED.to_string(), capped("e", 512.0)),
+                (names::REDIS.to_string(), capped("r", 512.0)),
+            ],
+            None,
+        );
+        assert_eq!(c.checks[1].met, None, "{:?}", c.checks[1]);
     }
 
     #[test]
