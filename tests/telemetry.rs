@@ -25,10 +25,15 @@ struct Child {
 
 impl Child {
     fn spawn(name: &str, args: &[String], otlp: &str, dir: &Path) -> Child {
+        Self::spawn_with(name, args, otlp, "http/protobuf", dir)
+    }
+
+    fn spawn_with(name: &str, args: &[String], otlp: &str, protocol: &str, dir: &Path) -> Child {
         let log = dir.join(format!("{name}.log"));
         let child = std::process::Command::new(flashsale_bin())
             .args(args)
-            .args(["--otlp-endpoint", otlp, "--trace-sample-ratio", "1"])
+            .args(["--otlp-endpoint", otlp, "--otlp-protocol", protocol])
+            .args(["--trace-sample-ratio", "1"])
             .args(["--log", "debug", "--log-format", "json"])
             .env_remove("FLASHSALE_KAFKA")
             .env_remove("FLASHSALE_POSTGRES")
@@ -505,4 +510,42 @@ async fn projector_serves_metrics() {
         "projector /metrics:\n{text}"
     );
     projector.stop();
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` (here `--otlp-protocol grpc`): the same trace
+/// reaches an OTLP gRPC receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_reaches_a_grpc_receiver() {
+    let receiver = OtlpReceiver::start_grpc().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let server = Child::spawn_with(
+        "serve-grpc",
+        &s(&[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-token",
+            TOKEN,
+            "--partitions",
+            "2",
+            "--rate-limit-per-user",
+            "0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]),
+        &receiver.endpoint(),
+        "grpc",
+        dir.path(),
+    );
+    wait_ready(&client(), &base).await;
+    create_sale_with_token(&base, "GRPC-SKU").await;
+    traffic(&base, "GRPC-SKU").await;
+    let spans = receiver
+        .wait_for(Duration::from_secs(30), |s| trace_complete(s, TRACE_ID))
+        .await;
+    check_trace(&spans, TRACE_ID, "flashsale", "flashsale");
+    server.stop();
 }

@@ -1,8 +1,14 @@
-//! A real OTLP/HTTP receiver for tests: a small axum server that accepts
-//! `POST /v1/traces` (protobuf `ExportTraceServiceRequest`), decodes it and records
-//! every span with its service name.
+//! Real OTLP receivers for tests: a small axum server that accepts `POST /v1/traces`
+//! (protobuf `ExportTraceServiceRequest`), or a tonic server of the OTLP gRPC
+//! `TraceService`; both decode every request and record each span with its service
+//! name.
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
@@ -69,8 +75,59 @@ fn attrs(kvs: &[KeyValue]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Records every span of one export request.
+fn record(req: &ExportTraceServiceRequest, out: &Mutex<Vec<ReceivedSpan>>) {
+    let mut out = out.lock().unwrap();
+    for rs in &req.resource_spans {
+        let service = rs
+            .resource
+            .as_ref()
+            .map(|r| attrs(&r.attributes))
+            .and_then(|a| {
+                a.into_iter()
+                    .find(|(k, _)| k == "service.name")
+                    .map(|(_, v)| v)
+            })
+            .unwrap_or_default();
+        for ss in &rs.scope_spans {
+            for s in &ss.spans {
+                out.push(ReceivedSpan {
+                    service: service.clone(),
+                    name: s.name.clone(),
+                    trace_id: hex(&s.trace_id),
+                    span_id: hex(&s.span_id),
+                    parent_span_id: hex(&s.parent_span_id),
+                    kind: s.kind,
+                    attributes: attrs(&s.attributes),
+                });
+            }
+        }
+    }
+}
+
+/// The gRPC side: the OTLP `TraceService`.
+struct GrpcSink {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    requests: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcSink {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        record(req.get_ref(), &self.spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 impl OtlpReceiver {
-    /// Listens on 127.0.0.1 (a free port).
+    /// OTLP/HTTP (protobuf) on 127.0.0.1 (a free port).
     pub async fn start() -> OtlpReceiver {
         use axum::routing::post;
         let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
@@ -85,32 +142,7 @@ impl OtlpReceiver {
                     let Ok(req) = ExportTraceServiceRequest::decode(body) else {
                         return (axum::http::StatusCode::BAD_REQUEST, Vec::new());
                     };
-                    let mut out = spans.lock().unwrap();
-                    for rs in &req.resource_spans {
-                        let service = rs
-                            .resource
-                            .as_ref()
-                            .map(|r| attrs(&r.attributes))
-                            .and_then(|a| {
-                                a.into_iter()
-                                    .find(|(k, _)| k == "service.name")
-                                    .map(|(_, v)| v)
-                            })
-                            .unwrap_or_default();
-                        for ss in &rs.scope_spans {
-                            for s in &ss.spans {
-                                out.push(ReceivedSpan {
-                                    service: service.clone(),
-                                    name: s.name.clone(),
-                                    trace_id: hex(&s.trace_id),
-                                    span_id: hex(&s.span_id),
-                                    parent_span_id: hex(&s.parent_span_id),
-                                    kind: s.kind,
-                                    attributes: attrs(&s.attributes),
-                                });
-                            }
-                        }
-                    }
+                    record(&req, &spans);
                     // An empty ExportTraceServiceResponse.
                     (axum::http::StatusCode::OK, Vec::new())
                 }
@@ -122,6 +154,32 @@ impl OtlpReceiver {
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
+        });
+        OtlpReceiver {
+            addr,
+            spans,
+            requests,
+            task,
+        }
+    }
+
+    /// OTLP/gRPC (`TraceService/Export`) on 127.0.0.1 (a free port).
+    pub async fn start_grpc() -> OtlpReceiver {
+        let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
+        let requests: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let sink = GrpcSink {
+            spans: spans.clone(),
+            requests: requests.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind OTLP receiver");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(sink))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
         });
         OtlpReceiver {
             addr,
