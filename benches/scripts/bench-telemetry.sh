@@ -5,6 +5,7 @@
 #
 #   benches/scripts/bench-telemetry.sh            # 3 rounds each, 1 % sampling
 #   ROUNDS=5 WRITE_RATE=600 SAMPLE=0.01 benches/scripts/bench-telemetry.sh
+#   BIN_DIR=<dir> uses prebuilt flashsale and flashsale-bench; KEEP=1 keeps the reports.
 #
 # Per round and target: a steady open-loop run (capacity.toml's hot SKU at WRITE_RATE
 # reservations/s plus READS availability reads per reservation, SECS seconds) while the
