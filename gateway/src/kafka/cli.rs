@@ -148,10 +148,13 @@ pub async fn serve_parts(
     };
     if let Some(url) = &kafka.postgres {
         extras.orders = Some(super::postgres::order_source(url, kafka.pg_pool_size).await?);
-        extras.sidecars.push((
-            "projector",
-            super::postgres::projector(url, kafka.pg_pool_size, &brokers, &topics).await?,
-        ));
+        // One registry for the node, the projector's counters included.
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let projector =
+            super::postgres::projector(url, kafka.pg_pool_size, &brokers, &topics, &metrics)
+                .await?;
+        extras.sidecars.push(("projector", projector));
+        extras.metrics = Some(metrics);
     }
     let k = KafkaParams {
         brokers,

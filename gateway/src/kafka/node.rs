@@ -70,6 +70,8 @@ pub struct Extras {
     /// Orders from here instead of the read model (Postgres in Kafka mode).
     pub orders: Option<Arc<dyn OrderSource>>,
     pub sidecars: Vec<(&'static str, Sidecar)>,
+    /// The process's metrics, when a sidecar records into them too (else a new registry).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Extras {
@@ -97,6 +99,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         create_topics,
         orders,
         sidecars,
+        metrics,
     } = extras;
     if let Some(spec) = create_topics {
         let brokers = k.brokers.clone();
@@ -113,7 +116,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         .clone()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(crate::random_token);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = metrics.unwrap_or_else(|| Arc::new(Metrics::new()));
     let read = Arc::new(ReadModel::new(partitions, metrics.clone()));
     let pending = Arc::new(Pending::default());
 

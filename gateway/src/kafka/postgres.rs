@@ -35,9 +35,11 @@ pub async fn projector(
     pool_size: usize,
     brokers: &str,
     topics: &Topics,
+    metrics: &Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<Sidecar> {
     let pool = pool(url, pool_size).await?;
-    let config = ProjectorConfig::new(brokers.to_string(), topics.events.clone());
+    let mut config = ProjectorConfig::new(brokers.to_string(), topics.events.clone());
+    config.metrics = Some(metrics.clone());
     Ok(Box::pin(pg::run_projector(
         config,
         pool,
