@@ -25,8 +25,8 @@ fmt-check:
 clippy: ## lint, warnings are errors
 	cargo clippy --workspace --all-targets -- -D warnings
 
-bench: ## engine micro-benchmarks (criterion)
-	cargo bench -p flashsale-engine
+bench: ## engine core micro-benchmarks (criterion)
+	cargo bench -p flashsale-core
 
 bench-compare: ## flashsale vs the Postgres and Redis baselines, one scenario, one run
 	bash benches/scripts/bench-compare.sh

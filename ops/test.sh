@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flashsale-target}"
 bash ops/ensure-tools.sh
+# The engine core stays free of I/O crates (fails fast, before any service starts).
+bash ops/check-purity.sh
 trap 'bash ops/services-down.sh || true' EXIT
 bash ops/services-up.sh
 set -a

@@ -751,7 +751,7 @@ async fn unrecoverable_engine_is_503_with_retry_after() {
 
     let mut args = serve_args(data);
     args.reply_deadline_ms = 300;
-    let running = flashsale_gateway::start(args).await.unwrap();
+    let running = flashsale_ops::start(args).await.unwrap();
     let base = format!("http://{}", running.addr);
     let c = client();
     let ready = call(&c, &base, Method::GET, "/ready", None, &[]).await;

@@ -529,7 +529,7 @@ async fn engines_and_gateways_killed_mid_load() {
         format!("{}commands", c.prefix),
     );
     tokio::task::spawn_blocking(move || {
-        flashsale_gateway::kafka::topics::rewind_group(&brokers, &group, &topic, hot_partition, 0)
+        flashsale_ops::kafka::topics::rewind_group(&brokers, &group, &topic, hot_partition, 0)
     })
     .await
     .unwrap()

@@ -329,12 +329,10 @@ async fn kafka_replay_audit_match_embedded_and_catch_extra_orders() {
     args.snapshot_every_commands = 10;
     let kargs = kafka::serve_kafka_args(&svc).await.unwrap();
     let pg_url = kargs.postgres.clone().unwrap_or(pg);
-    let (gw, k, extras) = flashsale_gateway::kafka::cli::serve_parts(&args, &kargs)
+    let (gw, k, extras) = flashsale_ops::kafka::cli::serve_parts(&args, &kargs)
         .await
         .unwrap();
-    let running = flashsale_gateway::kafka::node::start(gw, k, extras)
-        .await
-        .unwrap();
+    let running = flashsale_ops::kafka::start(gw, k, extras).await.unwrap();
     let base = format!("http://{}", running.addr);
     wait_ready(&client(), &base).await;
     let rec = workload(&base, "kfk").await;
@@ -384,7 +382,7 @@ async fn kafka_replay_audit_match_embedded_and_catch_extra_orders() {
     e.stop().await;
 
     // An order row nobody confirmed, straight into Postgres: audit exits 1 naming it.
-    let pool = flashsale_gateway::pg::connect(&pg_url, 1).unwrap();
+    let pool = flashsale_runtime::pg::connect(&pg_url, 1).unwrap();
     let client = pool.get().await.unwrap();
     client
         .execute(

@@ -159,10 +159,10 @@ async fn postgres_outage_mid_load_loses_nothing_and_doubles_nothing() {
         .await
         .expect("fresh topics and schema");
     let schema_url = kafka_args.postgres.clone().expect("a Postgres URL");
-    let (gw, k, extras) = flashsale_gateway::kafka::cli::serve_parts(&args, &kafka_args)
+    let (gw, k, extras) = flashsale_ops::kafka::cli::serve_parts(&args, &kafka_args)
         .await
         .expect("serve parts");
-    let running = flashsale_gateway::kafka::node::start(gw, k, extras)
+    let running = flashsale_ops::kafka::start(gw, k, extras)
         .await
         .expect("serve --kafka starts");
     let base = format!("http://{}", running.addr);
@@ -271,7 +271,7 @@ async fn postgres_outage_mid_load_loses_nothing_and_doubles_nothing() {
         outcome.reservations.len(),
         "every hold was checked out"
     );
-    let pool = flashsale_gateway::pg::connect(&schema_url, 2).expect("valid URL");
+    let pool = flashsale_runtime::pg::connect(&schema_url, 2).expect("valid URL");
     let mut in_pg = 0i64;
     for _ in 0..600 {
         if let Ok(c) = pool.get().await {

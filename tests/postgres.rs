@@ -6,12 +6,15 @@
 //! it the tests skip with a message, unless `FLASHSALE_REQUIRE_SERVICES=1` (then they
 //! fail).
 
+use flashsale_engine::pg::PgSnapshotStore;
 use flashsale_engine::snapshot;
 use flashsale_engine::store::{load_newest_valid, SnapshotStore};
 use flashsale_engine::State;
 use flashsale_gateway::orders::OrderSource;
-use flashsale_gateway::pg::{self, PgOrders, PgSnapshotStore, Pool, Projector};
+use flashsale_gateway::pg_orders::PgOrders;
+use flashsale_ops::projector::Projector;
 use flashsale_proto::*;
+use flashsale_runtime::pg::{self, Pool};
 use std::sync::Arc;
 
 // ----------------------------------------------------------------------------------------

@@ -1,19 +1,33 @@
-//! The flashsale engine: one partition's inventory as a pure, deterministic state
-//! machine ([`core`]), its named invariants ([`invariants`]), snapshots ([`snapshot`]),
-//! and the I/O-free half of the partition actor ([`actor`]), plus the embedded
-//! command log ([`log`]) and the snapshot store ([`store`]) used by the shells.
+//! `flashsale-engine`: the engine process. The pure core (`flashsale-core`, in
+//! `engine/core/`) decides; this crate hosts it:
 //!
-//! What it does not do: HTTP, validation of user input (the gateway does that),
-//! Kafka or Postgres (the gateway crate's shells), or anything with the wall clock
-//! inside [`core`]: time is the log time of each record.
+//! - [`embedded`]: embedded mode's actor loop. Per partition a writer thread that owns
+//!   the log file and group-commits batches (append + fdatasync) before any of them is
+//!   applied, an actor task that applies them in order, a ticker that appends tick
+//!   records while holds are due, and a background snapshot writer.
+//! - [`log`]: the embedded command log (one checksummed append-only file per partition).
+//! - [`kafka`]: Kafka mode's consumer-group host: one actor per assigned partition of
+//!   `commands`, recovered from the newest usable snapshot and the log, replies and
+//!   events produced, offsets committed after the broker acknowledged them.
+//! - [`store`]: where snapshots live ([`store::SnapshotStore`]), with the file store of
+//!   embedded mode; [`pg`]: the Postgres store of Kafka mode.
+//! - [`trace`]: the engine's span of applying a traced record.
+//!
+//! What it owns: durability before acknowledgement (nothing is applied, so nothing
+//! is answered, before the command is on disk or acknowledged by the broker), recovery,
+//! and snapshots.
+//!
+//! What it must never do: decide anything itself (every decision is
+//! `State::apply`'s), read the wall clock into a decision (the core's time is each
+//! record's log time), speak HTTP, or depend on the gateway (`flashsale-gateway`): it
+//! serves any gateway through [`flashsale_runtime::bus`].
 
-pub mod actor;
-pub mod core;
-pub mod invariants;
+pub mod embedded;
+pub mod kafka;
 pub mod log;
-mod presized;
-pub mod snapshot;
+pub mod pg;
 pub mod store;
+pub mod trace;
 
-pub use crate::core::{validate_sale, Product, Reservation, State};
-pub use invariants::{check_state, Violation};
+// The core's modules, re-exported so a host's users need one import path.
+pub use flashsale_core::{actor, check_state, core, invariants, snapshot, State, Violation};

@@ -15,12 +15,7 @@ use std::path::{Path, PathBuf};
 pub const MAX_RECORD_BYTES: u32 = 1 << 20;
 const HEADER: usize = 24;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogRecord {
-    pub offset: u64,
-    pub log_time: UnixMs,
-    pub payload: Vec<u8>,
-}
+pub use flashsale_core::LogRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

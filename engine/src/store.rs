@@ -2,8 +2,8 @@
 //! mode: `<data-dir>/snapshots/pNNN/<offset>-<log time>.snap`) and a Postgres one in
 //! Kafka mode. Writes are atomic (temp file, sync, rename, sync dir).
 
-use crate::snapshot::{self, SnapshotError};
-use crate::State;
+use flashsale_core::snapshot::{self, SnapshotError};
+use flashsale_core::State;
 use flashsale_proto::UnixMs;
 use std::fs;
 use std::io::Write;

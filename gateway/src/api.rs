@@ -6,17 +6,17 @@
 use crate::dispatch::Dispatcher;
 use crate::error::{render_errors, ApiError};
 use crate::json::*;
-use crate::metrics::Metrics;
 use crate::orders::OrderSource;
 use crate::readmodel::ReadModel;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flashsale_proto::*;
+use flashsale_runtime::metrics::Metrics;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 use std::num::NonZeroU32;
@@ -146,7 +146,9 @@ pub fn router(state: AppState) -> Router {
         .route("/actuator/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route_layer(axum::middleware::from_fn(crate::telemetry::trace_http))
+        .route_layer(axum::middleware::from_fn(
+            flashsale_runtime::telemetry::trace_http,
+        ))
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
@@ -567,15 +569,5 @@ async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    metrics_response(&app.metrics)
-}
-
-/// `GET /metrics`: the registry in the OpenMetrics text format.
-pub fn metrics_response(metrics: &Metrics) -> Response {
-    let mut res = metrics.render().into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    res
+    app.metrics.response()
 }

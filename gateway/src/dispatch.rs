@@ -3,46 +3,13 @@
 //! The log behind [`CommandBus`] is the embedded one or Kafka; this code is the same.
 
 use crate::error::ApiError;
-use crate::telemetry::{self, TraceParent};
 use dashmap::DashMap;
 use flashsale_proto::*;
-use std::future::Future;
-use std::pin::Pin;
+pub use flashsale_runtime::bus::{BusError, BusFuture, CommandBus};
+use flashsale_runtime::telemetry::{self, TraceParent};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
-
-pub type BusFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send + 'a>>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    #[error("partition {0}'s command queue is full")]
-    Full(u32),
-    #[error("the command log is not available: {0}")]
-    Unavailable(String),
-}
-
-/// Where commands go: a partitioned, durable log.
-pub trait CommandBus: Send + Sync + 'static {
-    fn partitions(&self) -> u32;
-    /// Appends `record` to `partition`. Resolves once the log has taken it (it may
-    /// not be applied yet). Never waits without bound.
-    fn send(&self, partition: u32, record: CommandRecord) -> BusFuture<'_>;
-    /// [`CommandBus::send`] with the command's trace context, carried beside the
-    /// record (a Kafka header, or in-process), never inside its payload. A bus that
-    /// cannot carry it drops it.
-    fn send_traced(
-        &self,
-        partition: u32,
-        record: CommandRecord,
-        trace: Option<TraceParent>,
-    ) -> BusFuture<'_> {
-        let _ = trace;
-        self.send(partition, record)
-    }
-    /// True when every partition this node serves is owned and caught up.
-    fn is_ready(&self) -> bool;
-}
 
 /// Replies awaited by this gateway, by request id.
 #[derive(Debug, Default)]

@@ -153,7 +153,7 @@ impl ApiError {
 
     /// The engine's business outcomes, mapped to API.md's table.
     pub fn from_rejection(r: &Rejection) -> Self {
-        use crate::json::rfc3339;
+        use crate::time::rfc3339;
         match r {
             Rejection::ProductNotFound { sku } => Self::product_not_found(sku.as_str()),
             Rejection::ReservationNotFound { reservation } => Self::reservation_not_found(&reservation.to_string()),
@@ -250,7 +250,7 @@ pub async fn render_errors(mut req: Request, next: Next) -> Response {
 
 fn error_response(err: &ApiError, path: &str) -> Response {
     let mut body = Map::new();
-    body.insert("timestamp".into(), json!(crate::json::rfc3339_now()));
+    body.insert("timestamp".into(), json!(crate::time::rfc3339_now()));
     body.insert("status".into(), json!(err.status.as_u16()));
     body.insert("error".into(), json!(err.payload.title));
     body.insert("message".into(), json!(err.payload.message));

@@ -3,23 +3,10 @@
 
 use crate::error::ApiError;
 use crate::readmodel::{ProductEntry, SaleEntry};
-use chrono::{DateTime, SecondsFormat, Utc};
 use flashsale_proto::*;
 use serde_json::{json, Map, Value};
 
-pub fn now_ms() -> UnixMs {
-    Utc::now().timestamp_millis().max(0) as u64
-}
-
-pub fn rfc3339(ms: UnixMs) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms as i64)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-pub fn rfc3339_now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
-}
+pub use crate::time::{now_ms, parse_time, rfc3339, rfc3339_now};
 
 pub fn money(c: Cents) -> Value {
     serde_json::Number::from_f64(c.0 as f64 / 100.0)
@@ -155,19 +142,6 @@ impl Body {
         let s = self.string(name, 64)?;
         parse_time(&s).map_err(|reason| ApiError::bad_request(name, reason))
     }
-}
-
-pub fn parse_time(s: &str) -> Result<UnixMs, String> {
-    let bad = || "must be an RFC 3339 UTC time ending in Z, e.g. 2025-01-15T10:00:00Z".to_string();
-    if !(s.ends_with('Z') || s.ends_with('z')) {
-        return Err(bad());
-    }
-    let t = DateTime::parse_from_rfc3339(s).map_err(|_| bad())?;
-    let ms = t.timestamp_millis();
-    if ms < 0 {
-        return Err("must be after 1970-01-01T00:00:00Z".into());
-    }
-    Ok(ms as u64)
 }
 
 /// Seconds left, rounded up, while RESERVED; 0 otherwise.

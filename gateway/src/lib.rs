@@ -1,16 +1,20 @@
-//! The flashsale gateway: the HTTP API of API.md ([`api`]), the command dispatcher
-//! that awaits engine replies by request id ([`dispatch`]), the read model built from
-//! engine events ([`readmodel`]), metrics ([`metrics`]), and the embedded node that
-//! runs log, engine actors and snapshots in-process ([`embedded`]). In Kafka mode the
-//! log is Kafka ([`kafka`]) and Postgres ([`pg`]) holds the schema, the engine's
-//! snapshots and the exactly-once projection of reservations and orders that the
-//! order reads of the API come from.
+//! `flashsale-gateway`: the gateway process. The HTTP API of API.md ([`api`]) with its
+//! validation ([`json`]) and error bodies ([`error`]); the dispatcher that stamps a
+//! request id, puts the command on its partition's log and awaits the engine's reply
+//! ([`dispatch`]); the read model built from the engine's events, which serves the hot
+//! availability and reservation reads from memory ([`readmodel`]); sales set-up across
+//! partitions ([`sales`]); order reads ([`orders`], from Postgres in Kafka mode:
+//! [`pg_orders`]); and the Kafka side of a gateway ([`kafka`]: the command producer and
+//! the follower of its `replies` partition and of `events`).
 //!
-//! What it does not do: decide anything about stock. Every decision is the engine's
-//! (`flashsale-engine`), made in log order; the gateway validates input, routes
-//! commands by SKU, and renders replies.
+//! What it owns: input validation, per-user rate limits, bounded waits, and turning
+//! replies into HTTP answers.
 //!
-//! The `flashsale` binary (`src/main.rs`) parses [`cli::Cli`] and calls [`run`].
+//! What it must never do: decide anything about stock. Every decision is the engine's
+//! (`flashsale-core`), made in log order; this crate does not depend on the engine's
+//! hosts (`flashsale-engine`) at all: it talks to any log through
+//! [`flashsale_runtime::bus::CommandBus`]. The `flashsale` binary that wires a gateway
+//! to an embedded or Kafka log lives in `flashsale-ops`.
 
 // `ApiError` carries the whole error body (title, message, details) so handlers build
 // it in one place; it is large, but only on the error path, where one allocation more
@@ -18,255 +22,14 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
-pub mod cli;
 pub mod dispatch;
-pub mod embedded;
 pub mod error;
 pub mod json;
 pub mod kafka;
-pub mod metrics;
-pub mod operator;
 pub mod orders;
-pub mod pg;
+pub mod pg_orders;
 pub mod readmodel;
 pub mod sales;
-pub mod telemetry;
+pub mod time;
 
-use anyhow::Context;
-use api::{ApiConfig, AppInner, RateLimit};
-use cli::ServeArgs;
-use dispatch::{DispatchConfig, Dispatcher, Pending};
-use embedded::{EmbeddedNode, EmbeddedOptions, LocalOutput};
-use flashsale_engine::actor::SnapshotPolicy;
-use flashsale_proto::{Cents, ProductSpec, SaleId, SaleMeta, SkuId};
-use metrics::Metrics;
-use readmodel::ReadModel;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-/// A server started by [`start`]: its address, its admin token, and a handle to stop it.
-pub struct Running {
-    pub addr: SocketAddr,
-    pub admin_token: String,
-    pub app: api::AppState,
-    stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl std::fmt::Debug for Running {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running").field("addr", &self.addr).finish()
-    }
-}
-
-impl Running {
-    /// Graceful stop: no new requests, in-flight ones finish, final snapshots written.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.done.await.context("server task panicked")?
-    }
-    /// Resolves when the server stops by itself.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        let Running { stop, done, .. } = self;
-        let r = done.await.context("server task panicked")?;
-        drop(stop);
-        r
-    }
-}
-
-fn random_token() -> String {
-    use rand::Rng;
-    let bytes: [u8; 16] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Starts the embedded server: binds `args.listen` (port 0 picks one), opens the data
-/// directory, recovers in the background, serves at once (`/ready` says when the
-/// engine has caught up).
-pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
-    let admin_token = args
-        .admin_token
-        .clone()
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(random_token);
-    let metrics = Arc::new(Metrics::new());
-    let read = Arc::new(ReadModel::new(args.partitions, metrics.clone()));
-    let pending = Arc::new(Pending::default());
-    let output = Arc::new(LocalOutput {
-        read: read.clone(),
-        pending: pending.clone(),
-    });
-    let node = EmbeddedNode::start(
-        EmbeddedOptions {
-            data_dir: args.data_dir.clone(),
-            partitions: args.partitions,
-            snapshot: SnapshotPolicy {
-                every_commands: args.snapshot_every_commands.max(1),
-                every_ms: args.snapshot_every_secs.max(1) * 1000,
-            },
-            keep_snapshots: args.keep_snapshots.max(1),
-            queue_depth: args.queue_depth,
-        },
-        output,
-        metrics.clone(),
-    )?;
-    let dispatcher = Dispatcher::new(
-        node.bus(),
-        pending,
-        DispatchConfig {
-            gateway_id: args.gateway_id,
-            // 0 is allowed: every request that is not answered at once gets 503 (tests use it).
-            reply_deadline: Duration::from_millis(args.reply_deadline_ms),
-            max_in_flight: args.max_in_flight.max(1),
-        },
-    );
-    let app = AppInner::new(
-        dispatcher,
-        read.clone(),
-        read,
-        metrics,
-        ApiConfig {
-            admin_token: admin_token.clone(),
-            rate_limit: RateLimit {
-                per_second: args.rate_limit_per_user,
-                burst: args.rate_limit_burst,
-            },
-        },
-    );
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another server using it? pass --listen",
-                args.listen
-            )
-        })?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = api::router(app.clone());
-    let housekeeping = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(10));
-            loop {
-                every.tick().await;
-                app.housekeeping();
-            }
-        })
-    };
-    if args.demo {
-        let app = app.clone();
-        tokio::spawn(async move { create_demo_sale(&app).await });
-    }
-    let done = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .context("HTTP server failed")?;
-        housekeeping.abort();
-        node.shutdown().await;
-        Ok(())
-    });
-    Ok(Running {
-        addr,
-        admin_token,
-        app,
-        stop,
-        done,
-    })
-}
-
-/// Runs the embedded server until `shutdown` resolves.
-pub async fn serve(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let generated = args.admin_token.as_deref().is_none_or(str::is_empty);
-    let (data_dir, partitions) = (args.data_dir.clone(), args.partitions);
-    let running = start(args).await?;
-    println!(
-        "flashsale listening on http://{} (embedded mode, {partitions} partitions, data dir {})",
-        running.addr,
-        data_dir.display()
-    );
-    if generated {
-        println!(
-            "admin token (generated for this run; set --admin-token to fix it): {}",
-            running.admin_token
-        );
-    }
-    tokio::select! {
-        _ = shutdown => {
-            tracing::info!("shutting down: finishing requests and writing snapshots");
-            running.stop().await
-        }
-    }
-}
-
-async fn create_demo_sale(app: &api::AppState) {
-    for _ in 0..600 {
-        if app.dispatcher.is_ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if app.read.has_products() {
-        tracing::info!("demo: products already exist; not creating the demo sale");
-        return;
-    }
-    let now = json::now_ms() / 1000 * 1000;
-    let item =
-        |sku: &str, name: &str, category: &str, base: u64, flash: u64, total: u64| ProductSpec {
-            sku: SkuId::parse(sku).expect("demo SKU is valid"),
-            name: name.into(),
-            description: format!("{name}, flash-sale demo"),
-            category: category.into(),
-            base_price: Cents(base),
-            flash_sale_price: Cents(flash),
-            total_inventory: total,
-            per_user_limit: 1,
-            image_url: String::new(),
-        };
-    let products = vec![
-        item(
-            "IPHONE15-256GB",
-            "iPhone 15 256GB",
-            "Electronics",
-            129_999,
-            99_999,
-            100,
-        ),
-        item(
-            "PS5-SLIM",
-            "PlayStation 5 Slim",
-            "Gaming",
-            49_999,
-            39_999,
-            50,
-        ),
-        item(
-            "AIRPODS-PRO2",
-            "AirPods Pro (2nd gen)",
-            "Audio",
-            24_999,
-            17_999,
-            200,
-        ),
-    ];
-    let meta = SaleMeta {
-        sale_id: SaleId(ulid::Ulid::new().0),
-        name: "Demo Flash Sale".into(),
-        starts_at: now,
-        ends_at: now + 24 * 3600 * 1000,
-        reservation_ttl_s: 120,
-        all_skus: products.iter().map(|p| p.sku.clone()).collect(),
-    };
-    let id = meta.sale_id;
-    match sales::create_sale(&app.dispatcher, &app.read, meta, products).await {
-        Ok(_) => println!(
-            "demo sale {id} is open: IPHONE15-256GB (100), PS5-SLIM (50), AIRPODS-PRO2 (200)"
-        ),
-        Err(e) => tracing::warn!(error = %e.payload.message, "demo sale not created"),
-    }
-}
+pub use flashsale_runtime::metrics;

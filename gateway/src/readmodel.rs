@@ -6,10 +6,10 @@
 //! offset) dropped; a reservation keeps the offset of its newest change so that a
 //! reply applied early (read-your-writes) is never overwritten by an older event.
 
-use crate::metrics::Metrics;
 use dashmap::DashMap;
-use flashsale_engine::State;
+use flashsale_core::State;
 use flashsale_proto::*;
+use flashsale_runtime::metrics::Metrics;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

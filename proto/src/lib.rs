@@ -6,19 +6,25 @@
 //! byte string returns a value or an error, never panics, and never allocates more than
 //! [`MAX_MESSAGE_BYTES`]. See `schemas/messages.md` for the layouts.
 //!
-//! This crate does no I/O and holds no policy: validation of user input lives in the
-//! gateway, business rules in `flashsale-engine`.
+//! What it owns: the shape of everything that crosses a process boundary, and the
+//! rule that maps a SKU to its partition.
+//!
+//! What it must never do: I/O, or hold policy. Validation of user input lives in the
+//! gateway (`flashsale-gateway`), business rules in the engine's pure core
+//! (`flashsale-core`).
 //!
 //! Layout: [`ids`] (newtypes for ids, money and time), [`msg`] (commands, replies,
 //! events), [`codec`] (versioned encoding), [`partition`] (Kafka-compatible murmur2
-//! partitioner).
+//! partitioner), [`topics`] (the topic names of a deployment).
 
 pub mod codec;
 pub mod ids;
 pub mod msg;
 pub mod partition;
+pub mod topics;
 
 pub use codec::{decode, encode, DecodeError, FORMAT_VERSION, MAX_MESSAGE_BYTES};
 pub use ids::*;
 pub use msg::*;
 pub use partition::{murmur2, partition_for_key};
+pub use topics::{Topics, DEFAULT_PREFIX};

@@ -6,7 +6,7 @@
 //! Kafka-mode tests skip with a message, unless `FLASHSALE_REQUIRE_SERVICES=1`, which
 //! turns the skip into a failure (CI sets it, so a missing broker cannot pass as green).
 
-use flashsale_gateway::cli::{EngineTuning, ServeArgs, ServeKafkaArgs};
+use flashsale_ops::cli::{EngineTuning, ServeArgs, ServeKafkaArgs};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -90,7 +90,7 @@ pub fn unique_id() -> String {
 /// use it, so every test server has empty tables of its own.
 pub async fn fresh_postgres(url: &str, id: &str) -> anyhow::Result<String> {
     let schema = format!("t_{id}");
-    let pool = flashsale_gateway::pg::connect(url, 1)?;
+    let pool = flashsale_runtime::pg::connect(url, 1)?;
     let client = pool
         .get()
         .await
@@ -128,10 +128,10 @@ pub async fn serve_kafka_args(svc: &Services) -> anyhow::Result<ServeKafkaArgs> 
 pub async fn start_in_process(
     args: ServeArgs,
     svc: &Services,
-) -> anyhow::Result<flashsale_gateway::Running> {
+) -> anyhow::Result<flashsale_ops::Running> {
     let kafka = serve_kafka_args(svc).await?;
-    let (gw, k, extras) = flashsale_gateway::kafka::cli::serve_parts(&args, &kafka).await?;
-    flashsale_gateway::kafka::node::start(gw, k, extras).await
+    let (gw, k, extras) = flashsale_ops::kafka::cli::serve_parts(&args, &kafka).await?;
+    flashsale_ops::kafka::start(gw, k, extras).await
 }
 
 /// A `flashsale` child process (engine, gateway, projector) for fault tests; killed
@@ -228,7 +228,8 @@ pub async fn create_topics(
     partitions: u32,
     replies_partitions: u32,
 ) -> anyhow::Result<()> {
-    use flashsale_gateway::kafka::{topics, Topics};
+    use flashsale_ops::kafka::topics;
+    use flashsale_proto::Topics;
     let spec = topics::TopicSpec {
         topics: Topics::with_prefix(prefix),
         partitions,

@@ -7,7 +7,7 @@
 //! them (see `make services-up`).
 
 use anyhow::Context;
-use flashsale_gateway::cli::ServeArgs;
+use flashsale_ops::cli::ServeArgs;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -55,7 +55,7 @@ pub struct TestServer {
     pub mode: Mode,
     /// Embedded mode: the server's data directory (for the operators' tools).
     pub data_dir: PathBuf,
-    running: Option<flashsale_gateway::Running>,
+    running: Option<flashsale_ops::Running>,
     _dir: tempfile::TempDir,
 }
 
@@ -91,7 +91,7 @@ impl TestServer {
         tweak(&mut args);
         let data_dir = args.data_dir.clone();
         let running = match mode {
-            Mode::Embedded => flashsale_gateway::start(args).await.expect("server starts"),
+            Mode::Embedded => flashsale_ops::start(args).await.expect("server starts"),
             Mode::Kafka => {
                 let svc = kafka::services_or_skip("Kafka mode")?;
                 kafka::start_in_process(args, &svc)

@@ -1,0 +1,522 @@
+//! Embedded mode (the default): the command log, the engine actors and the snapshot
+//! store run inside this process, over files in `--data-dir`. Same dispatch, same
+//! actor core, same read model as Kafka mode; only the log and the store differ.
+//!
+//! Per partition: a writer thread owns the log file and group-commits batches
+//! (append + fdatasync) before handing them to the actor task; the actor applies them
+//! in order, publishes events (read model first) and then replies. Nothing is applied,
+//! so nothing is acknowledged, before it is on disk: a `kill -9` loses no answered
+//! request. A ticker appends tick records while holds are due; snapshots are written
+//! in the background from a copy of the state.
+
+use crate::log::{LogRecord, PartitionLog};
+use crate::store::{load_newest_valid, FileSnapshotStore, SnapshotStore};
+use crate::trace;
+use anyhow::Context;
+use flashsale_core::actor::{Applied, PartitionActor, SnapshotPolicy};
+use flashsale_core::{snapshot, State};
+use flashsale_proto::*;
+use flashsale_runtime::bus::{BusError, BusFuture, CommandBus};
+use flashsale_runtime::metrics::Metrics;
+use flashsale_runtime::now_ms;
+use flashsale_runtime::telemetry::TraceParent;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Records one group commit may hold.
+const MAX_BATCH: usize = 4096;
+/// Batches queued between a writer and its actor.
+const ACTOR_QUEUE: usize = 64;
+/// How often the ticker looks for partitions with holds due.
+const TICK_CHECK: Duration = Duration::from_millis(100);
+/// Least time between two ticks of one partition.
+const MIN_TICK_GAP_MS: u64 = 200;
+/// Layout version of the data directory.
+const DATA_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub data_dir: PathBuf,
+    pub partitions: u32,
+    pub snapshot: SnapshotPolicy,
+    pub keep_snapshots: usize,
+    /// Commands queued per partition before new ones are refused with 503.
+    pub queue_depth: usize,
+}
+
+/// Where an actor's output goes.
+pub trait EngineOutput: Send + Sync + 'static {
+    fn deliver(&self, partition: u32, applied: Applied);
+    /// The partition's whole state after recovery.
+    fn reset(&self, state: &State);
+}
+
+/// Messages to a partition's writer thread.
+enum WriterMsg {
+    /// An encoded command record, and its trace context (kept beside the record on
+    /// its way to the actor, never written to the log).
+    Append(Vec<u8>, Option<TraceParent>),
+    Stop,
+}
+
+/// Records written by one group commit, with the trace contexts of the traced ones
+/// as (index, context): empty, so never allocated, when nothing is traced.
+type Written = (Vec<LogRecord>, Vec<(usize, TraceParent)>);
+
+pub struct EmbeddedBus {
+    writers: Vec<mpsc::Sender<WriterMsg>>,
+    recovered: AtomicUsize,
+    partitions: u32,
+    closing: AtomicBool,
+}
+
+impl CommandBus for EmbeddedBus {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+    fn send(&self, partition: u32, record: CommandRecord) -> BusFuture<'_> {
+        self.send_traced(partition, record, None)
+    }
+    fn send_traced(
+        &self,
+        partition: u32,
+        record: CommandRecord,
+        trace: Option<TraceParent>,
+    ) -> BusFuture<'_> {
+        let result = if self.closing.load(Ordering::Acquire) {
+            Err(BusError::Unavailable("the server is shutting down".into()))
+        } else {
+            match self.writers.get(partition as usize) {
+                None => Err(BusError::Unavailable(format!("no partition {partition}"))),
+                Some(w) => w
+                    .try_send(WriterMsg::Append(encode(&record), trace))
+                    .map_err(|e| match e {
+                        mpsc::error::TrySendError::Full(_) => BusError::Full(partition),
+                        mpsc::error::TrySendError::Closed(_) => {
+                            BusError::Unavailable("the log writer stopped".into())
+                        }
+                    }),
+            }
+        };
+        Box::pin(std::future::ready(result))
+    }
+    fn is_ready(&self) -> bool {
+        self.recovered.load(Ordering::Acquire) == self.partitions as usize
+            && !self.closing.load(Ordering::Acquire)
+    }
+}
+
+/// What recovery of one partition found; logged, and shown by `/ready`'s absence of 503.
+#[derive(Debug)]
+pub struct RecoveryReport {
+    pub partition: u32,
+    pub snapshot_offset: Option<u64>,
+    pub rejected_snapshots: Vec<String>,
+    pub replayed: u64,
+    pub log_end: u64,
+    pub truncated_bytes: u64,
+}
+
+pub struct EmbeddedNode {
+    bus: Arc<EmbeddedBus>,
+    actors: Arc<tokio::sync::Mutex<Vec<JoinHandle<()>>>>,
+    ticker: JoinHandle<()>,
+    _lock: std::fs::File,
+}
+
+impl std::fmt::Debug for EmbeddedNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedNode")
+            .field("partitions", &self.bus.partitions)
+            .finish()
+    }
+}
+
+struct PartitionShared {
+    needs_tick_at: AtomicU64,
+    last_tick: AtomicU64,
+    written: AtomicU64,
+}
+
+impl EmbeddedNode {
+    /// Opens the data directory and starts recovering every partition in the
+    /// background; the bus reports ready once all have caught up.
+    pub fn start(
+        opts: EmbeddedOptions,
+        output: Arc<dyn EngineOutput>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            opts.partitions >= 1 && opts.partitions <= MAX_PARTITIONS,
+            "--partitions must be 1-{MAX_PARTITIONS}"
+        );
+        let lock = prepare_data_dir(&opts.data_dir, opts.partitions)?;
+        let mut writers = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in 0..opts.partitions {
+            let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
+            writers.push(tx);
+            inboxes.push(rx);
+        }
+        let bus = Arc::new(EmbeddedBus {
+            writers,
+            recovered: AtomicUsize::new(0),
+            partitions: opts.partitions,
+            closing: AtomicBool::new(false),
+        });
+        let shared: Arc<Vec<PartitionShared>> = Arc::new(
+            (0..opts.partitions)
+                .map(|_| PartitionShared {
+                    needs_tick_at: AtomicU64::new(u64::MAX),
+                    last_tick: AtomicU64::new(0),
+                    written: AtomicU64::new(0),
+                })
+                .collect(),
+        );
+        let store: Arc<dyn SnapshotStore> =
+            Arc::new(FileSnapshotStore::new(opts.data_dir.join("snapshots")));
+        let actors = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        {
+            let (bus, shared, actors, opts) =
+                (bus.clone(), shared.clone(), actors.clone(), opts.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                for (p, inbox) in inboxes.into_iter().enumerate() {
+                    let p = p as u32;
+                    let (store2, metrics2, dir) =
+                        (store.clone(), metrics.clone(), opts.data_dir.join("log"));
+                    let rec = tokio::task::spawn_blocking(move || {
+                        recover(&dir, p, store2.as_ref(), &metrics2, opts.snapshot)
+                    })
+                    .await;
+                    let (log, actor, report) = match rec {
+                        Ok(Ok(x)) => x,
+                        Ok(Err(e)) => {
+                            tracing::error!(partition = p, error = %format!("{e:#}"), "recovery failed; the partition stays unavailable");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(partition = p, error = %e, "recovery panicked");
+                            return;
+                        }
+                    };
+                    tracing::info!(
+                        partition = p,
+                        snapshot_offset = ?report.snapshot_offset,
+                        rejected_snapshots = ?report.rejected_snapshots,
+                        replayed = report.replayed,
+                        log_end = report.log_end,
+                        truncated_bytes = report.truncated_bytes,
+                        "partition recovered"
+                    );
+                    output.reset(actor.state());
+                    let sh = &shared[p as usize];
+                    sh.written.store(log.next_offset(), Ordering::Release);
+                    sh.needs_tick_at.store(
+                        actor.state().next_expiry().unwrap_or(u64::MAX),
+                        Ordering::Release,
+                    );
+                    let (to_actor, actor_rx) = mpsc::channel(ACTOR_QUEUE);
+                    let shared_w = shared.clone();
+                    std::thread::Builder::new()
+                        .name(format!("log-writer-{p}"))
+                        .spawn(move || writer_loop(log, inbox, to_actor, shared_w, p))
+                        .expect("spawning a thread");
+                    let handle = tokio::spawn(actor_loop(
+                        actor,
+                        actor_rx,
+                        output.clone(),
+                        shared.clone(),
+                        store.clone(),
+                        opts.keep_snapshots,
+                        metrics.clone(),
+                    ));
+                    actors.lock().await.push(handle);
+                    bus.recovered.fetch_add(1, Ordering::AcqRel);
+                }
+                tracing::info!(
+                    partitions = opts.partitions,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "all partitions recovered; ready"
+                );
+            });
+        }
+        let ticker = tokio::spawn(ticker_loop(bus.clone(), shared));
+        Ok(EmbeddedNode {
+            bus,
+            actors,
+            ticker,
+            _lock: lock,
+        })
+    }
+
+    pub fn bus(&self) -> Arc<dyn CommandBus> {
+        self.bus.clone()
+    }
+
+    /// Stops taking commands, lets writers flush and actors apply what is written,
+    /// and writes a final snapshot of every partition.
+    pub async fn shutdown(self) {
+        self.bus.closing.store(true, Ordering::Release);
+        self.ticker.abort();
+        for w in &self.bus.writers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), w.send(WriterMsg::Stop)).await;
+        }
+        let handles = std::mem::take(&mut *self.actors.lock().await);
+        for h in handles {
+            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+        }
+    }
+}
+
+/// Creates the layout, takes an exclusive lock, and checks the partition count.
+fn prepare_data_dir(dir: &Path, partitions: u32) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir.join("log"))
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .with_context(|| format!("cannot open {}/.lock", dir.display()))?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!("data directory {} is in use by another flashsale process; stop it or pass another --data-dir", dir.display())
+    })?;
+    let meta_path = dir.join("flashsale.json");
+    match std::fs::read(&meta_path) {
+        Ok(bytes) => {
+            let meta: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not valid JSON", meta_path.display()))?;
+            let have = meta.get("partitions").and_then(|v| v.as_u64()).unwrap_or(0);
+            anyhow::ensure!(
+                have == u64::from(partitions),
+                "data directory {} was created with {have} partitions; start with --partitions {have} or use a new --data-dir",
+                dir.display()
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let meta = serde_json::json!({"format": DATA_FORMAT, "partitions": partitions});
+            std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta)?)
+                .with_context(|| format!("cannot write {}", meta_path.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", meta_path.display())),
+    }
+    Ok(lock)
+}
+
+/// Newest valid snapshot + replay of the log after it.
+pub fn recover(
+    log_dir: &Path,
+    partition: u32,
+    store: &dyn SnapshotStore,
+    metrics: &Metrics,
+    policy: SnapshotPolicy,
+) -> anyhow::Result<(PartitionLog, PartitionActor, RecoveryReport)> {
+    let log = PartitionLog::open(log_dir, partition)?;
+    let (found, rejected) = load_newest_valid(store, partition)?;
+    for r in &rejected {
+        metrics.snapshot_rejected();
+        tracing::warn!(partition, snapshot = %r.info.id, error = %r.error, "snapshot refused; falling back to an older one");
+    }
+    let (snapshot_offset, state) = match found {
+        Some((info, state)) if info.offset <= log.next_offset() => {
+            metrics.snapshot_at(partition, info.taken_at);
+            (Some(info.offset), state)
+        }
+        Some((info, _)) => anyhow::bail!(
+            "snapshot {} covers offset {} but the log of partition {partition} ends at {}: the log is missing records",
+            info.id,
+            info.offset,
+            log.next_offset()
+        ),
+        None => {
+            metrics.snapshot_at(partition, now_ms());
+            (None, State::new(partition as u16))
+        }
+    };
+    let mut actor = PartitionActor::new(state, policy);
+    let mut replayed = 0;
+    let mut batch = Vec::with_capacity(1024);
+    let from = actor.state().next_offset();
+    for rec in log.reader_from(from)? {
+        batch.push(rec?);
+        if batch.len() == 1024 {
+            replayed += batch.len() as u64;
+            actor.apply_batch(&batch);
+            batch.clear();
+        }
+    }
+    replayed += batch.len() as u64;
+    actor.apply_batch(&batch);
+    let report = RecoveryReport {
+        partition,
+        snapshot_offset,
+        rejected_snapshots: rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.info.id, r.error))
+            .collect(),
+        replayed,
+        log_end: log.next_offset(),
+        truncated_bytes: log.truncated_bytes(),
+    };
+    Ok((log, actor, report))
+}
+
+fn writer_loop(
+    mut log: PartitionLog,
+    mut inbox: mpsc::Receiver<WriterMsg>,
+    to_actor: mpsc::Sender<Written>,
+    shared: Arc<Vec<PartitionShared>>,
+    partition: u32,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut traces = Vec::new();
+    let mut stop = false;
+    while !stop {
+        match inbox.blocking_recv() {
+            Some(WriterMsg::Append(p, t)) => {
+                if let Some(t) = t {
+                    traces.push((batch.len(), t));
+                }
+                batch.push(p)
+            }
+            Some(WriterMsg::Stop) | None => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match inbox.try_recv() {
+                Ok(WriterMsg::Append(p, t)) => {
+                    if let Some(t) = t {
+                        traces.push((batch.len(), t));
+                    }
+                    batch.push(p)
+                }
+                Ok(WriterMsg::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let records = match log.append(std::mem::take(&mut batch), now_ms()) {
+            Ok(r) => r,
+            Err(e) => {
+                // Without a durable log nothing can be acknowledged: crash loudly.
+                tracing::error!(partition, error = %e, "command log write failed; stopping");
+                eprintln!("fatal: command log write failed on partition {partition}: {e}");
+                std::process::exit(74);
+            }
+        };
+        shared[partition as usize]
+            .written
+            .store(log.next_offset(), Ordering::Release);
+        if to_actor
+            .blocking_send((records, std::mem::take(&mut traces)))
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+async fn actor_loop(
+    mut actor: PartitionActor,
+    mut inbox: mpsc::Receiver<Written>,
+    output: Arc<dyn EngineOutput>,
+    shared: Arc<Vec<PartitionShared>>,
+    store: Arc<dyn SnapshotStore>,
+    keep: usize,
+    metrics: Arc<Metrics>,
+) {
+    let p = actor.partition();
+    let writing = Arc::new(AtomicBool::new(false));
+    while let Some((batch, traces)) = inbox.recv().await {
+        let t = Instant::now();
+        let applied = trace::apply_traced(&mut actor, &batch, &traces);
+        metrics.engine_apply(t.elapsed());
+        let sh = &shared[p as usize];
+        sh.needs_tick_at.store(
+            actor.state().next_expiry().unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        output.deliver(p, applied);
+        let lag = sh
+            .written
+            .load(Ordering::Acquire)
+            .saturating_sub(actor.state().next_offset());
+        metrics.partition_lag(p, lag);
+        if !writing.load(Ordering::Acquire) {
+            if let Some(state) = actor.take_snapshot_if_due() {
+                writing.store(true, Ordering::Release);
+                let (store, metrics, writing) = (store.clone(), metrics.clone(), writing.clone());
+                tokio::task::spawn_blocking(move || {
+                    write_snapshot(&state, store.as_ref(), keep, &metrics);
+                    writing.store(false, Ordering::Release);
+                });
+            }
+        }
+    }
+    // The writer stopped (shutdown): one last snapshot so the next start replays little.
+    if !actor.dirty() {
+        return;
+    }
+    let state = actor.snapshot_now();
+    let _ =
+        tokio::task::spawn_blocking(move || write_snapshot(&state, store.as_ref(), keep, &metrics))
+            .await;
+}
+
+fn write_snapshot(state: &State, store: &dyn SnapshotStore, keep: usize, metrics: &Metrics) {
+    let t = Instant::now();
+    let p = u32::from(state.partition());
+    let result = snapshot::encode(state)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            store
+                .save(p, state.next_offset(), state.clock(), &bytes)
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(info) => {
+            metrics.snapshot_written(t.elapsed());
+            metrics.snapshot_at(p, now_ms());
+            tracing::debug!(
+                partition = p,
+                offset = info.offset,
+                bytes = info.size_bytes,
+                "snapshot written"
+            );
+            if let Err(e) = store.prune(p, keep.max(1)) {
+                tracing::warn!(partition = p, error = %e, "could not prune old snapshots");
+            }
+        }
+        Err(e) => tracing::error!(partition = p, error = %e, "snapshot not written"),
+    }
+}
+
+async fn ticker_loop(bus: Arc<EmbeddedBus>, shared: Arc<Vec<PartitionShared>>) {
+    let mut interval = tokio::time::interval(TICK_CHECK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = now_ms();
+        for (p, sh) in shared.iter().enumerate() {
+            let due = sh.needs_tick_at.load(Ordering::Acquire);
+            if due > now || sh.last_tick.load(Ordering::Acquire) + MIN_TICK_GAP_MS > now {
+                continue;
+            }
+            sh.last_tick.store(now, Ordering::Release);
+            let tick = CommandRecord {
+                request_id: RequestId(0),
+                reply_to: NO_REPLY,
+                idempotency_key: None,
+                command: Command::Tick,
+            };
+            // A full queue means commands are flowing, and each of them expires due holds.
+            let _ = bus.send(p as u32, tick).await;
+        }
+    }
+}

@@ -1,0 +1,887 @@
+//! The engine's half of Kafka mode: one consumer group over `commands`, one
+//! [`PartitionActor`] per assigned partition, all driven by one thread.
+//!
+//! Per assigned partition:
+//! 1. **Recover**: the state to start from is the better of the actor this process
+//!    kept when it last let the partition go (a state is a pure function of the log
+//!    prefix, so it is still right) and the newest snapshot that decodes, passes the
+//!    invariants and lies at or below the group's committed offset `c`; then seek to
+//!    its offset and replay. Outputs of records below `c` were acknowledged by the
+//!    broker before `c` was committed, so they are not produced again; from `c` on,
+//!    replies and events are produced (consumers drop repeats by partition and offset).
+//!    `/ready` (serve mode) waits until the partition reached the end it had at
+//!    assignment.
+//! 2. **Apply** whole fetched batches in log order, with the record's Kafka timestamp
+//!    as log time; produce the batch's events to `events` (same partition, key =
+//!    skuId, timestamp = log time; an empty record at the batch's last offset if that
+//!    command changed nothing, so gateways know how far the read model is) and replies
+//!    to `replies` partition `reply_to`; one idempotent producer with
+//!    `enable.gapless.guarantee`, so what a reader sees of one partition has no holes.
+//! 3. **Commit** a batch's end offset only after the broker acknowledged all of its
+//!    replies and events (batches pipeline: applying never waits for acks).
+//! 4. **Tick**: while a partition has holds due, the engine appends tick records to its
+//!    own commands partition (at most one per 200 ms), as the embedded ticker does.
+//! 5. **Snapshot** every N commands or T seconds of log time in a background thread;
+//!    on revoke: wait for the acks, commit, snapshot, let go.
+//!
+//! A produce that fails for good (the broker refused, or 30 s without an ack) stops
+//! the process: continuing would leave a hole in what readers see. The group then
+//! hands the partitions to another engine, which redoes the uncommitted outputs.
+
+use crate::store::SnapshotStore;
+use crate::trace;
+use anyhow::Context;
+use flashsale_core::actor::{PartitionActor, SnapshotPolicy};
+use flashsale_core::{snapshot, LogRecord, State};
+use flashsale_proto::*;
+use flashsale_runtime::bus::EngineReadiness;
+use flashsale_runtime::kafka::{base_config, producer_config, record_time_ms, ADMIN_TIMEOUT};
+use flashsale_runtime::metrics::Metrics;
+use flashsale_runtime::now_ms;
+use flashsale_runtime::telemetry::{TraceParent, TRACEPARENT_HEADER};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Least time between two ticks of one partition.
+const MIN_TICK_GAP_MS: u64 = 200;
+/// How often acknowledged offsets are committed.
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
+/// Longest wait for the producer's queue to make room, or for acks at revoke.
+const PRODUCE_WAIT: Duration = Duration::from_secs(30);
+/// Longest the snapshot store may be unreachable during an assignment.
+const STORE_RETRY_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub brokers: String,
+    pub topics: Topics,
+    /// Consumer group of the engines of one deployment.
+    pub group_id: String,
+    pub snapshot: SnapshotPolicy,
+    pub keep_snapshots: usize,
+    /// Most records applied as one batch.
+    pub max_batch: usize,
+    pub linger_ms: u32,
+}
+
+/// What the engine owns now; `/ready` of serve mode reads it.
+#[derive(Debug)]
+pub struct EngineStatus {
+    partitions: u32,
+    owned: AtomicUsize,
+    catching_up: AtomicUsize,
+    stopped: AtomicBool,
+}
+
+impl EngineStatus {
+    pub fn owned(&self) -> usize {
+        self.owned.load(Ordering::Acquire)
+    }
+}
+
+impl EngineReadiness for EngineStatus {
+    /// Ready when this engine owns every partition and has caught up with each (the
+    /// single-engine deployment of `serve`).
+    fn is_ready(&self) -> bool {
+        !self.stopped.load(Ordering::Acquire)
+            && self.owned.load(Ordering::Acquire) == self.partitions as usize
+            && self.catching_up.load(Ordering::Acquire) == 0
+    }
+}
+
+/// A running engine; [`EngineHandle::stop`] lets its partitions go cleanly.
+pub struct EngineHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub status: Arc<EngineStatus>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl EngineHandle {
+    /// Finishes the batch in hand, waits for its acks, commits, snapshots every owned
+    /// partition and leaves the group. Blocking.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// True while the engine thread runs.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Starts the engine thread: checks the topics, joins the group.
+pub fn start(
+    opts: EngineOptions,
+    store: Arc<dyn SnapshotStore>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<EngineHandle> {
+    let (partitions, replies_partitions) =
+        flashsale_runtime::kafka::check(&opts.brokers, &opts.topics)?;
+    let status = Arc::new(EngineStatus {
+        partitions,
+        owned: AtomicUsize::new(0),
+        catching_up: AtomicUsize::new(0),
+        stopped: AtomicBool::new(false),
+    });
+    let producer: ThreadedProducer<AckContext> =
+        producer_config(&opts.brokers, "flashsale-engine", opts.linger_ms)
+            // A failed batch must not be followed by later ones: readers would see a hole.
+            .set("enable.gapless.guarantee", "true")
+            .create_with_context(AckContext)
+            .context("cannot create the engine's Kafka producer")?;
+    let core = Core {
+        opts: opts.clone(),
+        producer,
+        store,
+        metrics,
+        status: status.clone(),
+        replies_partitions,
+        owned: BTreeMap::new(),
+        idle: BTreeMap::new(),
+        inflight: VecDeque::new(),
+        to_commit: BTreeMap::new(),
+        last_commit: Instant::now(),
+        warned_reply_to: false,
+    };
+    let consumer: BaseConsumer<EngineContext> = base_config(&opts.brokers, "flashsale-engine")
+        .set("group.id", &opts.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Eager rebalancing: a partition is let go (acks, commit, snapshot) before
+        // anyone else is given it.
+        .set("partition.assignment.strategy", "roundrobin")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1500")
+        .set("max.poll.interval.ms", "300000")
+        .set("fetch.wait.max.ms", "5")
+        .set("fetch.error.backoff.ms", "50")
+        // For the partition-lag gauge (see `EngineContext::stats`).
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(EngineContext {
+            core: Mutex::new(core),
+        })
+        .context("cannot create the engine's Kafka consumer")?;
+    consumer
+        .subscribe(&[&opts.topics.commands])
+        .with_context(|| format!("cannot subscribe to {}", opts.topics.commands))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let status2 = status.clone();
+    let max_batch = opts.max_batch.max(1);
+    let thread = std::thread::Builder::new()
+        .name("kafka-engine".into())
+        .spawn(move || {
+            run(&consumer, &stop2, max_batch);
+            status2.stopped.store(true, Ordering::Release);
+        })
+        .context("cannot start the engine thread")?;
+    tracing::info!(group = %opts.group_id, topic = %opts.topics.commands, partitions, "engine joined the group");
+    Ok(EngineHandle {
+        stop,
+        thread: Some(thread),
+        status,
+    })
+}
+
+/// Crash loudly: the log stays the truth, another engine takes over.
+fn fatal(msg: String) -> ! {
+    tracing::error!("{msg}; stopping the process");
+    eprintln!("fatal: {msg}");
+    std::process::exit(70);
+}
+
+#[derive(Debug, Default)]
+struct BatchAck {
+    remaining: AtomicUsize,
+    failed: Mutex<Option<String>>,
+}
+
+struct AckContext;
+impl ClientContext for AckContext {}
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<BatchAck>;
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<BatchAck>) {
+        if let Err((e, _)) = result {
+            let mut f = ack.failed.lock().unwrap_or_else(|p| p.into_inner());
+            f.get_or_insert_with(|| e.to_string());
+        }
+        ack.remaining.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct EngineContext {
+    core: Mutex<Core>,
+}
+impl ClientContext for EngineContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`, delivered inside
+    /// `poll`, where the core is not locked): the partition lag is the high watermark
+    /// of the last fetch minus the next offset to apply.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(topic) = stats.topics.get(&core.opts.topics.commands) else {
+            return;
+        };
+        for (p, o) in &core.owned {
+            if let Some(part) = topic.partitions.get(&(*p as i32)) {
+                if part.hi_offset >= 0 {
+                    let next = o.actor.state().next_offset();
+                    core.metrics
+                        .partition_lag(*p, (part.hi_offset as u64).saturating_sub(next));
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for EngineContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                core.assign(consumer, tpl);
+                if let Err(e) = consumer.assign(tpl) {
+                    fatal(format!("cannot take the assigned partitions: {e}"));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                core.revoke(consumer);
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; letting every partition go");
+                core.revoke(consumer);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+struct Owned {
+    actor: PartitionActor,
+    /// Outputs of records below this offset were acknowledged before (by this or
+    /// another engine): not produced again.
+    emit_from: u64,
+    /// The partition's end at assignment while replaying towards it.
+    catch_up_to: Option<u64>,
+    needs_tick_at: UnixMs,
+    last_tick: UnixMs,
+    last_snapshot_offset: u64,
+    writing: Arc<AtomicBool>,
+}
+
+struct InFlight {
+    partition: u32,
+    next_offset: u64,
+    ack: Arc<BatchAck>,
+}
+
+struct Core {
+    opts: EngineOptions,
+    producer: ThreadedProducer<AckContext>,
+    store: Arc<dyn SnapshotStore>,
+    metrics: Arc<Metrics>,
+    status: Arc<EngineStatus>,
+    replies_partitions: u32,
+    owned: BTreeMap<u32, Owned>,
+    /// Actors of partitions let go: reused if the partition comes back.
+    idle: BTreeMap<u32, PartitionActor>,
+    /// Batches whose outputs await the broker's ack, in production order.
+    inflight: VecDeque<InFlight>,
+    /// Acknowledged offsets not committed yet.
+    to_commit: BTreeMap<u32, u64>,
+    last_commit: Instant,
+    warned_reply_to: bool,
+}
+
+fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usize) {
+    let mut batch: Vec<(u32, LogRecord, Option<TraceParent>)> = Vec::with_capacity(max_batch);
+    while !stop.load(Ordering::Acquire) {
+        // Rebalance callbacks run inside poll: never hold the core lock across it.
+        let mut timeout = Duration::from_millis(50);
+        while batch.len() < max_batch {
+            match consumer.poll(timeout) {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "engine: consume error");
+                    break;
+                }
+                Some(Ok(m)) => {
+                    let log_time = record_time_ms(m.timestamp()).unwrap_or(0);
+                    let rec = LogRecord {
+                        offset: m.offset() as u64,
+                        log_time,
+                        payload: m.payload().unwrap_or(&[]).to_vec(),
+                    };
+                    batch.push((m.partition() as u32, rec, traceparent(&m)));
+                }
+            }
+            timeout = Duration::ZERO;
+        }
+        let mut core = consumer
+            .context()
+            .core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        core.process(std::mem::take(&mut batch));
+        core.reap_acks();
+        core.maybe_commit(consumer, false);
+        core.tick();
+    }
+    let mut core = consumer
+        .context()
+        .core
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    core.revoke(consumer);
+    drop(core);
+    consumer.unsubscribe();
+    tracing::info!("engine stopped: partitions let go");
+}
+
+impl Core {
+    /// Groups a fetched batch by partition (log order within each) and applies it.
+    fn process(&mut self, batch: Vec<(u32, LogRecord, Option<TraceParent>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        // Per partition: its records, and (index, context) of the traced ones.
+        type Part = (Vec<LogRecord>, Vec<(usize, TraceParent)>);
+        let mut by_partition: BTreeMap<u32, Part> = BTreeMap::new();
+        for (p, r, t) in batch {
+            let (recs, traces) = by_partition.entry(p).or_default();
+            if let Some(t) = t {
+                traces.push((recs.len(), t));
+            }
+            recs.push(r);
+        }
+        for (p, (recs, traces)) in by_partition {
+            self.apply(p, &recs, &traces);
+        }
+    }
+
+    fn apply(&mut self, p: u32, recs: &[LogRecord], traces: &[(usize, TraceParent)]) {
+        // A partition revoked while its records were being fetched: not ours now.
+        let Some(o) = self.owned.get_mut(&p) else {
+            return;
+        };
+        let before = o.actor.state().next_offset();
+        let t = Instant::now();
+        let mut applied = trace::apply_traced(&mut o.actor, recs, traces);
+        self.metrics.engine_apply(t.elapsed());
+        let after = o.actor.state().next_offset();
+        if after == before {
+            return; // re-delivered records only
+        }
+        let last = after - 1;
+        let emit_from = o.emit_from;
+        if emit_from > before {
+            applied.replies.retain(|(_, r)| r.offset >= emit_from);
+            applied.events.retain(|e| e.offset >= emit_from);
+        }
+        if last >= emit_from && applied.events.last().is_none_or(|e| e.offset != last) {
+            applied.events.push(EventRecord {
+                partition: p,
+                offset: last,
+                log_time: o.actor.state().clock(),
+                events: Vec::new(),
+            });
+        }
+        o.needs_tick_at = o.actor.state().next_expiry().unwrap_or(u64::MAX);
+        if let Some(target) = o.catch_up_to {
+            self.metrics.partition_lag(p, target.saturating_sub(after));
+            if after >= target {
+                o.catch_up_to = None;
+                self.status.catching_up.fetch_sub(1, Ordering::AcqRel);
+                tracing::info!(
+                    partition = p,
+                    offset = after,
+                    "partition caught up; serving"
+                );
+            }
+        }
+        let snapshot = if o.writing.load(Ordering::Acquire) {
+            None
+        } else {
+            o.actor.take_snapshot_if_due()
+        };
+        if let Some(state) = snapshot {
+            o.last_snapshot_offset = state.next_offset();
+            o.writing.store(true, Ordering::Release);
+            let (store, metrics, writing, keep) = (
+                self.store.clone(),
+                self.metrics.clone(),
+                o.writing.clone(),
+                self.opts.keep_snapshots,
+            );
+            std::thread::spawn(move || {
+                write_snapshot(&state, store.as_ref(), keep, &metrics);
+                writing.store(false, Ordering::Release);
+            });
+        }
+        let ack = Arc::new(BatchAck::default());
+        for ev in &applied.events {
+            let key = event_key(ev).map(str::to_owned);
+            let topic = self.opts.topics.events.clone();
+            self.produce(
+                &topic,
+                p,
+                key.as_deref(),
+                Some(ev.log_time),
+                &encode(ev),
+                &ack,
+            );
+        }
+        for (to, reply) in &applied.replies {
+            if *to >= self.replies_partitions {
+                if !self.warned_reply_to {
+                    self.warned_reply_to = true;
+                    tracing::warn!(
+                        reply_to = to,
+                        replies_partitions = self.replies_partitions,
+                        "reply for a gateway id with no replies partition dropped"
+                    );
+                }
+                continue;
+            }
+            let topic = self.opts.topics.replies.clone();
+            self.produce(&topic, *to, None, None, &encode(reply), &ack);
+        }
+        self.inflight.push_back(InFlight {
+            partition: p,
+            next_offset: after,
+            ack,
+        });
+    }
+
+    /// Enqueues one record in the producer, waiting (bounded) while its queue is full.
+    fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        key: Option<&str>,
+        time_ms: Option<u64>,
+        payload: &[u8],
+        ack: &Arc<BatchAck>,
+    ) {
+        ack.remaining.fetch_add(1, Ordering::AcqRel);
+        let mut rec: BaseRecord<'_, str, [u8], Arc<BatchAck>> =
+            BaseRecord::with_opaque_to(topic, ack.clone())
+                .partition(partition as i32)
+                .payload(payload);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(t) = time_ms {
+            rec = rec.timestamp(t as i64);
+        }
+        let deadline = Instant::now() + PRODUCE_WAIT;
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => fatal(format!(
+                    "cannot produce to {topic} partition {partition}: {e}"
+                )),
+            }
+        }
+    }
+
+    /// Moves acknowledged batches (in order) to the commit list.
+    fn reap_acks(&mut self) {
+        while let Some(front) = self.inflight.front() {
+            if front.ack.remaining.load(Ordering::Acquire) > 0 {
+                break;
+            }
+            if let Some(e) = front
+                .ack
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                fatal(format!(
+                    "the broker did not take the outputs of partition {}: {e}",
+                    front.partition
+                ));
+            }
+            let f = self.inflight.pop_front().expect("front exists");
+            self.to_commit.insert(f.partition, f.next_offset);
+        }
+    }
+
+    fn maybe_commit(&mut self, consumer: &BaseConsumer<EngineContext>, sync: bool) {
+        if self.to_commit.is_empty() || (!sync && self.last_commit.elapsed() < COMMIT_EVERY) {
+            return;
+        }
+        self.last_commit = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in std::mem::take(&mut self.to_commit) {
+            if self.owned.contains_key(&p) {
+                let _ = tpl.add_partition_offset(
+                    &self.opts.topics.commands,
+                    p as i32,
+                    Offset::Offset(next as i64),
+                );
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            // Not fatal: a later commit covers it; a takeover re-produces a little more.
+            tracing::warn!(error = %e, "offset commit failed");
+        }
+    }
+
+    /// Appends tick records to partitions with holds due, and snapshots partitions
+    /// gone quiet.
+    fn tick(&mut self) {
+        let now = now_ms();
+        self.snapshot_quiet(now);
+        let due: Vec<u32> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| {
+                o.catch_up_to.is_none()
+                    && o.needs_tick_at <= now
+                    && o.last_tick + MIN_TICK_GAP_MS <= now
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            if let Some(o) = self.owned.get_mut(&p) {
+                o.last_tick = now;
+            }
+            let tick = CommandRecord {
+                request_id: RequestId(0),
+                reply_to: NO_REPLY,
+                idempotency_key: None,
+                command: Command::Tick,
+            };
+            let topic = self.opts.topics.commands.clone();
+            // Not tracked for commits: a lost tick is followed by another.
+            let ack = Arc::new(BatchAck::default());
+            self.produce(&topic, p, None, None, &encode(&tick), &ack);
+        }
+    }
+
+    /// A partition whose last record is older (in wall time) than the snapshot interval
+    /// and has records no snapshot covers gets one now: the policy counts log time,
+    /// which stands still while nothing is appended, and the log behind an old
+    /// snapshot may meanwhile be deleted by retention.
+    fn snapshot_quiet(&mut self, now: UnixMs) {
+        let every_ms = self.opts.snapshot.every_ms;
+        for o in self.owned.values_mut() {
+            let quiet = o.catch_up_to.is_none()
+                && o.actor.state().next_offset() > o.last_snapshot_offset
+                && now.saturating_sub(o.actor.state().clock()) >= every_ms
+                && !o.writing.load(Ordering::Acquire);
+            if !quiet {
+                continue;
+            }
+            let state = o.actor.snapshot_now();
+            o.last_snapshot_offset = state.next_offset();
+            o.writing.store(true, Ordering::Release);
+            let (store, metrics, writing, keep) = (
+                self.store.clone(),
+                self.metrics.clone(),
+                o.writing.clone(),
+                self.opts.keep_snapshots,
+            );
+            std::thread::spawn(move || {
+                write_snapshot(&state, store.as_ref(), keep, &metrics);
+                writing.store(false, Ordering::Release);
+            });
+        }
+    }
+
+    /// Waits for every produced output to be acknowledged (bounded; else fatal).
+    fn drain_acks(&mut self) {
+        if let Err(e) = self.producer.flush(PRODUCE_WAIT) {
+            fatal(format!(
+                "outputs not acknowledged within {PRODUCE_WAIT:?}: {e}"
+            ));
+        }
+        self.reap_acks();
+        if let Some(f) = self.inflight.front() {
+            fatal(format!(
+                "outputs of partition {} still unacknowledged after a flush",
+                f.partition
+            ));
+        }
+    }
+
+    /// Lets every owned partition go: acks, commit, snapshot; keeps the actors idle.
+    fn revoke(&mut self, consumer: &BaseConsumer<EngineContext>) {
+        if self.owned.is_empty() {
+            return;
+        }
+        let t = Instant::now();
+        self.drain_acks();
+        self.maybe_commit(consumer, true);
+        let owned = std::mem::take(&mut self.owned);
+        let n = owned.len();
+        for (p, mut o) in owned {
+            if o.actor.state().next_offset() > o.last_snapshot_offset {
+                let state = o.actor.snapshot_now();
+                write_snapshot(
+                    &state,
+                    self.store.as_ref(),
+                    self.opts.keep_snapshots,
+                    &self.metrics,
+                );
+            }
+            self.idle.insert(p, o.actor);
+            self.metrics.partition_released(p);
+        }
+        self.status.owned.store(0, Ordering::Release);
+        self.status.catching_up.store(0, Ordering::Release);
+        tracing::info!(
+            partitions = n,
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "partitions let go (acked, committed, snapshotted)"
+        );
+    }
+
+    /// Recovers every assigned partition and sets where its consumption starts.
+    fn assign(&mut self, consumer: &BaseConsumer<EngineContext>, tpl: &mut TopicPartitionList) {
+        let t = Instant::now();
+        let topic = self.opts.topics.commands.clone();
+        let parts: Vec<u32> = tpl
+            .elements_for_topic(&topic)
+            .iter()
+            .map(|e| e.partition() as u32)
+            .collect();
+        let committed = match consumer.committed_offsets(tpl.clone(), ADMIN_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => fatal(format!("cannot read the committed offsets of {topic}: {e}")),
+        };
+        for p in parts {
+            let c = match committed
+                .find_partition(&topic, p as i32)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(c)) if c >= 0 => c as u64,
+                _ => 0,
+            };
+            let (low, high) = match flashsale_runtime::kafka::watermarks(consumer, &topic, p as i32)
+            {
+                Ok((l, h)) => (l.max(0) as u64, h.max(0) as u64),
+                Err(e) => fatal(format!(
+                    "cannot read the offsets of {topic} partition {p}: {e}"
+                )),
+            };
+            let (actor, from) = self.recover(p, c, low);
+            let next = actor.state().next_offset();
+            if let Err(e) = tpl.set_partition_offset(&topic, p as i32, Offset::Offset(next as i64))
+            {
+                fatal(format!("cannot set the start offset of partition {p}: {e}"));
+            }
+            let catch_up_to = (high > next).then_some(high);
+            self.metrics.partition_lag(p, high.saturating_sub(next));
+            if catch_up_to.is_some() {
+                self.status.catching_up.fetch_add(1, Ordering::AcqRel);
+            }
+            tracing::info!(
+                partition = p,
+                from,
+                start = next,
+                committed = c,
+                end = high,
+                "partition assigned"
+            );
+            let needs_tick_at = actor.state().next_expiry().unwrap_or(u64::MAX);
+            self.owned.insert(
+                p,
+                Owned {
+                    actor,
+                    emit_from: c,
+                    catch_up_to,
+                    needs_tick_at,
+                    last_tick: 0,
+                    last_snapshot_offset: next,
+                    writing: Arc::new(AtomicBool::new(false)),
+                },
+            );
+        }
+        self.idle.retain(|p, _| !self.owned.contains_key(p));
+        self.status.owned.store(self.owned.len(), Ordering::Release);
+        tracing::info!(
+            owned = self.owned.len(),
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "assignment recovered"
+        );
+    }
+
+    /// The state to start partition `p` from: the kept actor or the newest valid
+    /// snapshot at or below the committed offset `c`, whichever is further.
+    fn recover(&mut self, p: u32, c: u64, low: u64) -> (PartitionActor, &'static str) {
+        let kept = self.idle.remove(&p);
+        let kept_next = kept.as_ref().map_or(0, |a| a.state().next_offset());
+        let mut found: Option<State> = None;
+        let deadline = Instant::now() + STORE_RETRY_FOR;
+        let list = loop {
+            match self.store.list(p) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(partition = p, error = %e, "snapshot store unavailable; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) if kept.is_some() => {
+                    tracing::warn!(partition = p, error = %e, "snapshot store unavailable; using the state kept in memory");
+                    break Vec::new();
+                }
+                Err(e) => fatal(format!("snapshot store unavailable for partition {p}: {e}")),
+            }
+        };
+        for info in list {
+            if info.offset > c {
+                continue; // its outputs may not all be acknowledged: replay them instead
+            }
+            if kept.is_some() && info.offset <= kept_next {
+                break; // the kept actor is at least as far
+            }
+            let loaded = self
+                .store
+                .load(&info)
+                .map_err(|e| e.to_string())
+                .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string()))
+                .and_then(|s| {
+                    if u32::from(s.partition()) == p && s.next_offset() == info.offset {
+                        Ok(s)
+                    } else {
+                        Err(format!(
+                            "holds partition {} at offset {}",
+                            s.partition(),
+                            s.next_offset()
+                        ))
+                    }
+                });
+            match loaded {
+                Ok(s) => {
+                    self.metrics.snapshot_at(p, info.taken_at);
+                    found = Some(s);
+                    break;
+                }
+                Err(error) => {
+                    self.metrics.snapshot_rejected();
+                    tracing::warn!(partition = p, snapshot = %info.id, %error, "snapshot refused; falling back to an older one");
+                }
+            }
+        }
+        let (actor, from) = match (found, kept) {
+            (Some(s), _) => (PartitionActor::new(s, self.opts.snapshot), "snapshot"),
+            (None, Some(a)) => (a, "memory"),
+            (None, None) => (
+                PartitionActor::new(State::new(p as u16), self.opts.snapshot),
+                "log start",
+            ),
+        };
+        if from != "snapshot" {
+            // No snapshot loaded: the age counts from now (the kept actor's partition
+            // was snapshotted when it was let go).
+            self.metrics.snapshot_at(p, now_ms());
+        }
+        let next = actor.state().next_offset();
+        if next < low {
+            fatal(format!(
+                "partition {p}: the log starts at offset {low} (older records deleted by retention) but the newest usable snapshot covers only up to {next}; restore a snapshot or raise the retention of {}",
+                self.opts.topics.commands
+            ));
+        }
+        (actor, from)
+    }
+}
+
+/// The trace context of a command record (its `traceparent` header), if any.
+fn traceparent(m: &BorrowedMessage<'_>) -> Option<TraceParent> {
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == TRACEPARENT_HEADER)
+        .and_then(|h| h.value)
+        .and_then(TraceParent::parse)
+}
+
+/// The SKU an event record is about (its Kafka key).
+fn event_key(rec: &EventRecord) -> Option<&str> {
+    rec.events.iter().find_map(|e| match e {
+        Event::SaleConfigured(cfg) => cfg.products.first().map(|p| p.sku.as_str()),
+        Event::SaleDropped { skus, .. } => skus.first().map(|s| s.as_str()),
+        Event::Inventory { sku, .. } => Some(sku.as_str()),
+        Event::Reservation(v) => Some(v.sku.as_str()),
+        Event::OrderCreated(o) => Some(o.sku.as_str()),
+    })
+}
+
+fn write_snapshot(state: &State, store: &dyn SnapshotStore, keep: usize, metrics: &Metrics) {
+    let t = Instant::now();
+    let p = u32::from(state.partition());
+    let result = snapshot::encode(state)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            store
+                .save(p, state.next_offset(), state.clock(), &bytes)
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(info) => {
+            metrics.snapshot_written(t.elapsed());
+            metrics.snapshot_at(p, now_ms());
+            tracing::debug!(
+                partition = p,
+                offset = info.offset,
+                bytes = info.size_bytes,
+                "snapshot written"
+            );
+            if let Err(e) = store.prune(p, keep.max(1)) {
+                tracing::warn!(partition = p, error = %e, "could not prune old snapshots");
+            }
+        }
+        // Not fatal: the log still holds everything; the next snapshot tries again.
+        Err(e) => tracing::error!(partition = p, error = %e, "snapshot not written"),
+    }
+}

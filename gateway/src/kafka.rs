@@ -1,0 +1,404 @@
+//! The gateway's half of Kafka mode: [`KafkaBus`] puts commands on `commands`, and the
+//! [`Follower`] thread reads this gateway's `replies` partition and every `events`
+//! partition.
+//!
+//! One consumer, one thread, for both topics: the read model and the replies are then
+//! ordered by one hand, which is what read-your-writes needs (see [`super`]): a reply
+//! for command offset `o` of partition `p` is handed to its waiting request only once
+//! the read model has applied partition `p`'s events through `o`. Replies wait in a
+//! bounded map meanwhile; nobody waits for one whose request is gone (deadline passed,
+//! or a reply re-sent by an engine replaying after a failover), so it is dropped.
+
+use crate::dispatch::{BusError, BusFuture, CommandBus, Pending};
+use crate::readmodel::ReadModel;
+use anyhow::Context;
+use flashsale_proto::*;
+use flashsale_runtime::bus::EngineReadiness;
+use flashsale_runtime::kafka::{base_config, producer_config, watermarks};
+use flashsale_runtime::telemetry::{TraceParent, TRACEPARENT_HEADER};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Replies parked until the read model catches up; past this, the oldest are dropped
+/// (their requests answer 503 and are retried).
+const MAX_PARKED: usize = 100_000;
+
+pub struct KafkaBus {
+    producer: FutureProducer,
+    topic: String,
+    partitions: u32,
+    follower_ready: Arc<AtomicBool>,
+    engine: Option<Arc<dyn EngineReadiness>>,
+    closing: AtomicBool,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus")
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+/// The record key: the SKU (the Java client's partitioner maps it to the same
+/// partition). Commands that name a reservation, not a SKU, carry no key: their
+/// partition is the one inside the reservation id.
+pub fn command_key(cmd: &Command) -> Option<&str> {
+    match cmd {
+        Command::Reserve { sku, .. } => Some(sku.as_str()),
+        Command::ConfigureSale(cfg) => cfg.products.first().map(|p| p.sku.as_str()),
+        _ => None,
+    }
+}
+
+impl KafkaBus {
+    pub fn new(
+        brokers: &str,
+        topics: &Topics,
+        partitions: u32,
+        linger_ms: u32,
+        follower_ready: Arc<AtomicBool>,
+        engine: Option<Arc<dyn EngineReadiness>>,
+    ) -> anyhow::Result<Self> {
+        let producer: FutureProducer = producer_config(brokers, "flashsale-gateway", linger_ms)
+            .create()
+            .context("cannot create the Kafka producer")?;
+        Ok(KafkaBus {
+            producer,
+            topic: topics.commands.clone(),
+            partitions,
+            follower_ready,
+            engine,
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    /// Refuses new commands and waits (bounded) for the ones queued to be acked.
+    pub fn close(&self, timeout: Duration) {
+        self.closing.store(true, Ordering::Release);
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "commands not all acknowledged at shutdown");
+        }
+    }
+}
+
+impl CommandBus for KafkaBus {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn send(&self, partition: u32, record: CommandRecord) -> BusFuture<'_> {
+        self.send_traced(partition, record, None)
+    }
+
+    /// The trace context travels as a W3C `traceparent` record header.
+    fn send_traced(
+        &self,
+        partition: u32,
+        record: CommandRecord,
+        trace: Option<TraceParent>,
+    ) -> BusFuture<'_> {
+        Box::pin(async move {
+            if self.closing.load(Ordering::Acquire) {
+                return Err(BusError::Unavailable("the server is shutting down".into()));
+            }
+            let payload = encode(&record);
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+                .partition(partition as i32)
+                .payload(&payload);
+            if let Some(k) = command_key(&record.command) {
+                rec = rec.key(k.as_bytes());
+            }
+            if let Some(t) = trace {
+                rec = rec.headers(OwnedHeaders::new().insert(Header {
+                    key: TRACEPARENT_HEADER,
+                    value: Some(&t.encode()[..]),
+                }));
+            }
+            // The record's timestamp is left to the client: CreateTime = now.
+            let delivery = self.producer.send_result(rec).map_err(|(e, _)| match e {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    BusError::Full(partition)
+                }
+                e => BusError::Unavailable(e.to_string()),
+            })?;
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(BusError::Unavailable(format!(
+                    "Kafka did not take the command: {e}"
+                ))),
+                Err(_) => Err(BusError::Unavailable("the Kafka producer stopped".into())),
+            }
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.closing.load(Ordering::Acquire)
+            && self.follower_ready.load(Ordering::Acquire)
+            && self.engine.as_ref().is_none_or(|e| e.is_ready())
+    }
+}
+
+/// The follower thread: replies of one gateway + all events → read model + waiters.
+pub struct Follower {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower").finish()
+    }
+}
+
+pub struct FollowerOptions {
+    pub brokers: String,
+    pub topics: Topics,
+    pub gateway_id: u32,
+    pub partitions: u32,
+    pub replies_partitions: u32,
+}
+
+impl Follower {
+    /// Assigns the consumer (replies from their current end, events from the start)
+    /// and starts the thread. `ready` turns true once the read model holds every event
+    /// that existed at start.
+    pub fn start(
+        opts: FollowerOptions,
+        read: Arc<ReadModel>,
+        pending: Arc<Pending>,
+        ready: Arc<AtomicBool>,
+    ) -> anyhow::Result<Follower> {
+        anyhow::ensure!(
+            opts.gateway_id < opts.replies_partitions,
+            "--gateway-id {} has no partition in {} ({} partitions: ids 0-{}); recreate the topics with more --replies-partitions",
+            opts.gateway_id,
+            opts.topics.replies,
+            opts.replies_partitions,
+            opts.replies_partitions - 1
+        );
+        let consumer: BaseConsumer = base_config(
+            &opts.brokers,
+            &format!("flashsale-gateway-{}", opts.gateway_id),
+        )
+        // No group: an assigned consumer that commits nothing. librdkafka wants an
+        // id all the same.
+        .set(
+            "group.id",
+            format!("flashsale-gateway-follower-{}", opts.gateway_id),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // The reply wait is the user's latency: never let the broker hold a fetch.
+        .set("fetch.wait.max.ms", "5")
+        .set("fetch.error.backoff.ms", "50")
+        .create()
+        .context("cannot create the Kafka consumer")?;
+        // Replies: from the end as it is now, resolved here (not lazily at the first
+        // fetch) so that no reply to a request sent after this point is skipped.
+        let (_, replies_end) = watermarks(&consumer, &opts.topics.replies, opts.gateway_id as i32)
+            .with_context(|| {
+                format!(
+                    "cannot read the end of {} partition {}",
+                    opts.topics.replies, opts.gateway_id
+                )
+            })?;
+        let mut targets = Vec::with_capacity(opts.partitions as usize);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &opts.topics.replies,
+            opts.gateway_id as i32,
+            Offset::Offset(replies_end),
+        )?;
+        for p in 0..opts.partitions as i32 {
+            let (low, high) = watermarks(&consumer, &opts.topics.events, p).with_context(|| {
+                format!(
+                    "cannot read the offsets of {} partition {p}",
+                    opts.topics.events
+                )
+            })?;
+            targets.push(high);
+            tpl.add_partition_offset(&opts.topics.events, p, Offset::Offset(low))?;
+        }
+        consumer
+            .assign(&tpl)
+            .context("cannot assign the follower's partitions")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = FollowerState {
+            topics: opts.topics,
+            read,
+            pending,
+            parked: vec![BTreeMap::new(); opts.partitions as usize],
+            parked_count: 0,
+            positions: vec![-1; opts.partitions as usize],
+            targets,
+            ready,
+            started: Instant::now(),
+        };
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("kafka-follower-{}", opts.gateway_id))
+            .spawn(move || follow(consumer, state, stop2))
+            .context("cannot start the follower thread")?;
+        Ok(Follower {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread (blocking, bounded by one poll).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+struct FollowerState {
+    topics: Topics,
+    read: Arc<ReadModel>,
+    pending: Arc<Pending>,
+    /// Per command partition: replies waiting for the read model, by (offset, request).
+    parked: Vec<BTreeMap<(u64, RequestId), ReplyRecord>>,
+    parked_count: usize,
+    /// Next events offset to read per partition (-1: nothing read yet).
+    positions: Vec<i64>,
+    /// Events end offsets at start; ready once every position reached them.
+    targets: Vec<i64>,
+    ready: Arc<AtomicBool>,
+    started: Instant,
+}
+
+fn follow(consumer: BaseConsumer, mut st: FollowerState, stop: Arc<AtomicBool>) {
+    let mut last_sweep = Instant::now();
+    st.check_ready();
+    while !stop.load(Ordering::Acquire) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "Kafka follower: consume error"),
+            Some(Ok(m)) => {
+                let Some(payload) = m.payload() else { continue };
+                if m.topic() == st.topics.events {
+                    st.on_event(m.partition(), m.offset(), payload);
+                } else {
+                    st.on_reply(payload);
+                }
+            }
+        }
+        if last_sweep.elapsed() >= Duration::from_secs(1) {
+            last_sweep = Instant::now();
+            st.sweep();
+        }
+    }
+}
+
+impl FollowerState {
+    fn on_event(&mut self, kafka_partition: i32, kafka_offset: i64, payload: &[u8]) {
+        if let Some(p) = self.positions.get_mut(kafka_partition as usize) {
+            *p = kafka_offset + 1;
+        }
+        match decode::<EventRecord>(payload) {
+            Ok(rec) => {
+                self.read.apply(&rec);
+                self.release(rec.partition);
+            }
+            Err(e) => {
+                tracing::warn!(partition = kafka_partition, offset = kafka_offset, error = %e, "undecodable event record skipped")
+            }
+        }
+        if !self.ready.load(Ordering::Relaxed) {
+            self.check_ready();
+        }
+    }
+
+    fn check_ready(&mut self) {
+        let caught_up = self
+            .positions
+            .iter()
+            .zip(&self.targets)
+            .all(|(pos, target)| *target <= 0 || *pos >= *target);
+        if caught_up {
+            tracing::info!(
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                events = ?self.targets,
+                "read model caught up with the events topic"
+            );
+            self.ready.store(true, Ordering::Release);
+        }
+    }
+
+    fn on_reply(&mut self, payload: &[u8]) {
+        let rec = match decode::<ReplyRecord>(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable reply record skipped");
+                return;
+            }
+        };
+        if !self.pending.is_waiting(&rec.request_id) {
+            return;
+        }
+        if rec.offset < self.read.applied_through(rec.partition) {
+            self.pending.complete(rec);
+            return;
+        }
+        if rec.partition as usize >= self.parked.len() {
+            self.pending.complete(rec);
+            return;
+        }
+        if self.parked_count >= MAX_PARKED {
+            // Bounded: the oldest waiter of the fullest partition loses (503, retried).
+            if let Some(fullest) = self.parked.iter_mut().max_by_key(|m| m.len()) {
+                if fullest.pop_first().is_some() {
+                    self.parked_count -= 1;
+                }
+            }
+        }
+        if self.parked[rec.partition as usize]
+            .insert((rec.offset, rec.request_id), rec)
+            .is_none()
+        {
+            self.parked_count += 1;
+        }
+    }
+
+    /// Hands over the replies of `partition` the read model has caught up with.
+    fn release(&mut self, partition: u32) {
+        let through = self.read.applied_through(partition);
+        let Some(parked) = self.parked.get_mut(partition as usize) else {
+            return;
+        };
+        while let Some(entry) = parked.first_entry() {
+            if entry.key().0 >= through {
+                break;
+            }
+            let rec = entry.remove();
+            self.parked_count -= 1;
+            self.pending.complete(rec);
+        }
+    }
+
+    /// Drops parked replies nobody waits for any more.
+    fn sweep(&mut self) {
+        for m in &mut self.parked {
+            m.retain(|(_, id), _| self.pending.is_waiting(id));
+        }
+        self.parked_count = self.parked.iter().map(|m| m.len()).sum();
+    }
+}

@@ -1,0 +1,46 @@
+//! The contract between a gateway and the command log: [`CommandBus`] appends a
+//! command record to a partition (the embedded log of `flashsale-engine`, or Kafka's
+//! `commands` topic through the gateway's producer). The gateway's dispatcher is
+//! written against this trait only, so it is the same code in both modes.
+
+use crate::telemetry::TraceParent;
+use flashsale_proto::CommandRecord;
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BusFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("partition {0}'s command queue is full")]
+    Full(u32),
+    #[error("the command log is not available: {0}")]
+    Unavailable(String),
+}
+
+/// Where commands go: a partitioned, durable log.
+pub trait CommandBus: Send + Sync + 'static {
+    fn partitions(&self) -> u32;
+    /// Appends `record` to `partition`. Resolves once the log has taken it (it may
+    /// not be applied yet). Never waits without bound.
+    fn send(&self, partition: u32, record: CommandRecord) -> BusFuture<'_>;
+    /// [`CommandBus::send`] with the command's trace context, carried beside the
+    /// record (a Kafka header, or in-process), never inside its payload. A bus that
+    /// cannot carry it drops it.
+    fn send_traced(
+        &self,
+        partition: u32,
+        record: CommandRecord,
+        trace: Option<TraceParent>,
+    ) -> BusFuture<'_> {
+        let _ = trace;
+        self.send(partition, record)
+    }
+    /// True when every partition this node serves is owned and caught up.
+    fn is_ready(&self) -> bool;
+}
+
+/// Is the engine side of this process (serve mode) ready too?
+pub trait EngineReadiness: Send + Sync + 'static {
+    fn is_ready(&self) -> bool;
+}

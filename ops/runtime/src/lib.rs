@@ -1,0 +1,29 @@
+//! `flashsale-runtime`: the plumbing every flashsale process shares, so that the
+//! engine and the gateway need not depend on each other.
+//!
+//! - [`bus`]: the contract between a gateway and the command log ([`bus::CommandBus`]),
+//!   implemented by the embedded log (`flashsale-engine`) and by the gateway's Kafka
+//!   producer.
+//! - [`kafka`]: client settings (idempotent producers, `acks=all`) and admin helpers.
+//! - [`pg`]: the Postgres pool, migrations and retry policy.
+//! - [`metrics`]: the process's Prometheus registry (every series of DESIGN.md
+//!   "Observability"), passed down explicitly.
+//! - [`telemetry`]: logs, OpenTelemetry traces and the W3C `traceparent` that carries
+//!   a trace from the gateway through the log to the engine.
+//!
+//! What it must never do: decide anything about stock or orders (that is
+//! `flashsale-core`), or hold state of its own beyond counters.
+
+pub mod bus;
+pub mod kafka;
+pub mod metrics;
+pub mod pg;
+pub mod telemetry;
+
+/// Wall-clock unix milliseconds. The engine's core never calls this: its time is the
+/// log time of each record, stamped by whoever appends the record.
+pub fn now_ms() -> flashsale_proto::UnixMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

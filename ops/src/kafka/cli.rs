@@ -1,0 +1,165 @@
+//! The Kafka-mode subcommands: `topics create`, `engine`, `gateway`, `serve --kafka`.
+
+use super::topics::{self, TopicSpec};
+use super::{Extras, GatewayParams, KafkaParams};
+use crate::cli::{EngineArgs, GatewayArgs, ServeCmd, TopicsAction, TopicsArgs};
+use anyhow::Context;
+use flashsale_engine::actor::SnapshotPolicy;
+use flashsale_engine::kafka::EngineOptions;
+use flashsale_engine::store::{FileSnapshotStore, SnapshotStore};
+use flashsale_proto::Topics;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+pub async fn topics_command(args: TopicsArgs) -> anyhow::Result<()> {
+    match args.action {
+        TopicsAction::Create(a) => {
+            let spec = TopicSpec {
+                topics: Topics::with_prefix(&a.kafka.topic_prefix),
+                partitions: a.partitions,
+                replies_partitions: a.replies_partitions,
+                replication_factor: a.replication_factor,
+                min_insync_replicas: a.min_insync_replicas,
+            };
+            let brokers = a.kafka.kafka.clone();
+            let outcomes = tokio::task::spawn_blocking(move || topics::create(&brokers, &spec))
+                .await
+                .context("topic creation panicked")??;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&outcomes)?);
+            } else {
+                println!("{:<40} {:>10}  status", "topic", "partitions");
+                for o in &outcomes {
+                    println!("{:<40} {:>10}  {}", o.topic, o.partitions, o.status);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn file_store(data_dir: &Path) -> anyhow::Result<Arc<dyn SnapshotStore>> {
+    let dir = data_dir.join("snapshots");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(Arc::new(FileSnapshotStore::new(dir)))
+}
+
+fn snapshot_policy(every_commands: u64, every_secs: u64) -> SnapshotPolicy {
+    SnapshotPolicy {
+        every_commands: every_commands.max(1),
+        every_ms: every_secs.max(1) * 1000,
+    }
+}
+
+pub async fn engine_command(
+    args: EngineArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = match &args.pg.postgres {
+        Some(url) => super::postgres::snapshot_store(url, args.pg.pg_pool_size).await?,
+        None => file_store(&args.data_dir)?,
+    };
+    let opts = EngineOptions {
+        brokers: args.kafka.kafka.clone(),
+        topics: Topics::with_prefix(&args.kafka.topic_prefix),
+        group_id: args.engine.engine_group.clone(),
+        snapshot: snapshot_policy(args.snapshot_every_commands, args.snapshot_every_secs),
+        keep_snapshots: args.keep_snapshots.max(1),
+        max_batch: args.engine.max_batch,
+        linger_ms: args.linger_ms,
+    };
+    super::run_engine(opts, store, args.metrics_listen, shutdown).await
+}
+
+pub async fn gateway_command(
+    args: GatewayArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let gw = GatewayParams {
+        listen: args.listen,
+        admin_token: args.admin_token.clone(),
+        gateway_id: args.gateway_id,
+        reply_deadline_ms: args.reply_deadline_ms,
+        max_in_flight: args.max_in_flight,
+        rate_limit_per_user: args.rate_limit_per_user,
+        rate_limit_burst: args.rate_limit_burst,
+        demo: false,
+    };
+    let k = KafkaParams {
+        brokers: args.kafka.kafka.clone(),
+        topics: Topics::with_prefix(&args.kafka.topic_prefix),
+        linger_ms: args.linger_ms,
+    };
+    let mut extras = Extras::default();
+    if let Some(url) = &args.pg.postgres {
+        extras.orders = Some(super::postgres::order_source(url, args.pg.pg_pool_size).await?);
+    }
+    super::serve(gw, k, extras, "gateway", shutdown).await
+}
+
+/// `serve`: embedded without `--kafka`, else engine + gateway (+ projector with
+/// `--postgres`) in one process.
+pub async fn serve_command(
+    cmd: ServeCmd,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let ServeCmd { args, kafka } = cmd;
+    if kafka.kafka.is_none() {
+        return crate::serve::serve(args, shutdown).await;
+    }
+    let (gw, k, extras) = serve_parts(&args, &kafka).await?;
+    super::serve(gw, k, extras, "serve", shutdown).await
+}
+
+/// The pieces of `serve --kafka` (tests start them in-process with [`node::start`]).
+pub async fn serve_parts(
+    args: &crate::cli::ServeArgs,
+    kafka: &crate::cli::ServeKafkaArgs,
+) -> anyhow::Result<(GatewayParams, KafkaParams, Extras)> {
+    let brokers = kafka
+        .kafka
+        .clone()
+        .context("serve in Kafka mode needs --kafka")?;
+    let topics = Topics::with_prefix(&kafka.topic_prefix);
+    let store = match &kafka.postgres {
+        Some(url) => super::postgres::snapshot_store(url, kafka.pg_pool_size).await?,
+        None => file_store(&args.data_dir)?,
+    };
+    let engine = EngineOptions {
+        brokers: brokers.clone(),
+        topics: topics.clone(),
+        group_id: kafka.engine.engine_group.clone(),
+        snapshot: snapshot_policy(args.snapshot_every_commands, args.snapshot_every_secs),
+        keep_snapshots: args.keep_snapshots.max(1),
+        max_batch: kafka.engine.max_batch,
+        linger_ms: kafka.linger_ms,
+    };
+    let mut extras = Extras {
+        engine: Some((engine, store)),
+        create_topics: Some(TopicSpec {
+            topics: topics.clone(),
+            partitions: args.partitions,
+            replies_partitions: kafka.replies_partitions.max(args.gateway_id + 1),
+            replication_factor: 1,
+            min_insync_replicas: 1,
+        }),
+        ..Extras::default()
+    };
+    if let Some(url) = &kafka.postgres {
+        extras.orders = Some(super::postgres::order_source(url, kafka.pg_pool_size).await?);
+        // One registry for the node, the projector's counters included.
+        let metrics = Arc::new(flashsale_runtime::metrics::Metrics::new());
+        let projector =
+            super::postgres::projector(url, kafka.pg_pool_size, &brokers, &topics, &metrics)
+                .await?;
+        extras.sidecars.push(("projector", projector));
+        extras.metrics = Some(metrics);
+    }
+    let k = KafkaParams {
+        brokers,
+        topics,
+        linger_ms: kafka.linger_ms,
+    };
+    Ok((GatewayParams::from(args), k, extras))
+}

@@ -1,0 +1,318 @@
+//! Kafka mode, wired: a gateway (the HTTP API of `flashsale-gateway` over its
+//! [`KafkaBus`] and [`Follower`]), an engine (`flashsale-engine`'s consumer-group host,
+//! [`engine::start`]), or both in one process (`serve --kafka`), plus the projector
+//! sidecar when Postgres is configured.
+//!
+//! - [`topics`]: names, partition counts and configs of `commands`, `events` and
+//!   `replies`; `flashsale topics create`.
+//! - [`cli`]: the `serve --kafka`, `engine`, `gateway` and `topics` subcommands.
+//!
+//! Read-your-writes across the two topics: the engine produces, for every batch it
+//! applies, an event record at the batch's last offset (an empty one if that command
+//! changed nothing), and the follower hands a reply to its request only once the read
+//! model has applied the events up to the reply's offset. A client that got its answer
+//! therefore reads a state at least as new as that answer, as in embedded mode.
+
+pub mod cli;
+mod postgres;
+pub mod topics;
+
+use crate::serve::Running;
+use anyhow::Context;
+use flashsale_engine::kafka::{self as engine, EngineHandle, EngineOptions};
+use flashsale_engine::store::SnapshotStore;
+use flashsale_gateway::api::{self, ApiConfig, AppInner, RateLimit};
+use flashsale_gateway::dispatch::{DispatchConfig, Dispatcher, Pending};
+use flashsale_gateway::kafka::{Follower, FollowerOptions, KafkaBus};
+use flashsale_gateway::orders::OrderSource;
+use flashsale_gateway::readmodel::ReadModel;
+use flashsale_proto::Topics;
+use flashsale_runtime::bus::EngineReadiness;
+use flashsale_runtime::metrics::Metrics;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use topics::TopicSpec;
+
+/// The HTTP side of a node.
+#[derive(Debug, Clone)]
+pub struct GatewayParams {
+    pub listen: SocketAddr,
+    pub admin_token: Option<String>,
+    pub gateway_id: u32,
+    pub reply_deadline_ms: u64,
+    pub max_in_flight: usize,
+    pub rate_limit_per_user: u32,
+    pub rate_limit_burst: u32,
+    pub demo: bool,
+}
+
+impl From<&crate::cli::ServeArgs> for GatewayParams {
+    fn from(a: &crate::cli::ServeArgs) -> Self {
+        GatewayParams {
+            listen: a.listen,
+            admin_token: a.admin_token.clone(),
+            gateway_id: a.gateway_id,
+            reply_deadline_ms: a.reply_deadline_ms,
+            max_in_flight: a.max_in_flight,
+            rate_limit_per_user: a.rate_limit_per_user,
+            rate_limit_burst: a.rate_limit_burst,
+            demo: a.demo,
+        }
+    }
+}
+
+/// Where the log is.
+#[derive(Debug, Clone)]
+pub struct KafkaParams {
+    pub brokers: String,
+    pub topics: Topics,
+    pub linger_ms: u32,
+}
+
+/// A background task that runs until its future ends (the order projector of serve
+/// mode); stopped by dropping the task at shutdown.
+pub type Sidecar = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// What else runs in this process besides the gateway.
+#[derive(Default)]
+pub struct Extras {
+    /// Engine options and the snapshot store it uses.
+    pub engine: Option<(EngineOptions, Arc<dyn SnapshotStore>)>,
+    /// Create missing topics first (serve mode).
+    pub create_topics: Option<TopicSpec>,
+    /// Orders from here instead of the read model (Postgres in Kafka mode).
+    pub orders: Option<Arc<dyn OrderSource>>,
+    pub sidecars: Vec<(&'static str, Sidecar)>,
+    /// The process's metrics, when a sidecar records into them too (else a new registry).
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extras")
+            .field("engine", &self.engine.as_ref().map(|e| &e.0))
+            .finish()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("a blocking Kafka call panicked")?
+}
+
+/// Starts a Kafka-mode node: binds `gw.listen`, starts the follower (and the engine
+/// and sidecars of `extras`), serves at once; `/ready` says when the read model (and
+/// the engine, if any) caught up.
+pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow::Result<Running> {
+    let Extras {
+        engine: engine_opts,
+        create_topics,
+        orders,
+        sidecars,
+        metrics,
+    } = extras;
+    if let Some(spec) = create_topics {
+        let brokers = k.brokers.clone();
+        let created = blocking(move || topics::create(&brokers, &spec)).await?;
+        for t in created.iter().filter(|t| t.status == "created") {
+            tracing::info!(topic = %t.topic, partitions = t.partitions, "topic created");
+        }
+    }
+    let (brokers, topics) = (k.brokers.clone(), k.topics.clone());
+    let (partitions, replies_partitions) =
+        blocking(move || topics::check(&brokers, &topics)).await?;
+    let admin_token = gw
+        .admin_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(crate::serve::random_token);
+    let metrics = metrics.unwrap_or_else(|| Arc::new(Metrics::new()));
+    let read = Arc::new(ReadModel::new(partitions, metrics.clone()));
+    let pending = Arc::new(Pending::default());
+
+    let engine: Option<EngineHandle> = match engine_opts {
+        Some((opts, store)) => {
+            let m = metrics.clone();
+            Some(blocking(move || engine::start(opts, store, m)).await?)
+        }
+        None => None,
+    };
+    let engine_ready: Option<Arc<dyn EngineReadiness>> = engine
+        .as_ref()
+        .map(|e| e.status.clone() as Arc<dyn EngineReadiness>);
+
+    let follower_ready = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let opts = FollowerOptions {
+            brokers: k.brokers.clone(),
+            topics: k.topics.clone(),
+            gateway_id: gw.gateway_id,
+            partitions,
+            replies_partitions,
+        };
+        let (read, pending, ready) = (read.clone(), pending.clone(), follower_ready.clone());
+        blocking(move || Follower::start(opts, read, pending, ready)).await?
+    };
+    let bus = Arc::new(KafkaBus::new(
+        &k.brokers,
+        &k.topics,
+        partitions,
+        k.linger_ms,
+        follower_ready,
+        engine_ready,
+    )?);
+    let dispatcher = Dispatcher::new(
+        bus.clone(),
+        pending,
+        DispatchConfig {
+            gateway_id: gw.gateway_id,
+            reply_deadline: Duration::from_millis(gw.reply_deadline_ms),
+            max_in_flight: gw.max_in_flight.max(1),
+        },
+    );
+    let orders: Arc<dyn OrderSource> = orders.unwrap_or_else(|| read.clone());
+    let app = AppInner::new(
+        dispatcher,
+        read,
+        orders,
+        metrics,
+        ApiConfig {
+            admin_token: admin_token.clone(),
+            rate_limit: RateLimit {
+                per_second: gw.rate_limit_per_user,
+                burst: gw.rate_limit_burst,
+            },
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(gw.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another server using it? pass --listen",
+                gw.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = api::router(app.clone());
+    let mut background = Vec::new();
+    {
+        let app = app.clone();
+        background.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                app.housekeeping();
+            }
+        }));
+    }
+    for (name, task) in sidecars {
+        background.push(tokio::spawn(async move {
+            if let Err(e) = task.await {
+                tracing::error!(task = name, error = %format!("{e:#}"), "background task stopped");
+            }
+        }));
+    }
+    if gw.demo {
+        let app = app.clone();
+        tokio::spawn(async move { crate::serve::create_demo_sale(&app).await });
+    }
+    let done = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .context("HTTP server failed");
+        for t in background {
+            t.abort();
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            bus.close(Duration::from_secs(5));
+            follower.stop();
+            if let Some(e) = engine {
+                e.stop();
+            }
+        })
+        .await;
+        served
+    });
+    Ok(Running {
+        addr,
+        admin_token,
+        app,
+        stop,
+        done,
+    })
+}
+
+/// Runs a node until `shutdown` resolves, printing where it listens.
+pub async fn serve(
+    gw: GatewayParams,
+    k: KafkaParams,
+    extras: Extras,
+    what: &str,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let generated = gw.admin_token.as_deref().is_none_or(str::is_empty);
+    let brokers = k.brokers.clone();
+    let running = start(gw, k, extras).await?;
+    println!(
+        "flashsale {what} listening on http://{} (Kafka mode, brokers {brokers})",
+        running.addr
+    );
+    if generated {
+        println!(
+            "admin token (generated for this run; set --admin-token to fix it): {}",
+            running.admin_token
+        );
+    }
+    shutdown.await;
+    tracing::info!("shutting down: finishing requests, letting partitions go");
+    running.stop().await
+}
+
+/// Runs an engine alone until `shutdown` resolves (or the engine stops by itself).
+pub async fn run_engine(
+    opts: EngineOptions,
+    store: Arc<dyn SnapshotStore>,
+    metrics_listen: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let metrics_server = match metrics_listen {
+        Some(addr) => {
+            Some(flashsale_runtime::telemetry::serve_metrics(addr, metrics.clone()).await?)
+        }
+        None => None,
+    };
+    let (group, brokers) = (opts.group_id.clone(), opts.brokers.clone());
+    let handle = blocking(move || engine::start(opts, store, metrics)).await?;
+    println!("flashsale engine running (group {group}, brokers {brokers})");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if !handle.is_running() {
+                    anyhow::bail!("the engine thread stopped");
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: letting partitions go");
+    tokio::task::spawn_blocking(move || handle.stop())
+        .await
+        .context("engine shutdown panicked")?;
+    if let Some(s) = metrics_server {
+        s.abort();
+    }
+    Ok(())
+}

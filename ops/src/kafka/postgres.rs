@@ -1,0 +1,51 @@
+//! The Postgres parts Kafka mode plugs in (`flashsale_runtime::pg`): the snapshot store of
+//! the engine, the order reads of the gateway, and the projector of `serve`.
+
+use super::Sidecar;
+use crate::projector::{self, ProjectorConfig};
+use flashsale_engine::pg::PgSnapshotStore;
+use flashsale_engine::store::SnapshotStore;
+use flashsale_gateway::orders::OrderSource;
+use flashsale_gateway::pg_orders::PgOrders;
+use flashsale_proto::Topics;
+use flashsale_runtime::pg::{self, Retry};
+use std::sync::Arc;
+
+/// A pool with the schema migrated (waits, with backoff, for Postgres to come up).
+async fn pool(url: &str, pool_size: usize) -> anyhow::Result<pg::Pool> {
+    let pool = pg::connect(url, pool_size)?;
+    Retry::FOREVER
+        .run("migrate", || pg::migrate(&pool))
+        .await
+        .map_err(|e| anyhow::anyhow!("Postgres migration failed: {e}"))?;
+    Ok(pool)
+}
+
+/// Snapshots in Postgres; its blocking calls run on this runtime.
+pub async fn snapshot_store(url: &str, pool_size: usize) -> anyhow::Result<Arc<dyn SnapshotStore>> {
+    Ok(Arc::new(PgSnapshotStore::new(pool(url, pool_size).await?)))
+}
+
+/// `GET /api/v1/orders/…` from the projected tables.
+pub async fn order_source(url: &str, pool_size: usize) -> anyhow::Result<Arc<dyn OrderSource>> {
+    Ok(Arc::new(PgOrders::new(pool(url, pool_size).await?)))
+}
+
+/// The order projector as a background task (stopped by aborting it; its progress is
+/// transactional, so stopping anywhere loses nothing).
+pub async fn projector(
+    url: &str,
+    pool_size: usize,
+    brokers: &str,
+    topics: &Topics,
+    metrics: &Arc<flashsale_runtime::metrics::Metrics>,
+) -> anyhow::Result<Sidecar> {
+    let pool = pool(url, pool_size).await?;
+    let mut config = ProjectorConfig::new(brokers.to_string(), topics.events.clone());
+    config.metrics = Some(metrics.clone());
+    Ok(Box::pin(projector::run_projector(
+        config,
+        pool,
+        futures::future::pending(),
+    )))
+}

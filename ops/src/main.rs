@@ -1,0 +1,105 @@
+//! `flashsale`: parse the command line, set up logging, run the subcommand.
+
+use clap::Parser;
+use flashsale_ops::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    // Inside the runtime: the gRPC trace exporter needs it.
+    let telemetry = {
+        let _rt = runtime.enter();
+        flashsale_runtime::telemetry::init(
+            &cli.log,
+            cli.log_format,
+            &cli.telemetry,
+            service_name(&cli.command),
+        )
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(cmd) => {
+                flashsale_ops::kafka::cli::serve_command(cmd, shutdown_signal()).await
+            }
+            Command::Topics(args) => flashsale_ops::kafka::cli::topics_command(args).await,
+            Command::Engine(args) => {
+                flashsale_ops::kafka::cli::engine_command(args, shutdown_signal()).await
+            }
+            Command::Gateway(args) => {
+                flashsale_ops::kafka::cli::gateway_command(args, shutdown_signal()).await
+            }
+            Command::Replay(args) => flashsale_ops::operator::replay_command(args).await,
+            Command::Audit(args) => flashsale_ops::operator::audit_command(args).await,
+            Command::Snapshot(args) => flashsale_ops::operator::snapshot_command(args).await,
+            Command::Migrate(args) => flashsale_ops::projector::cli::migrate_command(args).await,
+            Command::Projector(args) => {
+                flashsale_ops::projector::cli::projector_command(args, shutdown_signal()).await
+            }
+        }
+    });
+    // Export the spans still buffered, while the runtime is still there.
+    telemetry.shutdown();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // A tool that ran and found problems (audit, verify) exits 1; errors exit 2.
+        Err(e)
+            if e.downcast_ref::<flashsale_ops::operator::ProblemsFound>()
+                .is_some() =>
+        {
+            eprintln!("{e}");
+            std::process::ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// The `service.name` of this process's traces.
+fn service_name(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::Serve(_) => "flashsale",
+        Command::Engine(_) => "flashsale-engine",
+        Command::Gateway(_) => "flashsale-gateway",
+        Command::Projector(_) => "flashsale-projector",
+        _ => "flashsale-cli",
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

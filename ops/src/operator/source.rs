@@ -1,0 +1,263 @@
+//! Where the operators' tools read from: the command log (embedded files or the Kafka
+//! `commands` topic) and the snapshot store (files or Postgres).
+
+use anyhow::{bail, Context};
+use clap::Args;
+use flashsale_engine::log::{LogRecord, PartitionLog};
+use flashsale_engine::store::{FileSnapshotStore, SnapshotStore};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which deployment to inspect: an embedded data directory (the default), or Kafka
+/// (+ Postgres for snapshots and orders).
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Embedded mode: the server's data directory (read only; a running server is fine).
+    #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Kafka mode: bootstrap servers. Set, the command log is read from Kafka.
+    #[arg(long, env = "FLASHSALE_KAFKA")]
+    pub kafka: Option<String>,
+    /// Kafka mode: Postgres URL (snapshots; orders for `audit`).
+    #[arg(long, env = "FLASHSALE_POSTGRES", hide_env_values = true)]
+    pub postgres: Option<String>,
+    /// Kafka mode: prefix of the topic names.
+    #[arg(
+        long = "topic-prefix",
+        env = "FLASHSALE_TOPIC_PREFIX",
+        default_value = "flashsale."
+    )]
+    pub topic_prefix: String,
+}
+
+/// Sequential access to one partition's command records.
+pub trait CommandLog: Send {
+    fn partitions(&self) -> u32;
+    /// `[first, end)`: the oldest offset still kept and the next offset to be written.
+    fn bounds(&mut self, partition: u32) -> anyhow::Result<(u64, u64)>;
+    /// Feeds records from `from` (up to the end seen when called) to `f` until it
+    /// returns false.
+    fn scan(
+        &mut self,
+        partition: u32,
+        from: u64,
+        f: &mut dyn FnMut(LogRecord) -> bool,
+    ) -> anyhow::Result<()>;
+}
+
+pub struct Sources {
+    pub log: Box<dyn CommandLog>,
+    pub store: Arc<dyn SnapshotStore>,
+    pub pool: Option<flashsale_runtime::pg::Pool>,
+    pub describe: String,
+}
+
+impl SourceArgs {
+    /// Opens the log and the snapshot store. Must be called inside the tokio runtime
+    /// (the Postgres store keeps its handle); use the result from blocking code.
+    pub async fn open(&self) -> anyhow::Result<Sources> {
+        match &self.kafka {
+            None => {
+                let log = EmbeddedLog::open(self.data_dir.clone())?;
+                let store = Arc::new(FileSnapshotStore::new(self.data_dir.join("snapshots")));
+                Ok(Sources {
+                    describe: format!("embedded data dir {}", self.data_dir.display()),
+                    log: Box::new(log),
+                    store,
+                    pool: None,
+                })
+            }
+            Some(brokers) => {
+                let topic = format!("{}commands", self.topic_prefix);
+                let log = KafkaLog::open(brokers, &topic)?;
+                let (store, pool): (Arc<dyn SnapshotStore>, _) = match &self.postgres {
+                    Some(url) => {
+                        let pool = flashsale_runtime::pg::connect(url, 4)
+                            .context("connecting to Postgres")?;
+                        (
+                            Arc::new(flashsale_engine::pg::PgSnapshotStore::new(pool.clone())),
+                            Some(pool),
+                        )
+                    }
+                    None => (
+                        Arc::new(FileSnapshotStore::new(self.data_dir.join("snapshots"))),
+                        None,
+                    ),
+                };
+                Ok(Sources {
+                    describe: format!("Kafka {brokers}, topic {topic}"),
+                    log: Box::new(log),
+                    store,
+                    pool,
+                })
+            }
+        }
+    }
+}
+
+/// The embedded log files of a data directory.
+pub struct EmbeddedLog {
+    dir: PathBuf,
+    partitions: u32,
+}
+
+impl EmbeddedLog {
+    pub fn open(dir: PathBuf) -> anyhow::Result<Self> {
+        let meta_path = dir.join("flashsale.json");
+        let bytes = std::fs::read(&meta_path).with_context(|| {
+            format!("{} not found: is {} a flashsale data directory? pass --data-dir (or --kafka for Kafka mode)", meta_path.display(), dir.display())
+        })?;
+        let meta: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not JSON", meta_path.display()))?;
+        let partitions = meta
+            .get("partitions")
+            .and_then(|v| v.as_u64())
+            .context("flashsale.json has no partition count")? as u32;
+        Ok(EmbeddedLog { dir, partitions })
+    }
+    fn open_partition(&self, partition: u32) -> anyhow::Result<PartitionLog> {
+        if partition >= self.partitions {
+            bail!(
+                "unknown partition {partition}: this data directory has partitions 0-{}",
+                self.partitions - 1
+            );
+        }
+        Ok(PartitionLog::open_read_only(
+            &self.dir.join("log"),
+            partition,
+        )?)
+    }
+}
+
+impl CommandLog for EmbeddedLog {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+    fn bounds(&mut self, partition: u32) -> anyhow::Result<(u64, u64)> {
+        let log = self.open_partition(partition)?;
+        Ok((log.first_offset(), log.next_offset()))
+    }
+    fn scan(
+        &mut self,
+        partition: u32,
+        from: u64,
+        f: &mut dyn FnMut(LogRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        let log = self.open_partition(partition)?;
+        for rec in log.reader_from(from)? {
+            if !f(rec?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A partition of the Kafka `commands` topic, read with a plain consumer (no group).
+pub struct KafkaLog {
+    consumer: rdkafka::consumer::BaseConsumer,
+    topic: String,
+    partitions: u32,
+}
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl KafkaLog {
+    pub fn open(brokers: &str, topic: &str) -> anyhow::Result<Self> {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "flashsale-operator")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .context("creating a Kafka consumer")?;
+        let md = consumer
+            .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+            .with_context(|| {
+                format!("cannot reach the Kafka broker at {brokers}: is it running? check --kafka")
+            })?;
+        let partitions = md
+            .topics()
+            .first()
+            .map(|t| t.partitions().len() as u32)
+            .unwrap_or(0);
+        if partitions == 0 {
+            bail!("topic {topic} does not exist on {brokers}: check --topic-prefix, or create it with `flashsale topics create`");
+        }
+        Ok(KafkaLog {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+        })
+    }
+}
+
+impl CommandLog for KafkaLog {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+    fn bounds(&mut self, partition: u32) -> anyhow::Result<(u64, u64)> {
+        use rdkafka::consumer::Consumer;
+        if partition >= self.partitions {
+            bail!(
+                "unknown partition {partition}: topic {} has partitions 0-{}",
+                self.topic,
+                self.partitions - 1
+            );
+        }
+        let (lo, hi) = self
+            .consumer
+            .fetch_watermarks(&self.topic, partition as i32, KAFKA_TIMEOUT)
+            .context("reading the partition's offsets from Kafka")?;
+        Ok((lo.max(0) as u64, hi.max(0) as u64))
+    }
+    fn scan(
+        &mut self,
+        partition: u32,
+        from: u64,
+        f: &mut dyn FnMut(LogRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::Message;
+        let (_, end) = self.bounds(partition)?;
+        if from >= end {
+            return Ok(());
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &self.topic,
+            partition as i32,
+            rdkafka::Offset::Offset(from as i64),
+        )?;
+        self.consumer.assign(&tpl)?;
+        let mut idle = 0;
+        loop {
+            match self.consumer.poll(Duration::from_millis(500)) {
+                None => {
+                    idle += 1;
+                    if idle > 60 {
+                        bail!("no records from {} partition {partition} for 30 s (next expected offset below {end})", self.topic);
+                    }
+                }
+                Some(Err(e)) => bail!("reading {} partition {partition}: {e}", self.topic),
+                Some(Ok(m)) => {
+                    idle = 0;
+                    let offset = m.offset() as u64;
+                    let rec = LogRecord {
+                        offset,
+                        log_time: m.timestamp().to_millis().unwrap_or(0).max(0) as u64,
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                    };
+                    if !f(rec) || offset + 1 >= end {
+                        break;
+                    }
+                }
+            }
+        }
+        self.consumer.unassign()?;
+        Ok(())
+    }
+}
