@@ -31,8 +31,8 @@ bench: ## engine core micro-benchmarks (criterion)
 bench-compare: ## flashsale vs the Postgres and Redis baselines, one scenario, one run
 	bash benches/scripts/bench-compare.sh
 
-services-up: ## start Kafka + Postgres on 127.0.0.1, write .services.env
+services-up: ## start Kafka + Postgres on 127.0.0.1, write .services.env (FLASHSALE_KAFKA_BROKERS=3: a 3-broker cluster)
 	bash ops/services-up.sh
 
-services-down: ## stop them
+services-down: ## stop them and delete their data (every topic, the database) and .services.env
 	bash ops/services-down.sh

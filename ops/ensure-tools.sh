@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need when it is missing (Debian packages):
 # a Rust toolchain, a C/C++ toolchain and cmake (vendored librdkafka), Java 17 and
-# Maven (Apache Kafka), PostgreSQL 15 (ops/postgres/start.sh installs it itself).
+# Maven (Apache Kafka), Debian's `chromium` (browser tests of the console and of the
+# bench HTML report), `wrk` (benches/scripts), PostgreSQL 15 (ops/postgres/start.sh
+# installs it itself).
 # Usage: ops/ensure-tools.sh
+# Skips everything that is already there (one `command -v` per tool); otherwise runs
+# `apt-get update` first (a fresh image has no package lists), then one quiet
+# `apt-get install` of what is missing. Needs root. Debian package names (on Ubuntu,
+# `chromium` is a snap wrapper; install a real Chromium yourself there).
 set -euo pipefail
+case ${1:-} in
+-h | --help)
+  sed -n '2,/^[^#]/{/^#/!q;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
+  exit 0
+  ;;
+esac
 missing=()
 command -v cargo >/dev/null || missing+=(cargo rustc)
 command -v cc >/dev/null || missing+=(build-essential)
@@ -13,10 +25,15 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v wrk >/dev/null || missing+=(wrk)
 if ((${#missing[@]})); then
-  echo "ensure-tools: installing ${missing[*]}" >&2
+  echo "ensure-tools: installing ${missing[*]} (apt-get update, then apt-get install)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  t0=$SECONDS
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
+  echo "ensure-tools: installed ${missing[*]} in $((SECONDS - t0))s" >&2
 fi
-echo "ensure-tools: $(cargo --version), $(java -version 2>&1 | head -1)" >&2
+echo "ensure-tools: $(cargo --version), $(java -version 2>&1 | head -1)," \
+  "$(chromium --version 2>/dev/null | head -1), $(wrk --version 2>&1 | head -1)" >&2
