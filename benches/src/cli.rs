@@ -66,6 +66,62 @@ pub struct Cli {
 pub enum Command {
     /// Put several JSON reports side by side, as ratios to a reference target.
     Compare(CompareArgs),
+    /// Render bench-compare.sh's measurements (TARGET<TAB>METRIC<TAB>VALUE lines, one per
+    /// round) as one table of medians and ratios.
+    SideBySide(SideBySideArgs),
+}
+
+/// Flags of `side-by-side`.
+#[derive(Debug, Args)]
+pub struct SideBySideArgs {
+    /// The measurements file.
+    pub input: PathBuf,
+    /// Target the holds/s ratios are relative to.
+    #[arg(long, default_value = "flashsale-embedded")]
+    pub reference: String,
+    /// The find-max SLO, for the legend, ms.
+    #[arg(long, default_value_t = 50.0)]
+    pub slo_p99_ms: f64,
+    /// Write the rows as JSON here.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+}
+
+/// `side-by-side`: prints the table; returns the exit code.
+pub fn side_by_side_command(args: &SideBySideArgs) -> Result<u8, BenchError> {
+    use crate::side_by_side;
+    let text = std::fs::read_to_string(&args.input)
+        .map_err(|e| BenchError::Report(format!("{}: {e}", args.input.display())))?;
+    let mut m = side_by_side::parse(&text)?;
+    for t in m.values_mut() {
+        for path in t.find_max_reports.clone() {
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| Report::from_json(&text).map_err(|e| e.to_string()))
+            {
+                Ok(r) => t.add_find_max(&r),
+                Err(e) => t.notes.push(format!("find-max report {path}: {e}")),
+            }
+        }
+    }
+    print!(
+        "{}",
+        side_by_side::render(&m, &args.reference, args.slo_p99_ms)
+    );
+    if let Some(p) = &args.json_out {
+        let rows = side_by_side::rows(&m, &args.reference);
+        write_file(
+            p,
+            &serde_json::to_string_pretty(&serde_json::json!({
+                "reference": args.reference,
+                "rows": rows,
+                "measured": m,
+            }))
+            .map_err(|e| BenchError::Report(e.to_string()))?,
+        )?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(EXIT_OK)
 }
 
 /// Flags of a load run.
