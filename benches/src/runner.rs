@@ -192,14 +192,17 @@ impl Recorder {
         }
         let c = &self.crowd;
         let shed_ok = c.shed - c.shed_without_retry_after;
-        let not_answered = c.sent - c.goodput() - shed_ok;
+        // Every crowd user arrives once, so the crowd's size is exact; requests never sent
+        // (or never answered) before the phase's hard deadline are not in `c` at all.
+        let buyers = u64::from(scenario.crowd_users());
+        let not_answered = buyers.saturating_sub(c.goodput() + shed_ok);
         Some(CrowdReport {
-            buyers: c.sent,
+            buyers,
             held: c.ok,
             decided_409: c.conflicts,
             shed_with_retry_after: shed_ok,
             not_answered,
-            every_buyer_answered: not_answered == 0 && c.sent == u64::from(scenario.crowd_users()),
+            every_buyer_answered: not_answered == 0,
             admitted_latency_ms: LatencySummary::of(&c.admitted_latency_us),
             shed_latency_ms: LatencySummary::of(&c.shed_latency_us),
             hot_sku_units: scenario.inventory_per_product,
