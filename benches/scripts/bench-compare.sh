@@ -425,7 +425,7 @@ if wanted postgres; then
 fi
 
 echo
-"$BENCH" side-by-side "$tsv" --slo-p99-ms "$slo" --json-out "$results/table.json" |
+"$BENCH" side-by-side "$tsv" --slo-p99-ms "$slo" --json-out "$results/table.json" 2>"$results/side-by-side.log" |
 	tee "$results/table.txt" || fail "side-by-side failed"
 echo "rounds: $rounds, $secs s per wrk row$( ((quick)) && echo ' (--quick: a smoke run, not figures)'); results: $results"
 ((failed == 0)) || exit 2

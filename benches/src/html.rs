@@ -755,6 +755,12 @@ fn find_max_section(fm: &crate::report::FindMaxReport) -> String {
     o.push_str("</table>\n");
     let mut steps = fm.steps.clone();
     steps.sort_by(|a, b| a.write_rate_per_s.total_cmp(&b.write_rate_per_s));
+    // A repeated step (a failure being confirmed) is one rate: a line needs two.
+    let mut rates: Vec<f64> = steps.iter().map(|s| s.write_rate_per_s).collect();
+    rates.dedup();
+    if rates.len() < 2 {
+        return o;
+    }
     let offered: Vec<(f64, f64)> = steps
         .iter()
         .map(|s| (s.write_rate_per_s, s.write_rate_per_s))
