@@ -1,63 +1,112 @@
 #!/usr/bin/env bash
-# benches/scripts/bench-compare.sh - flashsale against the designs it replaces, side by side,
-# in one run on this machine (what `make bench-compare` runs).
+# benches/scripts/bench-compare.sh - flashsale side by side with the designs it replaces
+# (issue 11), in one run on this machine, printed as ONE table. `make bench-compare`.
 #
-# Usage: benches/scripts/bench-compare.sh [--quick] [--help]
+# Usage: benches/scripts/bench-compare.sh [--rounds N] [--secs S] [--quick] [--only LIST]
+#   --rounds N   rounds per target; the table shows medians [3; 1 with --quick]
+#   --secs S     seconds per wrk row [15; 3 with --quick]
+#   --quick      a smoke run: short wrk rows, a three-step find-max
+#   --only LIST  targets to run, comma-separated: embedded,kafka,redis,postgres [all]
 #
-# Targets, each started here on 127.0.0.1 and stopped after its runs:
-#   flashsale-kafka     flashsale serve --kafka --postgres (only when .services.env gives
-#                       FLASHSALE_KAFKA and the binary accepts --kafka; else "skipped: ...")
-#   flashsale-embedded  flashsale serve (embedded mode, throwaway data dir)
-#   baseline-postgres   the seed's design (needs Postgres: FLASHSALE_POSTGRES, else
-#                       ops/postgres/start.sh is tried)
+# Per target and round, the server is started fresh on 127.0.0.1 (its own data dir, or
+# topics and database, or schema), with the per-user rate limit off, a sale of one SKU of
+# 10^9 units is created, and then:
+#   1. wrk (closed loop, 2 threads, 64 connections) on /health (the HTTP ceiling of the
+#      same binary) and on the availability read of the SKU;
+#   2. wrk POST /api/v1/reservations at 64 and at 256 connections, a new userId per
+#      request (benches/scripts/wrk-reserve.lua): holds/s = 201 answers/s, wrk's p50/p99,
+#      and the server's CPU per hold from /proc/<pid>/stat (utime + stime);
+#   3. flashsale-bench --find-max on benches/scenarios/capacity.toml (open loop, the
+#      highest write rate with reservation p99 <= the SLO).
+# Then `flashsale-bench side-by-side` prints the medians with ratios (holds/s to flashsale
+# embedded at the same connections, reads to /health of the same server).
+#
+# Targets (each skipped with a note when its service is missing):
+#   flashsale-embedded  flashsale serve (embedded mode)
+#   flashsale-kafka     flashsale serve --kafka --postgres: needs FLASHSALE_KAFKA and
+#                       FLASHSALE_POSTGRES from .services.env (make services-up); each round
+#                       on topics prefixed fsbench<time>r<round>. and a database of that name
 #   baseline-redis      one Lua script per reservation (Redis from ops/redis/start.sh)
-# Per target: the scenario run (benches/scenarios/flash-crowd.toml: one hot SKU, 10 reads
-# per write, a flash crowd at the start), with the read ceiling (/health vs availability),
-# then --find-max on benches/scenarios/capacity.toml (sustained hot-SKU writes/s within
-# the p99 SLO, no reads). Then `flashsale-bench compare` prints the ratio table,
-# relative to flashsale in Kafka mode (embedded when Kafka is skipped).
+#   baseline-postgres   the seed's design (FLASHSALE_POSTGRES, else ops/postgres/start.sh)
 #
-# Writes to the results dir: <target>.json/.html (scenario), <target>-max.json/.html
-# (find-max), compare.json/.html/.txt, and each server's log.
-# Builds the binaries in release mode first, with CARGO_TARGET_DIR (default
-# ~/.cache/flashsale-target). The runs take about 4 minutes on 2 cores (--quick: about 1),
-# plus the build.
+# Installs Debian's wrk with apt-get when it is missing. Builds the binaries in release
+# mode first (`cargo build --release --bin flashsale` from the workspace root, whichever
+# crate holds it, and the bench crate's binaries) with CARGO_TARGET_DIR (default
+# ~/.cache/flashsale-target). A full run is about 100 s per target and round (20 minutes
+# for 4 targets x 3 rounds), plus the build: run it on an otherwise idle machine, or the
+# figures measure the neighbours too. The load generator shares the machine with the
+# server (as in issue 11).
 #
 # Environment (defaults in brackets):
-#   FLASHSALE_BENCH_RESULTS   results dir [target/bench-results/<UTC time>]
+#   FLASHSALE_BENCH_RESULTS     results dir [target/bench-results/<UTC time>]
 #   FLASHSALE_BENCH_SLO_P99_MS  p99 SLO of --find-max [50]
-#   FLASHSALE_BIN             use this flashsale binary instead of building it [release build]
-#   FLASHSALE_KAFKA, FLASHSALE_POSTGRES   as written by ops/services-up.sh to .services.env
-# Kafka mode runs on topics prefixed fsbench<time>. and a database of the same name
-# (dropped at the end; the topics stay in the throwaway broker).
-# Exit status: 0 clean, 1 when any run found correctness violations, 2 when a run or the
-# set-up failed (targets skipped for want of a service do not count).
+#   FLASHSALE_BIN               use this flashsale binary, do not build it
+#   FLASHSALE_BENCH_NO_BUILD=1  use the binaries already in $CARGO_TARGET_DIR/release
+#   FLASHSALE_KAFKA, FLASHSALE_POSTGRES   as ops/services-up.sh writes to .services.env
+# Writes to the results dir: measurements.tsv (one line per figure and round), table.txt
+# and table.json, each find-max report (.json/.html), each server's log.
+# Exit status: 0 clean, 1 when a find-max found correctness violations, 2 when a run or
+# the set-up failed (targets skipped for want of a service do not count).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-# shellcheck disable=SC2034 # read by lib.sh
-OPS_NAME=bench-compare
-# shellcheck source-path=SCRIPTDIR source=../../ops/lib.sh
-. "$REPO/ops/lib.sh"
+NAME=bench-compare
 
+# --- helpers (self-contained: this script does not depend on ops/ internals) ---
+log() { printf '[%s] %s\n' "$NAME" "$*" >&2; }
+warn() { printf '[%s] WARNING: %s\n' "$NAME" "$*" >&2; }
 # Set-up failures exit 2, so that 1 keeps meaning "correctness violations".
 fail() {
-	printf '[%s] ERROR: %s\n' "$OPS_NAME" "$*" >&2
+	printf '[%s] ERROR: %s\n' "$NAME" "$*" >&2
 	exit 2
 }
+usage() { sed -n '2,/^[^#]/{/^#/!q;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+abs_path() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "$(pwd)" "$1" ;; esac }
+alive() { kill -0 "$1" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
+# stop PID: SIGTERM, up to 15 s, then SIGKILL. Only ever called on pids started here.
+stop_pid() {
+	local pid=$1 i
+	alive "$pid" || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 75; i++)); do
+		alive "$pid" || return 0
+		sleep 0.2
+	done
+	warn "pid $pid still alive after 15 s: SIGKILL"
+	kill -KILL "$pid" 2>/dev/null || true
+}
 
-quick=0
-for arg in "$@"; do
-	case $arg in
+rounds="" secs="" quick=0 only=embedded,kafka,redis,postgres
+while (($#)); do
+	case $1 in
 	-h | --help)
-		usage_from_header "${BASH_SOURCE[0]}"
+		usage
 		exit 0
 		;;
 	--quick) quick=1 ;;
-	*) die "unknown argument: $arg (see --help)" ;;
+	--rounds)
+		rounds=${2:?--rounds needs a number}
+		shift
+		;;
+	--secs)
+		secs=${2:?--secs needs a number}
+		shift
+		;;
+	--only)
+		only=${2:?--only needs a list}
+		shift
+		;;
+	*) fail "unknown argument: $1 (see --help)" ;;
 	esac
+	shift
 done
+((quick)) && rounds=${rounds:-1} secs=${secs:-3}
+rounds=${rounds:-3} secs=${secs:-15}
+[[ $rounds =~ ^[1-9][0-9]?$ ]] || fail "--rounds must be 1..99, got $rounds"
+[[ $secs =~ ^[1-9][0-9]*$ ]] || fail "--secs must be a whole number of seconds, got $secs"
+wanted() { [[ ,$only, == *,$1,* ]]; }
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/flashsale-target}
 # The services' addresses are read, not exported: `flashsale serve` takes FLASHSALE_KAFKA
@@ -72,238 +121,312 @@ unset FLASHSALE_KAFKA FLASHSALE_POSTGRES
 
 results=$(abs_path "${FLASHSALE_BENCH_RESULTS:-$REPO/target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}")
 mkdir -p "$results"
+tsv=$results/measurements.tsv
+: >"$tsv"
 slo=${FLASHSALE_BENCH_SLO_P99_MS:-50}
 token=bench-$(od -An -tx8 -N8 /dev/urandom | tr -d ' \n')
+clk_tck=$(getconf CLK_TCK)
 
+# --- tools and binaries ---
+if ! command -v wrk >/dev/null; then
+	log "wrk not found: installing Debian's package"
+	if ((EUID == 0)); then
+		apt-get install -y wrk >&2 || { apt-get update >&2 && apt-get install -y wrk >&2; } ||
+			fail "could not install wrk"
+	else
+		sudo apt-get install -y wrk >&2 || fail "could not install wrk (apt-get install wrk)"
+	fi
+fi
 bin=$CARGO_TARGET_DIR/release
 BENCH=$bin/flashsale-bench
-if [[ -n ${FLASHSALE_BIN:-} ]]; then
-	FLASHSALE=$(abs_path "$FLASHSALE_BIN")
-	packages=(-p flashsale-bench)
-else
-	FLASHSALE=$bin/flashsale
-	packages=(-p flashsale-bench -p flashsale-gateway)
+FLASHSALE=${FLASHSALE_BIN:+$(abs_path "$FLASHSALE_BIN")}
+FLASHSALE=${FLASHSALE:-$bin/flashsale}
+if [[ ${FLASHSALE_BENCH_NO_BUILD:-} != 1 ]]; then
+	log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+	(cd "$REPO" && cargo build --release -p flashsale-bench --bins) >&2 || fail "cargo build (bench) failed"
+	if [[ -z ${FLASHSALE_BIN:-} ]]; then
+		# Whichever workspace crate holds the `flashsale` binary.
+		(cd "$REPO" && cargo build --release --bin flashsale) >&2 || fail "cargo build --bin flashsale failed"
+	fi
 fi
-log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-(cd "$REPO" && cargo build --release "${packages[@]}" --bins) >&2 ||
-	fail "cargo build failed"
 for b in "$BENCH" "$FLASHSALE" "$bin/baseline-postgres" "$bin/baseline-redis"; do
 	[[ -x $b ]] || fail "missing binary $b"
 done
 
-# Scenario and find-max knobs; --quick shortens everything for a smoke run.
-scenario=(--scenario "$REPO/benches/scenarios/flash-crowd.toml")
-capacity=(--scenario "$REPO/benches/scenarios/capacity.toml" --find-max --slo-p99-ms "$slo"
-	--find-max-start 200 --find-max-factor 1.6)
-if ((quick)); then
-	scenario+=(--duration-secs 3 --warmup-secs 1 --read-ceiling-secs 1)
-	capacity+=(--find-max-step-secs 1.5 --find-max-steps 3 --find-max-refine 0 --warmup-secs 1)
-else
-	scenario+=(--read-ceiling-secs 2)
-	capacity+=(--find-max-step-secs 3 --find-max-steps 10 --find-max-refine 1)
-fi
-common=(--admin-token "$token" --progress plain)
-
-# --- processes this script starts (only these are ever stopped) ---
+# --- processes and state this script creates (only these are ever stopped or dropped) ---
 server_pid=""
 started_redis=0
 started_postgres=0
-bench_db=""
+dbs=()
 cleanup() {
-	if [[ -n $server_pid ]]; then
-		kill_bounded "$server_pid" 15 "server" || true
-		server_pid=""
-	fi
-	if [[ -n $bench_db ]]; then
-		psql "$postgres" -qc "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >&2 || true
-	fi
-	if ((started_redis)); then
-		"$REPO/ops/redis/stop.sh" >&2 || true
-	fi
-	if ((started_postgres)); then
-		"$REPO/ops/postgres/stop.sh" >&2 || true
-	fi
+	[[ -n $server_pid ]] && stop_pid "$server_pid"
+	server_pid=""
+	for db in "${dbs[@]}"; do
+		psql "$postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >&2 2>/dev/null || true
+	done
+	((started_redis)) && { "$REPO/ops/redis/stop.sh" >&2 || true; }
+	((started_postgres)) && { "$REPO/ops/postgres/stop.sh" >&2 || true; }
+	return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 next_port=18181
 free_port() {
-	while port_open "$next_port"; do
-		next_port=$((next_port + 1))
-	done
+	while port_open "$next_port"; do next_port=$((next_port + 1)); done
 	echo "$next_port"
 	next_port=$((next_port + 1))
 }
-
 http_ok() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$1$2") == 200 ]]; }
 
-# start_server NAME PORT READY_PATH CMD...: runs CMD in the background, logs to the
-# results dir, waits for READY_PATH to answer 200 (flashsale: /ready, once its partitions
-# are recovered; the baselines: /health). Returns 1 (and leaves nothing running) when it
-# does not come up.
+# start_server NAME PORT READY_PATH CMD...: CMD in the background (rate limit off), log in
+# the results dir, waits up to 60 s for READY_PATH to answer 200. Returns 1 otherwise.
 start_server() {
-	local name=$1 port=$2 ready=$3
+	local name=$1 port=$2 ready=$3 i
 	shift 3
-	"$@" >"$results/$name.server.log" 2>&1 &
+	FLASHSALE_RATE_LIMIT_PER_USER=0 "$@" >>"$results/$name.server.log" 2>&1 &
 	server_pid=$!
-	if ! wait_until 60 "$name $ready on port $port" http_ok "$port" "$ready"; then
-		kill_bounded "$server_pid" 10 "$name" || true
-		server_pid=""
-		tail -n 20 "$results/$name.server.log" >&2 || true
-		return 1
-	fi
-	log "$name up on 127.0.0.1:$port (pid $server_pid)"
+	for ((i = 0; i < 300; i++)); do
+		http_ok "$port" "$ready" && return 0
+		alive "$server_pid" || break
+		sleep 0.2
+	done
+	warn "$name did not answer $ready on port $port; last lines of its log:"
+	tail -n 20 "$results/$name.server.log" >&2 || true
+	stop_pid "$server_pid"
+	server_pid=""
+	return 1
+}
+stop_server() {
+	[[ -n $server_pid ]] && stop_pid "$server_pid"
+	server_pid=""
 }
 
-stop_server() {
-	if [[ -n $server_pid ]]; then
-		kill_bounded "$server_pid" 15 "server" || true
-		server_pid=""
-	fi
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$tsv"; }
+note() {
+	record "$1" note "$2"
+	warn "$1: $2"
 }
+
+# create_sale PORT SKU: one product of 10^9 units, open from a second ago for a day.
+create_sale() {
+	local port=$1 sku=$2 now end body code
+	now=$(date -u -d '-1 sec' +%Y-%m-%dT%H:%M:%SZ)
+	end=$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)
+	body=$(printf '{"name":"bench-compare %s","startsAt":"%s","endsAt":"%s","reservationTtlSeconds":3600,"products":[{"skuId":"%s","name":"Hot","description":"bench-compare hot SKU","category":"Bench","basePrice":100.0,"flashSalePrice":79.99,"totalInventory":1000000000,"perUserLimit":1,"imageUrl":""}]}' \
+		"$sku" "$now" "$end" "$sku")
+	code=$(curl -s -o "$results/sale-$sku.json" -w '%{http_code}' --max-time 10 \
+		-H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+		-d "$body" "http://127.0.0.1:$port/api/v1/admin/sales")
+	[[ $code == 201 ]] || {
+		warn "create sale on port $port: HTTP $code: $(cat "$results/sale-$sku.json")"
+		return 1
+	}
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# wrk_run OUT CONNS URL [env...]: wrk for $secs s; leaves the wrk-result fields in $OUT.
+wrk_run() {
+	local out=$1 conns=$2 url=$3
+	shift 3
+	env "$@" wrk -t2 -c"$conns" -d"${secs}s" --timeout 10s -s "$HERE/wrk-reserve.lua" "$url" \
+		>"$out.txt" 2>&1 || warn "wrk exited non-zero (see $out.txt)"
+	grep '^wrk-result ' "$out.txt" | tail -n 1 | cut -d' ' -f2- >"$out" || true
+	[[ -s $out ]]
+}
+# field FILE KEY: a value from a wrk-result line.
+field() { tr ' ' '\n' <"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
+div() { awk -v a="$1" -v b="$2" -v s="${3:-1}" 'BEGIN { if (b > 0) printf "%.3f", a * s / b; else print "nan" }'; }
 
 violations=0
 failed=0
-inputs=()
-skipped=()
-# bench NAME PORT: the scenario run and the find-max against the server on PORT.
-bench() {
-	local name=$1 port=$2 rc
-	log "== $name: scenario run"
-	rc=0
-	"$BENCH" --target "http://127.0.0.1:$port" --label "$name" "${common[@]}" "${scenario[@]}" \
-		--json-out "$results/$name.json" --html-out "$results/$name.html" || rc=$?
-	case $rc in
-	0) ;;
-	1) violations=1 ;;
-	*)
-		warn "$name: scenario run failed (exit $rc)"
-		skipped+=("$name: failed: scenario run exited $rc (see the log above)")
+# measure NAME PORT ROUND: every row against the server on PORT (pid $server_pid).
+measure() {
+	local name=$1 port=$2 r=$3 sku out c before after s201 dur rc
+	sku=WRK-$r-$(od -An -tx4 -N4 /dev/urandom | tr -d ' \n')
+	create_sale "$port" "$sku" || {
+		note "$name" "round $r: could not create the sale"
 		failed=1
 		return 0
-		;;
-	esac
-	inputs+=("$name=$results/$name.json")
-	log "== $name: find-max (p99 ≤ $slo ms)"
+	}
+	out=$results/$name-r$r
+	if wrk_run "$out-health" 64 "http://127.0.0.1:$port/health" FLASHSALE_WRK_MODE=get; then
+		record "$name" health_per_s "$(div "$(field "$out-health" requests)" "$(field "$out-health" duration_us)" 1e6)"
+	fi
+	if wrk_run "$out-reads" 64 "http://127.0.0.1:$port/api/v1/products/$sku/availability" FLASHSALE_WRK_MODE=get; then
+		record "$name" reads_per_s "$(div "$(field "$out-reads" requests)" "$(field "$out-reads" duration_us)" 1e6)"
+	fi
+	for c in 64 256; do
+		before=$(cpu_ticks "$server_pid")
+		if ! wrk_run "$out-hold$c" "$c" "http://127.0.0.1:$port" \
+			FLASHSALE_WRK_MODE=reserve FLASHSALE_WRK_SKU="$sku" FLASHSALE_WRK_TAG="u$r-$c"; then
+			note "$name" "round $r: wrk at $c connections gave no result (see $out-hold$c.txt)"
+			continue
+		fi
+		after=$(cpu_ticks "$server_pid")
+		s201=$(field "$out-hold$c" s201)
+		dur=$(field "$out-hold$c" duration_us)
+		record "$name" "holds_per_s@$c" "$(div "$s201" "$dur" 1e6)"
+		record "$name" "p50_ms@$c" "$(div "$(field "$out-hold$c" p50_us)" 1000)"
+		record "$name" "p99_ms@$c" "$(div "$(field "$out-hold$c" p99_us)" 1000)"
+		record "$name" "cpu_us_per_hold@$c" "$(div "$((after - before))" "$s201" "$((1000000 / clk_tck))")"
+		local other errs
+		other=$(field "$out-hold$c" non201)
+		errs=$(field "$out-hold$c" errors)
+		if ((other + errs > 0)); then
+			note "$name" "round $r, $c connections: $other answers other than 201 and $errs transport errors (of $((s201 + other + errs)))"
+		fi
+	done
+	log "== $name round $r: find-max (p99 <= $slo ms)"
 	rc=0
-	"$BENCH" --target "http://127.0.0.1:$port" --label "$name" "${common[@]}" "${capacity[@]}" \
-		--json-out "$results/$name-max.json" --html-out "$results/$name-max.html" || rc=$?
+	"$BENCH" --target "http://127.0.0.1:$port" --label "$name" --admin-token "$token" \
+		--progress off "${capacity[@]}" --json-out "$out-max.json" --html-out "$out-max.html" \
+		>"$out-max.txt" 2>&1 || rc=$?
 	case $rc in
-	0) inputs+=("$name=$results/$name-max.json") ;;
+	0) record "$name" find_max_report "$out-max.json" ;;
 	1)
 		violations=1
-		inputs+=("$name=$results/$name-max.json")
+		record "$name" find_max_report "$out-max.json"
+		note "$name" "round $r: find-max found correctness violations (see $out-max.txt)"
 		;;
 	*)
-		warn "$name: find-max failed (exit $rc)"
-		skipped+=("$name: failed: find-max exited $rc (see the log above)")
+		note "$name" "round $r: find-max failed (exit $rc, see $out-max.txt)"
 		failed=1
 		;;
 	esac
 }
 
-# --- flashsale on Kafka + Postgres ---
-# Isolated from whatever else uses the same broker and database: topics under a prefix of
-# this run, its own engine consumer group, and a database of its own (dropped after).
-serve_help=$("$FLASHSALE" serve --help 2>/dev/null || true)
-if [[ -z $kafka ]]; then
-	skipped+=("flashsale-kafka: skipped: no FLASHSALE_KAFKA in .services.env (run make services-up)")
-elif ! grep -q -- '--kafka' <<<"$serve_help"; then
-	skipped+=("flashsale-kafka: skipped: this flashsale binary has no --kafka flag")
-elif [[ -z $postgres ]]; then
-	skipped+=("flashsale-kafka: skipped: no FLASHSALE_POSTGRES in .services.env")
+capacity=(--scenario "$REPO/benches/scenarios/capacity.toml" --find-max --slo-p99-ms "$slo"
+	--find-max-factor 1.6)
+if ((quick)); then
+	capacity+=(--find-max-start 200 --find-max-step-secs 1.5 --find-max-steps 3 --find-max-refine 0 --warmup-secs 1)
 else
-	tag=fsbench$(date -u +%Y%m%d%H%M%S)
-	kafka_pg=$postgres
-	if command -v psql >/dev/null && psql "$postgres" -v ON_ERROR_STOP=1 -qc "CREATE DATABASE $tag" >&2; then
-		bench_db=$tag
-		kafka_pg=${postgres%/*}/$tag
-	else
-		warn "could not create database $tag: flashsale-kafka shares $postgres"
-	fi
-	isolation=()
-	if grep -q -- '--topic-prefix' <<<"$serve_help"; then isolation+=(--topic-prefix "$tag."); fi
-	if grep -q -- '--engine-group' <<<"$serve_help"; then isolation+=(--engine-group "$tag"); fi
-	port=$(free_port)
-	if ! "$FLASHSALE" migrate --postgres "$kafka_pg" --log warn >"$results/flashsale-kafka.migrate.log" 2>&1; then
-		skipped+=("flashsale-kafka: failed: flashsale migrate failed (see $results/flashsale-kafka.migrate.log)")
-		failed=1
-	elif start_server flashsale-kafka "$port" /ready "$FLASHSALE" serve --listen "127.0.0.1:$port" \
-		--admin-token "$token" --data-dir "$results/data-kafka" --partitions 8 \
-		--kafka "$kafka" --postgres "$kafka_pg" "${isolation[@]}" --log warn; then
-		bench flashsale-kafka "$port"
-		stop_server
-	else
-		skipped+=("flashsale-kafka: failed: the server did not become ready (see $results/flashsale-kafka.server.log)")
-		failed=1
-	fi
+	# 500 × 1.6^9 ≈ 34,000/s: the search reaches issue 11's targets within its steps.
+	capacity+=(--find-max-start 500 --find-max-step-secs 3 --find-max-steps 10 --find-max-refine 1)
 fi
 
 # --- flashsale embedded ---
-port=$(free_port)
-if start_server flashsale-embedded "$port" /ready "$FLASHSALE" serve --listen "127.0.0.1:$port" \
-	--admin-token "$token" --data-dir "$results/data-embedded" --partitions 8 --log warn; then
-	bench flashsale-embedded "$port"
-	stop_server
-else
-	skipped+=("flashsale-embedded: failed: the server did not become ready (see $results/flashsale-embedded.server.log)")
-	failed=1
+if wanted embedded; then
+	for ((r = 1; r <= rounds; r++)); do
+		log "== flashsale-embedded round $r of $rounds"
+		port=$(free_port)
+		rm -rf "$results/data-embedded"
+		if start_server flashsale-embedded "$port" /ready "$FLASHSALE" serve --listen "127.0.0.1:$port" \
+			--admin-token "$token" --data-dir "$results/data-embedded" --partitions 8 --log warn; then
+			measure flashsale-embedded "$port" "$r"
+			stop_server
+		else
+			note flashsale-embedded "round $r: the server did not become ready (see $results/flashsale-embedded.server.log)"
+			failed=1
+		fi
+	done
+	rm -rf "$results/data-embedded"
 fi
 
-# --- baseline: PostgreSQL ---
-pg_url=$postgres
-if [[ -z $pg_url && -x $REPO/ops/postgres/start.sh ]]; then
-	log "no FLASHSALE_POSTGRES: starting Postgres with ops/postgres/start.sh"
-	if pg_url=$("$REPO/ops/postgres/start.sh" | tail -n 1); then
-		started_postgres=1
+# --- flashsale on Kafka + Postgres ---
+if wanted kafka; then
+	serve_help=$("$FLASHSALE" serve --help 2>/dev/null || true)
+	if [[ -z $kafka ]]; then
+		note flashsale-kafka "skipped: no FLASHSALE_KAFKA in .services.env (run make services-up)"
+	elif [[ -z $postgres ]]; then
+		note flashsale-kafka "skipped: no FLASHSALE_POSTGRES in .services.env (run make services-up)"
+	elif ! grep -q -- '--kafka' <<<"$serve_help"; then
+		note flashsale-kafka "skipped: this flashsale binary has no --kafka flag"
+	elif ! command -v psql >/dev/null; then
+		note flashsale-kafka "skipped: psql is needed to create the round's database"
 	else
-		pg_url=""
-	fi
-fi
-if [[ -z $pg_url ]]; then
-	skipped+=("baseline-postgres: skipped: no Postgres (set FLASHSALE_POSTGRES or run make services-up)")
-else
-	port=$(free_port)
-	if start_server baseline-postgres "$port" /health "$bin/baseline-postgres" --listen "127.0.0.1:$port" \
-		--admin-token "$token" --postgres "$pg_url"; then
-		bench baseline-postgres "$port"
-		stop_server
-		# Its tables live in a schema of their own; leave the database as it was found.
-		psql "$pg_url" -qc "DROP SCHEMA IF EXISTS bench_baseline CASCADE" >&2 2>/dev/null || true
-	else
-		skipped+=("baseline-postgres: failed: the server did not become ready (see $results/baseline-postgres.server.log)")
-		failed=1
+		for ((r = 1; r <= rounds; r++)); do
+			log "== flashsale-kafka round $r of $rounds"
+			tag=fsbench$(date -u +%Y%m%d%H%M%S)r$r
+			if ! psql "$postgres" -v ON_ERROR_STOP=1 -qc "CREATE DATABASE $tag" >&2; then
+				note flashsale-kafka "round $r: could not create database $tag"
+				failed=1
+				continue
+			fi
+			dbs+=("$tag")
+			kafka_pg=${postgres%/*}/$tag
+			isolation=()
+			grep -q -- '--topic-prefix' <<<"$serve_help" && isolation+=(--topic-prefix "$tag.")
+			grep -q -- '--engine-group' <<<"$serve_help" && isolation+=(--engine-group "$tag")
+			port=$(free_port)
+			if ! "$FLASHSALE" migrate --postgres "$kafka_pg" --log warn >>"$results/flashsale-kafka.migrate.log" 2>&1; then
+				note flashsale-kafka "round $r: flashsale migrate failed (see $results/flashsale-kafka.migrate.log)"
+				failed=1
+			elif FLASHSALE_KAFKA=$kafka start_server flashsale-kafka "$port" /ready "$FLASHSALE" serve \
+				--listen "127.0.0.1:$port" --admin-token "$token" --data-dir "$results/data-kafka-$r" \
+				--partitions 8 --kafka "$kafka" --postgres "$kafka_pg" "${isolation[@]}" --log warn; then
+				measure flashsale-kafka "$port" "$r"
+				stop_server
+			else
+				note flashsale-kafka "round $r: the server did not become ready (see $results/flashsale-kafka.server.log)"
+				failed=1
+			fi
+			rm -rf "$results/data-kafka-$r"
+		done
 	fi
 fi
 
 # --- baseline: Redis ---
-redis_port=${FLASHSALE_REDIS_PORT:-16379}
-redis_was_up=0
-[[ $(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null || true) == PONG ]] && redis_was_up=1
-if redis_url=$("$REPO/ops/redis/start.sh"); then
-	((redis_was_up)) || started_redis=1
-	port=$(free_port)
-	if start_server baseline-redis "$port" /health "$bin/baseline-redis" --listen "127.0.0.1:$port" \
-		--admin-token "$token" --redis "$redis_url"; then
-		bench baseline-redis "$port"
-		stop_server
+if wanted redis; then
+	redis_port=${FLASHSALE_REDIS_PORT:-16379}
+	redis_was_up=0
+	[[ $(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null || true) == PONG ]] && redis_was_up=1
+	if [[ ! -x $REPO/ops/redis/start.sh ]]; then
+		note baseline-redis "skipped: no ops/redis/start.sh"
+	elif redis_url=$("$REPO/ops/redis/start.sh"); then
+		((redis_was_up)) || started_redis=1
+		for ((r = 1; r <= rounds; r++)); do
+			log "== baseline-redis round $r of $rounds"
+			port=$(free_port)
+			if start_server baseline-redis "$port" /health "$bin/baseline-redis" --listen "127.0.0.1:$port" \
+				--admin-token "$token" --redis "$redis_url"; then
+				measure baseline-redis "$port" "$r"
+				stop_server
+			else
+				note baseline-redis "round $r: the server did not become ready"
+				failed=1
+			fi
+		done
 	else
-		skipped+=("baseline-redis: failed: the server did not become ready (see $results/baseline-redis.server.log)")
-		failed=1
+		note baseline-redis "skipped: ops/redis/start.sh failed"
 	fi
-else
-	skipped+=("baseline-redis: skipped: ops/redis/start.sh failed")
 fi
 
-((${#inputs[@]} > 0)) || fail "no target ran"
+# --- baseline: PostgreSQL ---
+if wanted postgres; then
+	pg_url=$postgres
+	if [[ -z $pg_url && -x $REPO/ops/postgres/start.sh ]]; then
+		log "no FLASHSALE_POSTGRES: starting Postgres with ops/postgres/start.sh"
+		if pg_url=$("$REPO/ops/postgres/start.sh" | tail -n 1); then
+			started_postgres=1
+		else
+			pg_url=""
+		fi
+	fi
+	if [[ -z $pg_url ]]; then
+		note baseline-postgres "skipped: no Postgres (set FLASHSALE_POSTGRES or run make services-up)"
+	else
+		for ((r = 1; r <= rounds; r++)); do
+			log "== baseline-postgres round $r of $rounds"
+			port=$(free_port)
+			# It drops and recreates its bench_baseline schema at each start.
+			if start_server baseline-postgres "$port" /health "$bin/baseline-postgres" --listen "127.0.0.1:$port" \
+				--admin-token "$token" --postgres "$pg_url"; then
+				measure baseline-postgres "$port" "$r"
+				stop_server
+			else
+				note baseline-postgres "round $r: the server did not become ready"
+				failed=1
+			fi
+		done
+		psql "$pg_url" -qc "DROP SCHEMA IF EXISTS bench_baseline CASCADE" >&2 2>/dev/null || true
+	fi
+fi
+
 echo
-rc=0
-"$BENCH" compare "${inputs[@]}" --json-out "$results/compare.json" --html-out "$results/compare.html" |
-	tee "$results/compare.txt" || rc=$?
-for s in "${skipped[@]}"; do
-	echo "$s" | tee -a "$results/compare.txt"
-done
-echo "reports: $results (open compare.html)"
-((rc <= 1 && failed == 0)) || exit 2
-((violations == 0 && rc == 0)) || exit 1
+"$BENCH" side-by-side "$tsv" --slo-p99-ms "$slo" --json-out "$results/table.json" 2>"$results/side-by-side.log" |
+	tee "$results/table.txt" || fail "side-by-side failed"
+echo "rounds: $rounds, $secs s per wrk row$( ((quick)) && echo ' (--quick: a smoke run, not figures)'); results: $results"
+((failed == 0)) || exit 2
+((violations == 0)) || exit 1

@@ -20,7 +20,9 @@ ROUNDS="${ROUNDS:-3}"
 SAMPLE="${SAMPLE:-0.01}"
 B="${BIN_DIR:-$CARGO_TARGET_DIR/release}"
 if [[ -z "${BIN_DIR:-}" ]]; then
-    cargo build --release -p flashsale-bench -p flashsale-gateway --bin flashsale --bin flashsale-bench
+    # `flashsale` from whichever workspace crate holds it (it is moving between crates).
+    cargo build --release -p flashsale-bench --bin flashsale-bench
+    cargo build --release --bin flashsale
 fi
 tmp="$(mktemp -d)"
 pids=()

@@ -14,7 +14,7 @@ use crate::compare;
 use crate::error::BenchError;
 use crate::find_max::{find_max, FindMaxOptions};
 use crate::html;
-use crate::report::render_table;
+use crate::report::{render_table, verdict, Report};
 use crate::runner::{run, ProgressMode, RunOptions, RunOutput};
 use crate::scenario::Scenario;
 
@@ -66,6 +66,62 @@ pub struct Cli {
 pub enum Command {
     /// Put several JSON reports side by side, as ratios to a reference target.
     Compare(CompareArgs),
+    /// Render bench-compare.sh's measurements (TARGET<TAB>METRIC<TAB>VALUE lines, one per
+    /// round) as one table of medians and ratios.
+    SideBySide(SideBySideArgs),
+}
+
+/// Flags of `side-by-side`.
+#[derive(Debug, Args)]
+pub struct SideBySideArgs {
+    /// The measurements file.
+    pub input: PathBuf,
+    /// Target the holds/s ratios are relative to.
+    #[arg(long, default_value = "flashsale-embedded")]
+    pub reference: String,
+    /// The find-max SLO, for the legend, ms.
+    #[arg(long, default_value_t = 50.0)]
+    pub slo_p99_ms: f64,
+    /// Write the rows as JSON here.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+}
+
+/// `side-by-side`: prints the table; returns the exit code.
+pub fn side_by_side_command(args: &SideBySideArgs) -> Result<u8, BenchError> {
+    use crate::side_by_side;
+    let text = std::fs::read_to_string(&args.input)
+        .map_err(|e| BenchError::Report(format!("{}: {e}", args.input.display())))?;
+    let mut m = side_by_side::parse(&text)?;
+    for t in m.values_mut() {
+        for path in t.find_max_reports.clone() {
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| Report::from_json(&text).map_err(|e| e.to_string()))
+            {
+                Ok(r) => t.add_find_max(&r),
+                Err(e) => t.notes.push(format!("find-max report {path}: {e}")),
+            }
+        }
+    }
+    print!(
+        "{}",
+        side_by_side::render(&m, &args.reference, args.slo_p99_ms)
+    );
+    if let Some(p) = &args.json_out {
+        let rows = side_by_side::rows(&m, &args.reference);
+        write_file(
+            p,
+            &serde_json::to_string_pretty(&serde_json::json!({
+                "reference": args.reference,
+                "rows": rows,
+                "measured": m,
+            }))
+            .map_err(|e| BenchError::Report(e.to_string()))?,
+        )?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(EXIT_OK)
 }
 
 /// Flags of a load run.
@@ -140,6 +196,34 @@ pub struct RunArgs {
         help_heading = "Scenario"
     )]
     pub flash_crowd_users: Option<u32>,
+    /// Share (0–1) of the flash crowd that goes for the hot SKU [default: --hot-share].
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_CROWD_HOT_SHARE",
+        help_heading = "Scenario"
+    )]
+    pub crowd_hot_share: Option<f64>,
+    /// Offer this multiple of the target's capacity (--capacity-per-s or
+    /// --capacity-from) as the write rate; overrides the scenario's capacity_multiplier
+    /// (overload.toml: 2).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_RATE_MULTIPLIER",
+        help_heading = "Scenario"
+    )]
+    pub rate_multiplier: Option<f64>,
+    /// The target's measured capacity, writes/s, for scenarios offered as a multiple of
+    /// it (overload.toml).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_CAPACITY_PER_S",
+        help_heading = "Scenario",
+        conflicts_with = "capacity_from"
+    )]
+    pub capacity_per_s: Option<f64>,
+    /// Take the capacity from a --find-max JSON report (its highest rate that held).
+    #[arg(long, env = "FLASHSALE_BENCH_CAPACITY_FROM", help_heading = "Scenario")]
+    pub capacity_from: Option<PathBuf>,
     /// Share (0–1) of successful reservations that are checked out [default: 0].
     #[arg(
         long,
@@ -198,6 +282,15 @@ pub struct RunArgs {
         help_heading = "Client"
     )]
     pub client_threads: usize,
+    /// Longest wait, seconds, for the target to answer /ready (or /health) before the
+    /// run gives up with exit 2; the wait says what it waits for on stderr at once.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_WAIT_READY_SECS",
+        default_value_t = 15.0,
+        help_heading = "Client"
+    )]
+    pub wait_ready_secs: f64,
     /// Live progress line on stderr.
     #[arg(
         long,
@@ -252,7 +345,8 @@ pub struct RunArgs {
     /// and failures within --max-failure-pct (steps without flash crowd).
     #[arg(long, env = "FLASHSALE_BENCH_FIND_MAX", help_heading = "Find max")]
     pub find_max: bool,
-    /// The p99 SLO of reservations, ms.
+    /// The p99 SLO of reservations, ms: what --find-max holds, and what the report's
+    /// verdict line and the SLO line of its latency charts are drawn against.
     #[arg(
         long,
         env = "FLASHSALE_BENCH_SLO_P99_MS",
@@ -374,6 +468,8 @@ impl RunArgs {
         over!(read_rate => Some read_rate_per_s);
         over!(flash_crowd_ms => flash_crowd_ms);
         over!(flash_crowd_users => Some flash_crowd_users);
+        over!(crowd_hot_share => Some crowd_hot_share);
+        over!(rate_multiplier => Some capacity_multiplier);
         over!(checkout_share => checkout_share);
         over!(checkout_delay_ms => checkout_delay_ms);
         over!(quantity => quantity);
@@ -381,8 +477,27 @@ impl RunArgs {
         over!(warmup_secs => warmup_secs);
         over!(reservation_ttl_secs => reservation_ttl_secs);
         over!(seed => seed);
+        s.apply_capacity(self.capacity()?)?;
         s.validate()?;
         Ok(s)
+    }
+
+    /// The capacity given by --capacity-per-s or read from --capacity-from.
+    fn capacity(&self) -> Result<Option<f64>, BenchError> {
+        let Some(p) = &self.capacity_from else {
+            return Ok(self.capacity_per_s);
+        };
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| BenchError::Scenario(format!("{}: {e}", p.display())))?;
+        let r = Report::from_json(&text)
+            .map_err(|e| BenchError::Scenario(format!("{}: {e}", p.display())))?;
+        match r.find_max.and_then(|f| f.max_rate_held_per_s) {
+            Some(c) => Ok(Some(c)),
+            None => Err(BenchError::Scenario(format!(
+                "{}: not a --find-max report with a rate that held",
+                p.display()
+            ))),
+        }
     }
 
     /// Client-side options.
@@ -398,6 +513,7 @@ impl RunArgs {
                 self.read_ceiling_concurrency.clamp(1, 4096),
                 self.read_ceiling_secs.min(60.0),
             )),
+            ready_wait: Duration::from_secs_f64(self.wait_ready_secs.clamp(0.0, 600.0)),
         }
     }
 
@@ -432,11 +548,16 @@ pub async fn run_command(args: &RunArgs) -> Result<u8, BenchError> {
         opts.max_in_flight,
         opts.timeout,
     )?;
-    let out = if args.find_max {
+    let mut out = if args.find_max {
         find_max(&client, &scenario, &opts, &args.find_max_options()).await?
     } else {
         run(&client, &scenario, &opts).await?
     };
+    out.report.verdict = Some(verdict(
+        &out.report,
+        args.slo_p99_ms,
+        args.max_failure_pct / 100.0,
+    ));
     write_outputs(&out, args.json_out.as_deref(), args.html_out.as_deref())?;
     print!("{}", render_table(&out.report, &out.extras));
     Ok(if out.report.violations.is_empty() {
@@ -464,7 +585,11 @@ pub fn write_outputs(
         eprintln!("wrote {}", p.display());
     }
     if let Some(p) = html_path {
-        write_file(p, &html::run_page(&out.report, &out.extras, &out.charts))?;
+        let slo = out.report.verdict.as_ref().map(|v| v.slo_p99_ms);
+        write_file(
+            p,
+            &html::run_page(&out.report, &out.extras, &out.charts, slo),
+        )?;
         eprintln!("wrote {}", p.display());
     }
     Ok(())
@@ -537,12 +662,40 @@ mod tests {
     }
 
     #[test]
+    fn overload_takes_its_rate_from_the_capacity() {
+        let overload = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/overload.toml");
+        let no_capacity = Cli::try_parse_from(["flashsale-bench", "--scenario", overload]).unwrap();
+        let err = no_capacity.run.scenario().unwrap_err().to_string();
+        assert!(err.contains("--capacity-per-s"), "{err}");
+        let cli = Cli::try_parse_from([
+            "flashsale-bench",
+            "--scenario",
+            overload,
+            "--capacity-per-s",
+            "5000",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.scenario().unwrap().write_rate_per_s, 10_000.0);
+        let cli = Cli::try_parse_from([
+            "flashsale-bench",
+            "--scenario",
+            overload,
+            "--capacity-per-s",
+            "5000",
+            "--rate-multiplier",
+            "1.5",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.scenario().unwrap().write_rate_per_s, 7_500.0);
+    }
+
+    #[test]
     fn compare_is_a_subcommand() {
         let cli =
             Cli::try_parse_from(["flashsale-bench", "compare", "a=x.json", "b=y.json"]).unwrap();
         match cli.command {
             Some(Command::Compare(c)) => assert_eq!(c.inputs.len(), 2),
-            None => panic!("expected compare"),
+            _ => panic!("expected compare"),
         }
     }
 }

@@ -120,11 +120,30 @@ impl ApiClient {
             Err(e) => (Self::error_of(&e), bytes::Bytes::new()),
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                let retry_after = resp.headers().contains_key(reqwest::header::RETRY_AFTER);
                 match resp.bytes().await {
                     Err(e) => (Self::error_of(&e), bytes::Bytes::new()),
-                    Ok(body) => (Outcome::classify(status, expected, &body), body),
+                    Ok(body) => (
+                        Outcome::classify(status, expected, &body, retry_after),
+                        body,
+                    ),
                 }
             }
+        }
+    }
+
+    /// `GET path` once, for the start-up wait: the status, or why there was none, in
+    /// words a person acts on ("connection refused", "timed out", …).
+    pub async fn probe(&self, path: &str) -> Result<u16, String> {
+        match self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(resp) => Ok(resp.status().as_u16()),
+            Err(e) => Err(describe(&e)),
         }
     }
 
@@ -266,6 +285,31 @@ impl ApiClient {
             )));
         }
         serde_json::from_str(&body).map_err(|e| BenchError::Setup(format!("sale figures: {e}")))
+    }
+}
+
+/// A transport error in a few words: the innermost I/O error's kind when there is one
+/// ("connection refused"), else what reqwest says it was.
+pub fn describe(e: &reqwest::Error) -> String {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+                std::io::ErrorKind::TimedOut => "timed out".into(),
+                std::io::ErrorKind::AddrNotAvailable => "address not available".into(),
+                _ => io.to_string(),
+            };
+        }
+        src = s.source();
+    }
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else {
+        e.to_string()
     }
 }
 

@@ -142,16 +142,7 @@ pub async fn find_max(
             eprintln!("find-max: step at {rate:.0} writes/s for {} s", o.step_secs);
             let out = run(client, &s, &step_opts).await?;
             let reserve = out.report.op("reserve");
-            let failure_share = if reserve.sent == 0 {
-                0.0
-            } else {
-                let shed = reserve
-                    .rejected
-                    .get(crate::contract::title::TOO_MANY_REQUESTS)
-                    .copied()
-                    .unwrap_or(0);
-                (reserve.errors + shed) as f64 / reserve.sent as f64
-            };
+            let failure_share = reserve.failure_share();
             let held = step_holds(&reserve, failure_share, o) && out.report.violations.is_empty();
             steps.push(FindMaxStep {
                 write_rate_per_s: rate,

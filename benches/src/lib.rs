@@ -24,7 +24,8 @@
 //! - [`client`]: the pooled keep-alive HTTP client and the API calls.
 //! - [`runner`]: set-up, warm-up, the measured phase, the read ceiling.
 //! - [`find_max`]: the SLO search.
-//! - [`report`], [`html`], [`compare`]: the outputs.
+//! - [`report`], [`html`], [`compare`]: the outputs; [`side_by_side`]: the one table of
+//!   `scripts/bench-compare.sh` (medians of its rounds, as ratios).
 //! - [`cli`]: the command line of the `flashsale-bench` binary.
 //! - [`contract`]: the slice of API.md spoken here; [`baseline`]: the shared HTTP shell of
 //!   the baseline servers in `benches/baselines/` (PostgreSQL and Redis designs), and an
@@ -42,6 +43,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod schedule;
+pub mod side_by_side;
 pub mod stats;
 pub mod verify;
 

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use flashsale_bench::cli::{compare_command, run_command, Cli, Command, EXIT_FAILED};
+use flashsale_bench::cli::{
+    compare_command, run_command, side_by_side_command, Cli, Command, EXIT_FAILED,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,6 +19,7 @@ fn main() -> ExitCode {
         .init();
     let result = match &cli.command {
         Some(Command::Compare(args)) => compare_command(args),
+        Some(Command::SideBySide(args)) => side_by_side_command(args),
         None => {
             // The harness shares the machine with the server it measures: its thread count
             // is a flag, not the number of cores.

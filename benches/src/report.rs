@@ -6,6 +6,13 @@
 //! "availability":{…},"checkout":{…}},"violations":[…]}`. Two optional top-level objects
 //! appear only when asked for: `find_max` (`--find-max`) and `read_ceiling`
 //! (`--read-ceiling-secs`).
+//!
+//! Added since (issues 12 and 16), all optional when read so older reports still load:
+//! per operation `goodput_per_s` (201 + 409 answers/s), `shed` / `shed_per_s` /
+//! `shed_without_retry_after` (429 and 503 answers) and `admitted_latency_ms` /
+//! `shed_latency_ms` (the two latencies apart); top-level `harness` (the harness's own
+//! send lag and whether it spoils the figures), `crowd` (the flash crowd's answers and
+//! when the hot SKU sold out) and `verdict` (the one line at the top of the HTML page).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,24 +49,54 @@ pub struct OpReport {
     pub errors: u64,
     /// Answered requests (ok + rejected) per second of the measured phase.
     pub throughput_per_s: f64,
-    /// Latency from the scheduled send time.
+    /// Latency from the scheduled send time, every request (admitted, shed, failed).
     pub latency_ms: LatencySummary,
+    /// Successes and 409 decisions per second: the work the server did for buyers.
+    #[serde(default)]
+    pub goodput_per_s: f64,
+    /// Shed answers (429 and 503). Not in `rejected` nor in `errors`.
+    #[serde(default)]
+    pub shed: u64,
+    /// Shed answers per second.
+    #[serde(default)]
+    pub shed_per_s: f64,
+    /// Shed answers without a `Retry-After` header (the contract requires one).
+    #[serde(default)]
+    pub shed_without_retry_after: u64,
+    /// Latency of admitted requests (successes and rejections).
+    #[serde(default)]
+    pub admitted_latency_ms: LatencySummary,
+    /// Latency of shed answers.
+    #[serde(default)]
+    pub shed_latency_ms: LatencySummary,
 }
 
 impl OpReport {
     /// The figures of `s` over a phase of `secs` seconds.
     pub fn from_stats(s: &OpStats, secs: f64) -> Self {
+        let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
         Self {
             sent: s.sent,
             ok: s.ok,
             rejected: s.rejected.clone(),
             errors: s.errors,
-            throughput_per_s: if secs > 0.0 {
-                s.answered() as f64 / secs
-            } else {
-                0.0
-            },
+            throughput_per_s: per_s(s.answered()),
             latency_ms: LatencySummary::of(&s.latency_us),
+            goodput_per_s: per_s(s.goodput()),
+            shed: s.shed,
+            shed_per_s: per_s(s.shed),
+            shed_without_retry_after: s.shed_without_retry_after,
+            admitted_latency_ms: LatencySummary::of(&s.admitted_latency_us),
+            shed_latency_ms: LatencySummary::of(&s.shed_latency_us),
+        }
+    }
+
+    /// Share of requests that failed or were shed.
+    pub fn failure_share(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            (self.errors + self.shed) as f64 / self.sent as f64
         }
     }
 
@@ -72,7 +109,242 @@ impl OpReport {
             errors: 0,
             throughput_per_s: 0.0,
             latency_ms: LatencySummary::default(),
+            goodput_per_s: 0.0,
+            shed: 0,
+            shed_per_s: 0.0,
+            shed_without_retry_after: 0,
+            admitted_latency_ms: LatencySummary::default(),
+            shed_latency_ms: LatencySummary::default(),
         }
+    }
+}
+
+/// The `harness` object: how late the harness itself sent requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HarnessReport {
+    /// Lag behind schedule that was the harness's own doing (short of CPU), not a wait
+    /// for an in-flight slot (that one is the server's, and counts in the latency).
+    pub send_lag_ms: LatencySummary,
+    /// True when that lag is large enough to spoil the latency figures: p99 above
+    /// [`LAG_SPOILS_MS`], or above a quarter of the reservations' p99.
+    pub spoiled: bool,
+    /// Why, in words, when spoiled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Send lag (p99) above which the harness calls its own figures spoiled.
+pub const LAG_SPOILS_MS: f64 = 5.0;
+
+impl HarnessReport {
+    /// Judges `lag` against the reservations' p99 (`reserve_p99_ms`, 0 when none).
+    pub fn judge(lag: LatencySummary, reserve_p99_ms: f64) -> Self {
+        let spoiled = lag.p99 > LAG_SPOILS_MS || (lag.p99 > 1.0 && lag.p99 > reserve_p99_ms / 4.0);
+        let note = spoiled.then(|| {
+            format!(
+                "the harness sent requests late by itself (p99 {:.1} ms, max {:.1} ms): it was \
+                 short of CPU, so latencies include its own lag and the offered rate was not \
+                 fully offered; give it more --client-threads or another machine",
+                lag.p99, lag.max
+            )
+        });
+        Self {
+            send_lag_ms: lag,
+            spoiled,
+            note,
+        }
+    }
+}
+
+/// The `crowd` object: what the flash crowd's buyers were answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrowdReport {
+    /// Buyers in the crowd (one reservation attempt each).
+    pub buyers: u64,
+    /// Of which got a hold (201).
+    pub held: u64,
+    /// Of which got a 409 decision (Out of Stock, Purchase Limit Exceeded, …).
+    pub decided_409: u64,
+    /// Of which were told "later" with 503 or 429 and a `Retry-After` header.
+    pub shed_with_retry_after: u64,
+    /// Of which got anything else: other 4xx, shed without `Retry-After`, errors,
+    /// timeouts, never sent.
+    pub not_answered: u64,
+    /// `not_answered == 0`: the big crowd's requirement.
+    pub every_buyer_answered: bool,
+    /// Latency of the crowd's admitted requests.
+    pub admitted_latency_ms: LatencySummary,
+    /// Latency of the crowd's shed answers.
+    pub shed_latency_ms: LatencySummary,
+    /// Units of the hot SKU (product 0).
+    pub hot_sku_units: i64,
+    /// Units of it acknowledged (crowd and steady stream).
+    pub hot_units_held: i64,
+    /// When the last of them was acknowledged, ms after the first arrival; null when it
+    /// did not sell out.
+    pub sold_out_after_ms: Option<f64>,
+    /// Reservations on the other products meanwhile, admitted latency (starved or not).
+    pub others_admitted_latency_ms: LatencySummary,
+}
+
+/// The `verdict` object: one line for the top of the page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The p99 SLO judged against, ms.
+    pub slo_p99_ms: f64,
+    /// True when it held (and nothing was violated).
+    pub held: bool,
+    /// "held 14,000/s at p99 18 ms", "missed: p99 140 ms > SLO 50 ms at 20,000/s offered".
+    pub text: String,
+}
+
+/// `1234567.8` → `"1,234,568"`.
+pub fn thousands(v: f64) -> String {
+    let n = v.round().abs() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v.round() < 0.0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// A latency in ms for prose: 3 significant digits at most.
+pub fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}").trim_end_matches(".0").to_string()
+    } else {
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// The verdict of a report against a p99 SLO and a failure bound: for a find-max, the
+/// highest rate that held; for a run, whether its reservations (or, without any, its
+/// reads) held at the rate offered.
+pub fn verdict(r: &Report, slo_p99_ms: f64, max_failure_share: f64) -> Verdict {
+    let mut v = verdict_core(r, slo_p99_ms, max_failure_share);
+    if let Some(h) = r.harness.as_ref().filter(|h| h.spoiled) {
+        v.text.push_str(&format!(
+            " (harness lag p99 {} ms: figures spoiled)",
+            ms(h.send_lag_ms.p99)
+        ));
+    }
+    v
+}
+
+fn verdict_core(r: &Report, slo: f64, max_fail: f64) -> Verdict {
+    let mk = |held: bool, text: String| Verdict {
+        slo_p99_ms: slo,
+        held,
+        text,
+    };
+    if !r.violations.is_empty() {
+        return mk(
+            false,
+            format!(
+                "FAILED: {} correctness violation{} (see the list below)",
+                r.violations.len(),
+                if r.violations.len() == 1 { "" } else { "s" }
+            ),
+        );
+    }
+    if let Some(fm) = &r.find_max {
+        return match fm.max_rate_held_per_s {
+            Some(rate) => {
+                let p99 = fm
+                    .steps
+                    .iter()
+                    .find(|s| s.held && s.write_rate_per_s == rate)
+                    .map_or(0.0, |s| s.reserve_p99_ms);
+                mk(
+                    true,
+                    format!(
+                        "held {}/s at p99 {} ms (SLO {} ms){}",
+                        thousands(rate),
+                        ms(p99),
+                        ms(fm.slo_p99_ms),
+                        if fm.step_limit_reached {
+                            "; the search stopped at its step limit: capacity is higher"
+                        } else {
+                            ""
+                        }
+                    ),
+                )
+            }
+            None => {
+                let first = fm.steps.first();
+                let text = match first {
+                    Some(s) if s.reserve_p99_ms > fm.slo_p99_ms => format!(
+                        "missed: p99 {} ms > SLO {} ms at {}/s offered (the first step)",
+                        ms(s.reserve_p99_ms),
+                        ms(fm.slo_p99_ms),
+                        thousands(s.write_rate_per_s)
+                    ),
+                    Some(s) => format!(
+                        "missed: {:.2} % failed or shed > {:.2} % at {}/s offered (the first step)",
+                        s.failure_share * 100.0,
+                        fm.max_failure_share * 100.0,
+                        thousands(s.write_rate_per_s)
+                    ),
+                    None => "missed: no step ran".to_string(),
+                };
+                mk(false, text)
+            }
+        };
+    }
+    let s = &r.scenario.scenario;
+    let (key, what) = if r.op("reserve").sent > 0 {
+        ("reserve", "")
+    } else {
+        ("availability", " reads")
+    };
+    let op = r.op(key);
+    if op.sent == 0 {
+        return mk(false, "nothing was sent".to_string());
+    }
+    let offered = op.sent as f64 / s.duration_secs.max(1e-9);
+    let p99 = op.admitted_latency_ms.p99;
+    let fail = op.failure_share();
+    if p99 > slo {
+        mk(
+            false,
+            format!(
+                "missed: p99 {} ms > SLO {} ms at {}/s{what} offered",
+                ms(p99),
+                ms(slo),
+                thousands(offered)
+            ),
+        )
+    } else if fail > max_fail {
+        mk(
+            false,
+            format!(
+                "missed: {:.2} % failed or shed > {:.2} % at {}/s{what} offered (admitted p99 {} ms)",
+                fail * 100.0,
+                max_fail * 100.0,
+                thousands(offered),
+                ms(p99)
+            ),
+        )
+    } else {
+        mk(
+            true,
+            format!(
+                "held {}/s{what} at p99 {} ms (SLO {} ms)",
+                thousands(op.goodput_per_s.max(op.throughput_per_s)),
+                ms(p99),
+                ms(slo)
+            ),
+        )
     }
 }
 
@@ -139,6 +411,15 @@ pub struct Report {
     /// Present with `--read-ceiling-secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_ceiling: Option<ReadCeilingReport>,
+    /// The harness's own send lag (every run writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harness: Option<HarnessReport>,
+    /// Present when the scenario has a flash crowd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crowd: Option<CrowdReport>,
+    /// The one-line verdict against `--slo-p99-ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 impl Report {
@@ -167,40 +448,66 @@ impl Report {
 pub struct TableExtras {
     /// Errors by kind, per operation key.
     pub error_kinds: BTreeMap<String, BTreeMap<String, u64>>,
-    /// How late the harness got to requests relative to schedule, before any wait for an
-    /// in-flight slot (p99, max), ms.
-    pub dispatch_lag_ms: Option<(f64, f64)>,
+}
+
+/// The scenario in one line.
+pub fn describe_scenario(r: &Report) -> String {
+    let s = &r.scenario;
+    let mut o = format!(
+        "{} @ {}: {} product{} × {} units, {} users, writes {}/s, reads {}/s, hot share {}",
+        s.label,
+        s.target,
+        s.scenario.products,
+        if s.scenario.products == 1 { "" } else { "s" },
+        thousands(s.scenario.inventory_per_product as f64),
+        thousands(f64::from(s.scenario.users)),
+        thousands(s.scenario.write_rate_per_s),
+        thousands(s.scenario.read_rate()),
+        s.scenario.hot_sku_share,
+    );
+    if s.scenario.crowd_users() > 0 {
+        o.push_str(&format!(
+            ", crowd {} users in {} ms ({} % on the hot SKU)",
+            thousands(f64::from(s.scenario.crowd_users())),
+            s.scenario.flash_crowd_ms,
+            s.scenario.crowd_hot_share() * 100.0
+        ));
+    }
+    if let Some(m) = s.scenario.capacity_multiplier {
+        o.push_str(&format!(", {m}× the given capacity"));
+    }
+    o.push_str(&format!(
+        ", {} s (+{} s warm-up)",
+        s.scenario.duration_secs, s.scenario.warmup_secs
+    ));
+    o
+}
+
+fn latency_cols(l: &LatencySummary) -> String {
+    format!(
+        "{:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    )
 }
 
 /// The end-of-run table, one block per operation.
 pub fn render_table(r: &Report, extras: &TableExtras) -> String {
     let mut o = String::new();
-    let s = &r.scenario;
+    let _ = writeln!(o, "\n{}", describe_scenario(r));
+    if let Some(v) = &r.verdict {
+        let _ = writeln!(o, "verdict: {}", v.text);
+    }
     let _ = writeln!(
         o,
-        "\n{} @ {} — {} products × {} units, {} users, writes {}/s, reads {}/s, hot share {}, crowd {} users in {} ms, {} s (+{} s warm-up)",
-        s.label,
-        s.target,
-        s.scenario.products,
-        s.scenario.inventory_per_product,
-        s.scenario.users,
-        s.scenario.write_rate_per_s,
-        s.scenario.read_rate(),
-        s.scenario.hot_sku_share,
-        s.scenario.crowd_users(),
-        s.scenario.flash_crowd_ms,
-        s.scenario.duration_secs,
-        s.scenario.warmup_secs,
-    );
-    let _ = writeln!(
-        o,
-        "{:<13} {:>9} {:>9} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<13} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "operation",
         "sent",
         "ok",
         "rejected",
+        "shed",
         "errors",
-        "answers/s",
+        "goodput/s",
+        "shed/s",
         "p50 ms",
         "p90 ms",
         "p99 ms",
@@ -211,23 +518,43 @@ pub fn render_table(r: &Report, extras: &TableExtras) -> String {
         if op.sent == 0 {
             continue;
         }
-        let l = &op.latency_ms;
         let rejected: u64 = op.rejected.values().sum();
         let _ = writeln!(
             o,
-            "{:<13} {:>9} {:>9} {:>9} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<13} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10.1} {:>9.1} {}",
             key,
             op.sent,
             op.ok,
             rejected,
+            op.shed,
             op.errors,
-            op.throughput_per_s,
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max
+            op.goodput_per_s,
+            op.shed_per_s,
+            latency_cols(&op.latency_ms)
         );
+        if op.shed > 0 {
+            let _ = writeln!(
+                o,
+                "{:<13} {:>73} {}",
+                "",
+                "admitted (ok + rejected) latency:",
+                latency_cols(&op.admitted_latency_ms)
+            );
+            let _ = writeln!(
+                o,
+                "{:<13} {:>73} {}",
+                "",
+                "shed (429/503) latency:",
+                latency_cols(&op.shed_latency_ms)
+            );
+            if op.shed_without_retry_after > 0 {
+                let _ = writeln!(
+                    o,
+                    "{:<13}   shed WITHOUT Retry-After: {}",
+                    "", op.shed_without_retry_after
+                );
+            }
+        }
         for (title, n) in &op.rejected {
             let _ = writeln!(o, "{:<13}   rejected {title:?}: {n}", "");
         }
@@ -237,16 +564,25 @@ pub fn render_table(r: &Report, extras: &TableExtras) -> String {
             }
         }
     }
-    if let Some((p99, max)) = extras.dispatch_lag_ms {
+    let _ = writeln!(
+        o,
+        "goodput = 201 + 409 answers/s; shed = 429 + 503 answers; latency from each request's scheduled time"
+    );
+    if let Some(h) = &r.harness {
         let _ = writeln!(
             o,
-            "harness lag behind schedule: p99 {p99:.2} ms, max {max:.2} ms{}",
-            if p99 > 5.0 {
-                "  (the harness itself was short of CPU: latencies include its lag)"
-            } else {
-                ""
-            }
+            "harness send lag: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
+            h.send_lag_ms.p50,
+            h.send_lag_ms.p99,
+            h.send_lag_ms.max,
+            if h.spoiled { "  <-- SPOILED" } else { " (ok)" }
         );
+        if let Some(n) = &h.note {
+            let _ = writeln!(o, "WARNING: {n}");
+        }
+    }
+    if let Some(c) = &r.crowd {
+        let _ = writeln!(o, "{}", crowd_line(c));
     }
     if let Some(rc) = &r.read_ceiling {
         let _ = writeln!(
@@ -311,6 +647,35 @@ pub fn render_table(r: &Report, extras: &TableExtras) -> String {
     o
 }
 
+/// The crowd's requirement in one line.
+pub fn crowd_line(c: &CrowdReport) -> String {
+    format!(
+        "crowd: {} buyers: {} held, {} told 409 (out of stock, …), {} told 503/429 + Retry-After, {} not answered{}; hot SKU {}",
+        thousands(c.buyers as f64),
+        thousands(c.held as f64),
+        thousands(c.decided_409 as f64),
+        thousands(c.shed_with_retry_after as f64),
+        thousands(c.not_answered as f64),
+        if c.every_buyer_answered {
+            " (every buyer answered)"
+        } else {
+            " (NOT every buyer answered)"
+        },
+        match c.sold_out_after_ms {
+            Some(t) => format!(
+                "all {} units held {} ms after the first arrival",
+                thousands(c.hot_sku_units as f64),
+                ms(t)
+            ),
+            None => format!(
+                "not sold out: {} of {} units held",
+                thousands(c.hot_units_held as f64),
+                thousands(c.hot_sku_units as f64)
+            ),
+        }
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -321,7 +686,7 @@ pub(crate) mod tests {
     pub(crate) fn sample_report() -> Report {
         let mut st = OpStats::default();
         st.record(&Outcome::Ok, 1500);
-        st.record(&Outcome::Rejected(Cow::Borrowed("Out of Stock")), 800);
+        st.record(&Outcome::Rejected(409, Cow::Borrowed("Out of Stock")), 800);
         record_us(&mut st.latency_us, 900);
         let mut operations = BTreeMap::new();
         operations.insert("reserve".to_string(), OpReport::from_stats(&st, 2.0));
@@ -342,6 +707,9 @@ pub(crate) mod tests {
             }],
             find_max: None,
             read_ceiling: None,
+            harness: None,
+            crowd: None,
+            verdict: None,
         }
     }
 
@@ -363,14 +731,21 @@ pub(crate) mod tests {
         assert_eq!(
             keys(r),
             vec![
+                "admitted_latency_ms",
                 "errors",
+                "goodput_per_s",
                 "latency_ms",
                 "ok",
                 "rejected",
                 "sent",
+                "shed",
+                "shed_latency_ms",
+                "shed_per_s",
+                "shed_without_retry_after",
                 "throughput_per_s"
             ]
         );
+        assert_eq!(r["goodput_per_s"], 1.0);
         assert_eq!(r["sent"], 2);
         assert_eq!(r["ok"], 1);
         assert_eq!(r["rejected"]["Out of Stock"], 1);
@@ -387,6 +762,97 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn older_reports_still_load() {
+        let mut v: serde_json::Value = serde_json::from_str(&sample_report().to_json()).unwrap();
+        for k in [
+            "goodput_per_s",
+            "shed",
+            "shed_per_s",
+            "shed_without_retry_after",
+            "admitted_latency_ms",
+            "shed_latency_ms",
+        ] {
+            v["operations"]["reserve"]
+                .as_object_mut()
+                .unwrap()
+                .remove(k);
+        }
+        let r = Report::from_json(&v.to_string()).unwrap();
+        assert_eq!(r.op("reserve").shed, 0);
+    }
+
+    #[test]
+    fn verdicts_read_at_a_glance() {
+        let mut r = sample_report();
+        r.violations.clear();
+        r.scenario.scenario.duration_secs = 1.0;
+        let mut op = OpReport::empty();
+        op.sent = 20_000;
+        op.ok = 14_000;
+        op.goodput_per_s = 14_000.0;
+        op.admitted_latency_ms.p99 = 18.0;
+        r.operations.insert("reserve".into(), op.clone());
+        let v = verdict(&r, 50.0, 0.001);
+        assert!(v.held);
+        assert_eq!(v.text, "held 14,000/s at p99 18 ms (SLO 50 ms)");
+
+        op.admitted_latency_ms.p99 = 140.0;
+        r.operations.insert("reserve".into(), op.clone());
+        let v = verdict(&r, 50.0, 0.001);
+        assert!(!v.held);
+        assert_eq!(v.text, "missed: p99 140 ms > SLO 50 ms at 20,000/s offered");
+
+        op.admitted_latency_ms.p99 = 4.0;
+        op.shed = 2_000;
+        r.operations.insert("reserve".into(), op);
+        let v = verdict(&r, 50.0, 0.001);
+        assert!(
+            v.text.starts_with("missed: 10.00 % failed or shed"),
+            "{}",
+            v.text
+        );
+
+        r.harness = Some(HarnessReport::judge(
+            LatencySummary {
+                p99: 30.0,
+                max: 90.0,
+                ..LatencySummary::default()
+            },
+            4.0,
+        ));
+        assert!(verdict(&r, 50.0, 0.5).text.ends_with("figures spoiled)"));
+
+        r.violations = sample_report().violations;
+        assert!(verdict(&r, 50.0, 0.5)
+            .text
+            .starts_with("FAILED: 1 correctness violation "));
+    }
+
+    #[test]
+    fn lag_judgement_and_number_words() {
+        let small = LatencySummary {
+            p99: 0.3,
+            ..LatencySummary::default()
+        };
+        assert!(!HarnessReport::judge(small, 2.0).spoiled);
+        let mid = LatencySummary {
+            p99: 3.0,
+            ..LatencySummary::default()
+        };
+        assert!(
+            HarnessReport::judge(mid, 4.0).spoiled,
+            "lag ~ the p99 itself"
+        );
+        assert!(!HarnessReport::judge(mid, 40.0).spoiled);
+        assert_eq!(thousands(14_000.4), "14,000");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(ms(18.04), "18");
+        assert_eq!(ms(1.5), "1.5");
+        assert_eq!(ms(140.2), "140");
+    }
+
+    #[test]
     fn json_round_trips() {
         let r = sample_report();
         assert_eq!(Report::from_json(&r.to_json()).unwrap(), r);
@@ -394,7 +860,27 @@ pub(crate) mod tests {
 
     #[test]
     fn table_mentions_every_used_operation_and_the_violation() {
-        let t = render_table(&sample_report(), &TableExtras::default());
+        let mut r = sample_report();
+        r.crowd = Some(CrowdReport {
+            buyers: 100_000,
+            held: 1000,
+            decided_409: 90_000,
+            shed_with_retry_after: 9_000,
+            not_answered: 0,
+            every_buyer_answered: true,
+            admitted_latency_ms: LatencySummary::default(),
+            shed_latency_ms: LatencySummary::default(),
+            hot_sku_units: 1000,
+            hot_units_held: 1000,
+            sold_out_after_ms: Some(420.0),
+            others_admitted_latency_ms: LatencySummary::default(),
+        });
+        let t = render_table(&r, &TableExtras::default());
+        assert!(t.contains("every buyer answered"), "{t}");
+        assert!(
+            t.contains("all 1,000 units held 420 ms after the first arrival"),
+            "{t}"
+        );
         assert!(t.contains("reserve"));
         assert!(!t.contains("checkout "), "unused operations are left out");
         assert!(t.contains("rejected \"Out of Stock\": 1"));

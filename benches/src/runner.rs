@@ -23,7 +23,9 @@ use tokio::time::{sleep_until, timeout_at};
 use crate::client::ApiClient;
 use crate::contract::{rfc3339, CheckoutRequest, CreateSale, NewProduct, ReserveRequest, SaleView};
 use crate::error::BenchError;
-use crate::report::{OpReport, ReadCeilingReport, Report, ScenarioReport, TableExtras};
+use crate::report::{
+    CrowdReport, HarnessReport, OpReport, ReadCeilingReport, Report, ScenarioReport, TableExtras,
+};
 use crate::scenario::Scenario;
 use crate::schedule::{corrected_latency, Op, Planned, Schedule, ScheduleSpec, Slot};
 use crate::stats::{new_histogram, record_us, LatencySummary, OpStats, Outcome, Timeline};
@@ -34,8 +36,8 @@ const SAMPLE_CHANNEL: usize = 65_536;
 /// The dispatcher yields to the workers after this many back-to-back sends, so a
 /// single-threaded runtime keeps answering while the harness catches up on its schedule.
 const YIELD_EVERY: u32 = 64;
-/// Longest wait for the target's `/health` before giving up.
-const READY_WAIT: Duration = Duration::from_secs(30);
+/// How often the start-up wait says it is still waiting.
+const READY_NOTE_EVERY: Duration = Duration::from_secs(5);
 /// Requests per closed-loop worker of the read ceiling, at most.
 const CEILING_MAX_REQUESTS: u64 = 5_000_000;
 
@@ -67,6 +69,8 @@ pub struct RunOptions {
     pub sku_prefix: String,
     /// Closed-loop read ceiling after the run: (concurrency, seconds per endpoint).
     pub read_ceiling: Option<(u32, f64)>,
+    /// Longest wait for the target to answer `/ready` (or `/health`) before giving up.
+    pub ready_wait: Duration,
 }
 
 /// Admin figures at one moment of the measured phase.
@@ -117,6 +121,8 @@ struct Sample {
     outcome: Outcome,
     /// (user, product, units) of an acknowledged reservation.
     granted: Option<(u32, u16, u32)>,
+    /// Product of a reservation attempt, and whether it was a crowd arrival.
+    reserve_of: Option<(u16, bool)>,
 }
 
 /// The single-owner state of a phase's collector.
@@ -130,20 +136,81 @@ struct Recorder {
     last_done_ns: u64,
     user_prefix: Arc<str>,
     write_skus: Arc<Vec<String>>,
+    /// The flash crowd's reservation attempts alone.
+    crowd: OpStats,
+    /// Reservation attempts on products other than the hot one.
+    others: OpStats,
+    /// Units of product 0 acknowledged, and when the last of them was (ns from start).
+    hot_units: i64,
+    hot_last_grant_ns: u64,
 }
 
 impl Recorder {
+    fn new(bucket_ns: u64, user_prefix: Arc<str>, write_skus: Arc<Vec<String>>) -> Self {
+        Self {
+            ops: Default::default(),
+            timeline: Timeline::new(bucket_ns),
+            ledger: Ledger::default(),
+            lag_us: new_histogram(3),
+            last_done_ns: 0,
+            user_prefix,
+            write_skus,
+            crowd: OpStats::default(),
+            others: OpStats::default(),
+            hot_units: 0,
+            hot_last_grant_ns: 0,
+        }
+    }
+
     fn record(&mut self, s: Sample) {
         self.ops[s.op.index()].record(&s.outcome, s.latency_us);
         self.timeline
             .record(s.op, s.scheduled_ns, s.latency_us, &s.outcome);
         record_us(&mut self.lag_us, s.lag_us);
-        self.last_done_ns = self.last_done_ns.max(s.scheduled_ns + s.latency_us * 1000);
+        let done_ns = s.scheduled_ns + s.latency_us * 1000;
+        self.last_done_ns = self.last_done_ns.max(done_ns);
+        match s.reserve_of {
+            Some((_, true)) => self.crowd.record(&s.outcome, s.latency_us),
+            Some((sku, false)) if sku != 0 => self.others.record(&s.outcome, s.latency_us),
+            _ => {}
+        }
         if let Some((user, sku, qty)) = s.granted {
+            if sku == 0 {
+                self.hot_units += i64::from(qty);
+                self.hot_last_grant_ns = self.hot_last_grant_ns.max(done_ns);
+            }
             let user_id = format!("{}{user}", self.user_prefix);
             self.ledger
                 .record(&user_id, &self.write_skus[sku as usize], qty);
         }
+    }
+
+    /// The crowd's answers, when there was a crowd.
+    fn crowd_report(&self, scenario: &Scenario) -> Option<CrowdReport> {
+        if scenario.crowd_users() == 0 {
+            return None;
+        }
+        let c = &self.crowd;
+        let shed_ok = c.shed - c.shed_without_retry_after;
+        // Every crowd user arrives once, so the crowd's size is exact; requests never sent
+        // (or never answered) before the phase's hard deadline are not in `c` at all.
+        let buyers = u64::from(scenario.crowd_users());
+        let not_answered = buyers.saturating_sub(c.goodput() + shed_ok);
+        Some(CrowdReport {
+            buyers,
+            held: c.ok,
+            decided_409: c.conflicts,
+            shed_with_retry_after: shed_ok,
+            not_answered,
+            every_buyer_answered: not_answered == 0,
+            admitted_latency_ms: LatencySummary::of(&c.admitted_latency_us),
+            shed_latency_ms: LatencySummary::of(&c.shed_latency_us),
+            hot_sku_units: scenario.inventory_per_product,
+            hot_units_held: self.hot_units,
+            sold_out_after_ms: (self.hot_units >= scenario.inventory_per_product)
+                .then(|| self.hot_last_grant_ns as f64 / 1e6),
+            others_admitted_latency_ms: LatencySummary::of(&self.others.admitted_latency_us),
+        })
     }
 }
 
@@ -175,6 +242,7 @@ impl Ctx {
         lag: Duration,
         outcome: Outcome,
         granted: Option<(u32, u16, u32)>,
+        reserve_of: Option<(u16, bool)>,
     ) {
         let done = Instant::now();
         let s = Sample {
@@ -184,6 +252,7 @@ impl Ctx {
             lag_us: lag.as_micros() as u64,
             outcome,
             granted,
+            reserve_of,
         };
         // The collector may have stopped at the hard deadline; a late sample is dropped.
         let _ = self.tx.send(s).await;
@@ -198,7 +267,7 @@ pub async fn run(
     opts: &RunOptions,
 ) -> Result<RunOutput, BenchError> {
     scenario.validate()?;
-    wait_ready(client).await?;
+    wait_ready(client, opts.ready_wait).await?;
     let run_id = run_id();
     let sku_ids: Vec<String> = (0..scenario.products)
         .map(|i| format!("{}{run_id}-{i:03}", opts.sku_prefix))
@@ -293,6 +362,9 @@ pub async fn run(
             )
         })
         .collect();
+    let lag = LatencySummary::of(&phase.rec.lag_us);
+    let reserve_p99 =
+        LatencySummary::of(&phase.rec.ops[Op::Reserve.index()].admitted_latency_us).p99;
     let report = Report {
         scenario: ScenarioReport {
             label: opts.label.clone(),
@@ -303,8 +375,10 @@ pub async fn run(
         violations,
         find_max: None,
         read_ceiling,
+        harness: Some(HarnessReport::judge(lag, reserve_p99)),
+        crowd: phase.rec.crowd_report(scenario),
+        verdict: None,
     };
-    let lag = LatencySummary::of(&phase.rec.lag_us);
     let extras = TableExtras {
         error_kinds: Op::ALL
             .iter()
@@ -316,7 +390,6 @@ pub async fn run(
                 )
             })
             .collect(),
-        dispatch_lag_ms: Some((lag.p99, lag.max)),
     };
     let [a, b, c] = &phase.rec.ops;
     let charts = ChartData {
@@ -378,27 +451,66 @@ fn sale_body(
     }
 }
 
-/// Polls `/ready` until it answers 200 (or `/health`, for servers without `/ready`),
-/// for at most [`READY_WAIT`].
-async fn wait_ready(client: &ApiClient) -> Result<(), BenchError> {
-    let deadline = Instant::now() + READY_WAIT;
+/// One look at the target: `Ok` when `/ready` (or, for servers without it, `/health`)
+/// answers 200, else what stands in the way, in words.
+async fn readiness(client: &ApiClient) -> Result<(), String> {
+    match client.probe("/ready").await? {
+        200 => Ok(()),
+        404 => match client.probe("/health").await? {
+            200 => Ok(()),
+            s => Err(format!("/health answers HTTP {s}")),
+        },
+        503 => Err("/ready answers 503: not ready yet".into()),
+        s => Err(format!("/ready answers HTTP {s}")),
+    }
+}
+
+/// Waits until the target is ready, for at most `wait`. Says so on stderr at once when
+/// it is not ("waiting for URL (connection refused)…"), again when the reason changes
+/// and every few seconds, so a wrong `--target` is obvious; then gives up with the last
+/// reason.
+pub async fn wait_ready(client: &ApiClient, wait: Duration) -> Result<(), BenchError> {
+    let started = Instant::now();
+    let deadline = started + wait;
+    let mut said: Option<(String, Instant)> = None;
     loop {
-        let o = match client.ready().await {
-            Outcome::Rejected(t) if t == "HTTP 404" || t == crate::contract::title::NOT_FOUND => {
-                client.health().await
+        let why = match readiness(client).await {
+            Ok(()) => {
+                if said.is_some() {
+                    eprintln!(
+                        "{} is ready (after {:.1} s)",
+                        client.base(),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(());
             }
-            o => o,
+            Err(why) => why,
         };
-        if o == Outcome::Ok {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(BenchError::Setup(format!(
-                "{} was not ready (/ready or /health 200) within {READY_WAIT:?} (last: {o:?})",
-                client.base()
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(BenchError::Target(format!(
+                "{} did not become ready within {} s ({why}); is the server running and \
+                 is --target right? (--wait-ready-secs sets the wait)",
+                client.base(),
+                wait.as_secs_f64()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let due = match &said {
+            None => true,
+            Some((last, at)) => *last != why || now.duration_since(*at) >= READY_NOTE_EVERY,
+        };
+        if due {
+            eprintln!(
+                "waiting for {} ({why})… {:.0} s of {:.0} s",
+                client.base(),
+                now.duration_since(started).as_secs_f64(),
+                wait.as_secs_f64()
+            );
+            said = Some((why, now));
+        }
+        tokio::time::sleep(Duration::from_millis(200).min(deadline.saturating_duration_since(now)))
+            .await;
     }
 }
 
@@ -439,15 +551,8 @@ async fn run_phase(
     let hard_end = end + opts.timeout + Duration::from_millis(500);
     let sem = Arc::new(Semaphore::new(opts.max_in_flight));
     let (tx, rx) = mpsc::channel(SAMPLE_CHANNEL);
-    let rec = Recorder {
-        ops: Default::default(),
-        timeline: Timeline::new(Timeline::bucket_for(spec.duration_ns)),
-        ledger: Ledger::default(),
-        lag_us: new_histogram(3),
-        last_done_ns: 0,
-        user_prefix: user_prefix.clone(),
-        write_skus: write_skus.clone(),
-    };
+    let bucket_ns = Timeline::bucket_for(spec.duration_ns);
+    let rec = Recorder::new(bucket_ns, user_prefix.clone(), write_skus.clone());
     let progress = Progress::new(opts.progress, name, spec.duration_ns as f64 / 1e9);
     let collector = tokio::spawn(collect(
         rx,
@@ -484,10 +589,22 @@ async fn run_phase(
 
     let mut not_sent = [0u64; 3];
     let mut dispatched = [0u64; 3];
+    // The offered load per chart bucket, counted here from the schedule itself so that
+    // requests never sent still show as offered.
+    let mut offered: [Vec<u64>; 3] = Default::default();
+    let mut offer = |slot: &Slot| {
+        let v = &mut offered[op_of(slot).index()];
+        let i = (slot.at_ns / bucket_ns) as usize;
+        if v.len() <= i {
+            v.resize(i + 1, 0);
+        }
+        v[i] += 1;
+    };
     let mut schedule = Schedule::new(spec);
     let mut burst = 0u32;
     let mut last_unblock = start;
     while let Some(slot) = schedule.next() {
+        offer(&slot);
         let due = start + Duration::from_nanos(slot.at_ns);
         if due > Instant::now() + Duration::from_micros(50) {
             sleep_until(due.into()).await;
@@ -514,6 +631,7 @@ async fn run_phase(
             // request and every later one would have been infinitely late.
             not_sent[op_of(&slot).index()] += 1;
             for rest in schedule.by_ref() {
+                offer(&rest);
                 not_sent[op_of(&rest).index()] += 1;
             }
             break;
@@ -527,6 +645,9 @@ async fn run_phase(
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };
+    for op in Op::ALL {
+        rec.timeline.set_offered(op, &offered[op.index()]);
+    }
     let late_us = opts.timeout.as_micros() as u64;
     for op in Op::ALL {
         let i = op.index();
@@ -571,12 +692,14 @@ async fn dispatch(
         Planned::Read { sku } => {
             let outcome = ctx.client.availability(&ctx.read_skus[sku as usize]).await;
             drop(permit);
-            ctx.emit(Op::Availability, due, lag, outcome, None).await;
+            ctx.emit(Op::Availability, due, lag, outcome, None, None)
+                .await;
         }
         Planned::Reserve {
             user,
             sku,
             checkout,
+            crowd,
         } => {
             let req = ReserveRequest {
                 user_id: format!("{}{user}", ctx.user_prefix),
@@ -587,7 +710,15 @@ async fn dispatch(
             drop(permit);
             let answered = Instant::now();
             let granted = (res.outcome == Outcome::Ok).then_some((user, sku, ctx.quantity));
-            ctx.emit(Op::Reserve, due, lag, res.outcome, granted).await;
+            ctx.emit(
+                Op::Reserve,
+                due,
+                lag,
+                res.outcome,
+                granted,
+                Some((sku, crowd)),
+            )
+            .await;
             if let (true, Some(reservation_id)) = (checkout, res.reservation_id) {
                 run_checkout(&ctx, reservation_id, answered + ctx.checkout_delay).await;
             }
@@ -606,7 +737,7 @@ async fn run_checkout(ctx: &Ctx, reservation_id: String, due: Instant) {
     let Ok(Ok(permit)) = timeout_at(ctx.hard_end.into(), ctx.sem.clone().acquire_owned()).await
     else {
         let outcome = Outcome::Error(Cow::Borrowed("not sent before the deadline"));
-        ctx.emit(Op::Checkout, due, lag, outcome, None).await;
+        ctx.emit(Op::Checkout, due, lag, outcome, None, None).await;
         return;
     };
     let req = CheckoutRequest {
@@ -617,7 +748,7 @@ async fn run_checkout(ctx: &Ctx, reservation_id: String, due: Instant) {
     };
     let outcome = ctx.client.checkout(&req).await;
     drop(permit);
-    ctx.emit(Op::Checkout, due, lag, outcome, None).await;
+    ctx.emit(Op::Checkout, due, lag, outcome, None, None).await;
 }
 
 /// The collector: owns the recorder, prints progress, stops when every sender is gone or
@@ -698,11 +829,12 @@ impl Progress {
             self.last_completed[op.index()] = s.sent;
             let p99 = s.latency_us.value_at_quantile(0.99) as f64 / 1000.0;
             parts.push(format!(
-                "{} {:.0}/s ok {} rej {} err {} p99 {:.2}ms",
+                "{} {:.0}/s ok {} rej {} shed {} err {} p99 {:.2}ms",
                 op.key(),
                 rate,
                 s.ok,
                 s.rejected.values().sum::<u64>(),
+                s.shed,
                 s.errors,
                 p99
             ));

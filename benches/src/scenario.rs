@@ -42,6 +42,14 @@ pub struct Scenario {
     pub flash_crowd_ms: u64,
     /// Users in the crowd; default all `users`.
     pub flash_crowd_users: Option<u32>,
+    /// Share (0–1) of the crowd that goes for the hot SKU; default `hot_sku_share`. The
+    /// big crowd sets 1 (everyone wants the one product) with `hot_sku_share` 0 (the
+    /// steady stream shops the other products meanwhile).
+    pub crowd_hot_share: Option<f64>,
+    /// Offered write rate as a multiple of the target's measured capacity (its
+    /// `--find-max` result), e.g. 2 for the overload scenario. When set, the run needs
+    /// `--capacity-per-s` (or `--capacity-from`) and `write_rate_per_s` is derived.
+    pub capacity_multiplier: Option<f64>,
     /// Share (0–1) of successful reservations that are checked out.
     pub checkout_share: f64,
     /// Delay between a reservation's reply and its checkout, in ms (the "payment").
@@ -72,6 +80,8 @@ impl Default for Scenario {
             read_rate_per_s: None,
             flash_crowd_ms: 0,
             flash_crowd_users: None,
+            crowd_hot_share: None,
+            capacity_multiplier: None,
             checkout_share: 0.0,
             checkout_delay_ms: 200,
             quantity: 1,
@@ -104,6 +114,38 @@ impl Scenario {
         }
     }
 
+    /// Share of the crowd that goes for the hot SKU.
+    pub fn crowd_hot_share(&self) -> f64 {
+        self.crowd_hot_share.unwrap_or(self.hot_sku_share)
+    }
+
+    /// Derives the write rate from a measured capacity when the scenario asks for a
+    /// multiple of it (overload.toml); a no-op otherwise. Errors when the scenario needs
+    /// a capacity and none was given.
+    pub fn apply_capacity(&mut self, capacity_per_s: Option<f64>) -> Result<(), BenchError> {
+        let Some(m) = self.capacity_multiplier else {
+            return Ok(());
+        };
+        if !(m > 0.0 && m.is_finite()) {
+            return Err(BenchError::Scenario(format!(
+                "capacity_multiplier must be > 0, got {m}"
+            )));
+        }
+        match capacity_per_s {
+            Some(c) if c > 0.0 && c.is_finite() => {
+                self.write_rate_per_s = (c * m).round();
+                Ok(())
+            }
+            Some(c) => Err(BenchError::Scenario(format!(
+                "the capacity must be > 0 writes/s, got {c}"
+            ))),
+            None => Err(BenchError::Scenario(format!(
+                "this scenario offers {m}× the target's capacity: give it with \
+                 --capacity-per-s N or --capacity-from FIND_MAX.json (a --find-max report)"
+            ))),
+        }
+    }
+
     /// Checks every bound; the harness runs only validated scenarios.
     pub fn validate(&self) -> Result<(), BenchError> {
         let bad = |m: String| Err(BenchError::Scenario(m));
@@ -124,6 +166,7 @@ impl Scenario {
         }
         for (name, v) in [
             ("hot_sku_share", self.hot_sku_share),
+            ("crowd_hot_share", self.crowd_hot_share()),
             ("checkout_share", self.checkout_share),
         ] {
             if !(0.0..=1.0).contains(&v) {
@@ -193,9 +236,26 @@ mod tests {
         for text in [
             include_str!("../scenarios/flash-crowd.toml"),
             include_str!("../scenarios/capacity.toml"),
+            include_str!("../scenarios/big-crowd.toml"),
         ] {
             Scenario::from_toml(text).unwrap().validate().unwrap();
         }
+        let mut o = Scenario::from_toml(include_str!("../scenarios/overload.toml")).unwrap();
+        assert!(o.apply_capacity(None).is_err(), "overload needs a capacity");
+        o.apply_capacity(Some(12_000.0)).unwrap();
+        assert_eq!(o.write_rate_per_s, 24_000.0);
+        o.validate().unwrap();
+        assert_eq!(o.duration_secs, 30.0);
+    }
+
+    #[test]
+    fn the_big_crowd_is_the_issue_s() {
+        let s = Scenario::from_toml(include_str!("../scenarios/big-crowd.toml")).unwrap();
+        assert_eq!(s.crowd_users(), 100_000);
+        assert!(s.flash_crowd_ms <= 1000);
+        assert_eq!(s.inventory_per_product, 1000);
+        assert_eq!(s.products, 100);
+        assert_eq!(s.crowd_hot_share(), 1.0);
     }
 
     #[test]

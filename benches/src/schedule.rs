@@ -60,6 +60,8 @@ pub enum Planned {
         sku: u16,
         /// Check out on success.
         checkout: bool,
+        /// One of the flash crowd's arrivals (each crowd user arrives once).
+        crowd: bool,
     },
     /// An availability read of product `sku`.
     Read {
@@ -96,6 +98,8 @@ pub struct ScheduleSpec {
     pub crowd_users: u32,
     /// Crowd window.
     pub crowd_window_ns: u64,
+    /// Share of crowd arrivals for product 0 (the rest spread over the others).
+    pub crowd_hot_share: f64,
     /// Share of reservations marked for checkout.
     pub checkout_share: f64,
     /// Seed for all choices.
@@ -114,6 +118,7 @@ impl ScheduleSpec {
             hot_share: s.hot_sku_share,
             crowd_users: s.crowd_users(),
             crowd_window_ns: s.flash_crowd_ms * 1_000_000,
+            crowd_hot_share: s.crowd_hot_share(),
             checkout_share: s.checkout_share,
             seed: s.seed,
         }
@@ -214,23 +219,28 @@ impl Schedule {
         }
     }
 
-    fn pick_sku(&mut self) -> u16 {
+    fn pick_sku(&mut self, hot_share: f64) -> u16 {
         let p = self.spec.products.max(1);
-        if p == 1 || self.rng.random::<f64>() < self.spec.hot_share {
+        if p == 1 || self.rng.random::<f64>() < hot_share {
             0
         } else {
             1 + self.rng.random_range(0..p - 1)
         }
     }
 
-    fn reserve(&mut self, user: u32) -> Planned {
-        let sku = self.pick_sku();
+    fn reserve(&mut self, user: u32, crowd: bool) -> Planned {
+        let sku = self.pick_sku(if crowd {
+            self.spec.crowd_hot_share
+        } else {
+            self.spec.hot_share
+        });
         let checkout =
             self.spec.checkout_share > 0.0 && self.rng.random::<f64>() < self.spec.checkout_share;
         Planned::Reserve {
             user,
             sku,
             checkout,
+            crowd,
         }
     }
 }
@@ -250,17 +260,17 @@ impl Iterator for Schedule {
         if crowd == Some(min) {
             let user = self.crowd_order[self.crowd_i as usize];
             self.crowd_i += 1;
-            let what = self.reserve(user);
+            let what = self.reserve(user, true);
             return Some(Slot { at_ns: min, what });
         }
         if write == Some(min) {
             self.write_k += 1;
             let user = self.rng.random_range(0..self.spec.users.max(1));
-            let what = self.reserve(user);
+            let what = self.reserve(user, false);
             return Some(Slot { at_ns: min, what });
         }
         self.read_k += 1;
-        let sku = self.pick_sku();
+        let sku = self.pick_sku(self.spec.hot_share);
         Some(Slot {
             at_ns: min,
             what: Planned::Read { sku },
@@ -282,6 +292,7 @@ mod tests {
             hot_share: 0.5,
             crowd_users: 0,
             crowd_window_ns: 0,
+            crowd_hot_share: 0.5,
             checkout_share: 0.0,
             seed: 7,
         }
@@ -349,6 +360,36 @@ mod tests {
         users.sort_unstable();
         users.dedup();
         assert_eq!(users.len(), 40, "each crowd user arrives once");
+    }
+
+    /// The big crowd: every arrival on the hot SKU while the steady stream goes to the
+    /// other products only.
+    #[test]
+    fn the_crowd_has_its_own_hot_share() {
+        let s = ScheduleSpec {
+            crowd_users: 30,
+            crowd_window_ns: 100_000_000,
+            crowd_hot_share: 1.0,
+            hot_share: 0.0,
+            ..spec()
+        };
+        let (mut crowd, mut steady) = (0, 0);
+        for slot in Schedule::new(s) {
+            match slot.what {
+                Planned::Reserve {
+                    crowd: true, sku, ..
+                } => {
+                    assert_eq!(sku, 0);
+                    crowd += 1;
+                }
+                Planned::Reserve { sku, .. } => {
+                    assert_ne!(sku, 0);
+                    steady += 1;
+                }
+                Planned::Read { .. } => {}
+            }
+        }
+        assert_eq!((crowd, steady), (30, 100));
     }
 
     #[test]

@@ -21,23 +21,42 @@ pub const MAX_LATENCY_US: u64 = 600_000_000;
 pub enum Outcome {
     /// The expected success status.
     Ok,
-    /// A 4xx answer; the API's `error` title (or `HTTP <status>` when the body had none).
-    Rejected(Cow<'static, str>),
+    /// A 4xx decision (not 429): the status and the API's `error` title (or `HTTP
+    /// <status>` when the body had none).
+    Rejected(u16, Cow<'static, str>),
+    /// Shed load: a 429 or 503, which the contract answers with `Retry-After`. Neither a
+    /// decision nor a failure of the server: it said "later".
+    Shed {
+        /// 429 or 503.
+        status: u16,
+        /// Whether the answer carried a `Retry-After` header (the contract says it must).
+        retry_after: bool,
+    },
     /// No usable answer: transport failure, timeout, 5xx, unexpected status. The text is a
     /// short kind, for the error breakdown.
     Error(Cow<'static, str>),
 }
 
 impl Outcome {
-    /// Classifies an HTTP answer: `expected` statuses are success, 4xx are rejections
-    /// titled by the body's `error`, anything else an error.
-    pub fn classify(status: u16, expected: &[u16], body: &[u8]) -> Outcome {
+    /// Classifies an HTTP answer: `expected` statuses are success, 429 and 503 are shed
+    /// load, other 4xx are rejections titled by the body's `error`, anything else an
+    /// error. `retry_after` says whether the answer had a `Retry-After` header.
+    pub fn classify(status: u16, expected: &[u16], body: &[u8], retry_after: bool) -> Outcome {
         if expected.contains(&status) {
             return Outcome::Ok;
         }
+        if status == 429 || status == 503 {
+            return Outcome::Shed {
+                status,
+                retry_after,
+            };
+        }
         let t = error_title(body);
         if (400..500).contains(&status) {
-            Outcome::Rejected(t.unwrap_or_else(|| Cow::Owned(format!("HTTP {status}"))))
+            Outcome::Rejected(
+                status,
+                t.unwrap_or_else(|| Cow::Owned(format!("HTTP {status}"))),
+            )
         } else {
             Outcome::Error(match t {
                 Some(t) => Cow::Owned(format!("{status} {t}")),
@@ -48,11 +67,13 @@ impl Outcome {
 
     /// True when this is shed load (`429` or `503`), which `--find-max` counts as failure.
     pub fn is_shed(&self) -> bool {
-        match self {
-            Outcome::Rejected(t) => t == title::TOO_MANY_REQUESTS,
-            Outcome::Error(t) => t.contains(title::SERVICE_UNAVAILABLE),
-            Outcome::Ok => false,
-        }
+        matches!(self, Outcome::Shed { .. })
+    }
+
+    /// True for a decision that counts as goodput: a success or a 409 (out of stock,
+    /// over the limit, …: the server decided, and said so).
+    pub fn is_goodput(&self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::Rejected(409, _))
     }
 }
 
@@ -126,23 +147,34 @@ pub fn record_us(h: &mut Histogram<u64>, us: u64) {
     h.saturating_record(us.clamp(1, MAX_LATENCY_US));
 }
 
-/// Counters and the latency distribution of one operation.
+/// Counters and the latency distributions of one operation.
+///
+/// Every request lands in exactly one of `ok`, `rejected`, `shed` and `errors`, so
+/// `sent = ok + Σ rejected + shed + errors`.
 #[derive(Debug, Clone)]
 pub struct OpStats {
     /// Requests sent (or due and never sent: those count as errors too).
     pub sent: u64,
     /// Successes.
     pub ok: u64,
-    /// Rejections by the API's error title.
+    /// Rejections (4xx decisions other than 429) by the API's error title.
     pub rejected: BTreeMap<String, u64>,
+    /// Of the rejections, those with status 409: with `ok`, the goodput.
+    pub conflicts: u64,
+    /// Shed answers (429 and 503).
+    pub shed: u64,
+    /// Shed answers without the `Retry-After` header the contract requires.
+    pub shed_without_retry_after: u64,
     /// Errors (no usable answer).
     pub errors: u64,
     /// Errors by kind.
     pub error_kinds: BTreeMap<String, u64>,
-    /// Shed answers (429/503).
-    pub shed: u64,
     /// Latency from the scheduled time, µs, every answered or failed request.
     pub latency_us: Histogram<u64>,
+    /// Latency of admitted requests (successes and rejections: the server decided).
+    pub admitted_latency_us: Histogram<u64>,
+    /// Latency of shed answers (how fast "later" came back).
+    pub shed_latency_us: Histogram<u64>,
 }
 
 impl Default for OpStats {
@@ -151,10 +183,14 @@ impl Default for OpStats {
             sent: 0,
             ok: 0,
             rejected: BTreeMap::new(),
+            conflicts: 0,
+            shed: 0,
+            shed_without_retry_after: 0,
             errors: 0,
             error_kinds: BTreeMap::new(),
-            shed: 0,
             latency_us: new_histogram(3),
+            admitted_latency_us: new_histogram(3),
+            shed_latency_us: new_histogram(3),
         }
     }
 }
@@ -163,12 +199,25 @@ impl OpStats {
     /// Counts one finished request.
     pub fn record(&mut self, outcome: &Outcome, latency_us: u64) {
         self.sent += 1;
-        if outcome.is_shed() {
-            self.shed += 1;
-        }
         match outcome {
-            Outcome::Ok => self.ok += 1,
-            Outcome::Rejected(t) => *self.rejected.entry(t.to_string()).or_default() += 1,
+            Outcome::Ok => {
+                self.ok += 1;
+                record_us(&mut self.admitted_latency_us, latency_us);
+            }
+            Outcome::Rejected(status, t) => {
+                *self.rejected.entry(t.to_string()).or_default() += 1;
+                if *status == 409 {
+                    self.conflicts += 1;
+                }
+                record_us(&mut self.admitted_latency_us, latency_us);
+            }
+            Outcome::Shed { retry_after, .. } => {
+                self.shed += 1;
+                if !retry_after {
+                    self.shed_without_retry_after += 1;
+                }
+                record_us(&mut self.shed_latency_us, latency_us);
+            }
             Outcome::Error(k) => {
                 self.errors += 1;
                 *self.error_kinds.entry(k.to_string()).or_default() += 1;
@@ -177,9 +226,14 @@ impl OpStats {
         record_us(&mut self.latency_us, latency_us);
     }
 
-    /// Requests that got a proper answer (success or rejection).
+    /// Requests that got a proper answer (success or rejection; not shed).
     pub fn answered(&self) -> u64 {
         self.ok + self.rejected.values().sum::<u64>()
+    }
+
+    /// Successes and 409 decisions.
+    pub fn goodput(&self) -> u64 {
+        self.ok + self.conflicts
     }
 
     /// Share of requests that failed or were shed; what `--find-max` holds below 0.1 %.
@@ -187,12 +241,7 @@ impl OpStats {
         if self.sent == 0 {
             return 0.0;
         }
-        let shed_rejections = self
-            .rejected
-            .get(title::TOO_MANY_REQUESTS)
-            .copied()
-            .unwrap_or(0);
-        (self.errors + shed_rejections) as f64 / self.sent as f64
+        (self.errors + self.shed) as f64 / self.sent as f64
     }
 }
 
@@ -205,8 +254,17 @@ pub struct Bucket {
     pub ok: u64,
     /// Of which errors.
     pub errors: u64,
-    /// Latency of requests *scheduled* in this bucket, µs.
+    /// Of which shed answers (429/503).
+    pub shed: u64,
+    /// Of which goodput (successes and 409 decisions).
+    pub goodput: u64,
+    /// Requests the schedule made due in this bucket (the offered load).
+    pub offered: u64,
+    /// Latency of admitted requests *scheduled* in this bucket, µs (shed answers apart,
+    /// so that fast "later"s do not flatter the admitted ones).
     pub latency_us: Histogram<u64>,
+    /// Latency of shed answers scheduled in this bucket, µs.
+    pub shed_latency_us: Histogram<u64>,
 }
 
 impl Default for Bucket {
@@ -215,7 +273,11 @@ impl Default for Bucket {
             completed: 0,
             ok: 0,
             errors: 0,
+            shed: 0,
+            goodput: 0,
+            offered: 0,
             latency_us: new_histogram(2),
+            shed_latency_us: new_histogram(2),
         }
     }
 }
@@ -254,18 +316,34 @@ impl Timeline {
         &mut v[i]
     }
 
+    /// Sets the offered load of `op`: `counts[i]` requests due in bucket `i`.
+    pub fn set_offered(&mut self, op: Op, counts: &[u64]) {
+        for (i, &n) in counts.iter().enumerate() {
+            self.bucket(op, i as u64 * self.bucket_ns).offered = n;
+        }
+    }
+
     /// Adds a request scheduled at `scheduled_ns` that finished `latency_us` later.
     pub fn record(&mut self, op: Op, scheduled_ns: u64, latency_us: u64, outcome: &Outcome) {
-        record_us(&mut self.bucket(op, scheduled_ns).latency_us, latency_us);
+        let at = self.bucket(op, scheduled_ns);
+        if outcome.is_shed() {
+            record_us(&mut at.shed_latency_us, latency_us);
+        } else {
+            record_us(&mut at.latency_us, latency_us);
+        }
         let b = self.bucket(
             op,
             scheduled_ns.saturating_add(latency_us.saturating_mul(1000)),
         );
         b.completed += 1;
+        if outcome.is_goodput() {
+            b.goodput += 1;
+        }
         match outcome {
             Outcome::Ok => b.ok += 1,
             Outcome::Error(_) => b.errors += 1,
-            Outcome::Rejected(_) => {}
+            Outcome::Shed { .. } => b.shed += 1,
+            Outcome::Rejected(..) => {}
         }
     }
 
@@ -361,6 +439,7 @@ mod tests {
             hot_share: 1.0,
             crowd_users: 0,
             crowd_window_ns: 0,
+            crowd_hot_share: 1.0,
             checkout_share: 0.0,
             seed: 1,
         };
@@ -408,19 +487,29 @@ mod tests {
     fn outcomes_are_classified_by_status_and_title() {
         let body =
             br#"{"timestamp":"t","status":409,"error":"Out of Stock","message":"m","path":"/p"}"#;
-        assert_eq!(Outcome::classify(201, &[201], b""), Outcome::Ok);
+        assert_eq!(Outcome::classify(201, &[201], b"", false), Outcome::Ok);
+        let oos = Outcome::classify(409, &[201], body, false);
+        assert_eq!(oos, Outcome::Rejected(409, Cow::Borrowed("Out of Stock")));
+        assert!(oos.is_goodput());
+        let nf = Outcome::classify(404, &[201], b"nope", false);
+        assert_eq!(nf, Outcome::Rejected(404, Cow::Borrowed("HTTP 404")));
+        assert!(!nf.is_goodput());
+        let e = Outcome::classify(503, &[201], br#"{"error":"Service Unavailable"}"#, true);
         assert_eq!(
-            Outcome::classify(409, &[201], body),
-            Outcome::Rejected(Cow::Borrowed("Out of Stock"))
+            e,
+            Outcome::Shed {
+                status: 503,
+                retry_after: true
+            }
         );
-        assert_eq!(
-            Outcome::classify(404, &[201], b"nope"),
-            Outcome::Rejected(Cow::Borrowed("HTTP 404"))
+        assert!(e.is_shed() && !e.is_goodput());
+        assert!(
+            Outcome::classify(429, &[201], br#"{"error":"Too Many Requests"}"#, false).is_shed()
         );
-        let e = Outcome::classify(503, &[201], br#"{"error":"Service Unavailable"}"#);
-        assert!(matches!(e, Outcome::Error(_)));
-        assert!(e.is_shed());
-        assert!(Outcome::classify(429, &[201], br#"{"error":"Too Many Requests"}"#).is_shed());
+        assert!(matches!(
+            Outcome::classify(500, &[201], b"", false),
+            Outcome::Error(_)
+        ));
     }
 
     #[test]
@@ -429,15 +518,22 @@ mod tests {
         for _ in 0..997 {
             s.record(&Outcome::Ok, 1000);
         }
-        s.record(&Outcome::Rejected(Cow::Borrowed("Out of Stock")), 500);
+        s.record(&Outcome::Rejected(409, Cow::Borrowed("Out of Stock")), 500);
         s.record(
-            &Outcome::Rejected(Cow::Borrowed(title::TOO_MANY_REQUESTS)),
-            500,
+            &Outcome::Shed {
+                status: 429,
+                retry_after: false,
+            },
+            300,
         );
         s.record(&Outcome::Error(Cow::Borrowed("timeout")), 5_000_000);
         assert_eq!(s.sent, 1000);
-        assert_eq!(s.answered(), 999);
+        assert_eq!(s.answered(), 998);
+        assert_eq!(s.goodput(), 998);
+        assert_eq!((s.shed, s.shed_without_retry_after), (1, 1));
         assert_eq!(s.errors, 1);
+        assert_eq!(s.admitted_latency_us.len(), 998);
+        assert_eq!(s.shed_latency_us.max(), 300);
         assert!((s.failure_share() - 0.002).abs() < 1e-12);
     }
 

@@ -54,6 +54,7 @@ fn options() -> RunOptions {
         stock_sample: Duration::from_millis(100),
         sku_prefix: "T-".into(),
         read_ceiling: Some((4, 0.2)),
+        ready_wait: Duration::from_secs(5),
     }
 }
 
@@ -97,7 +98,7 @@ async fn a_clean_server_gives_a_clean_report() {
     assert!(!out.charts.stock.is_empty());
     let hot_end = out.charts.stock.last().unwrap().available[0];
     assert!((0..=40).contains(&hot_end));
-    let page = flashsale_bench::html::run_page(r, &out.extras, &out.charts);
+    let page = flashsale_bench::html::run_page(r, &out.extras, &out.charts, Some(50.0));
     assert!(page.matches("<svg").count() >= 4, "four charts");
     assert!(!page.contains("<script"));
     let back = Report::from_json(&r.to_json()).unwrap();
