@@ -182,6 +182,9 @@ fn created(v: Value) -> Response {
 }
 
 fn reservation_result(result: &ApiError) -> &'static str {
+    if result.payload.shed {
+        return "shed";
+    }
     match result.payload.title {
         "Out of Stock" => "out_of_stock",
         "Purchase Limit Exceeded" => "limit_exceeded",
@@ -225,6 +228,11 @@ async fn reserve(
     let quantity = b.int("quantity", 1, u64::from(MAX_QUANTITY), None)? as u32;
     let key = idempotency_key(headers)?;
     app.rate_limit(&user)?;
+    if key.is_none() {
+        if let Some(sold_out) = app.read.refuse_sold_out(&user, &sku, quantity, now_ms()) {
+            return Err(ApiError::from_rejection(&sold_out));
+        }
+    }
     let partition = app.dispatcher.partition_of(&sku);
     let rec = app
         .dispatcher

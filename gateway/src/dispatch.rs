@@ -55,6 +55,10 @@ pub struct DispatchConfig {
     pub reply_deadline: Duration,
     /// Cap on commands awaiting a reply; past it, 503 at once.
     pub max_in_flight: usize,
+    /// Cap on commands of one partition awaiting a reply; past it, 503 at once. A hot
+    /// SKU lives on one partition: this keeps it from taking the whole node's budget,
+    /// so the other products of the sale are still served.
+    pub max_in_flight_per_partition: usize,
 }
 
 pub struct Dispatcher {
@@ -62,6 +66,8 @@ pub struct Dispatcher {
     pending: Arc<Pending>,
     cfg: DispatchConfig,
     in_flight: Semaphore,
+    /// One budget per partition (admission control, DESIGN.md "Admission").
+    per_partition: Vec<Semaphore>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -74,10 +80,14 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     pub fn new(bus: Arc<dyn CommandBus>, pending: Arc<Pending>, cfg: DispatchConfig) -> Self {
+        let per_partition = (0..bus.partitions())
+            .map(|_| Semaphore::new(cfg.max_in_flight_per_partition.max(1)))
+            .collect();
         Dispatcher {
             bus,
             pending,
-            in_flight: Semaphore::new(cfg.max_in_flight),
+            in_flight: Semaphore::new(cfg.max_in_flight.max(1)),
+            per_partition,
             cfg,
         }
     }
@@ -124,10 +134,18 @@ impl Dispatcher {
         idempotency_key: Option<String>,
         trace: Option<TraceParent>,
     ) -> Result<ReplyRecord, ApiError> {
+        // Admission: past either budget the request is refused at once, before anything
+        // is sent, so it leaves no trace in the state (nothing to retry but the request).
+        let _partition_permit = self
+            .per_partition
+            .get(partition as usize)
+            .ok_or_else(|| ApiError::unavailable(format!("No partition {partition}")))?
+            .try_acquire()
+            .map_err(|_| ApiError::shed("this product's partition is at its in-flight limit"))?;
         let _permit = self
             .in_flight
             .try_acquire()
-            .map_err(|_| ApiError::unavailable("Too many requests in flight; retry shortly"))?;
+            .map_err(|_| ApiError::shed("the node is at its in-flight limit"))?;
         if !self.bus.is_ready() {
             return Err(ApiError::unavailable(
                 "The engine is recovering; retry shortly",
@@ -169,5 +187,98 @@ fn command_name(c: &Command) -> &'static str {
         Command::Checkout(_) => "checkout",
         Command::Cancel { .. } => "cancel",
         Command::Tick => "tick",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use std::sync::Mutex;
+
+    /// A log that takes every command and never answers: each call stays in flight.
+    #[derive(Default)]
+    struct SilentBus {
+        sent: Mutex<Vec<(u32, RequestId)>>,
+    }
+    impl CommandBus for SilentBus {
+        fn partitions(&self) -> u32 {
+            2
+        }
+        fn send(&self, partition: u32, record: CommandRecord) -> BusFuture<'_> {
+            self.sent
+                .lock()
+                .unwrap()
+                .push((partition, record.request_id));
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+    }
+
+    fn reserve(user: &str) -> Command {
+        Command::Reserve {
+            user: UserId::parse(user).unwrap(),
+            sku: SkuId::parse("HOT").unwrap(),
+            quantity: 1,
+        }
+    }
+
+    async fn sent_eventually(bus: &SilentBus, n: usize) {
+        for _ in 0..1000 {
+            if bus.sent.lock().unwrap().len() >= n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("expected {n} commands on the bus");
+    }
+
+    #[tokio::test]
+    async fn past_the_partition_or_node_budget_a_request_is_shed_at_once_and_sends_nothing() {
+        let bus = Arc::new(SilentBus::default());
+        let d = Arc::new(Dispatcher::new(
+            bus.clone(),
+            Arc::new(Pending::default()),
+            DispatchConfig {
+                gateway_id: 0,
+                reply_deadline: Duration::from_secs(30),
+                max_in_flight: 3,
+                max_in_flight_per_partition: 2,
+            },
+        ));
+        // Two requests of partition 0 wait for replies that never come.
+        let waiting: Vec<_> = (0..2)
+            .map(|i| {
+                let d = d.clone();
+                tokio::spawn(async move { d.call(0, reserve(&format!("u{i}")), None).await })
+            })
+            .collect();
+        sent_eventually(&bus, 2).await;
+        // The third of partition 0 is refused at once: 503, Retry-After, shed.
+        let e = d.call(0, reserve("u2"), None).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.payload.retry_after_s, Some(1));
+        assert!(e.payload.shed, "{e:?}");
+        assert_eq!(
+            bus.sent.lock().unwrap().len(),
+            2,
+            "a shed request never reaches the log"
+        );
+        // Another partition still has room: the hot partition does not starve it ...
+        let other = {
+            let d = d.clone();
+            tokio::spawn(async move { d.call(1, reserve("v0"), None).await })
+        };
+        sent_eventually(&bus, 3).await;
+        // ... until the node's whole budget (3) is in flight.
+        let e = d.call(1, reserve("v1"), None).await.unwrap_err();
+        assert!(e.payload.shed, "{e:?}");
+        assert_eq!(bus.sent.lock().unwrap().len(), 3);
+        for w in waiting {
+            w.abort();
+        }
+        other.abort();
     }
 }

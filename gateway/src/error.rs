@@ -18,6 +18,8 @@ pub struct ErrorPayload {
     pub message: String,
     pub details: Option<Value>,
     pub retry_after_s: Option<u64>,
+    /// Refused by admission control (counted as `shed`, not `unavailable`).
+    pub shed: bool,
 }
 
 /// Every error the API answers with. One variant per row of API.md's table.
@@ -41,6 +43,7 @@ impl ApiError {
                 message: message.into(),
                 details,
                 retry_after_s: None,
+                shed: false,
             },
         }
     }
@@ -69,6 +72,19 @@ impl ApiError {
             None,
         );
         e.payload.retry_after_s = Some(retry_after_s);
+        e
+    }
+    /// 503 of admission control: the node is past a limit, answered at once, nothing
+    /// done (API.md, 503 row). Retry-After 1 s: a flash crowd's peak passes in seconds.
+    pub fn shed(why: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            format!("Busy: {why}; nothing was done, retry in 1 s"),
+            None,
+        );
+        e.payload.retry_after_s = Some(1);
+        e.payload.shed = true;
         e
     }
     pub fn unavailable(message: impl Into<String>) -> Self {

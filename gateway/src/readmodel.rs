@@ -43,6 +43,10 @@ pub struct ReadModel {
     reservations: DashMap<ReservationId, (ReservationView, u64)>,
     orders: DashMap<OrderId, OrderView>,
     user_orders: DashMap<UserId, Vec<OrderId>>,
+    /// Units each user holds or bought per SKU (RESERVED + CONFIRMED reservations), so
+    /// the sold-out fast path keeps API.md's precedence: "Purchase Limit Exceeded"
+    /// before "Out of Stock".
+    used: DashMap<(UserId, SkuId), u32>,
     /// Next event offset expected per partition.
     next_offset: Vec<AtomicU64>,
     metrics: Arc<Metrics>,
@@ -56,6 +60,7 @@ impl ReadModel {
             reservations: DashMap::new(),
             orders: DashMap::new(),
             user_orders: DashMap::new(),
+            used: DashMap::new(),
             next_offset: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             metrics,
         }
@@ -114,14 +119,84 @@ impl ReadModel {
 
     /// A reservation as of `version` (the offset of the record that produced it).
     pub fn upsert_reservation(&self, view: &ReservationView, version: u64) {
+        let mut before = None;
+        let mut changed = false;
         self.reservations
             .entry(view.id)
             .and_modify(|e| {
                 if version >= e.1 {
+                    before = Some(counted(&e.0));
+                    changed = true;
                     *e = (view.clone(), version);
                 }
             })
-            .or_insert_with(|| (view.clone(), version));
+            .or_insert_with(|| {
+                before = Some(0);
+                changed = true;
+                (view.clone(), version)
+            });
+        if changed {
+            self.count_use(view, before.unwrap_or(0), counted(view));
+        }
+    }
+
+    fn count_use(&self, view: &ReservationView, before: u32, after: u32) {
+        if before == after {
+            return;
+        }
+        let key = (view.user.clone(), view.sku.clone());
+        if after > before {
+            *self.used.entry(key).or_insert(0) += after - before;
+        } else if let dashmap::Entry::Occupied(mut e) = self.used.entry(key) {
+            let left = e.get().saturating_sub(before - after);
+            if left == 0 {
+                e.remove();
+            } else {
+                *e.get_mut() = left;
+            }
+        }
+    }
+
+    /// The sold-out fast path (DESIGN.md "Admission"): the engine's answer to a
+    /// reservation attempt, decided here when the read model already knows it, so the
+    /// crowd of attempts on a sold-out product costs about what a read costs and never
+    /// reaches the log. `Some` only when every earlier check of API.md's precedence is
+    /// known to pass (the product exists, its sale is open with a second's margin on
+    /// either side of the window so the engine's clock cannot disagree, this user is
+    /// within the limit) and fewer units than asked are unheld. Anything in doubt goes
+    /// to the engine. The model is at most ~100 ms behind the engine (API.md), so a
+    /// unit freed by an expiry a moment ago may be refused as it would have been a
+    /// moment earlier; it is never held or sold here.
+    pub fn refuse_sold_out(
+        &self,
+        user: &UserId,
+        sku: &SkuId,
+        quantity: u32,
+        now: UnixMs,
+    ) -> Option<Rejection> {
+        const CLOCK_MARGIN_MS: u64 = 1_000;
+        let p = self.products.get(sku)?;
+        let available = p.available();
+        if u64::from(quantity) <= available
+            || now < p.starts_at.saturating_add(CLOCK_MARGIN_MS)
+            || now.saturating_add(CLOCK_MARGIN_MS) >= p.ends_at
+        {
+            return None;
+        }
+        let limit = p.spec.per_user_limit;
+        drop(p);
+        let used = self
+            .used
+            .get(&(user.clone(), sku.clone()))
+            .map_or(0, |u| *u);
+        if u64::from(used) + u64::from(quantity) > u64::from(limit) {
+            return None;
+        }
+        Some(Rejection::OutOfStock {
+            sku: sku.clone(),
+            requested: quantity,
+            available,
+        })
     }
 
     pub fn insert_order(&self, o: &OrderView) {
@@ -240,5 +315,13 @@ impl ReadModel {
         if let Some(n) = self.next_offset.get(partition as usize) {
             n.store(state.next_offset(), Ordering::Release);
         }
+    }
+}
+
+/// Units a reservation holds or bought, for the per-user counts.
+fn counted(v: &ReservationView) -> u32 {
+    match v.status {
+        ReservationStatus::Reserved | ReservationStatus::Confirmed => v.quantity,
+        ReservationStatus::Expired | ReservationStatus::Cancelled => 0,
     }
 }

@@ -97,11 +97,26 @@ pub struct ServeArgs {
     /// How long a request waits for the engine's reply before answering 503.
     #[arg(long, env = "FLASHSALE_REPLY_DEADLINE_MS", default_value_t = 2000)]
     pub reply_deadline_ms: u64,
-    /// Most commands awaiting a reply at once; past it, 503 at once.
-    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = 20_000)]
+    /// Admission: most commands awaiting a reply at once, all partitions together;
+    /// past it, 503 + Retry-After at once, nothing done. Sized from the latency target,
+    /// not from memory: a node answers ~30,000 holds/s, so 4,096 waiting requests are
+    /// ~140 ms of work; a deeper queue only makes every buyer wait longer.
+    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = 4_096)]
     pub max_in_flight: usize,
-    /// Commands queued per partition before new ones get 503.
-    #[arg(long, env = "FLASHSALE_QUEUE_DEPTH", default_value_t = 16_384)]
+    /// Admission per partition: most commands of one partition awaiting a reply; past
+    /// it, 503 + Retry-After at once. One partition's actor applies ~30,000 commands/s,
+    /// so 1,024 is ~35 ms of queue: admitted buyers stay fast, and one hot SKU cannot
+    /// take the whole node's budget from the other products of the sale.
+    #[arg(
+        long,
+        env = "FLASHSALE_MAX_IN_FLIGHT_PER_PARTITION",
+        default_value_t = 1_024
+    )]
+    pub max_in_flight_per_partition: usize,
+    /// Commands queued per partition in the embedded log's writer before new ones get
+    /// 503 (a backstop behind --max-in-flight-per-partition; the writer commits up to
+    /// 4,096 records per fsync).
+    #[arg(long, env = "FLASHSALE_QUEUE_DEPTH", default_value_t = 4_096)]
     pub queue_depth: usize,
     /// Reservation attempts per second per userId (0 turns the limit off).
     #[arg(long, env = "FLASHSALE_RATE_LIMIT_PER_USER", default_value_t = 5)]
@@ -349,9 +364,22 @@ pub struct GatewayArgs {
     /// How long a request waits for the engine's reply before answering 503.
     #[arg(long, env = "FLASHSALE_REPLY_DEADLINE_MS", default_value_t = 2000)]
     pub reply_deadline_ms: u64,
-    /// Most commands awaiting a reply at once; past it, 503 at once.
-    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = 20_000)]
+    /// Admission: most commands awaiting a reply at once, all partitions together;
+    /// past it, 503 + Retry-After at once, nothing done. Sized from the latency target,
+    /// not from memory: a node answers ~30,000 holds/s, so 4,096 waiting requests are
+    /// ~140 ms of work; a deeper queue only makes every buyer wait longer.
+    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = 4_096)]
     pub max_in_flight: usize,
+    /// Admission per partition: most commands of one partition awaiting a reply; past
+    /// it, 503 + Retry-After at once. One partition's actor applies ~30,000 commands/s,
+    /// so 1,024 is ~35 ms of queue: admitted buyers stay fast, and one hot SKU cannot
+    /// take the whole node's budget from the other products of the sale.
+    #[arg(
+        long,
+        env = "FLASHSALE_MAX_IN_FLIGHT_PER_PARTITION",
+        default_value_t = 1_024
+    )]
+    pub max_in_flight_per_partition: usize,
     /// Reservation attempts per second per userId (0 turns the limit off).
     #[arg(long, env = "FLASHSALE_RATE_LIMIT_PER_USER", default_value_t = 5)]
     pub rate_limit_per_user: u32,

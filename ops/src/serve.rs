@@ -116,6 +116,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             // 0 is allowed: every request that is not answered at once gets 503 (tests use it).
             reply_deadline: Duration::from_millis(args.reply_deadline_ms),
             max_in_flight: args.max_in_flight.max(1),
+            max_in_flight_per_partition: args.max_in_flight_per_partition.max(1),
         },
     );
     let app = AppInner::new(

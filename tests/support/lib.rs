@@ -39,6 +39,7 @@ pub fn serve_args(data_dir: PathBuf) -> ServeArgs {
         gateway_id: 0,
         reply_deadline_ms: 5000,
         max_in_flight: 20_000,
+        max_in_flight_per_partition: 20_000,
         queue_depth: 16_384,
         rate_limit_per_user: 0,
         rate_limit_burst: 10,
@@ -172,6 +173,10 @@ impl TestServer {
             json!({"userId": user, "skuId": sku, "quantity": quantity}),
         )
         .await
+    }
+    /// [`TestServer::reserve`] of one unit, with owned ids (for many at once).
+    pub async fn reserve_owned(&self, user: String, sku: String) -> Answer {
+        self.reserve(&user, &sku, 1).await
     }
     pub async fn checkout(&self, reservation_id: &str, payment: &str) -> Answer {
         self.post(

@@ -82,6 +82,7 @@ pub async fn gateway_command(
         gateway_id: args.gateway_id,
         reply_deadline_ms: args.reply_deadline_ms,
         max_in_flight: args.max_in_flight,
+        max_in_flight_per_partition: args.max_in_flight_per_partition,
         rate_limit_per_user: args.rate_limit_per_user,
         rate_limit_burst: args.rate_limit_burst,
         demo: false,

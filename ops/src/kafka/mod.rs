@@ -45,6 +45,7 @@ pub struct GatewayParams {
     pub gateway_id: u32,
     pub reply_deadline_ms: u64,
     pub max_in_flight: usize,
+    pub max_in_flight_per_partition: usize,
     pub rate_limit_per_user: u32,
     pub rate_limit_burst: u32,
     pub demo: bool,
@@ -58,6 +59,7 @@ impl From<&crate::cli::ServeArgs> for GatewayParams {
             gateway_id: a.gateway_id,
             reply_deadline_ms: a.reply_deadline_ms,
             max_in_flight: a.max_in_flight,
+            max_in_flight_per_partition: a.max_in_flight_per_partition,
             rate_limit_per_user: a.rate_limit_per_user,
             rate_limit_burst: a.rate_limit_burst,
             demo: a.demo,
@@ -175,6 +177,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             gateway_id: gw.gateway_id,
             reply_deadline: Duration::from_millis(gw.reply_deadline_ms),
             max_in_flight: gw.max_in_flight.max(1),
+            max_in_flight_per_partition: gw.max_in_flight_per_partition.max(1),
         },
     );
     let orders: Arc<dyn OrderSource> = orders.unwrap_or_else(|| read.clone());
