@@ -17,6 +17,12 @@ use flashsale_runtime::pg::{ms_to_time, time_to_ms, to_i64, PgError, Pool, Retry
 /// default, see [`PgSnapshotStore::with_retry`]), so a snapshot taken while Postgres is
 /// away is written when it is back; the engine keeps applying commands meanwhile.
 ///
+/// Every snapshot belongs to one log ([`PgSnapshotStore::with_log_id`]: the commands
+/// topic's name and Kafka topic id): `list`, `load` and `prune` see only that log's
+/// rows, so an engine never starts from a snapshot of another deployment sharing the
+/// database, or of a topic since deleted and created again. Snapshots of other logs
+/// found for a partition are named once in a warning (see [`PgSnapshotStore::other_logs_async`]).
+///
 /// On load, the format version and checksum columns must match the snapshot's own
 /// header; `flashsale_engine::snapshot::decode` then checks the body's CRC-32, the
 /// decoding and every invariant. A snapshot failing any of these is refused by
@@ -26,12 +32,16 @@ pub struct PgSnapshotStore {
     pool: Pool,
     runtime: tokio::runtime::Handle,
     retry: Retry,
+    log_id: String,
+    /// Partitions whose snapshots of other logs were already reported.
+    warned: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u32>>>,
 }
 
 impl std::fmt::Debug for PgSnapshotStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgSnapshotStore")
             .field("retry", &self.retry)
+            .field("log_id", &self.log_id)
             .finish()
     }
 }
@@ -50,6 +60,85 @@ impl PgSnapshotStore {
             pool,
             runtime,
             retry: Retry::BACKGROUND,
+            log_id: String::new(),
+            warned: Default::default(),
+        }
+    }
+
+    /// The log this store's snapshots belong to:
+    /// [`TopicIdentity::log_id`](flashsale_runtime::kafka_id::TopicIdentity::log_id) of
+    /// the commands topic. Without it, the store uses the rows of log `''` (written
+    /// before migration 0002, or by tests without Kafka).
+    pub fn with_log_id(mut self, log_id: impl Into<String>) -> Self {
+        self.log_id = log_id.into();
+        self
+    }
+
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// Snapshots of `partition` stored for other logs: (log id, how many, newest
+    /// offset). Never loaded; `flashsale audit` and the engine name them.
+    pub async fn other_logs_async(
+        &self,
+        partition: u32,
+    ) -> Result<Vec<(String, u64, u64)>, PgError> {
+        let p = partition as i32;
+        let rows = self
+            .retry
+            .run("list snapshots of other logs", || async {
+                let client = self.pool.get().await?;
+                let stmt = client
+                    .prepare_cached(include_str!("sql/snapshot_other_logs.sql"))
+                    .await?;
+                Ok(client.query(&stmt, &[&p, &self.log_id]).await?)
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1).max(0) as u64,
+                    r.get::<_, i64>(2).max(0) as u64,
+                )
+            })
+            .collect())
+    }
+
+    /// Says once per partition that snapshots of other logs exist and are refused.
+    async fn warn_other_logs(&self, partition: u32) {
+        {
+            let mut w = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+            if !w.insert(partition) {
+                return;
+            }
+        }
+        match self.other_logs_async(partition).await {
+            Ok(others) if !others.is_empty() => {
+                let named: Vec<String> = others
+                    .iter()
+                    .map(|(id, n, max)| {
+                        let id = if id.is_empty() {
+                            "(unknown: written before migration 0002)"
+                        } else {
+                            id
+                        };
+                        format!("{n} of log {id} up to offset {max}")
+                    })
+                    .collect();
+                tracing::warn!(
+                    partition,
+                    log = %self.log_id,
+                    others = %named.join("; "),
+                    "refusing snapshots of another log (another deployment sharing this database, or a topic since deleted and recreated); recovering from this log's own snapshots or from its start"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(partition, error = %e, "could not list snapshots of other logs")
+            }
         }
     }
 
@@ -84,7 +173,7 @@ impl PgSnapshotStore {
                     .prepare_cached(include_str!("sql/snapshot_save.sql"))
                     .await?;
                 client
-                    .execute(&stmt, &[&p, &o, &t, &v, &c, &size, &bytes])
+                    .execute(&stmt, &[&p, &o, &t, &v, &c, &size, &bytes, &self.log_id])
                     .await?;
                 Ok(())
             })
@@ -101,6 +190,7 @@ impl PgSnapshotStore {
 
     /// Newest first.
     pub async fn list_async(&self, partition: u32) -> Result<Vec<SnapshotInfo>, PgError> {
+        self.warn_other_logs(partition).await;
         let p = partition as i32;
         let rows = self
             .retry
@@ -109,7 +199,7 @@ impl PgSnapshotStore {
                 let stmt = client
                     .prepare_cached(include_str!("sql/snapshot_list.sql"))
                     .await?;
-                Ok(client.query(&stmt, &[&p]).await?)
+                Ok(client.query(&stmt, &[&p, &self.log_id]).await?)
             })
             .await?;
         rows.iter()
@@ -140,7 +230,7 @@ impl PgSnapshotStore {
                 let stmt = client
                     .prepare_cached(include_str!("sql/snapshot_load.sql"))
                     .await?;
-                Ok(client.query_opt(&stmt, &[&p, &o]).await?)
+                Ok(client.query_opt(&stmt, &[&p, &o, &self.log_id]).await?)
             })
             .await
             .map_err(other)?
@@ -166,7 +256,7 @@ impl PgSnapshotStore {
                 let stmt = client
                     .prepare_cached(include_str!("sql/snapshot_prune.sql"))
                     .await?;
-                Ok(client.execute(&stmt, &[&p, &k]).await?)
+                Ok(client.execute(&stmt, &[&p, &k, &self.log_id]).await?)
             })
             .await
     }

@@ -1,3 +1,3 @@
 SELECT format_version, checksum, state
 FROM engine_snapshots
-WHERE partition = $1 AND log_offset = $2
+WHERE partition = $1 AND log_offset = $2 AND log_id = $3

@@ -5,6 +5,9 @@
 //!   implemented by the embedded log (`flashsale-engine`) and by the gateway's Kafka
 //!   producer.
 //! - [`kafka`]: client settings (idempotent producers, `acks=all`) and admin helpers.
+//! - [`kafka_id`]: a topic's identity (name + Kafka's topic id), the key of snapshots
+//!   and projector offsets.
+//! - [`patience`]: retry with backoff and rate-limited warnings while a broker is away.
 //! - [`pg`]: the Postgres pool, migrations and retry policy.
 //! - [`metrics`]: the process's Prometheus registry (every series of DESIGN.md
 //!   "Observability"), passed down explicitly.
@@ -16,7 +19,9 @@
 
 pub mod bus;
 pub mod kafka;
+pub mod kafka_id;
 pub mod metrics;
+pub mod patience;
 pub mod pg;
 pub mod telemetry;
 

@@ -110,11 +110,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A unit test checks this list against the directory.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../schemas/migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../schemas/migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "log_identity",
+        sql: include_str!("../../../schemas/migrations/0002_log_identity.sql"),
+    },
+];
 
 /// Applies the migrations this database has not seen, in order, in one transaction,
 /// recording each in `schema_migrations` (version, name, md5 of the file). Returns

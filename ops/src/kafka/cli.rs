@@ -6,7 +6,6 @@ use crate::cli::{EngineArgs, GatewayArgs, ServeCmd, TopicsAction, TopicsArgs};
 use anyhow::Context;
 use flashsale_engine::actor::SnapshotPolicy;
 use flashsale_engine::kafka::EngineOptions;
-use flashsale_engine::store::{FileSnapshotStore, SnapshotStore};
 use flashsale_proto::Topics;
 use std::future::Future;
 use std::path::Path;
@@ -39,10 +38,11 @@ pub async fn topics_command(args: TopicsArgs) -> anyhow::Result<()> {
     }
 }
 
-fn file_store(data_dir: &Path) -> anyhow::Result<Arc<dyn SnapshotStore>> {
+/// Snapshots under `<data dir>/snapshots/<topic>@<topic id>` (see [`super::logid`]).
+fn file_store(data_dir: &Path) -> anyhow::Result<super::logid::StoreSpec> {
     let dir = data_dir.join("snapshots");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(Arc::new(FileSnapshotStore::new(dir)))
+    Ok(super::logid::StoreSpec::Files(dir))
 }
 
 fn snapshot_policy(every_commands: u64, every_secs: u64) -> SnapshotPolicy {

@@ -14,13 +14,13 @@
 //! therefore reads a state at least as new as that answer, as in embedded mode.
 
 pub mod cli;
+pub mod logid;
 mod postgres;
 pub mod topics;
 
 use crate::serve::Running;
 use anyhow::Context;
 use flashsale_engine::kafka::{self as engine, EngineHandle, EngineOptions};
-use flashsale_engine::store::SnapshotStore;
 use flashsale_gateway::api::{self, ApiConfig, AppInner, RateLimit};
 use flashsale_gateway::dispatch::{DispatchConfig, Dispatcher, Pending};
 use flashsale_gateway::kafka::{Follower, FollowerOptions, KafkaBus};
@@ -83,7 +83,9 @@ pub type Sidecar = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 #[derive(Default)]
 pub struct Extras {
     /// Engine options and the snapshot store it uses.
-    pub engine: Option<(EngineOptions, Arc<dyn SnapshotStore>)>,
+    /// The engine and where its snapshots go (bound to the commands topic's identity
+    /// once the broker answers).
+    pub engine: Option<(EngineOptions, logid::StoreSpec)>,
     /// Create missing topics first (serve mode).
     pub create_topics: Option<TopicSpec>,
     /// Orders from here instead of the read model (Postgres in Kafka mode).
@@ -127,9 +129,14 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             tracing::info!(topic = %t.topic, partitions = t.partitions, "topic created");
         }
     }
+    // The broker may not be up yet: wait for it (one line, then quiet) rather than
+    // exit; a supervisor restarting us would only add noise.
     let (brokers, topics) = (k.brokers.clone(), k.topics.clone());
-    let (partitions, replies_partitions) =
-        blocking(move || topics::check(&brokers, &topics)).await?;
+    let (partitions, replies_partitions) = flashsale_runtime::patience::retry_forever(
+        &format!("Kafka at {} (topic {})", k.brokers, k.topics.commands),
+        move || topics::check(&brokers, &topics),
+    )
+    .await;
     let admin_token = gw
         .admin_token
         .clone()
@@ -140,7 +147,9 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
     let pending = Arc::new(Pending::default());
 
     let engine: Option<EngineHandle> = match engine_opts {
-        Some((opts, store)) => {
+        Some((opts, spec)) => {
+            let log = logid::wait_for_identity(&opts.brokers, &opts.topics.commands).await;
+            let store = spec.bind(&log)?;
             let m = metrics.clone();
             Some(blocking(move || engine::start(opts, store, m)).await?)
         }
@@ -285,7 +294,7 @@ pub async fn serve(
 /// Runs an engine alone until `shutdown` resolves (or the engine stops by itself).
 pub async fn run_engine(
     opts: EngineOptions,
-    store: Arc<dyn SnapshotStore>,
+    store: logid::StoreSpec,
     metrics_listen: Option<SocketAddr>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -297,9 +306,15 @@ pub async fn run_engine(
         None => None,
     };
     let (group, brokers) = (opts.group_id.clone(), opts.brokers.clone());
+    tokio::pin!(shutdown);
+    // Started before the broker: wait for it (and the topics), still obeying a stop.
+    let log = tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        log = logid::wait_for_identity(&opts.brokers, &opts.topics.commands) => log,
+    };
+    let store = store.bind(&log)?;
     let handle = blocking(move || engine::start(opts, store, metrics)).await?;
     println!("flashsale engine running (group {group}, brokers {brokers})");
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,

@@ -4,7 +4,6 @@
 use super::Sidecar;
 use crate::projector::{self, ProjectorConfig};
 use flashsale_engine::pg::PgSnapshotStore;
-use flashsale_engine::store::SnapshotStore;
 use flashsale_gateway::orders::OrderSource;
 use flashsale_gateway::pg_orders::PgOrders;
 use flashsale_proto::Topics;
@@ -21,9 +20,15 @@ async fn pool(url: &str, pool_size: usize) -> anyhow::Result<pg::Pool> {
     Ok(pool)
 }
 
-/// Snapshots in Postgres; its blocking calls run on this runtime.
-pub async fn snapshot_store(url: &str, pool_size: usize) -> anyhow::Result<Arc<dyn SnapshotStore>> {
-    Ok(Arc::new(PgSnapshotStore::new(pool(url, pool_size).await?)))
+/// Snapshots in Postgres; its blocking calls run on this runtime. Bound to a log by
+/// [`super::logid::StoreSpec::bind`].
+pub async fn snapshot_store(
+    url: &str,
+    pool_size: usize,
+) -> anyhow::Result<super::logid::StoreSpec> {
+    Ok(super::logid::StoreSpec::Postgres(PgSnapshotStore::new(
+        pool(url, pool_size).await?,
+    )))
 }
 
 /// `GET /api/v1/orders/…` from the projected tables.

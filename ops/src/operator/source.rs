@@ -51,6 +51,18 @@ pub struct Sources {
     pub store: Arc<dyn SnapshotStore>,
     pub pool: Option<flashsale_runtime::pg::Pool>,
     pub describe: String,
+    /// Kafka mode: the identities (`name/topic-id`) of the commands and events topics;
+    /// snapshots and orders in Postgres are those of these logs.
+    pub logs: Option<LogIds>,
+}
+
+/// Which logs a Kafka deployment's rows in Postgres must belong to.
+#[derive(Debug, Clone)]
+pub struct LogIds {
+    /// Snapshots: keyed by the commands topic.
+    pub commands: String,
+    /// Projector offsets and orders: keyed by the events topic.
+    pub events: String,
 }
 
 impl SourceArgs {
@@ -66,30 +78,52 @@ impl SourceArgs {
                     log: Box::new(log),
                     store,
                     pool: None,
+                    logs: None,
                 })
             }
             Some(brokers) => {
                 let topic = format!("{}commands", self.topic_prefix);
                 let log = KafkaLog::open(brokers, &topic)?;
+                let timeout = flashsale_runtime::kafka::ADMIN_TIMEOUT;
+                let commands =
+                    flashsale_runtime::kafka_id::topic_identity(brokers, &topic, timeout)?;
+                let events = flashsale_runtime::kafka_id::topic_identity(
+                    brokers,
+                    &format!("{}events", self.topic_prefix),
+                    timeout,
+                )?;
+                let logs = LogIds {
+                    commands: commands.log_id(),
+                    events: events.log_id(),
+                };
                 let (store, pool): (Arc<dyn SnapshotStore>, _) = match &self.postgres {
                     Some(url) => {
                         let pool = flashsale_runtime::pg::connect(url, 4)
                             .context("connecting to Postgres")?;
                         (
-                            Arc::new(flashsale_engine::pg::PgSnapshotStore::new(pool.clone())),
+                            Arc::new(
+                                flashsale_engine::pg::PgSnapshotStore::new(pool.clone())
+                                    .with_log_id(logs.commands.clone()),
+                            ),
                             Some(pool),
                         )
                     }
+                    // As the engine keeps them: a directory per log (ops/src/kafka/logid.rs).
                     None => (
-                        Arc::new(FileSnapshotStore::new(self.data_dir.join("snapshots"))),
+                        Arc::new(FileSnapshotStore::new(
+                            self.data_dir
+                                .join("snapshots")
+                                .join(format!("{}@{}", commands.name, commands.id)),
+                        )),
                         None,
                     ),
                 };
                 Ok(Sources {
-                    describe: format!("Kafka {brokers}, topic {topic}"),
+                    describe: format!("Kafka {brokers}, topic {commands}"),
                     log: Box::new(log),
                     store,
                     pool,
+                    logs: Some(logs),
                 })
             }
         }

@@ -34,7 +34,25 @@ pub async fn run_projector(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let mut shutdown = std::pin::pin!(shutdown.fuse());
-    let projector = Projector::new(pool, config.events_topic.clone());
+    // Which log: offsets and positions are those of this events topic as created
+    // (name + Kafka's topic id), so a recreated topic or another deployment sharing the
+    // database never makes the projector skip records. Waits for the broker.
+    let log = {
+        let (b, t) = (config.kafka_bootstrap.clone(), config.events_topic.clone());
+        let what = format!(
+            "Kafka at {} (topic {})",
+            config.kafka_bootstrap, config.events_topic
+        );
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            id = flashsale_runtime::patience::retry_forever(
+                &what,
+                move || flashsale_runtime::kafka_id::topic_identity(&b, &t, flashsale_runtime::kafka::ADMIN_TIMEOUT),
+            ) => id,
+        }
+    };
+    tracing::info!(log = %log.log_id(), "projecting log {log}");
+    let projector = Projector::new(pool, config.events_topic.clone()).with_log_id(log.log_id());
     let consumer: Arc<StreamConsumer> = Arc::new(
         ClientConfig::new()
             .set("bootstrap.servers", &config.kafka_bootstrap)

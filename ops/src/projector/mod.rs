@@ -70,12 +70,16 @@ pub struct ApplyReport {
 pub struct Projector {
     pool: Pool,
     topic: String,
+    /// The log whose offsets and positions these are (`name/topic-id` of the events
+    /// topic, see `flashsale_runtime::kafka_id`); `''` without Kafka.
+    log_id: String,
 }
 
 impl std::fmt::Debug for Projector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Projector")
             .field("topic", &self.topic)
+            .field("log_id", &self.log_id)
             .finish()
     }
 }
@@ -86,7 +90,20 @@ impl Projector {
         Projector {
             pool,
             topic: events_topic.into(),
+            log_id: String::new(),
         }
+    }
+
+    /// Offsets and read positions of this log only: a projector of another deployment
+    /// sharing the database, or of a topic since recreated, starts from its own (see
+    /// migration 0002).
+    pub fn with_log_id(mut self, log_id: impl Into<String>) -> Self {
+        self.log_id = log_id.into();
+        self
+    }
+
+    pub fn log_id(&self) -> &str {
+        &self.log_id
     }
 
     pub fn pool(&self) -> &Pool {
@@ -123,8 +140,11 @@ impl Projector {
                 .await?;
             for &p in &partitions {
                 let pi = to_i32(p, "partition")?;
-                tx.execute(&ensure, &[&pi]).await?;
-                let stored = tx.query_one(&get, &[&pi]).await?.get::<_, i64>(0);
+                tx.execute(&ensure, &[&pi, &self.log_id]).await?;
+                let stored = tx
+                    .query_one(&get, &[&pi, &self.log_id])
+                    .await?
+                    .get::<_, i64>(0);
                 let stored = u64::try_from(stored)
                     .map_err(|_| PgError::Data(format!("negative offset {stored}")))?;
                 next.insert(p, (stored, stored));
@@ -268,6 +288,7 @@ impl Projector {
                         &c.payment_method,
                         &c.shipping_address,
                         &c.created_at,
+                        &self.log_id,
                     ],
                 )
                 .await?;
@@ -279,8 +300,15 @@ impl Projector {
             .await?;
         for (p, (stored, new)) in &next {
             if new > stored {
-                tx.execute(&set, &[&to_i32(*p, "partition")?, &to_i64(*new, "offset")?])
-                    .await?;
+                tx.execute(
+                    &set,
+                    &[
+                        &to_i32(*p, "partition")?,
+                        &to_i64(*new, "offset")?,
+                        &self.log_id,
+                    ],
+                )
+                .await?;
             }
         }
         if !positions.is_empty() {
@@ -288,7 +316,8 @@ impl Projector {
                 .prepare_cached(include_str!("sql/projector_position_set.sql"))
                 .await?;
             for (p, o) in positions {
-                tx.execute(&stmt, &[&self.topic, p, o]).await?;
+                tx.execute(&stmt, &[&self.topic, p, o, &self.log_id])
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -301,7 +330,7 @@ impl Projector {
         let stmt = client
             .prepare_cached(include_str!("sql/projector_positions_get.sql"))
             .await?;
-        let rows = client.query(&stmt, &[&self.topic]).await?;
+        let rows = client.query(&stmt, &[&self.topic, &self.log_id]).await?;
         Ok(rows
             .iter()
             .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
@@ -312,7 +341,10 @@ impl Projector {
     pub async fn offsets(&self) -> Result<BTreeMap<u32, u64>, PgError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query("SELECT partition, next_offset FROM projector_offsets", &[])
+            .query(
+                "SELECT partition, next_offset FROM projector_offsets WHERE log_id = $1",
+                &[&self.log_id],
+            )
             .await?;
         Ok(rows
             .iter()
