@@ -821,7 +821,7 @@ fn bad_snapshots_are_refused() {
         snapshot::decode(&flipped),
         Err(snapshot::SnapshotError::Checksum { .. })
     ));
-    assert!(matches!(snapshot::decode(&good[..n - 3]), Err(_)));
+    assert!(snapshot::decode(&good[..n - 3]).is_err());
     assert!(matches!(
         snapshot::decode(b"nope"),
         Err(snapshot::SnapshotError::Magic)
