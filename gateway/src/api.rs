@@ -197,7 +197,10 @@ pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
     })
 }
 
-pub(crate) fn path_param(p: Result<Path<String>, PathRejection>, name: &str) -> Result<String, ApiError> {
+pub(crate) fn path_param(
+    p: Result<Path<String>, PathRejection>,
+    name: &str,
+) -> Result<String, ApiError> {
     p.map(|Path(s)| s)
         .map_err(|e| ApiError::bad_request(name, e.body_text()))
 }
