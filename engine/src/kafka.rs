@@ -854,6 +854,8 @@ fn event_key(rec: &EventRecord) -> Option<&str> {
         Event::Inventory { sku, .. } => Some(sku.as_str()),
         Event::Reservation(v) => Some(v.sku.as_str()),
         Event::OrderCreated(o) => Some(o.sku.as_str()),
+        Event::ProductPaused { sku, .. } => Some(sku.as_str()),
+        Event::SaleEnded { skus, .. } => skus.first().map(|s| s.as_str()),
     })
 }
 

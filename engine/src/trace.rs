@@ -73,6 +73,9 @@ pub fn reply_kind(reply: &flashsale_proto::Reply) -> &'static str {
         Reply::SaleConfigured { .. } => "sale_configured",
         Reply::SaleDropped { .. } => "sale_dropped",
         Reply::Ticked => "ticked",
+        Reply::Extended { .. } => "extended",
+        Reply::ProductControlled(_) => "product_controlled",
+        Reply::SaleEnded { .. } => "sale_ended",
         Reply::Rejected(r) => match r {
             Rejection::ProductNotFound { .. } => "product_not_found",
             Rejection::ReservationNotFound { .. } => "reservation_not_found",
@@ -85,6 +88,9 @@ pub fn reply_kind(reply: &flashsale_proto::Reply) -> &'static str {
             Rejection::Conflict { .. } => "conflict",
             Rejection::SaleInUse { .. } => "sale_in_use",
             Rejection::Invalid { .. } => "invalid",
+            Rejection::ExtensionLimitReached { .. } => "extension_limit_reached",
+            Rejection::InventoryConflict { .. } => "inventory_conflict",
+            Rejection::ProductPaused { .. } => "product_paused",
         },
     }
 }

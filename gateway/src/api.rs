@@ -39,6 +39,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/products/{skuId}/availability"),
     ("post", "/api/v1/admin/sales"),
     ("get", "/api/v1/admin/sales/{saleId}"),
+    ("post", "/api/v1/reservations/{reservationId}/extend"),
+    ("post", "/api/v1/admin/products/{skuId}/inventory"),
+    ("post", "/api/v1/admin/products/{skuId}/pause"),
+    ("post", "/api/v1/admin/products/{skuId}/resume"),
+    ("post", "/api/v1/admin/sales/{saleId}/end"),
     ("get", "/health"),
     ("get", "/actuator/health"),
     ("get", "/ready"),
@@ -111,7 +116,7 @@ impl AppInner {
         })
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -142,6 +147,26 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/products/{sku_id}/availability", get(availability))
         .route("/api/v1/admin/sales", post(create_sale))
         .route("/api/v1/admin/sales/{sale_id}", get(get_sale))
+        .route(
+            "/api/v1/reservations/{reservation_id}/extend",
+            post(crate::controls::extend_reservation),
+        )
+        .route(
+            "/api/v1/admin/products/{sku_id}/inventory",
+            post(crate::controls::adjust_inventory),
+        )
+        .route(
+            "/api/v1/admin/products/{sku_id}/pause",
+            post(crate::controls::pause_product),
+        )
+        .route(
+            "/api/v1/admin/products/{sku_id}/resume",
+            post(crate::controls::resume_product),
+        )
+        .route(
+            "/api/v1/admin/sales/{sale_id}/end",
+            post(crate::controls::end_sale),
+        )
         .route("/health", get(health))
         .route("/actuator/health", get(health))
         .route("/ready", get(ready))
@@ -162,7 +187,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The body, or 413/400 in API.md's order.
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
@@ -172,7 +197,10 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn path_param(p: Result<Path<String>, PathRejection>, name: &str) -> Result<String, ApiError> {
+pub(crate) fn path_param(
+    p: Result<Path<String>, PathRejection>,
+    name: &str,
+) -> Result<String, ApiError> {
     p.map(|Path(s)| s)
         .map_err(|e| ApiError::bad_request(name, e.body_text()))
 }
@@ -271,7 +299,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(v.to_str().expect("checked ascii").to_string()))
 }
 
-fn unexpected(reply: Reply) -> ApiError {
+pub(crate) fn unexpected(reply: Reply) -> ApiError {
     tracing::error!(?reply, "engine answered with an unexpected reply kind");
     ApiError::unavailable("Unexpected engine reply; retry shortly")
 }
@@ -444,7 +472,10 @@ async fn create_sale(
     app.authorize(&headers)?;
     let b = Body::parse(&bytes)?;
     let (meta, products) = parse_sale(&b)?;
-    let sale = crate::sales::create_sale(&app.dispatcher, &app.read, meta, products).await?;
+    let max_hold_s = crate::controls::parse_max_hold(&b, meta.reservation_ttl_s)?;
+    let sale =
+        crate::sales::create_sale_with(&app.dispatcher, &app.read, meta, products, max_hold_s)
+            .await?;
     Ok(created(sale))
 }
 

@@ -187,6 +187,12 @@ fn command_name(c: &Command) -> &'static str {
         Command::Checkout(_) => "checkout",
         Command::Cancel { .. } => "cancel",
         Command::Tick => "tick",
+        Command::Extend { .. } => "extend",
+        Command::AdjustInventory { .. } => "adjust_inventory",
+        Command::PauseProduct { .. } => "pause_product",
+        Command::ResumeProduct { .. } => "resume_product",
+        Command::EndSale { .. } => "end_sale",
+        Command::ConfigureSaleWith { .. } => "configure_sale",
     }
 }
 

@@ -217,6 +217,24 @@ impl ApiError {
                 None,
             ),
             Rejection::Invalid { reason } => Self::bad_request("body", reason.clone()),
+            Rejection::ExtensionLimitReached { reservation, max_expires_at } => Self::new(
+                StatusCode::CONFLICT,
+                "Extension Limit Reached",
+                format!("Reservation {reservation} cannot be held past {}: the sale's maxHoldSeconds is reached; check out before then", rfc3339(*max_expires_at)),
+                Some(json!({"reservationId": reservation.to_string(), "maxExpiresAt": rfc3339(*max_expires_at)})),
+            ),
+            Rejection::InventoryConflict { sku, sold, held } => Self::new(
+                StatusCode::CONFLICT,
+                "Inventory Conflict",
+                format!("Product {sku} cannot go below sold + held ({sold} sold, {held} held); remove fewer units"),
+                Some(json!({"skuId": sku.as_str(), "sold": sold, "held": held})),
+            ),
+            Rejection::ProductPaused { sku, starts_at, ends_at } => Self::new(
+                StatusCode::CONFLICT,
+                "Sale Not Active",
+                format!("The sale of {sku} is paused by the operator; try again later"),
+                Some(json!({"skuId": sku.as_str(), "startsAt": rfc3339(*starts_at), "endsAt": rfc3339(*ends_at), "paused": true})),
+            ),
         }
     }
 }

@@ -22,6 +22,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod controls;
 pub mod dispatch;
 pub mod error;
 pub mod json;

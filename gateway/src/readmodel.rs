@@ -21,6 +21,8 @@ pub struct ProductEntry {
     pub ends_at: UnixMs,
     pub held: u64,
     pub sold: u64,
+    /// Paused by an operator: new holds are refused.
+    pub paused: bool,
 }
 
 impl ProductEntry {
@@ -225,10 +227,42 @@ impl ReadModel {
                     ends_at: cfg.sale.ends_at,
                     held: 0,
                     sold: 0,
+                    paused: false,
                 },
             );
             self.metrics
                 .set_available(spec.sku.as_str(), spec.total_inventory);
+        }
+    }
+
+    /// Applies a control's reply at once (read-your-writes for the operator); the
+    /// events that follow carry the same absolute figures. Returns the product after.
+    pub fn apply_figures(&self, f: &ProductFigures) -> Option<ProductEntry> {
+        let mut p = self.products.get_mut(&f.sku)?;
+        p.spec.total_inventory = f.total;
+        p.held = f.held;
+        p.sold = f.sold;
+        p.paused = f.paused;
+        p.ends_at = f.ends_at;
+        self.metrics.set_available(f.sku.as_str(), p.available());
+        Some(p.clone())
+    }
+
+    /// Applies an `EndSale` reply at once (the `SaleEnded` event repeats it).
+    pub fn end_sale(&self, sale_id: SaleId, ends_at: UnixMs) {
+        let skus = match self.sales.get_mut(&sale_id) {
+            Some(mut s) => {
+                s.meta.ends_at = s.meta.ends_at.min(ends_at);
+                s.meta.all_skus.clone()
+            }
+            None => return,
+        };
+        for sku in skus {
+            if let Some(mut p) = self.products.get_mut(&sku) {
+                if p.sale_id == sale_id {
+                    p.ends_at = p.ends_at.min(ends_at);
+                }
+            }
         }
     }
 
@@ -263,10 +297,14 @@ impl ReadModel {
                     self.sales.remove(sale_id);
                 }
                 Event::Inventory {
-                    sku, held, sold, ..
+                    sku,
+                    total,
+                    held,
+                    sold,
                 } => {
                     if let Some(mut p) = self.products.get_mut(sku) {
                         let before = p.available();
+                        p.spec.total_inventory = *total;
                         p.held = *held;
                         p.sold = *sold;
                         let after = p.available();
@@ -278,6 +316,25 @@ impl ReadModel {
                 }
                 Event::Reservation(v) => self.upsert_reservation(v, rec.offset),
                 Event::OrderCreated(o) => self.insert_order(o),
+                Event::ProductPaused { sku, paused } => {
+                    if let Some(mut p) = self.products.get_mut(sku) {
+                        p.paused = *paused;
+                    }
+                }
+                Event::SaleEnded {
+                    sale_id,
+                    skus,
+                    ends_at,
+                } => {
+                    if let Some(mut s) = self.sales.get_mut(sale_id) {
+                        s.meta.ends_at = *ends_at;
+                    }
+                    for sku in skus {
+                        if let Some(mut p) = self.products.get_mut(sku) {
+                            p.ends_at = *ends_at;
+                        }
+                    }
+                }
             }
         }
     }
@@ -299,9 +356,10 @@ impl ReadModel {
                     spec: p.spec().clone(),
                     sale_id: p.sale_id(),
                     starts_at: meta.starts_at,
-                    ends_at: meta.ends_at,
+                    ends_at: p.ends_at(),
                     held: p.held(),
                     sold: p.sold(),
+                    paused: p.is_paused(),
                 },
             );
             self.metrics.set_available(sku.as_str(), p.available());

@@ -17,6 +17,17 @@ pub async fn create_sale(
     meta: SaleMeta,
     products: Vec<ProductSpec>,
 ) -> Result<Value, ApiError> {
+    create_sale_with(dispatcher, read, meta, products, None).await
+}
+
+/// [`create_sale`] with the sale's `maxHoldSeconds` (`None`: the default, 2 × TTL).
+pub async fn create_sale_with(
+    dispatcher: &Dispatcher,
+    read: &ReadModel,
+    meta: SaleMeta,
+    products: Vec<ProductSpec>,
+    max_hold_s: Option<u32>,
+) -> Result<Value, ApiError> {
     // Fast path for the common conflict; the engines decide for real.
     for p in &products {
         if read.sale_of(&p.sku).is_some_and(|s| s != meta.sale_id) {
@@ -31,10 +42,14 @@ pub async fn create_sale(
             .push(p.clone());
     }
     let calls = by_partition.iter().map(|(&partition, ps)| {
-        let cmd = Command::ConfigureSale(SaleConfig {
+        let config = SaleConfig {
             sale: meta.clone(),
             products: ps.clone(),
-        });
+        };
+        let cmd = match max_hold_s {
+            None => Command::ConfigureSale(config),
+            Some(max_hold_s) => Command::ConfigureSaleWith { config, max_hold_s },
+        };
         async move { (partition, dispatcher.call(partition, cmd, None).await) }
     });
     let results = futures::future::join_all(calls).await;
@@ -84,6 +99,7 @@ pub async fn create_sale(
             ends_at: meta.ends_at,
             held: 0,
             sold: 0,
+            paused: false,
             spec,
         })
         .collect();

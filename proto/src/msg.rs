@@ -39,6 +39,36 @@ pub enum Command {
     },
     /// Advances the partition's clock; expires due holds.
     Tick,
+    // New variants go at the end: bincode numbers variants by position, so records
+    // already on the log keep decoding.
+    /// Push a live hold's `expires_at` out to max(current, now + `seconds`), capped at
+    /// `created_at` + the sale's max hold. `None`: the sale's reservation TTL.
+    Extend {
+        reservation: ReservationId,
+        seconds: Option<u32>,
+    },
+    /// Add (or, negative, remove) units of a product; never below sold + held.
+    AdjustInventory {
+        sku: SkuId,
+        delta: i64,
+    },
+    /// A paused product refuses new holds; live holds can still end as usual.
+    PauseProduct {
+        sku: SkuId,
+    },
+    ResumeProduct {
+        sku: SkuId,
+    },
+    /// Close the sale on this partition now (`ends_at` = the record's log time).
+    EndSale {
+        sale_id: SaleId,
+    },
+    /// `ConfigureSale` with the settings added after version 1 of the layout.
+    ConfigureSaleWith {
+        config: SaleConfig,
+        /// Longest a hold may live counting extensions, from its `created_at`.
+        max_hold_s: u32,
+    },
 }
 
 /// `Debug` leaves the shipping address out (personal data never reaches a log).
@@ -226,6 +256,28 @@ pub enum Reply {
     },
     Ticked,
     Rejected(Rejection),
+    /// `Extend` succeeded; the reservation with its new `expires_at`.
+    Extended {
+        reservation: ReservationView,
+    },
+    /// A control (inventory, pause, resume) applied; the product's figures after it.
+    ProductControlled(ProductFigures),
+    /// `EndSale` applied on this partition.
+    SaleEnded {
+        sale_id: SaleId,
+        ends_at: UnixMs,
+    },
+}
+
+/// A product's counters and switches, as the admin endpoints answer them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductFigures {
+    pub sku: SkuId,
+    pub total: u64,
+    pub held: u64,
+    pub sold: u64,
+    pub paused: bool,
+    pub ends_at: UnixMs,
 }
 
 /// Business outcomes that refuse a command. Values, not errors: the engine never
@@ -274,6 +326,23 @@ pub enum Rejection {
     Invalid {
         reason: String,
     },
+    /// `Extend` of a hold that already reached `created_at` + the sale's max hold.
+    ExtensionLimitReached {
+        reservation: ReservationId,
+        max_expires_at: UnixMs,
+    },
+    /// An inventory change would take the total below sold + held.
+    InventoryConflict {
+        sku: SkuId,
+        sold: u64,
+        held: u64,
+    },
+    /// A new hold on a paused product (API: 409 "Sale Not Active", `paused: true`).
+    ProductPaused {
+        sku: SkuId,
+        starts_at: UnixMs,
+        ends_at: UnixMs,
+    },
 }
 
 /// What the engine sends to the asking gateway.
@@ -304,6 +373,17 @@ pub enum Event {
     /// A reservation's state after a change.
     Reservation(ReservationView),
     OrderCreated(OrderView),
+    /// A product paused or resumed.
+    ProductPaused {
+        sku: SkuId,
+        paused: bool,
+    },
+    /// A sale closed early: its products' window now ends at `ends_at`.
+    SaleEnded {
+        sale_id: SaleId,
+        skus: Vec<SkuId>,
+        ends_at: UnixMs,
+    },
 }
 
 /// Events of one applied command record; consumers drop duplicates by
@@ -357,6 +437,52 @@ mod tests {
             Err(DecodeError::Version { found: 9 })
         );
         assert_eq!(decode::<CommandRecord>(&[]), Err(DecodeError::Empty));
+    }
+
+    /// Variants added after the first release sit after the old ones, so a record
+    /// written by an older build decodes to the same value: its variant index is
+    /// unchanged (bincode writes the index first).
+    #[test]
+    fn old_variant_indices_are_stable() {
+        assert_eq!(encode(&Command::Tick), vec![crate::FORMAT_VERSION, 5]);
+        assert_eq!(encode(&Reply::Ticked), vec![crate::FORMAT_VERSION, 5]);
+        assert_eq!(
+            encode(&Rejection::IdempotencyKeyReused),
+            vec![crate::FORMAT_VERSION, 7]
+        );
+        let sku = SkuId::parse("A").unwrap();
+        let inv = encode(&Event::Inventory {
+            sku: sku.clone(),
+            total: 1,
+            held: 0,
+            sold: 0,
+        });
+        assert_eq!(inv[1], 2);
+        // and the new ones round-trip
+        for c in [
+            Command::Extend {
+                reservation: ReservationId {
+                    partition: 1,
+                    ulid: 7,
+                },
+                seconds: Some(60),
+            },
+            Command::AdjustInventory {
+                sku: sku.clone(),
+                delta: -5,
+            },
+            Command::PauseProduct { sku: sku.clone() },
+            Command::ResumeProduct { sku: sku.clone() },
+            Command::EndSale { sale_id: SaleId(9) },
+        ] {
+            assert_eq!(decode::<Command>(&encode(&c)).unwrap(), c);
+        }
+        let r = Reply::Rejected(Rejection::InventoryConflict {
+            sku,
+            sold: 1,
+            held: 2,
+        });
+        assert_eq!(decode::<Reply>(&encode(&r)).unwrap(), r);
     }
 
     proptest! {

@@ -38,6 +38,10 @@ pub struct Product {
     /// Per user: units held + bought. Zero entries are removed.
     #[serde(deserialize_with = "crate::presized::map")]
     pub(crate) per_user: FxHashMap<UserId, u32>,
+    /// Longest a hold may live, extensions included, from its `created_at`.
+    pub(crate) max_hold_ms: u64,
+    /// Paused by an operator: new holds are refused.
+    pub(crate) paused: bool,
 }
 
 impl Product {
@@ -65,6 +69,29 @@ impl Product {
     }
     pub fn per_user(&self) -> impl Iterator<Item = (&UserId, u32)> {
         self.per_user.iter().map(|(u, n)| (u, *n))
+    }
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+    pub fn max_hold_ms(&self) -> u64 {
+        self.max_hold_ms
+    }
+    pub fn starts_at(&self) -> UnixMs {
+        self.starts_at
+    }
+    pub fn ends_at(&self) -> UnixMs {
+        self.ends_at
+    }
+    /// The figures the admin endpoints answer with.
+    pub fn figures(&self) -> ProductFigures {
+        ProductFigures {
+            sku: self.spec.sku.clone(),
+            total: self.total(),
+            held: self.held,
+            sold: self.sold,
+            paused: self.paused,
+            ends_at: self.ends_at,
+        }
     }
     fn is_open(&self, now: UnixMs) -> bool {
         self.starts_at <= now && now < self.ends_at
@@ -279,9 +306,20 @@ impl State {
             } => self.reserve(now, record, user, sku, *quantity, events),
             Command::Checkout(req) => self.checkout(now, record.request_id, req, events),
             Command::Cancel { reservation } => self.cancel(now, *reservation, events),
-            Command::ConfigureSale(cfg) => self.configure(cfg, events),
+            Command::ConfigureSale(cfg) => self.configure(cfg, None, events),
             Command::DropSale { sale_id } => self.drop_sale(*sale_id, events),
             Command::Tick => Reply::Ticked,
+            Command::Extend {
+                reservation,
+                seconds,
+            } => self.extend(now, *reservation, *seconds, events),
+            Command::AdjustInventory { sku, delta } => self.adjust_inventory(sku, *delta, events),
+            Command::PauseProduct { sku } => self.set_paused(sku, true, events),
+            Command::ResumeProduct { sku } => self.set_paused(sku, false, events),
+            Command::EndSale { sale_id } => self.end_sale(now, *sale_id, events),
+            Command::ConfigureSaleWith { config, max_hold_s } => {
+                self.configure(config, Some(*max_hold_s), events)
+            }
         };
         #[cfg(debug_assertions)]
         self.assert_touched(record);
@@ -291,7 +329,7 @@ impl State {
     fn expire_due(&mut self, now: UnixMs, events: &mut Vec<Event>) {
         while let Some(ttl) = self.due_queue(now) {
             let q = self.expiries.get_mut(&ttl).expect("due queue exists");
-            let (_, id) = q.pop_front().expect("due queue has a front");
+            let (due_at, id) = q.pop_front().expect("due queue has a front");
             if q.is_empty() {
                 self.expiries.remove(&ttl);
             }
@@ -301,6 +339,9 @@ impl State {
                 .expect("expiry queue names a reservation");
             if r.status != ReservationStatus::Reserved {
                 continue; // ended early by checkout or cancel
+            }
+            if r.expires_at != due_at {
+                continue; // extended: queued again at its new time
             }
             self.live -= 1;
             r.status = ReservationStatus::Expired;
@@ -370,6 +411,13 @@ impl State {
         };
         if !p.is_open(now) {
             return Reply::Rejected(Rejection::SaleNotActive {
+                sku: sku.clone(),
+                starts_at: p.starts_at,
+                ends_at: p.ends_at,
+            });
+        }
+        if p.paused {
+            return Reply::Rejected(Rejection::ProductPaused {
                 sku: sku.clone(),
                 starts_at: p.starts_at,
                 ends_at: p.ends_at,
@@ -544,9 +592,18 @@ impl State {
         }
     }
 
-    fn configure(&mut self, cfg: &SaleConfig, events: &mut Vec<Event>) -> Reply {
+    fn configure(
+        &mut self,
+        cfg: &SaleConfig,
+        max_hold_s: Option<u32>,
+        events: &mut Vec<Event>,
+    ) -> Reply {
         if let Err(reason) = validate_sale(cfg) {
             return invalid(&reason);
+        }
+        let max_hold_s = max_hold_s.unwrap_or(default_max_hold_s(cfg.sale.reservation_ttl_s));
+        if max_hold_s < cfg.sale.reservation_ttl_s || max_hold_s > MAX_TTL_S {
+            return invalid("maxHoldSeconds must be reservationTtlSeconds-3600");
         }
         let sale_id = cfg.sale.sale_id;
         for spec in &cfg.products {
@@ -574,6 +631,8 @@ impl State {
                 held: 0,
                 sold: 0,
                 per_user: FxHashMap::default(),
+                max_hold_ms: u64::from(max_hold_s) * 1000,
+                paused: false,
             };
             self.products.insert(spec.sku.clone(), p);
         }
@@ -607,6 +666,127 @@ impl State {
         Reply::SaleDropped { sale_id }
     }
 
+    fn extend(
+        &mut self,
+        now: UnixMs,
+        id: ReservationId,
+        seconds: Option<u32>,
+        events: &mut Vec<Event>,
+    ) -> Reply {
+        if seconds.is_some_and(|s| s == 0 || s > MAX_TTL_S) {
+            return invalid("extend: seconds must be 1-3600");
+        }
+        let Some(r) = self.reservations.get_mut(&id) else {
+            return Reply::Rejected(Rejection::ReservationNotFound { reservation: id });
+        };
+        match r.status {
+            ReservationStatus::Reserved => {}
+            ReservationStatus::Expired => {
+                return Reply::Rejected(Rejection::ReservationExpired {
+                    reservation: id,
+                    expired_at: r.expires_at,
+                })
+            }
+            ReservationStatus::Confirmed | ReservationStatus::Cancelled => {
+                return Reply::Rejected(Rejection::ReservationNotActive {
+                    reservation: id,
+                    status: r.status,
+                })
+            }
+        }
+        let p = self.products.get(&r.sku).expect("a hold's product exists");
+        let cap = r.created_at.saturating_add(p.max_hold_ms);
+        if r.expires_at >= cap {
+            return Reply::Rejected(Rejection::ExtensionLimitReached {
+                reservation: id,
+                max_expires_at: cap,
+            });
+        }
+        let by_ms = seconds.map_or(p.ttl_ms, |s| u64::from(s) * 1000);
+        let new_expiry = r.expires_at.max(now.saturating_add(by_ms)).min(cap);
+        if new_expiry > r.expires_at {
+            r.expires_at = new_expiry;
+            // Its old queue entry stays and is skipped when it falls due (its time no
+            // longer matches). The new one gets a queue of its own time, so each queue
+            // stays sorted; the high bit keeps those keys apart from the TTL queues.
+            self.expiries
+                .entry(EXTENDED_QUEUE | new_expiry)
+                .or_default()
+                .push_back((new_expiry, id));
+            events.push(Event::Reservation(r.view()));
+        }
+        Reply::Extended {
+            reservation: r.view(),
+        }
+    }
+
+    fn adjust_inventory(&mut self, sku: &SkuId, delta: i64, events: &mut Vec<Event>) -> Reply {
+        let Some(p) = self.products.get_mut(sku) else {
+            return Reply::Rejected(Rejection::ProductNotFound { sku: sku.clone() });
+        };
+        let Some(total) = p.total().checked_add_signed(delta) else {
+            return Reply::Rejected(Rejection::InventoryConflict {
+                sku: sku.clone(),
+                sold: p.sold,
+                held: p.held,
+            });
+        };
+        if total > MAX_INVENTORY {
+            return invalid("adjust inventory: totalInventory must stay at most 1000000000");
+        }
+        if total < p.sold + p.held {
+            return Reply::Rejected(Rejection::InventoryConflict {
+                sku: sku.clone(),
+                sold: p.sold,
+                held: p.held,
+            });
+        }
+        p.spec.total_inventory = total;
+        events.push(inventory_event(sku, p));
+        Reply::ProductControlled(p.figures())
+    }
+
+    fn set_paused(&mut self, sku: &SkuId, paused: bool, events: &mut Vec<Event>) -> Reply {
+        let Some(p) = self.products.get_mut(sku) else {
+            return Reply::Rejected(Rejection::ProductNotFound { sku: sku.clone() });
+        };
+        if p.paused != paused {
+            p.paused = paused;
+            events.push(Event::ProductPaused {
+                sku: sku.clone(),
+                paused,
+            });
+        }
+        Reply::ProductControlled(p.figures())
+    }
+
+    fn end_sale(&mut self, now: UnixMs, sale_id: SaleId, events: &mut Vec<Event>) -> Reply {
+        let Some(meta) = self.sales.get_mut(&sale_id) else {
+            return invalid("end sale: no such sale on this partition");
+        };
+        // `ends_at` = now, but never before the start (a sale ended before it opened
+        // simply never opens) and never later than it was.
+        let ends_at = now.clamp(meta.starts_at, meta.ends_at);
+        if ends_at == meta.ends_at {
+            return Reply::SaleEnded { sale_id, ends_at };
+        }
+        meta.ends_at = ends_at;
+        let mut skus: Vec<SkuId> = Vec::new();
+        for (sku, p) in self.products.iter_mut() {
+            if p.sale_id == sale_id {
+                p.ends_at = ends_at;
+                skus.push(sku.clone());
+            }
+        }
+        skus.sort();
+        events.push(Event::SaleEnded {
+            sale_id,
+            skus,
+            ends_at,
+        });
+        Reply::SaleEnded { sale_id, ends_at }
+    }
+
     /// Debug builds check, after every apply, the invariants the record could have
     /// broken: its product's counters and its user's limit.
     #[cfg(debug_assertions)]
@@ -621,6 +801,11 @@ impl State {
                 Some(r) => (Some(r.sku.clone()), Some(r.user.clone())),
                 None => (None, None),
             },
+            Command::Extend { reservation, .. } => match self.reservations.get(reservation) {
+                Some(r) => (Some(r.sku.clone()), Some(r.user.clone())),
+                None => (None, None),
+            },
+            Command::AdjustInventory { sku, .. } => (Some(sku.clone()), None),
             _ => (None, None),
         };
         if let Some(p) = sku.as_ref().and_then(|s| self.products.get(s)) {
@@ -631,6 +816,16 @@ impl State {
             }
         }
     }
+}
+
+/// Key bit of the expiry queues of extended holds (one queue per expiry time).
+const EXTENDED_QUEUE: u64 = 1 << 63;
+/// Largest `totalInventory` (API.md, sale creation).
+pub const MAX_INVENTORY: u64 = 1_000_000_000;
+
+/// A sale's max hold when it sets none: twice the TTL, within [TTL, 3600 s].
+pub fn default_max_hold_s(ttl_s: u32) -> u32 {
+    ttl_s.saturating_mul(2).min(MAX_TTL_S).max(ttl_s)
 }
 
 fn release_user(p: &mut Product, user: &UserId, q: u32) {

@@ -9,7 +9,9 @@ use crate::core::State;
 use crate::invariants::{check_state, Violation};
 
 pub const MAGIC: &[u8; 4] = b"FSNP";
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// 2: products carry `max_hold_ms` and `paused` (issue 14); a version-1 snapshot is
+/// refused (never misread as the new layout).
+pub const SNAPSHOT_VERSION: u8 = 2;
 /// Snapshots may be far larger than one message (a million holds).
 pub const MAX_SNAPSHOT_BYTES: usize = 1 << 31;
 

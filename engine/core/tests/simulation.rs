@@ -29,6 +29,8 @@ struct MProduct {
     starts: u64,
     ends: u64,
     ttl_ms: u64,
+    max_hold_ms: u64,
+    paused: bool,
 }
 
 #[derive(Clone)]
@@ -42,6 +44,8 @@ struct MRes {
 struct Model {
     clock: u64,
     sales: Vec<SaleId>,
+    /// (starts, ends) per configured sale.
+    windows: HashMap<SaleId, (u64, u64)>,
     products: BTreeMap<SkuId, MProduct>,
     res: Vec<MRes>,
     by_id: HashMap<ReservationId, usize>,
@@ -63,6 +67,74 @@ impl Model {
                     .sum()
             })
             .unwrap_or(0)
+    }
+
+    /// (held, sold) units of a product.
+    fn held_sold(&self, sku: &SkuId) -> (u64, u64) {
+        let mut out = (0, 0);
+        for &i in self.counted.get(sku).into_iter().flatten() {
+            let r = &self.res[i].view;
+            match r.status {
+                ReservationStatus::Reserved => out.0 += u64::from(r.quantity),
+                _ => out.1 += u64::from(r.quantity),
+            }
+        }
+        out
+    }
+
+    fn figures(&self, sku: &SkuId) -> Reply {
+        let p = &self.products[sku];
+        let (held, sold) = self.held_sold(sku);
+        Reply::ProductControlled(ProductFigures {
+            sku: sku.clone(),
+            total: p.spec.total_inventory,
+            held,
+            sold,
+            paused: p.paused,
+            ends_at: p.ends,
+        })
+    }
+
+    fn configure(&mut self, cfg: &SaleConfig, max_hold_s: Option<u32>) -> Reply {
+        if let Err(r) = flashsale_core::core::validate_sale(cfg) {
+            return Reply::Rejected(Rejection::Invalid { reason: r });
+        }
+        let ttl = cfg.sale.reservation_ttl_s;
+        let max_hold_s = max_hold_s.unwrap_or((2 * ttl).clamp(ttl, 3600));
+        if max_hold_s < ttl || max_hold_s > 3600 {
+            return Reply::Rejected(Rejection::Invalid {
+                reason: "maxHoldSeconds must be reservationTtlSeconds-3600".into(),
+            });
+        }
+        for p in &cfg.products {
+            if let Some(mp) = self.products.get(&p.sku) {
+                if mp.sale != cfg.sale.sale_id {
+                    return Reply::Rejected(Rejection::Conflict { sku: p.sku.clone() });
+                }
+            }
+        }
+        if !self.sales.contains(&cfg.sale.sale_id) {
+            self.sales.push(cfg.sale.sale_id);
+            self.windows
+                .insert(cfg.sale.sale_id, (cfg.sale.starts_at, cfg.sale.ends_at));
+            for p in &cfg.products {
+                self.products.insert(
+                    p.sku.clone(),
+                    MProduct {
+                        sale: cfg.sale.sale_id,
+                        spec: p.clone(),
+                        starts: cfg.sale.starts_at,
+                        ends: cfg.sale.ends_at,
+                        ttl_ms: u64::from(ttl) * 1000,
+                        max_hold_ms: u64::from(max_hold_s) * 1000,
+                        paused: false,
+                    },
+                );
+            }
+        }
+        Reply::SaleConfigured {
+            sale_id: cfg.sale.sale_id,
+        }
     }
 
     fn uncount(&mut self, i: usize) {
@@ -92,34 +164,100 @@ impl Model {
         self.keys.retain(|k| k.5 + DAY_MS > now);
         match &rec.command {
             Command::Tick => Reply::Ticked,
-            Command::ConfigureSale(cfg) => {
-                if let Err(r) = flashsale_core::core::validate_sale(cfg) {
-                    return Reply::Rejected(Rejection::Invalid { reason: r });
+            Command::ConfigureSale(cfg) => self.configure(cfg, None),
+            Command::ConfigureSaleWith { config, max_hold_s } => {
+                self.configure(config, Some(*max_hold_s))
+            }
+            Command::Extend {
+                reservation,
+                seconds,
+            } => {
+                if seconds.is_some_and(|s| s == 0 || s > 3600) {
+                    return Reply::Rejected(Rejection::Invalid {
+                        reason: "extend: seconds must be 1-3600".into(),
+                    });
                 }
-                for p in &cfg.products {
-                    if let Some(mp) = self.products.get(&p.sku) {
-                        if mp.sale != cfg.sale.sale_id {
-                            return Reply::Rejected(Rejection::Conflict { sku: p.sku.clone() });
-                        }
+                let Some(&i) = self.by_id.get(reservation) else {
+                    return Reply::Rejected(Rejection::ReservationNotFound {
+                        reservation: *reservation,
+                    });
+                };
+                let r = self.res[i].view.clone();
+                match r.status {
+                    ReservationStatus::Reserved => {}
+                    ReservationStatus::Expired => {
+                        return Reply::Rejected(Rejection::ReservationExpired {
+                            reservation: r.id,
+                            expired_at: r.expires_at,
+                        })
+                    }
+                    s => {
+                        return Reply::Rejected(Rejection::ReservationNotActive {
+                            reservation: r.id,
+                            status: s,
+                        })
                     }
                 }
-                if !self.sales.contains(&cfg.sale.sale_id) {
-                    self.sales.push(cfg.sale.sale_id);
-                    for p in &cfg.products {
-                        self.products.insert(
-                            p.sku.clone(),
-                            MProduct {
-                                sale: cfg.sale.sale_id,
-                                spec: p.clone(),
-                                starts: cfg.sale.starts_at,
-                                ends: cfg.sale.ends_at,
-                                ttl_ms: u64::from(cfg.sale.reservation_ttl_s) * 1000,
-                            },
-                        );
+                let p = &self.products[&r.sku];
+                let cap = r.created_at + p.max_hold_ms;
+                if r.expires_at >= cap {
+                    return Reply::Rejected(Rejection::ExtensionLimitReached {
+                        reservation: r.id,
+                        max_expires_at: cap,
+                    });
+                }
+                let by = seconds.map_or(p.ttl_ms, |s| u64::from(s) * 1000);
+                let new = r.expires_at.max(now + by).min(cap);
+                self.res[i].view.expires_at = new;
+                Reply::Extended {
+                    reservation: self.res[i].view.clone(),
+                }
+            }
+            Command::AdjustInventory { sku, delta } => {
+                let Some(p) = self.products.get(sku) else {
+                    return Reply::Rejected(Rejection::ProductNotFound { sku: sku.clone() });
+                };
+                let (held, sold) = self.held_sold(sku);
+                let total = p.spec.total_inventory as i128 + i128::from(*delta);
+                if total > 1_000_000_000 {
+                    return Reply::Rejected(Rejection::Invalid {
+                        reason: "adjust inventory: totalInventory must stay at most 1000000000"
+                            .into(),
+                    });
+                }
+                if total < i128::from(held + sold) {
+                    return Reply::Rejected(Rejection::InventoryConflict {
+                        sku: sku.clone(),
+                        sold,
+                        held,
+                    });
+                }
+                self.products.get_mut(sku).unwrap().spec.total_inventory = total as u64;
+                self.figures(sku)
+            }
+            Command::PauseProduct { sku } | Command::ResumeProduct { sku } => {
+                let Some(p) = self.products.get_mut(sku) else {
+                    return Reply::Rejected(Rejection::ProductNotFound { sku: sku.clone() });
+                };
+                p.paused = matches!(rec.command, Command::PauseProduct { .. });
+                self.figures(sku)
+            }
+            Command::EndSale { sale_id } => {
+                let Some(&(starts, ends)) = self.windows.get(sale_id) else {
+                    return Reply::Rejected(Rejection::Invalid {
+                        reason: "end sale: no such sale on this partition".into(),
+                    });
+                };
+                let ends_at = now.clamp(starts, ends);
+                self.windows.insert(*sale_id, (starts, ends_at));
+                for p in self.products.values_mut() {
+                    if p.sale == *sale_id {
+                        p.ends = ends_at;
                     }
                 }
-                Reply::SaleConfigured {
-                    sale_id: cfg.sale.sale_id,
+                Reply::SaleEnded {
+                    sale_id: *sale_id,
+                    ends_at,
                 }
             }
             Command::DropSale { sale_id } => Reply::SaleDropped { sale_id: *sale_id },
@@ -160,6 +298,13 @@ impl Model {
                 };
                 if now < p.starts || now >= p.ends {
                     return Reply::Rejected(Rejection::SaleNotActive {
+                        sku: sku.clone(),
+                        starts_at: p.starts,
+                        ends_at: p.ends,
+                    });
+                }
+                if p.paused {
+                    return Reply::Rejected(Rejection::ProductPaused {
                         sku: sku.clone(),
                         starts_at: p.starts,
                         ends_at: p.ends,
@@ -370,7 +515,7 @@ impl Gen {
                 image_url: String::new(),
             })
             .collect();
-        Command::ConfigureSale(SaleConfig {
+        let config = SaleConfig {
             sale: SaleMeta {
                 sale_id: SaleId(self.sales),
                 name: format!("sale {}", self.sales),
@@ -380,7 +525,14 @@ impl Gen {
                 all_skus: skus.clone(),
             },
             products,
-        })
+        };
+        if self.rng.random_bool(0.5) {
+            // the newer layout, with a max hold (sometimes out of range: refused)
+            let max_hold_s = self.rng.random_range(1..=12);
+            Command::ConfigureSaleWith { config, max_hold_s }
+        } else {
+            Command::ConfigureSale(config)
+        }
     }
 
     /// Returns (log time, record). Log time mostly advances, sometimes jumps by hours,
@@ -453,10 +605,49 @@ impl Gen {
                 r.request_id = RequestId(id.ulid);
             }
             r
+        } else if roll < 910 {
+            // mostly a recent hold, so that many are live and some reach the cap
+            let reservation = match self.known_res.len() {
+                0 => self.pick_res(),
+                n => self.known_res[self.rng.random_range(n.saturating_sub(15)..n)],
+            };
+            let seconds = match self.rng.random_range(0..10) {
+                0 => None,
+                1 => Some(0), // invalid
+                _ => Some(self.rng.random_range(1..=8)),
+            };
+            self.record(
+                Command::Extend {
+                    reservation,
+                    seconds,
+                },
+                None,
+            )
+        } else if roll < 922 {
+            let sku = self.pick_sku();
+            let delta = self.rng.random_range(-15..=15);
+            self.record(Command::AdjustInventory { sku, delta }, None)
+        } else if roll < 925 {
+            let sku = self.pick_sku();
+            self.record(Command::PauseProduct { sku }, None)
+        } else if roll < 936 {
+            let sku = self.pick_sku();
+            self.record(Command::ResumeProduct { sku }, None)
+        } else if roll < 937 {
+            let sale_id = SaleId(self.rng.random_range(1..=self.sales + 1));
+            self.record(Command::EndSale { sale_id }, None)
         } else {
             self.record(Command::Tick, None)
         };
         (t, rec)
+    }
+
+    fn pick_sku(&mut self) -> SkuId {
+        if self.rng.random_bool(0.02) {
+            return SkuId::parse("NO-SUCH-SKU").unwrap();
+        }
+        let n = self.skus.len();
+        self.skus[self.rng.random_range(n.saturating_sub(40)..n)].clone()
     }
 
     fn pick_res(&mut self) -> ReservationId {
@@ -498,6 +689,8 @@ fn run(seed: u64, steps: usize) {
     let mut snap: Option<Vec<u8>> = None;
     let mut events = Vec::new();
     let (mut reserved, mut sold_out, mut checkouts) = (0u64, 0u64, 0u64);
+    let (mut extended, mut capped, mut controlled, mut conflicts, mut paused, mut ended) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for step in 0..steps {
         if step == snap_at {
             snap = Some(snapshot::encode(&engine).expect("a live state passes the invariants"));
@@ -517,6 +710,12 @@ fn run(seed: u64, steps: usize) {
             }
             Reply::Rejected(Rejection::OutOfStock { .. }) => sold_out += 1,
             Reply::CheckedOut { repeat: false, .. } => checkouts += 1,
+            Reply::Extended { .. } => extended += 1,
+            Reply::Rejected(Rejection::ExtensionLimitReached { .. }) => capped += 1,
+            Reply::ProductControlled(_) => controlled += 1,
+            Reply::Rejected(Rejection::InventoryConflict { .. }) => conflicts += 1,
+            Reply::Rejected(Rejection::ProductPaused { .. }) => paused += 1,
+            Reply::SaleEnded { .. } => ended += 1,
             _ => {}
         }
         check_step(&engine, &rec);
@@ -540,6 +739,16 @@ fn run(seed: u64, steps: usize) {
     assert!(
         reserved > 1000 && sold_out > 1000 && checkouts > 100,
         "{reserved} {sold_out} {checkouts}"
+    );
+    eprintln!("seed {seed}: {extended} extensions, {capped} at the cap, {controlled} controls, {conflicts} inventory conflicts, {paused} refused while paused, {ended} sale ends");
+    assert!(
+        extended > 100
+            && capped > 10
+            && controlled > 100
+            && conflicts > 10
+            && paused > 100
+            && ended > 10,
+        "the controls were barely exercised"
     );
 
     // Restore from the snapshot and replay the rest: identical replies and state.
@@ -612,7 +821,7 @@ fn bad_snapshots_are_refused() {
         snapshot::decode(&flipped),
         Err(snapshot::SnapshotError::Checksum { .. })
     ));
-    assert!(matches!(snapshot::decode(&good[..n - 3]), Err(_)));
+    assert!(snapshot::decode(&good[..n - 3]).is_err());
     assert!(matches!(
         snapshot::decode(b"nope"),
         Err(snapshot::SnapshotError::Magic)

@@ -333,7 +333,8 @@ fn sku_rows(state: &State) -> Vec<Value> {
         .products()
         .map(|(sku, p)| {
             json!({"sku": sku.as_str(), "sale": p.sale_id().to_string(), "total": p.total(), "available": p.available(),
-                   "held": p.held(), "sold": p.sold(), "liveReservations": live.get(sku).copied().unwrap_or(0)})
+                   "held": p.held(), "sold": p.sold(), "liveReservations": live.get(sku).copied().unwrap_or(0),
+                   "paused": p.is_paused(), "endsAt": rfc3339(p.ends_at()), "maxHoldSeconds": p.max_hold_ms() / 1000})
         })
         .collect();
     rows.sort_by(|a, b| a["sku"].as_str().cmp(&b["sku"].as_str()));
@@ -360,6 +361,8 @@ fn print_skus(rows: &[Value]) {
         "held",
         "sold",
         "live reservations",
+        "paused",
+        "ends at",
     ]);
     for r in rows {
         t.add_row(vec![
@@ -369,6 +372,8 @@ fn print_skus(rows: &[Value]) {
             r["held"].to_string(),
             r["sold"].to_string(),
             r["liveReservations"].to_string(),
+            r["paused"].to_string(),
+            r["endsAt"].as_str().unwrap_or("").to_string(),
         ]);
     }
     println!("{t}");

@@ -198,6 +198,9 @@ impl Projector {
                             orders.push((rec.partition, rec.offset, order));
                         }
                     }
+                    // Switches of the live sale, not records: the tables keep reservations,
+                    // orders and inventory (a top-up arrives as an `Inventory` event).
+                    Event::ProductPaused { .. } | Event::SaleEnded { .. } => {}
                 }
             }
         }
