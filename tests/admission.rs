@@ -79,6 +79,14 @@ async fn sold_out_path_keeps_the_api_precedence(mode: Mode) {
     assert_eq!(a.error(), "Out of Stock", "{:?}", a.body);
     let av = s.get(&format!("/api/v1/products/{sku}/availability")).await;
     assert_eq!(av.body["availableCount"], 0);
+    // A paused product says so, sold out or not ("Sale Not Active" comes first).
+    let a = s
+        .admin_post(&format!("/api/v1/admin/products/{sku}/pause"), json!({}))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let a = s.reserve("u6", &sku, 1).await;
+    assert_eq!(a.error(), "Sale Not Active", "{:?}", a.body);
+    assert_eq!(a.body["details"]["paused"], true, "{:?}", a.body);
     s.stop().await;
 }
 

@@ -163,7 +163,7 @@ impl ReadModel {
     /// reservation attempt, decided here when the read model already knows it, so the
     /// crowd of attempts on a sold-out product costs about what a read costs and never
     /// reaches the log. `Some` only when every earlier check of API.md's precedence is
-    /// known to pass (the product exists, its sale is open with a second's margin on
+    /// known to pass (the product exists and is not paused, its sale is open with a second's margin on
     /// either side of the window so the engine's clock cannot disagree, this user is
     /// within the limit) and fewer units than asked are unheld. Anything in doubt goes
     /// to the engine. The model is at most ~100 ms behind the engine (API.md), so a
@@ -180,6 +180,7 @@ impl ReadModel {
         let p = self.products.get(sku)?;
         let available = p.available();
         if u64::from(quantity) <= available
+            || p.paused
             || now < p.starts_at.saturating_add(CLOCK_MARGIN_MS)
             || now.saturating_add(CLOCK_MARGIN_MS) >= p.ends_at
         {
