@@ -57,6 +57,10 @@ pub struct PartitionLog {
     last_time: UnixMs,
     /// Bytes cut from a torn tail when the log was opened.
     truncated_bytes: u64,
+    /// A failed append may have left bytes past `end_pos`; cut them before the next.
+    dirty_tail: bool,
+    /// A torn tail found at open is still in the file (see `open_uncut`).
+    torn_pending: bool,
 }
 
 pub fn log_path(dir: &Path, partition: u32) -> PathBuf {
@@ -67,7 +71,43 @@ impl PartitionLog {
     /// Opens (creating if needed) `dir/pNNN.log`, verifying every record and cutting a
     /// torn tail.
     pub fn open(dir: &Path, partition: u32) -> Result<Self, LogError> {
+        let mut log = Self::open_with(dir, partition, true)?;
+        log.cut_torn_tail()?;
+        Ok(log)
+    }
+
+    /// Like [`PartitionLog::open`], but a torn tail is left in place until the caller
+    /// has checked the log against its snapshots and calls
+    /// [`PartitionLog::cut_torn_tail`] (recovery: a log that ends before a snapshot
+    /// says is corruption, and then nothing may be cut). Appending before the cut is
+    /// refused.
+    pub fn open_uncut(dir: &Path, partition: u32) -> Result<Self, LogError> {
         Self::open_with(dir, partition, true)
+    }
+
+    /// Copies a torn tail aside (`pNNN.log.torn-<byte position>`) and cuts it.
+    pub fn cut_torn_tail(&mut self) -> Result<(), LogError> {
+        if !self.torn_pending {
+            return Ok(());
+        }
+        let io_err = |source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let pos = self.end_pos;
+        let mut tail = Vec::with_capacity(self.truncated_bytes as usize);
+        let mut f = File::open(&self.path).map_err(io_err)?;
+        f.seek(SeekFrom::Start(pos)).map_err(io_err)?;
+        f.read_to_end(&mut tail).map_err(io_err)?;
+        let aside = self.path.with_extension(format!("log.torn-{pos}"));
+        std::fs::write(&aside, &tail).map_err(io_err)?;
+        File::open(&aside)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err)?;
+        self.file.set_len(pos).map_err(io_err)?;
+        self.file.sync_all().map_err(io_err)?;
+        self.torn_pending = false;
+        Ok(())
     }
 
     /// Opens an existing log for reading only (operators' tools): nothing is created
@@ -134,18 +174,6 @@ impl PartitionLog {
                     reason,
                 });
             }
-            if writable {
-                // Keep the original bytes aside before cutting them.
-                let aside = path.with_extension(format!("log.torn-{pos}"));
-                std::fs::write(&aside, &tail).map_err(io_err)?;
-                File::open(&aside)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io_err)?;
-            }
-        }
-        if truncated_bytes > 0 && writable {
-            file.set_len(pos).map_err(io_err)?;
-            file.sync_all().map_err(io_err)?;
         }
         Ok(PartitionLog {
             partition,
@@ -155,6 +183,9 @@ impl PartitionLog {
             end_pos: pos,
             last_time,
             truncated_bytes,
+            // A torn tail to cut (by `cut_torn_tail`) before anything is appended.
+            dirty_tail: false,
+            torn_pending: truncated_bytes > 0 && writable,
         })
     }
 
@@ -177,8 +208,33 @@ impl PartitionLog {
     }
 
     /// Appends a batch stamped with log time `max(last, now_ms)` and syncs it to disk
-    /// (group commit: one sync per batch). Returns the records as written.
+    /// (group commit: one sync per batch). Returns the records as written. On an error
+    /// (disk full, I/O) nothing of the batch counts: whatever part of it reached the
+    /// file is cut again (now, or before the next append if the cut fails too), so the
+    /// log can be appended to once the cause is gone.
     pub fn append(
+        &mut self,
+        payloads: Vec<Vec<u8>>,
+        now_ms: UnixMs,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        self.cut_torn_tail()?;
+        if self.dirty_tail {
+            self.file
+                .set_len(self.end_pos)
+                .map_err(|source| LogError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            self.dirty_tail = false;
+        }
+        let result = self.append_inner(payloads, now_ms);
+        if matches!(result, Err(LogError::Io { .. })) {
+            self.dirty_tail = self.file.set_len(self.end_pos).is_err();
+        }
+        result
+    }
+
+    fn append_inner(
         &mut self,
         payloads: Vec<Vec<u8>>,
         now_ms: UnixMs,
