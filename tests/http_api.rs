@@ -756,17 +756,24 @@ async fn unrecoverable_engine_is_503_with_retry_after() {
     let c = client();
     let ready = call(&c, &base, Method::GET, "/ready", None, &[]).await;
     assert_error(&ready, 503, "Service Unavailable");
+    // Partitions fail alone: a SKU of the failed partition 0 gets 503 (a SKU of a
+    // healthy partition would get that partition's real answer).
+    let sku = (0..)
+        .map(|i| format!("ANY{i}"))
+        .find(|k| flashsale_proto::partition_for_key(k.as_bytes(), 4) == 0)
+        .unwrap();
     let a = call(
         &c,
         &base,
         Method::POST,
         "/api/v1/reservations",
-        Some(json!({"userId": "u", "skuId": "ANY", "quantity": 1})),
+        Some(json!({"userId": "u", "skuId": sku, "quantity": 1})),
         &[],
     )
     .await;
     assert_error(&a, 503, "Service Unavailable");
-    assert_eq!(a.headers["retry-after"], "1");
+    assert!(a.headers.contains_key("retry-after"));
+    assert_eq!(a.body["details"]["partition"], 0, "{}", a.body);
     // health is about the process, not the engine
     assert_eq!(
         call(&c, &base, Method::GET, "/health", None, &[])

@@ -16,13 +16,13 @@ use anyhow::Context;
 use flashsale_core::actor::{Applied, PartitionActor, SnapshotPolicy};
 use flashsale_core::{snapshot, State};
 use flashsale_proto::*;
-use flashsale_runtime::bus::{BusError, BusFuture, CommandBus};
+use flashsale_runtime::bus::{BusError, BusFuture, CommandBus, PartitionStatus};
 use flashsale_runtime::metrics::Metrics;
 use flashsale_runtime::now_ms;
 use flashsale_runtime::telemetry::TraceParent;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -35,6 +35,8 @@ const ACTOR_QUEUE: usize = 64;
 const TICK_CHECK: Duration = Duration::from_millis(100);
 /// Least time between two ticks of one partition.
 const MIN_TICK_GAP_MS: u64 = 200;
+/// How often a partition whose log cannot be written tries again.
+const WRITE_RETRY_MS: u64 = 1000;
 /// Layout version of the data directory.
 const DATA_FORMAT: u32 = 1;
 
@@ -46,6 +48,9 @@ pub struct EmbeddedOptions {
     pub keep_snapshots: usize,
     /// Commands queued per partition before new ones are refused with 503.
     pub queue_depth: usize,
+    /// Does a node whose every partition is either live or failed (recovery failed)
+    /// report ready? The failed ones are named by `/ready` either way.
+    pub ready_with_failed_partitions: bool,
 }
 
 /// Where an actor's output goes.
@@ -69,9 +74,57 @@ type Written = (Vec<LogRecord>, Vec<(usize, TraceParent)>);
 
 pub struct EmbeddedBus {
     writers: Vec<mpsc::Sender<WriterMsg>>,
-    recovered: AtomicUsize,
+    health: Arc<Health>,
     partitions: u32,
     closing: AtomicBool,
+    ready_with_failed: bool,
+}
+
+const RECOVERING: u8 = 0;
+const LIVE: u8 = 1;
+const FAILED: u8 = 2;
+const WRITE_BLOCKED: u8 = 3;
+
+/// Every partition's status, shared by recovery, the writers and the bus.
+struct Health {
+    status: Vec<AtomicU8>,
+    errors: Vec<Mutex<String>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Health {
+    fn new(partitions: u32, metrics: Arc<Metrics>) -> Self {
+        Health {
+            status: (0..partitions).map(|_| AtomicU8::new(RECOVERING)).collect(),
+            errors: (0..partitions).map(|_| Mutex::new(String::new())).collect(),
+            metrics,
+        }
+    }
+    fn set(&self, p: u32, status: u8, error: String) {
+        *self.errors[p as usize].lock().expect("health lock") = error;
+        self.status[p as usize].store(status, Ordering::Release);
+        let count = |s| {
+            self.status
+                .iter()
+                .filter(|x| x.load(Ordering::Acquire) == s)
+                .count() as u64
+        };
+        self.metrics.set_partitions_failed(count(FAILED));
+        self.metrics
+            .set_partitions_write_blocked(count(WRITE_BLOCKED));
+    }
+    fn get(&self, p: u32) -> PartitionStatus {
+        let error = || self.errors[p as usize].lock().expect("health lock").clone();
+        match self.status[p as usize].load(Ordering::Acquire) {
+            LIVE => PartitionStatus::Live,
+            FAILED => PartitionStatus::Failed(error()),
+            WRITE_BLOCKED => PartitionStatus::WriteBlocked(error()),
+            _ => PartitionStatus::Recovering,
+        }
+    }
+    fn is(&self, p: u32, status: u8) -> bool {
+        self.status[p as usize].load(Ordering::Acquire) == status
+    }
 }
 
 impl CommandBus for EmbeddedBus {
@@ -89,6 +142,14 @@ impl CommandBus for EmbeddedBus {
     ) -> BusFuture<'_> {
         let result = if self.closing.load(Ordering::Acquire) {
             Err(BusError::Unavailable("the server is shutting down".into()))
+        } else if partition < self.partitions && !self.health.is(partition, LIVE) {
+            Err(BusError::Unavailable(match self.health.get(partition) {
+                PartitionStatus::Failed(e) => format!("partition {partition} is down: {e}"),
+                PartitionStatus::WriteBlocked(e) => {
+                    format!("partition {partition} cannot write its log now ({e}); it retries by itself")
+                }
+                _ => format!("partition {partition} is recovering"),
+            }))
         } else {
             match self.writers.get(partition as usize) {
                 None => Err(BusError::Unavailable(format!("no partition {partition}"))),
@@ -105,8 +166,24 @@ impl CommandBus for EmbeddedBus {
         Box::pin(std::future::ready(result))
     }
     fn is_ready(&self) -> bool {
-        self.recovered.load(Ordering::Acquire) == self.partitions as usize
-            && !self.closing.load(Ordering::Acquire)
+        if self.closing.load(Ordering::Acquire) {
+            return false;
+        }
+        let (mut live, mut failed) = (0, 0);
+        for p in 0..self.partitions {
+            match self.health.status[p as usize].load(Ordering::Acquire) {
+                LIVE => live += 1,
+                FAILED => failed += 1,
+                _ => return false,
+            }
+        }
+        failed == 0 || (self.ready_with_failed && live > 0)
+    }
+    fn partition_status(&self, partition: u32) -> PartitionStatus {
+        if partition >= self.partitions {
+            return PartitionStatus::Failed(format!("no partition {partition}"));
+        }
+        self.health.get(partition)
     }
 }
 
@@ -162,11 +239,13 @@ impl EmbeddedNode {
             writers.push(tx);
             inboxes.push(rx);
         }
+        let health = Arc::new(Health::new(opts.partitions, metrics.clone()));
         let bus = Arc::new(EmbeddedBus {
             writers,
-            recovered: AtomicUsize::new(0),
+            health: health.clone(),
             partitions: opts.partitions,
             closing: AtomicBool::new(false),
+            ready_with_failed: opts.ready_with_failed_partitions,
         });
         let shared: Arc<Vec<PartitionShared>> = Arc::new(
             (0..opts.partitions)
@@ -177,14 +256,31 @@ impl EmbeddedNode {
                 })
                 .collect(),
         );
-        let store: Arc<dyn SnapshotStore> =
-            Arc::new(FileSnapshotStore::new(opts.data_dir.join("snapshots")));
+        let file_store = FileSnapshotStore::new(opts.data_dir.join("snapshots"));
+        for p in 0..opts.partitions {
+            match file_store.remove_temp_files(p) {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    partition = p,
+                    files = n,
+                    "removed unfinished snapshot files (*.snap.tmp) left by an earlier run"
+                ),
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "could not remove unfinished snapshot files")
+                }
+            }
+        }
+        let store: Arc<dyn SnapshotStore> = Arc::new(file_store);
         let actors = Arc::new(tokio::sync::Mutex::new(Vec::new()));
         {
             let (bus, shared, actors, opts) =
                 (bus.clone(), shared.clone(), actors.clone(), opts.clone());
+            let health = health.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
+                let mut failed = Vec::new();
+                // One partition after another (the machine's cores are shared), but each
+                // recovers or fails alone: a failed one never stops the others.
                 for (p, inbox) in inboxes.into_iter().enumerate() {
                     let p = p as u32;
                     let (store2, metrics2, dir) =
@@ -196,12 +292,17 @@ impl EmbeddedNode {
                     let (log, actor, report) = match rec {
                         Ok(Ok(x)) => x,
                         Ok(Err(e)) => {
-                            tracing::error!(partition = p, error = %format!("{e:#}"), "recovery failed; the partition stays unavailable");
-                            return;
+                            let e = format!("{e:#}");
+                            tracing::error!(partition = p, error = %e, "recovery failed; this partition stays down, the others serve");
+                            health.set(p, FAILED, format!("recovery failed: {e}"));
+                            failed.push(p);
+                            continue;
                         }
                         Err(e) => {
-                            tracing::error!(partition = p, error = %e, "recovery panicked");
-                            return;
+                            tracing::error!(partition = p, error = %e, "recovery panicked; this partition stays down, the others serve");
+                            health.set(p, FAILED, format!("recovery panicked: {e}; run `flashsale replay --partition {p}` to diagnose"));
+                            failed.push(p);
+                            continue;
                         }
                     };
                     tracing::info!(
@@ -221,10 +322,10 @@ impl EmbeddedNode {
                         Ordering::Release,
                     );
                     let (to_actor, actor_rx) = mpsc::channel(ACTOR_QUEUE);
-                    let shared_w = shared.clone();
+                    let (shared_w, health_w) = (shared.clone(), health.clone());
                     std::thread::Builder::new()
                         .name(format!("log-writer-{p}"))
-                        .spawn(move || writer_loop(log, inbox, to_actor, shared_w, p))
+                        .spawn(move || writer_loop(log, inbox, to_actor, shared_w, health_w, p))
                         .expect("spawning a thread");
                     let handle = tokio::spawn(actor_loop(
                         actor,
@@ -236,13 +337,22 @@ impl EmbeddedNode {
                         metrics.clone(),
                     ));
                     actors.lock().await.push(handle);
-                    bus.recovered.fetch_add(1, Ordering::AcqRel);
+                    health.set(p, LIVE, String::new());
                 }
-                tracing::info!(
-                    partitions = opts.partitions,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "all partitions recovered; ready"
-                );
+                if failed.is_empty() {
+                    tracing::info!(
+                        partitions = opts.partitions,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "all partitions recovered; ready"
+                    );
+                } else {
+                    tracing::error!(
+                        partitions = opts.partitions,
+                        failed = ?failed,
+                        ready = bus.is_ready(),
+                        "recovery done; some partitions failed and stay down (see /ready; README, \"Storage faults\")"
+                    );
+                }
             });
         }
         let ticker = tokio::spawn(ticker_loop(bus.clone(), shared));
@@ -316,7 +426,7 @@ pub fn recover(
     metrics: &Metrics,
     policy: SnapshotPolicy,
 ) -> anyhow::Result<(PartitionLog, PartitionActor, RecoveryReport)> {
-    let log = PartitionLog::open(log_dir, partition)?;
+    let mut log = PartitionLog::open_uncut(log_dir, partition)?;
     let (found, rejected) = load_newest_valid(store, partition)?;
     for r in &rejected {
         metrics.snapshot_rejected();
@@ -328,16 +438,26 @@ pub fn recover(
             (Some(info.offset), state)
         }
         Some((info, _)) => anyhow::bail!(
-            "snapshot {} covers offset {} but the log of partition {partition} ends at {}: the log is missing records",
+            "snapshot {} covers offset {} but the log of partition {partition} ({}) ends at {}{}: the log lost records, so this is corruption and nothing was cut. Diagnose with `flashsale replay --partition {partition}` and `flashsale snapshot verify --partition {partition}`; to recover, see the README's \"Storage faults\" section",
             info.id,
             info.offset,
-            log.next_offset()
+            crate::log::log_path(log_dir, partition).display(),
+            log.next_offset(),
+            if log.truncated_bytes() > 0 {
+                format!(" (a bad record at the end of the file, {} bytes)", log.truncated_bytes())
+            } else {
+                String::new()
+            }
         ),
         None => {
             metrics.snapshot_at(partition, now_ms());
             (None, State::new(partition as u16))
         }
     };
+    if log.truncated_bytes() > 0 {
+        tracing::warn!(partition, bytes = log.truncated_bytes(), at = log.next_offset(), "cutting a torn tail (a write interrupted by a crash, never acknowledged); its bytes are kept in pNNN.log.torn-<position>");
+    }
+    log.cut_torn_tail()?;
     let mut actor = PartitionActor::new(state, policy);
     let mut replayed = 0;
     let mut batch = Vec::with_capacity(1024);
@@ -371,6 +491,7 @@ fn writer_loop(
     mut inbox: mpsc::Receiver<WriterMsg>,
     to_actor: mpsc::Sender<Written>,
     shared: Arc<Vec<PartitionShared>>,
+    health: Arc<Health>,
     partition: u32,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -402,12 +523,28 @@ fn writer_loop(
             }
         }
         let records = match log.append(std::mem::take(&mut batch), now_ms()) {
-            Ok(r) => r,
+            Ok(r) => {
+                if !health.is(partition, LIVE) {
+                    tracing::warn!(partition, "command log writable again; taking commands");
+                    health.set(partition, LIVE, String::new());
+                }
+                r
+            }
             Err(e) => {
-                // Without a durable log nothing can be acknowledged: crash loudly.
-                tracing::error!(partition, error = %e, "command log write failed; stopping");
-                eprintln!("fatal: command log write failed on partition {partition}: {e}");
-                std::process::exit(74);
+                // Nothing of this batch is on disk, so nothing of it is applied or
+                // acknowledged (its requests time out with 503 and are retried with
+                // their Idempotency-Key). New commands are refused until a retry of the
+                // ticker's writes succeeds.
+                if !health.is(partition, WRITE_BLOCKED) {
+                    tracing::error!(partition, error = %e, "command log write failed (disk full?); refusing commands on this partition and retrying every second");
+                }
+                health.set(partition, WRITE_BLOCKED, e.to_string());
+                // The next try (a ticker probe) one retry interval from now.
+                shared[partition as usize]
+                    .last_tick
+                    .store(now_ms(), Ordering::Release);
+                traces.clear();
+                continue;
             }
         };
         shared[partition as usize]
@@ -504,6 +641,20 @@ async fn ticker_loop(bus: Arc<EmbeddedBus>, shared: Arc<Vec<PartitionShared>>) {
         interval.tick().await;
         let now = now_ms();
         for (p, sh) in shared.iter().enumerate() {
+            if bus.health.is(p as u32, WRITE_BLOCKED) {
+                // Probe: a tick written straight to the writer, past the refusal.
+                if sh.last_tick.load(Ordering::Acquire) + WRITE_RETRY_MS <= now {
+                    sh.last_tick.store(now, Ordering::Release);
+                    let tick = CommandRecord {
+                        request_id: RequestId(0),
+                        reply_to: NO_REPLY,
+                        idempotency_key: None,
+                        command: Command::Tick,
+                    };
+                    let _ = bus.writers[p].try_send(WriterMsg::Append(encode(&tick), None));
+                }
+                continue;
+            }
             let due = sh.needs_tick_at.load(Ordering::Acquire);
             if due > now || sh.last_tick.load(Ordering::Acquire) + MIN_TICK_GAP_MS > now {
                 continue;

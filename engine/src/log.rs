@@ -3,12 +3,16 @@
 //!
 //! Record layout (little endian): `len: u32` (payload bytes), `crc: u32` (CRC-32 of the
 //! 16 header bytes that follow and the payload), `offset: u64`, `log_time_ms: u64`,
-//! `payload`. Opening a log scans it, checks every record, and cuts a torn tail (a
-//! write interrupted by a crash: it was never synced, so never acknowledged).
+//! `payload`. Opening a log scans it and checks every record. A bad record with no
+//! valid record anywhere after it is a torn tail (the last batch, interrupted by a
+//! crash: never synced, so never acknowledged): it is copied aside to
+//! `pNNN.log.torn-<byte position>` and cut. A bad record followed by valid data is
+//! corruption: [`LogError::Corrupt`], nothing is cut, and the partition stays down
+//! until an operator decides (README, "Storage faults").
 
 use flashsale_proto::UnixMs;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read as _, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Largest payload accepted in one record (a command is far smaller).
@@ -29,6 +33,16 @@ pub enum LogError {
     },
     #[error("record of {0} bytes is over the {MAX_RECORD_BYTES} byte limit")]
     TooLarge(usize),
+    #[error("partition {partition}'s log {path} is corrupt at byte {position} (record offset {offset}): {reason}, and valid records follow it, so this is not a torn tail; nothing was cut. Diagnose with `flashsale replay --partition {partition}` and `flashsale snapshot verify --partition {partition}`; to recover, see the README's \"Storage faults\" section")]
+    Corrupt {
+        partition: u32,
+        path: PathBuf,
+        /// The offset the bad record should have had.
+        offset: u64,
+        /// Its byte position in the file.
+        position: u64,
+        reason: &'static str,
+    },
 }
 
 /// One partition's log file. Appends come from a single writer.
@@ -43,6 +57,10 @@ pub struct PartitionLog {
     last_time: UnixMs,
     /// Bytes cut from a torn tail when the log was opened.
     truncated_bytes: u64,
+    /// A failed append may have left bytes past `end_pos`; cut them before the next.
+    dirty_tail: bool,
+    /// A torn tail found at open is still in the file (see `open_uncut`).
+    torn_pending: bool,
 }
 
 pub fn log_path(dir: &Path, partition: u32) -> PathBuf {
@@ -53,7 +71,43 @@ impl PartitionLog {
     /// Opens (creating if needed) `dir/pNNN.log`, verifying every record and cutting a
     /// torn tail.
     pub fn open(dir: &Path, partition: u32) -> Result<Self, LogError> {
+        let mut log = Self::open_with(dir, partition, true)?;
+        log.cut_torn_tail()?;
+        Ok(log)
+    }
+
+    /// Like [`PartitionLog::open`], but a torn tail is left in place until the caller
+    /// has checked the log against its snapshots and calls
+    /// [`PartitionLog::cut_torn_tail`] (recovery: a log that ends before a snapshot
+    /// says is corruption, and then nothing may be cut). Appending before the cut is
+    /// refused.
+    pub fn open_uncut(dir: &Path, partition: u32) -> Result<Self, LogError> {
         Self::open_with(dir, partition, true)
+    }
+
+    /// Copies a torn tail aside (`pNNN.log.torn-<byte position>`) and cuts it.
+    pub fn cut_torn_tail(&mut self) -> Result<(), LogError> {
+        if !self.torn_pending {
+            return Ok(());
+        }
+        let io_err = |source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let pos = self.end_pos;
+        let mut tail = Vec::with_capacity(self.truncated_bytes as usize);
+        let mut f = File::open(&self.path).map_err(io_err)?;
+        f.seek(SeekFrom::Start(pos)).map_err(io_err)?;
+        f.read_to_end(&mut tail).map_err(io_err)?;
+        let aside = self.path.with_extension(format!("log.torn-{pos}"));
+        std::fs::write(&aside, &tail).map_err(io_err)?;
+        File::open(&aside)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err)?;
+        self.file.set_len(pos).map_err(io_err)?;
+        self.file.sync_all().map_err(io_err)?;
+        self.torn_pending = false;
+        Ok(())
     }
 
     /// Opens an existing log for reading only (operators' tools): nothing is created
@@ -84,18 +138,42 @@ impl PartitionLog {
         let mut last_time = 0;
         let mut pos = 0u64;
         let mut reader = BufReader::with_capacity(1 << 20, file.try_clone().map_err(io_err)?);
-        while let Some(rec) = read_record(&mut reader).map_err(io_err)? {
-            if rec.offset != positions.len() as u64 {
-                break; // out of sequence: treat like a torn tail
+        let mut bad = None;
+        loop {
+            match read_record(&mut reader).map_err(io_err)? {
+                Read::End => break,
+                Read::Bad(reason) => {
+                    bad = Some(reason);
+                    break;
+                }
+                Read::Record(rec) if rec.offset != positions.len() as u64 => {
+                    bad = Some("record out of sequence");
+                    break;
+                }
+                Read::Record(rec) => {
+                    positions.push(pos);
+                    last_time = rec.log_time;
+                    pos += (HEADER + rec.payload.len()) as u64;
+                }
             }
-            positions.push(pos);
-            last_time = rec.log_time;
-            pos += (HEADER + rec.payload.len()) as u64;
         }
+        drop(reader);
         let truncated_bytes = len - pos;
-        if truncated_bytes > 0 && writable {
-            file.set_len(pos).map_err(io_err)?;
-            file.sync_all().map_err(io_err)?;
+        if let Some(reason) = bad {
+            // Torn tail or corruption? Look for any valid record after the bad one.
+            let mut tail = Vec::with_capacity(truncated_bytes as usize);
+            let mut f = file.try_clone().map_err(io_err)?;
+            f.seek(SeekFrom::Start(pos)).map_err(io_err)?;
+            f.read_to_end(&mut tail).map_err(io_err)?;
+            if valid_record_after(&tail, positions.len() as u64) {
+                return Err(LogError::Corrupt {
+                    partition,
+                    path,
+                    offset: positions.len() as u64,
+                    position: pos,
+                    reason,
+                });
+            }
         }
         Ok(PartitionLog {
             partition,
@@ -105,6 +183,9 @@ impl PartitionLog {
             end_pos: pos,
             last_time,
             truncated_bytes,
+            // A torn tail to cut (by `cut_torn_tail`) before anything is appended.
+            dirty_tail: false,
+            torn_pending: truncated_bytes > 0 && writable,
         })
     }
 
@@ -127,8 +208,33 @@ impl PartitionLog {
     }
 
     /// Appends a batch stamped with log time `max(last, now_ms)` and syncs it to disk
-    /// (group commit: one sync per batch). Returns the records as written.
+    /// (group commit: one sync per batch). Returns the records as written. On an error
+    /// (disk full, I/O) nothing of the batch counts: whatever part of it reached the
+    /// file is cut again (now, or before the next append if the cut fails too), so the
+    /// log can be appended to once the cause is gone.
     pub fn append(
+        &mut self,
+        payloads: Vec<Vec<u8>>,
+        now_ms: UnixMs,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        self.cut_torn_tail()?;
+        if self.dirty_tail {
+            self.file
+                .set_len(self.end_pos)
+                .map_err(|source| LogError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            self.dirty_tail = false;
+        }
+        let result = self.append_inner(payloads, now_ms);
+        if matches!(result, Err(LogError::Io { .. })) {
+            self.dirty_tail = self.file.set_len(self.end_pos).is_err();
+        }
+        result
+    }
+
+    fn append_inner(
         &mut self,
         payloads: Vec<Vec<u8>>,
         now_ms: UnixMs,
@@ -216,11 +322,11 @@ impl Iterator for LogReader {
             return None;
         }
         match read_record(&mut self.inner) {
-            Ok(Some(r)) => {
+            Ok(Read::Record(r)) => {
                 self.next += 1;
                 Some(Ok(r))
             }
-            Ok(None) => None,
+            Ok(Read::End) | Ok(Read::Bad(_)) => None,
             Err(source) => Some(Err(LogError::Io {
                 path: self.path.clone(),
                 source,
@@ -241,12 +347,31 @@ fn encode_record(buf: &mut Vec<u8>, offset: u64, time: UnixMs, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
-/// Reads one record; `Ok(None)` at the end or at a torn/corrupt record.
-fn read_record(r: &mut impl Read) -> io::Result<Option<LogRecord>> {
+/// What [`read_record`] found.
+enum Read {
+    Record(LogRecord),
+    /// Clean end of the file.
+    End,
+    /// A record that is cut short or fails its checks.
+    Bad(&'static str),
+}
+
+/// Is there a record at any byte position of `tail` (the bytes after a bad record)
+/// that passes its checksum and belongs after `expected` (offset >= it)? A torn tail
+/// has none; a flipped byte in the middle of a log has the rest of the log after it.
+fn valid_record_after(tail: &[u8], expected: u64) -> bool {
+    (1..tail.len()).any(|start| {
+        let mut r = &tail[start..];
+        matches!(read_record(&mut r), Ok(Read::Record(rec)) if rec.offset >= expected)
+    })
+}
+
+/// Reads one record.
+fn read_record(r: &mut impl io::Read) -> io::Result<Read> {
     let mut head = [0u8; HEADER];
     match read_full(r, &mut head)? {
-        0 => return Ok(None),
-        n if n < HEADER => return Ok(None),
+        0 => return Ok(Read::End),
+        n if n < HEADER => return Ok(Read::Bad("record header cut short")),
         _ => {}
     }
     let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
@@ -254,26 +379,26 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<LogRecord>> {
     let offset = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
     let log_time = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
     if len > MAX_RECORD_BYTES {
-        return Ok(None);
+        return Ok(Read::Bad("record length over the limit"));
     }
     let mut payload = vec![0u8; len as usize];
     if read_full(r, &mut payload)? < payload.len() {
-        return Ok(None);
+        return Ok(Read::Bad("record payload cut short"));
     }
     let mut h = crc32fast::Hasher::new();
     h.update(&head[8..24]);
     h.update(&payload);
     if h.finalize() != crc {
-        return Ok(None);
+        return Ok(Read::Bad("record checksum mismatch"));
     }
-    Ok(Some(LogRecord {
+    Ok(Read::Record(LogRecord {
         offset,
         log_time,
         payload,
     }))
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -317,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_record_ends_the_log_there() {
+    fn a_bad_last_record_is_a_torn_tail_and_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = PartitionLog::open(dir.path(), 0).unwrap();
         log.append(vec![b"one".to_vec()], 1).unwrap();
@@ -330,5 +455,58 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let log = PartitionLog::open(dir.path(), 0).unwrap();
         assert_eq!(log.next_offset(), 1);
+    }
+
+    #[test]
+    fn torn_tail_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), 1).unwrap();
+        log.append(vec![b"one".to_vec()], 1).unwrap();
+        drop(log);
+        let path = log_path(dir.path(), 1);
+        let good = std::fs::metadata(&path).unwrap().len();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[3, 0, 0, 0, 7, 7]).unwrap();
+        drop(f);
+        let log = PartitionLog::open(dir.path(), 1).unwrap();
+        assert_eq!(log.next_offset(), 1);
+        let aside = dir.path().join(format!("p001.log.torn-{good}"));
+        assert_eq!(std::fs::read(aside).unwrap(), vec![3, 0, 0, 0, 7, 7]);
+    }
+
+    #[test]
+    fn a_bad_record_followed_by_valid_ones_is_corruption_and_nothing_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), 0).unwrap();
+        for i in 0..20u64 {
+            log.append(vec![vec![i as u8; 10 + i as usize]], i).unwrap();
+        }
+        drop(log);
+        let path = log_path(dir.path(), 0);
+        let original = std::fs::read(&path).unwrap();
+        // every byte of every record but the last: corruption, never a cut
+        let last_start = original.len() - (HEADER + 29);
+        for at in (0..last_start).step_by(7) {
+            let mut bytes = original.clone();
+            bytes[at] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            match PartitionLog::open(dir.path(), 0) {
+                Err(LogError::Corrupt { position, .. }) => assert!(position <= at as u64),
+                other => panic!("byte {at}: expected corruption, got {other:?}"),
+            }
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                bytes,
+                "byte {at}: file was changed"
+            );
+        }
+        // a cut in the middle, valid records after it: corruption too
+        let mut bytes = original.clone();
+        bytes.drain(100..110);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            PartitionLog::open(dir.path(), 0),
+            Err(LogError::Corrupt { .. })
+        ));
     }
 }

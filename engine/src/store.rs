@@ -68,6 +68,30 @@ impl FileSnapshotStore {
     fn part_dir(&self, partition: u32) -> PathBuf {
         self.dir.join(format!("p{partition:03}"))
     }
+    /// Removes `*.snap.tmp` files (a snapshot write that did not finish: a crash, or
+    /// the disk filled up). Returns how many were removed.
+    pub fn remove_temp_files(&self, partition: u32) -> Result<usize, StoreError> {
+        let dir = self.part_dir(partition);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
+        };
+        let mut n = 0;
+        for entry in rd.flatten() {
+            let path = entry.path();
+            if path.to_string_lossy().ends_with(".snap.tmp") {
+                fs::remove_file(&path).map_err(io(&path))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
     fn file(&self, partition: u32, offset: u64, taken_at: UnixMs) -> PathBuf {
         self.part_dir(partition)
             .join(format!("{offset:020}-{taken_at}.snap"))
@@ -93,9 +117,18 @@ impl SnapshotStore for FileSnapshotStore {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = self.file(partition, offset, taken_at);
         let tmp = path.with_extension("snap.tmp");
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+        let written = fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // A half-written snapshot (disk full) must not keep its room.
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::Io {
+                path: tmp,
+                source: e,
+            });
+        }
         fs::rename(&tmp, &path).map_err(io(&path))?;
         fs::File::open(&dir)
             .and_then(|d| d.sync_all())

@@ -316,10 +316,12 @@ async fn get_reservation(
 ) -> Result<Json<Value>, ApiError> {
     let raw = path_param(id, "reservationId")?;
     let id = reservation_id(&raw)?;
-    let v = app
-        .read
-        .reservation(&id)
-        .ok_or_else(|| ApiError::reservation_not_found(&raw))?;
+    let Some(v) = app.read.reservation(&id) else {
+        if u32::from(id.partition) < app.dispatcher.partitions() {
+            app.dispatcher.check_readable(u32::from(id.partition))?;
+        }
+        return Err(ApiError::reservation_not_found(&raw));
+    };
     Ok(Json(reservation_json(&v, now_ms())))
 }
 
@@ -439,15 +441,24 @@ async fn orders_of_user(
     Ok(Json(Value::Array(orders)))
 }
 
-async fn list_products(State(app): State<AppState>) -> Json<Value> {
+async fn list_products(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    // A partial list would look like products that do not exist: 503 until every
+    // partition's products are loaded.
+    let missing = app.dispatcher.unreadable_partitions();
+    if !missing.is_empty() {
+        return Err(ApiError::unavailable_with(
+            format!("Products of partitions {missing:?} are not loaded (recovering or down); retry shortly"),
+            json!({"partitions": missing}),
+        ));
+    }
     let now = now_ms();
-    Json(Value::Array(
+    Ok(Json(Value::Array(
         app.read
             .products()
             .iter()
             .map(|p| product_json(p, now))
             .collect(),
-    ))
+    )))
 }
 
 async fn availability(
@@ -456,10 +467,11 @@ async fn availability(
 ) -> Result<Json<Value>, ApiError> {
     let raw = path_param(sku, "skuId")?;
     let sku = SkuId::parse(&raw).map_err(|_| ApiError::product_not_found(&raw))?;
-    let p = app
-        .read
-        .product(&sku)
-        .ok_or_else(|| ApiError::product_not_found(&raw))?;
+    let Some(p) = app.read.product(&sku) else {
+        app.dispatcher
+            .check_readable(app.dispatcher.partition_of(&sku))?;
+        return Err(ApiError::product_not_found(&raw));
+    };
     Ok(Json(product_json(&p, now_ms())))
 }
 
@@ -598,12 +610,38 @@ async fn health() -> Json<Value> {
 }
 
 async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    if app.dispatcher.is_ready() {
-        Ok(Json(json!({"status": "UP"})))
+    use crate::dispatch::PartitionStatus as S;
+    let (mut failed, mut blocked, mut recovering) = (Vec::new(), Vec::new(), Vec::new());
+    for p in 0..app.dispatcher.partitions() {
+        match app.dispatcher.partition_status(p) {
+            S::Live => {}
+            S::Recovering => recovering.push(p),
+            S::Failed(e) => failed.push(json!({"partition": p, "error": e})),
+            S::WriteBlocked(e) => blocked.push(json!({"partition": p, "error": e})),
+        }
+    }
+    let mut body = json!({"status": "UP"});
+    if !failed.is_empty() {
+        body["failedPartitions"] = json!(failed);
+    }
+    if !blocked.is_empty() {
+        body["writeBlockedPartitions"] = json!(blocked);
+    }
+    if !recovering.is_empty() {
+        body["recoveringPartitions"] = json!(recovering);
+    }
+    if app.dispatcher.is_ready() && blocked.is_empty() {
+        Ok(Json(body))
     } else {
-        Err(ApiError::unavailable(
-            "Not every partition is owned and caught up yet",
-        ))
+        let message = if !failed.is_empty() {
+            "Some partitions failed recovery and are down (see details.failedPartitions); README, \"Storage faults\", says how to recover"
+        } else if !blocked.is_empty() {
+            "Some partitions cannot write their command log (disk full?); they retry by themselves"
+        } else {
+            "Not every partition is owned and caught up yet"
+        };
+        body["status"] = json!("DOWN");
+        Err(ApiError::unavailable_with(message, body))
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use dashmap::DashMap;
 use flashsale_proto::*;
-pub use flashsale_runtime::bus::{BusError, BusFuture, CommandBus};
+pub use flashsale_runtime::bus::{BusError, BusFuture, CommandBus, PartitionStatus};
 use flashsale_runtime::telemetry::{self, TraceParent};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +98,26 @@ impl Dispatcher {
     pub fn is_ready(&self) -> bool {
         self.bus.is_ready()
     }
+    pub fn partition_status(&self, partition: u32) -> PartitionStatus {
+        self.bus.partition_status(partition)
+    }
+    /// Partitions whose data is not in the read model now (recovering, or failed):
+    /// a read that misses there must answer 503, not 404 or `[]`.
+    pub fn unreadable_partitions(&self) -> Vec<u32> {
+        (0..self.partitions())
+            .filter(|&p| !self.bus.partition_status(p).readable())
+            .collect()
+    }
+    /// 503 for a read of `partition` that found nothing while its data is not loaded.
+    pub fn check_readable(&self, partition: u32) -> Result<(), ApiError> {
+        match self.bus.partition_status(partition) {
+            s if s.readable() => Ok(()),
+            PartitionStatus::Failed(e) => Err(ApiError::partition_down(partition, e)),
+            _ => Err(ApiError::unavailable(format!(
+                "Partition {partition} is still recovering; retry shortly"
+            ))),
+        }
+    }
     pub fn partition_of(&self, sku: &SkuId) -> u32 {
         partition_for_key(sku.as_str().as_bytes(), self.partitions())
     }
@@ -146,10 +166,19 @@ impl Dispatcher {
             .in_flight
             .try_acquire()
             .map_err(|_| ApiError::shed("the node is at its in-flight limit"))?;
-        if !self.bus.is_ready() {
-            return Err(ApiError::unavailable(
-                "The engine is recovering; retry shortly",
-            ));
+        match self.bus.partition_status(partition) {
+            PartitionStatus::Live => {}
+            PartitionStatus::Recovering => {
+                return Err(ApiError::unavailable(
+                    "The engine is recovering; retry shortly",
+                ))
+            }
+            PartitionStatus::Failed(e) => return Err(ApiError::partition_down(partition, e)),
+            PartitionStatus::WriteBlocked(e) => {
+                return Err(ApiError::unavailable(format!(
+                    "Partition {partition} cannot write its command log now ({e}); retry shortly"
+                )))
+            }
         }
         let request_id = RequestId::from_ulid(ulid::Ulid::new());
         let (tx, rx) = oneshot::channel();

@@ -97,6 +97,23 @@ impl ApiError {
         e.payload.retry_after_s = Some(1);
         e
     }
+    /// A partition that failed recovery: down until an operator acts.
+    pub fn partition_down(partition: u32, error: String) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            format!("Partition {partition} is down and needs an operator; other partitions serve"),
+            Some(json!({"partition": partition, "error": error})),
+        );
+        e.payload.retry_after_s = Some(30);
+        e
+    }
+    /// 503 with details (e.g. `/ready`'s list of partitions).
+    pub fn unavailable_with(message: impl Into<String>, details: Value) -> Self {
+        let mut e = Self::unavailable(message);
+        e.payload.details = Some(details);
+        e
+    }
     pub fn product_not_found(sku: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -118,6 +118,15 @@ pub struct ServeArgs {
     /// 4,096 records per fsync).
     #[arg(long, env = "FLASHSALE_QUEUE_DEPTH", default_value_t = 4_096)]
     pub queue_depth: usize,
+    /// Report ready (`/ready` 200) while some partitions failed recovery and stay down
+    /// (the others serve either way, and `/ready` names the failed ones). Off: a node
+    /// with a failed partition answers `/ready` 503, so a load balancer skips it.
+    #[arg(
+        long,
+        env = "FLASHSALE_READY_WITH_FAILED_PARTITIONS",
+        default_value_t = false
+    )]
+    pub ready_with_failed_partitions: bool,
     /// Reservation attempts per second per userId (0 turns the limit off).
     #[arg(long, env = "FLASHSALE_RATE_LIMIT_PER_USER", default_value_t = 5)]
     pub rate_limit_per_user: u32,
@@ -137,6 +146,10 @@ pub struct ServeArgs {
     /// Snapshots kept per partition.
     #[arg(long, env = "FLASHSALE_KEEP_SNAPSHOTS", default_value_t = 3)]
     pub keep_snapshots: usize,
+    /// On SIGTERM, how long open HTTP connections may take to finish before they are
+    /// closed; then the final snapshots are written and the process exits 0.
+    #[arg(long, env = "FLASHSALE_SHUTDOWN_DRAIN_SECS", default_value_t = 10)]
+    pub shutdown_drain_secs: u64,
 }
 
 /// Where Postgres is, for every command of Kafka mode that needs it.

@@ -41,11 +41,13 @@ pub fn serve_args(data_dir: PathBuf) -> ServeArgs {
         max_in_flight: 20_000,
         max_in_flight_per_partition: 20_000,
         queue_depth: 16_384,
+        ready_with_failed_partitions: false,
         rate_limit_per_user: 0,
         rate_limit_burst: 10,
         snapshot_every_commands: 50_000,
         snapshot_every_secs: 30,
         keep_snapshots: 3,
+        shutdown_drain_secs: 10,
     }
 }
 

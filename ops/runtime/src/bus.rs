@@ -18,6 +18,31 @@ pub enum BusError {
     Unavailable(String),
 }
 
+/// One partition as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionStatus {
+    /// Not caught up yet (recovering, or not owned by anyone yet).
+    Recovering,
+    /// Taking commands.
+    Live,
+    /// Recovery failed: down until an operator acts; the text says why and what to do.
+    /// Reads of its data answer 503, never 404.
+    Failed(String),
+    /// Its log cannot be written (disk full, I/O error): commands are refused with 503,
+    /// reads are served, and writing is retried by itself.
+    WriteBlocked(String),
+}
+
+impl PartitionStatus {
+    /// Is this partition's data in the read model (so a miss is a real 404)?
+    pub fn readable(&self) -> bool {
+        matches!(
+            self,
+            PartitionStatus::Live | PartitionStatus::WriteBlocked(_)
+        )
+    }
+}
+
 /// Where commands go: a partitioned, durable log.
 pub trait CommandBus: Send + Sync + 'static {
     fn partitions(&self) -> u32;
@@ -38,6 +63,16 @@ pub trait CommandBus: Send + Sync + 'static {
     }
     /// True when every partition this node serves is owned and caught up.
     fn is_ready(&self) -> bool;
+    /// One partition's status. Buses that only know the whole node answer from
+    /// [`CommandBus::is_ready`].
+    fn partition_status(&self, partition: u32) -> PartitionStatus {
+        let _ = partition;
+        if self.is_ready() {
+            PartitionStatus::Live
+        } else {
+            PartitionStatus::Recovering
+        }
+    }
 }
 
 /// Is the engine side of this process (serve mode) ready too?

@@ -59,6 +59,8 @@ pub struct Metrics {
     snapshot_times: Mutex<BTreeMap<u32, u64>>,
     projector_records: Counter,
     projector_orders: Counter,
+    partitions_failed: Gauge,
+    partitions_write_blocked: Gauge,
 }
 
 impl Default for Metrics {
@@ -111,6 +113,18 @@ impl Metrics {
             "flashsale_readmodel_miss",
             "Read-model lookups that did not",
             readmodel_miss.clone(),
+        );
+        let partitions_failed = Gauge::default();
+        registry.register(
+            "flashsale_partitions_failed",
+            "Partitions whose recovery failed (down until an operator acts; /ready names them)",
+            partitions_failed.clone(),
+        );
+        let partitions_write_blocked = Gauge::default();
+        registry.register(
+            "flashsale_partitions_write_blocked",
+            "Partitions whose log cannot be written now (disk full, I/O error); retried by itself",
+            partitions_write_blocked.clone(),
         );
         let engine_apply = Histogram::new(APPLY_BUCKETS);
         registry.register(
@@ -171,6 +185,8 @@ impl Metrics {
             snapshot_times: Mutex::new(BTreeMap::new()),
             projector_records,
             projector_orders,
+            partitions_failed,
+            partitions_write_blocked,
         }
     }
 
@@ -201,6 +217,12 @@ impl Metrics {
         } else {
             self.readmodel_miss.inc();
         }
+    }
+    pub fn set_partitions_failed(&self, n: u64) {
+        self.partitions_failed.set(n as i64);
+    }
+    pub fn set_partitions_write_blocked(&self, n: u64) {
+        self.partitions_write_blocked.set(n as i64);
     }
     pub fn engine_apply(&self, d: Duration) {
         self.engine_apply.observe(d.as_secs_f64());

@@ -1,0 +1,661 @@
+//! Storage faults in embedded mode (issue 15): flipped bytes at seeded random positions
+//! of every log and snapshot file, truncations, an unopenable log, a `.snap.tmp` left
+//! behind, a `snapshots` path that is a file. After each: no acknowledged hold, order
+//! or cancel is silently lost or changed (its partition serves it exactly, or is named
+//! as failed and answers 503), and the healthy partitions serve.
+
+use flashsale_tests::reqwest::{Method, StatusCode};
+use flashsale_tests::serde_json::{json, Value};
+use flashsale_tests::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+const PARTITIONS: u32 = 4;
+
+/// What the clients were told: reservation id → (sku, partition, status).
+#[derive(Debug, Default, Clone)]
+struct Acked {
+    holds: BTreeMap<String, (String, u32, &'static str)>,
+    /// sku → (reserved, sold)
+    counts: BTreeMap<String, (u64, u64)>,
+}
+
+/// A small deterministic generator (xorshift64*): the positions are the same each run.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+fn args(data: &Path) -> flashsale_ops::cli::ServeArgs {
+    let mut a = serve_args(data.to_path_buf());
+    a.partitions = PARTITIONS;
+    a.ready_with_failed_partitions = true;
+    // Only the final snapshot of a clean stop: it covers the whole log, so damage
+    // anywhere in a log is detectable, and damage to it falls back to a full replay.
+    a.snapshot_every_commands = 1_000_000;
+    a.snapshot_every_secs = 3600;
+    a
+}
+
+/// Polls `/ready` (bounded) until no partition is still recovering; returns the failed
+/// partitions it names.
+async fn settled(base: &str) -> BTreeSet<u32> {
+    let c = client();
+    for _ in 0..600 {
+        let a = call(&c, base, Method::GET, "/ready", None, &[]).await;
+        let body = if a.status == StatusCode::OK {
+            a.body.clone()
+        } else {
+            a.body["details"].clone()
+        };
+        if body.get("recoveringPartitions").is_none() && body.get("status").is_some() {
+            return body["failedPartitions"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .map(|f| f["partition"].as_u64().unwrap() as u32)
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("partitions still recovering after 60 s");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else if e.file_name() != ".lock" {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// Every `*.snap` file of partition `p`.
+fn snapshots_of(data: &Path, p: u32) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data.join(format!("snapshots/p{p:03}")))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.retain(|f| f.extension().is_some_and(|x| x == "snap"));
+    v.sort();
+    v
+}
+
+fn log_of(data: &Path, p: u32) -> PathBuf {
+    data.join(format!("log/p{p:03}.log"))
+}
+
+/// Builds a sale with holds, orders and cancels on every partition, stops cleanly.
+async fn build_history(data: &Path) -> (Acked, Vec<(String, u32)>) {
+    let running = flashsale_ops::start(args(data)).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let c = client();
+    wait_ready(&c, &base).await;
+    // Two SKUs per partition.
+    let mut skus: Vec<(String, u32)> = Vec::new();
+    let mut per = [0; PARTITIONS as usize];
+    while skus.len() < 2 * PARTITIONS as usize {
+        let s = unique_sku("DISK");
+        let p = flashsale_proto::partition_for_key(s.as_bytes(), PARTITIONS);
+        if per[p as usize] < 2 {
+            per[p as usize] += 1;
+            skus.push((s, p));
+        }
+    }
+    let products: Vec<(&str, u64, u64)> = skus.iter().map(|(s, _)| (s.as_str(), 50, 1)).collect();
+    create_sale(&c, &base, &products, 3600, -1).await;
+    let mut acked = Acked::default();
+    for (i, (sku, p)) in skus.iter().cycle().take(48).enumerate() {
+        let user = format!("disk-user-{i}");
+        let r = call(
+            &c,
+            &base,
+            Method::POST,
+            "/api/v1/reservations",
+            Some(json!({"userId": user, "skuId": sku, "quantity": 1})),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let rid = r.body["reservationId"].as_str().unwrap().to_string();
+        let counts = acked.counts.entry(sku.clone()).or_default();
+        let status = if i % 3 == 0 {
+            let o = call(
+                &c,
+                &base,
+                Method::POST,
+                "/api/v1/orders/checkout",
+                Some(
+                    json!({"reservationId": rid, "paymentTransactionId": format!("pay-{i}"),
+                            "paymentMethod": "WALLET", "shippingAddress": "1 Disk Rd"}),
+                ),
+                &[],
+            )
+            .await;
+            assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
+            counts.1 += 1;
+            "CONFIRMED"
+        } else if i % 5 == 0 {
+            let d = call(
+                &c,
+                &base,
+                Method::DELETE,
+                &format!("/api/v1/reservations/{rid}"),
+                None,
+                &[],
+            )
+            .await;
+            assert_eq!(d.status, StatusCode::OK, "{}", d.body);
+            "CANCELLED"
+        } else {
+            counts.0 += 1;
+            "RESERVED"
+        };
+        acked.holds.insert(rid, (sku.clone(), *p, status));
+    }
+    running.stop().await.unwrap();
+    (acked, skus)
+}
+
+/// Starts on `data`, checks every acknowledged outcome, that exactly `want_failed`
+/// partitions are named failed, and that the healthy ones take a new hold.
+async fn check(
+    data: &Path,
+    acked: &Acked,
+    skus: &[(String, u32)],
+    want_failed: &BTreeSet<u32>,
+    what: &str,
+) {
+    let running = flashsale_ops::start(args(data)).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let c = client();
+    let failed = settled(&base).await;
+    assert_eq!(&failed, want_failed, "{what}: failed partitions");
+    for (rid, (sku, p, status)) in &acked.holds {
+        let g = call(
+            &c,
+            &base,
+            Method::GET,
+            &format!("/api/v1/reservations/{rid}"),
+            None,
+            &[],
+        )
+        .await;
+        if failed.contains(p) {
+            assert_eq!(
+                g.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{what}: hold {rid} on failed partition {p}: {}",
+                g.body
+            );
+            assert!(
+                g.headers.contains_key("retry-after"),
+                "{what}: 503 without Retry-After"
+            );
+        } else {
+            assert_eq!(
+                g.status,
+                StatusCode::OK,
+                "{what}: acknowledged hold {rid} ({sku}) lost: {}",
+                g.body
+            );
+            assert_eq!(g.body["status"], *status, "{what}: hold {rid} changed");
+        }
+    }
+    let products = call(&c, &base, Method::GET, "/api/v1/products", None, &[]).await;
+    if failed.is_empty() {
+        assert_eq!(products.status, StatusCode::OK, "{what}: {}", products.body);
+        for (sku, (reserved, sold)) in &acked.counts {
+            let a = call(
+                &c,
+                &base,
+                Method::GET,
+                &format!("/api/v1/products/{sku}/availability"),
+                None,
+                &[],
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::OK, "{what}: {}", a.body);
+            let total = 50u64;
+            let available = a.body["availableInventory"]
+                .as_u64()
+                .or_else(|| a.body["available"].as_u64());
+            if let Some(av) = available {
+                assert_eq!(
+                    av,
+                    total - reserved - sold,
+                    "{what}: {sku} stock changed: {}",
+                    a.body
+                );
+            }
+        }
+    } else {
+        assert_eq!(
+            products.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{what}: a partial product list: {}",
+            products.body
+        );
+        assert!(products.headers.contains_key("retry-after"));
+    }
+    // the healthy partitions serve: a new hold on each of them
+    for (i, (sku, p)) in skus.iter().enumerate().step_by(2) {
+        let r = call(
+            &c,
+            &base,
+            Method::POST,
+            "/api/v1/reservations",
+            Some(json!({"userId": format!("after-{i}"), "skuId": sku, "quantity": 1})),
+            &[],
+        )
+        .await;
+        if failed.contains(p) {
+            assert_eq!(
+                r.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{what}: {}",
+                r.body
+            );
+        } else {
+            assert_eq!(
+                r.status,
+                StatusCode::CREATED,
+                "{what}: healthy partition {p} refused a hold: {}",
+                r.body
+            );
+        }
+    }
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_faults_lose_nothing_acknowledged_and_fail_one_partition_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine");
+    let (acked, skus) = build_history(&pristine).await;
+    let mut rng = Rng(0x5EED_F00D_1234_5678);
+    let run = dir.path().join("run");
+    let fresh = || {
+        let _ = std::fs::remove_dir_all(&run);
+        copy_dir(&pristine, &run);
+    };
+    let none = BTreeSet::new();
+    for p in 0..PARTITIONS {
+        let one: BTreeSet<u32> = [p].into();
+        // flipped bytes in the log: corruption (or a log shorter than its snapshot),
+        // never a silent cut
+        for _ in 0..3 {
+            fresh();
+            let log = log_of(&run, p);
+            let mut bytes = std::fs::read(&log).unwrap();
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] ^= 1 << rng.below(8);
+            std::fs::write(&log, bytes).unwrap();
+            check(
+                &run,
+                &acked,
+                &skus,
+                &one,
+                &format!("log p{p} byte {at} flipped"),
+            )
+            .await;
+            assert!(log_of(&run, p).metadata().is_ok());
+        }
+        // a log cut short
+        fresh();
+        let log = log_of(&run, p);
+        let len = log.metadata().unwrap().len();
+        let cut = rng.below(len);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        check(
+            &run,
+            &acked,
+            &skus,
+            &one,
+            &format!("log p{p} cut to {cut} bytes"),
+        )
+        .await;
+        assert_eq!(
+            log.metadata().unwrap().len(),
+            cut,
+            "the damaged log was changed on disk"
+        );
+        // flipped bytes and a cut in each snapshot: refused, full replay, all there
+        for snap in snapshots_of(&pristine, p) {
+            let name = snap.file_name().unwrap().to_owned();
+            for _ in 0..2 {
+                fresh();
+                let f = run.join(format!("snapshots/p{p:03}")).join(&name);
+                let mut bytes = std::fs::read(&f).unwrap();
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] ^= 1 << rng.below(8);
+                std::fs::write(&f, bytes).unwrap();
+                check(
+                    &run,
+                    &acked,
+                    &skus,
+                    &none,
+                    &format!("snapshot {name:?} byte {at} flipped"),
+                )
+                .await;
+            }
+            fresh();
+            let f = run.join(format!("snapshots/p{p:03}")).join(&name);
+            let len = f.metadata().unwrap().len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap();
+            check(
+                &run,
+                &acked,
+                &skus,
+                &none,
+                &format!("snapshot {name:?} cut"),
+            )
+            .await;
+        }
+    }
+    // a log that cannot be opened (a directory in its place: root reads any file)
+    fresh();
+    let log = log_of(&run, 2);
+    std::fs::remove_file(&log).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    check(&run, &acked, &skus, &[2].into(), "log p2 unopenable").await;
+    // a .snap.tmp left behind by a crash or a full disk: removed at start
+    fresh();
+    let tmp = run.join("snapshots/p001/00000000000000000099-1.snap.tmp");
+    std::fs::write(&tmp, b"half a snapshot").unwrap();
+    check(&run, &acked, &skus, &none, ".snap.tmp left behind").await;
+    assert!(!tmp.exists(), "the .snap.tmp was removed at start");
+    // the snapshots path is a file: every partition fails, the process stays up and
+    // says so, reads answer 503 rather than 404
+    fresh();
+    std::fs::remove_dir_all(run.join("snapshots")).unwrap();
+    std::fs::write(run.join("snapshots"), b"not a directory").unwrap();
+    let running = flashsale_ops::start(args(&run)).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let failed = settled(&base).await;
+    assert_eq!(failed, (0..PARTITIONS).collect::<BTreeSet<_>>());
+    let ready = call(&client(), &base, Method::GET, "/ready", None, &[]).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let rid = acked.holds.keys().next().unwrap();
+    let g = call(
+        &client(),
+        &base,
+        Method::GET,
+        &format!("/api/v1/reservations/{rid}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE, "{}", g.body);
+    running.stop().await.unwrap();
+}
+
+/// A full disk is a state, not a crash: holds are refused with 503 + Retry-After while
+/// the log cannot be written, reads still work, `/ready` names the partitions, and
+/// service resumes by itself when space returns. Needs a small tmpfs (root and
+/// `mount`); skipped with a message where that is not possible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_holds_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("tmpfs");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "skipped: cannot mount a tmpfs here (needs root); the full-disk test did not run"
+        );
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let data = mnt.join("data");
+    let mut a = args(&data);
+    a.reply_deadline_ms = 1000;
+    let running = flashsale_ops::start(a).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let c = client();
+    wait_ready(&c, &base).await;
+    let sku = unique_sku("FULL");
+    create_sale(&c, &base, &[(&sku, 1000, 1000)], 3600, -1).await;
+    let hold = |user: String| {
+        let (c, base, sku) = (c.clone(), base.clone(), sku.clone());
+        async move {
+            call(
+                &c,
+                &base,
+                Method::POST,
+                "/api/v1/reservations",
+                Some(json!({"userId": user, "skuId": sku, "quantity": 1})),
+                &[],
+            )
+            .await
+        }
+    };
+    let first = hold("full-0".into()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let rid = first.body["reservationId"].as_str().unwrap().to_string();
+    let mut acked = vec![rid.clone()];
+    // fill the disk
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // holds are refused (never acknowledged without being on disk), the process lives
+    let mut refused = None;
+    for i in 1..=300 {
+        let r = hold(format!("full-{i}")).await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        // a few small records may still fit in the last free pages
+        acked.push(r.body["reservationId"].as_str().unwrap().to_string());
+    }
+    let refused = refused.expect("a hold on a full disk is refused");
+    assert!(refused.headers.contains_key("retry-after"));
+    // A nearly full disk may still take a small write now and then (the log's last
+    // page), so the partition can flap; each refusal leaves it blocked until the next
+    // retry, and /ready names it then.
+    let mut blocked = false;
+    for i in 400..460 {
+        let ready = call(&c, &base, Method::GET, "/ready", None, &[]).await;
+        if ready.status == StatusCode::SERVICE_UNAVAILABLE
+            && ready.body["details"]
+                .get("writeBlockedPartitions")
+                .is_some()
+        {
+            blocked = true;
+            break;
+        }
+        let r = hold(format!("full-{i}")).await;
+        if r.status == StatusCode::CREATED {
+            acked.push(r.body["reservationId"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(blocked, "/ready names the write-blocked partition");
+    let g = call(
+        &c,
+        &base,
+        Method::GET,
+        &format!("/api/v1/reservations/{rid}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        g.status,
+        StatusCode::OK,
+        "reads are served on a full disk: {}",
+        g.body
+    );
+    // space returns: service resumes by itself (the writer retries every second)
+    std::fs::remove_file(&filler).unwrap();
+    let mut resumed = false;
+    for i in 1000..1100 {
+        let r = hold(format!("full-{i}")).await;
+        if r.status == StatusCode::CREATED {
+            acked.push(r.body["reservationId"].as_str().unwrap().to_string());
+            resumed = true;
+            break;
+        }
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(resumed, "holds are taken again once space returns");
+    wait_ready(&c, &base).await;
+    running.stop().await.unwrap();
+    // everything acknowledged is there after a restart, and the log is sound
+    let running = flashsale_ops::start(args(&data)).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    wait_ready(&c, &base).await;
+    for rid in &acked {
+        let g = call(
+            &c,
+            &base,
+            Method::GET,
+            &format!("/api/v1/reservations/{rid}"),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(
+            g.status,
+            StatusCode::OK,
+            "acknowledged hold {rid} lost: {}",
+            g.body
+        );
+        assert_eq!(g.body["status"], "RESERVED");
+    }
+    running.stop().await.unwrap();
+}
+
+/// SIGTERM with slow clients attached (silent, half a header, half a body): the
+/// drain is bounded, the final snapshots are written, the exit status is 0, and
+/// every acknowledged hold is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_slow_clients_drains_in_bounded_time_and_exits_0() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = [
+        "--shutdown-drain-secs",
+        "2",
+        "--snapshot-every-commands",
+        "1000000",
+    ];
+    let mut server = ChildServer::start(&data, free_port(), &flags)
+        .await
+        .unwrap();
+    let c = client();
+    let sku = unique_sku("TERM");
+    create_sale(&c, &server.base, &[(&sku, 100, 1)], 3600, -1).await;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let r = call(
+            &c,
+            &server.base,
+            Method::POST,
+            "/api/v1/reservations",
+            Some(json!({"userId": format!("term-{i}"), "skuId": sku, "quantity": 1})),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        acked.push(r.body["reservationId"].as_str().unwrap().to_string());
+    }
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let _silent = std::net::TcpStream::connect(&addr).unwrap();
+    let mut half_header = std::net::TcpStream::connect(&addr).unwrap();
+    half_header
+        .write_all(b"GET /api/v1/products HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut half_body = std::net::TcpStream::connect(&addr).unwrap();
+    half_body
+        .write_all(b"POST /api/v1/reservations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"userId\":")
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut status = None;
+    for _ in 0..300 {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status =
+        status.expect("the server exits after SIGTERM although slow clients hold connections");
+    assert!(status.success(), "exit status {status:?}");
+    let p = flashsale_proto::partition_for_key(sku.as_bytes(), 4);
+    assert!(
+        !snapshots_of(&data, p).is_empty(),
+        "the final snapshot of partition {p} was written"
+    );
+    drop(server);
+    let server = ChildServer::start(&data, free_port(), &flags)
+        .await
+        .unwrap();
+    for rid in &acked {
+        let g = call(
+            &c,
+            &server.base,
+            Method::GET,
+            &format!("/api/v1/reservations/{rid}"),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(
+            g.status,
+            StatusCode::OK,
+            "acknowledged hold {rid} lost: {}",
+            g.body
+        );
+    }
+    drop(server);
+}
+
+#[allow(dead_code)]
+fn unused(_: Value) {}
