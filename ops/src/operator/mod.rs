@@ -202,7 +202,7 @@ fn replay_into(
         }
         actor.apply_batch(std::slice::from_ref(&rec));
         applied += 1;
-        if applied % 4096 == 0 {
+        if applied.is_multiple_of(4096) {
             pb.set_position(applied);
         }
         true
