@@ -1,7 +1,8 @@
 //! The `flashsale` command line: one clap-derive struct per subcommand, every flag
 //! with an `env = "FLASHSALE_…"`, a default and a doc comment.
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 pub use flashsale_runtime::telemetry::{LogFormat, OtlpProtocol, TelemetryArgs};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,41 +17,50 @@ partitioned log keyed by SKU; one engine actor per partition applies them in ord
 in-memory inventory, so there is no lock and no database row to fight over.\n\n\
 With no Kafka configured, `flashsale serve` runs everything in one process over a local \
 data directory (the embedded mode).",
-    after_help = "Examples:\n  flashsale serve --demo                 # embedded server with a demo sale on 127.0.0.1:8080\n  flashsale serve --data-dir /var/lib/flashsale --admin-token s3cret\n  flashsale serve --help                 # every flag of the server"
+    after_help = "Examples:\n  # embedded server with a demo sale on 127.0.0.1:8080\n  flashsale serve --demo\n  flashsale serve --data-dir /var/lib/flashsale --admin-token s3cret\n  flashsale serve --help                 # every flag of the server"
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format on stderr.
-    #[arg(long, global = true, env = "FLASHSALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "FLASHSALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = GLOBAL)]
     pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `flashsale_gateway=debug`.
-    #[arg(long, global = true, env = "FLASHSALE_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLASHSALE_LOG",
+        default_value = "info",
+        help_heading = GLOBAL
+    )]
     pub log: String,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = GLOBAL)]
     pub telemetry: TelemetryArgs,
 }
+
+/// The help section of the flags every subcommand takes (logging, tracing).
+const GLOBAL: &str = "Global options (logging, tracing; any subcommand)";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API with the engine (embedded mode: log and snapshots in --data-dir).
     #[command(
-        after_help = "Examples:\n  flashsale serve --demo\n  FLASHSALE_ADMIN_TOKEN=s3cret flashsale serve --listen 0.0.0.0:8080 --data-dir /var/lib/flashsale"
+        after_help = "Examples:\n  flashsale serve --demo\n  FLASHSALE_ADMIN_TOKEN=s3cret flashsale serve --listen 0.0.0.0:8080 \\\n      --data-dir /var/lib/flashsale"
     )]
     Serve(ServeCmd),
     /// Create the Kafka topics (commands, events, replies); existing ones are checked.
     #[command(
-        after_help = "Examples:\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 8\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 32 --replies-partitions 8 --replication-factor 3 --min-insync-replicas 2 --prefix shop1."
+        after_help = "Examples:\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 8\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 32 \\\n      --replies-partitions 8 --replication-factor 3 \\\n      --min-insync-replicas 2 --prefix shop1."
     )]
     Topics(TopicsArgs),
     /// Run an engine (Kafka mode): owns the command partitions the group gives it.
     #[command(
-        after_help = "Examples:\n  flashsale engine --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale\n  flashsale engine --kafka 127.0.0.1:19092 --data-dir /var/lib/flashsale   # snapshots in files, no Postgres\nStart as many as you like: the consumer group shares the partitions among them."
+        after_help = "Examples:\n  flashsale engine --kafka 127.0.0.1:19092 \\\n      --postgres postgres://postgres@127.0.0.1:15432/flashsale\n  # snapshots in files, no Postgres\n  flashsale engine --kafka 127.0.0.1:19092 --data-dir /var/lib/flashsale\nStart as many as you like: the consumer group shares the partitions among them."
     )]
     Engine(EngineArgs),
     /// Run an HTTP gateway (Kafka mode): commands to Kafka, replies and events back.
     #[command(
-        after_help = "Examples:\n  flashsale gateway --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale --listen 0.0.0.0:8080 --admin-token s3cret --gateway-id 0\n  flashsale gateway --kafka 127.0.0.1:19092 --listen 127.0.0.1:8081 --gateway-id 1\nEvery gateway needs its own --gateway-id (a partition of the replies topic)."
+        after_help = "Examples:\n  flashsale gateway --kafka 127.0.0.1:19092 \\\n      --postgres postgres://postgres@127.0.0.1:15432/flashsale \\\n      --listen 0.0.0.0:8080 --admin-token s3cret --gateway-id 0\n  flashsale gateway --kafka 127.0.0.1:19092 --listen 127.0.0.1:8081 \\\n      --gateway-id 1\nEvery gateway needs its own --gateway-id (a partition of the replies topic)."
     )]
     Gateway(GatewayArgs),
     /// Rebuild a partition's state from a snapshot and the log, to an offset or a time.
@@ -64,14 +74,51 @@ pub enum Command {
     Snapshot(crate::operator::SnapshotArgs),
     /// Create or update the Postgres schema (Kafka mode); running it again is a no-op.
     #[command(
-        after_help = "Examples:\n  flashsale migrate --postgres postgres://postgres@127.0.0.1:15432/flashsale\n  FLASHSALE_POSTGRES=postgres://… flashsale migrate --json"
+        after_help = "Examples:\n  flashsale migrate \\\n      --postgres postgres://postgres@127.0.0.1:15432/flashsale\n  FLASHSALE_POSTGRES=postgres://postgres@127.0.0.1:15432/flashsale \\\n      flashsale migrate --json"
     )]
     Migrate(MigrateArgs),
     /// Follow the events topic and write reservations and orders to Postgres, exactly once.
     #[command(
-        after_help = "Examples:\n  flashsale projector --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale"
+        after_help = "Examples:\n  flashsale projector --kafka 127.0.0.1:19092 \\\n      --postgres postgres://postgres@127.0.0.1:15432/flashsale"
     )]
     Projector(ProjectorArgs),
+    /// Which partition (engine actor, and `replay --partition`) holds a SKU.
+    #[command(
+        after_long_help = "Examples:\n  flashsale partition-of SKU-1\n  flashsale partition-of SKU-1 --partitions 32 --json"
+    )]
+    PartitionOf(PartitionOfArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PartitionOfArgs {
+    /// The SKU, exactly as in the API (case matters).
+    pub sku: String,
+    /// Partitions of the deployment (`serve --partitions`, `topics create --partitions`).
+    #[arg(long, env = "FLASHSALE_PARTITIONS", default_value_t = 8)]
+    pub partitions: u32,
+    /// Print JSON instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flashsale partition-of SKU`: the partition the gateway routes the SKU to.
+pub fn partition_of_command(args: PartitionOfArgs) -> anyhow::Result<()> {
+    if args.partitions == 0 {
+        anyhow::bail!("--partitions must be at least 1 (the deployment's partition count)");
+    }
+    let p = flashsale_proto::partition_for_key(args.sku.as_bytes(), args.partitions);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"sku": args.sku, "partition": p, "partitions": args.partitions})
+        );
+    } else {
+        println!(
+            "{} is in partition {p} of {}: flashsale replay --partition {p}",
+            args.sku, args.partitions
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -180,7 +227,12 @@ pub struct ProjectorArgs {
     #[command(flatten)]
     pub pg: PostgresArgs,
     /// Prefix of the topic names; events are read from <prefix>events.
-    #[arg(long, env = "FLASHSALE_TOPIC_PREFIX", default_value = "flashsale.")]
+    #[arg(
+        long = "topic-prefix",
+        visible_alias = "prefix",
+        env = "FLASHSALE_TOPIC_PREFIX",
+        default_value = "flashsale."
+    )]
     pub topic_prefix: String,
     /// Most event records applied in one Postgres transaction.
     #[arg(long, env = "FLASHSALE_PROJECTOR_BATCH", default_value_t = 5000)]
@@ -206,6 +258,13 @@ pub struct ServeKafkaArgs {
     /// Kafka bootstrap servers, host:port[,host:port]. Set: Kafka mode (missing topics are created with --partitions).
     #[arg(long, env = "FLASHSALE_KAFKA")]
     pub kafka: Option<String>,
+    /// Run embedded (log and snapshots in --data-dir) even when FLASHSALE_KAFKA or
+    /// FLASHSALE_POSTGRES are set in the environment, e.g. by `.services.env`.
+    #[arg(long, env = "FLASHSALE_EMBEDDED")]
+    pub embedded: bool,
+    /// Why this mode was chosen (set by [`Cli::resolve`]; not a flag).
+    #[arg(skip)]
+    pub mode_reason: String,
     /// Postgres URL (Kafka mode): snapshots, and orders written by the projector. Without it, snapshots go to --data-dir and orders are served from memory.
     #[arg(
         long,
@@ -231,7 +290,8 @@ pub struct ServeKafkaArgs {
     /// Producer linger in ms: records are batched for at most this long. 5 measured
     /// best under load on a 2-core box (fewer, fuller requests); 1 lowers the latency
     /// of an idle system by a few ms.
-    #[arg(long, env = "FLASHSALE_KAFKA_LINGER_MS", default_value_t = 5)]
+    /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
+    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u32,
     #[command(flatten)]
     pub engine: EngineTuning,
@@ -299,7 +359,7 @@ pub enum TopicsAction {
     /// whose clock is a minute ahead). Production: --replication-factor 3
     /// --min-insync-replicas 2 (producers use acks=all).
     #[command(
-        after_help = "Examples:\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 8\n  flashsale topics create --kafka kafka-1:9092,kafka-2:9092 --partitions 32 --replies-partitions 16 --replication-factor 3 --min-insync-replicas 2"
+        after_help = "Examples:\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 8\n  flashsale topics create --kafka kafka-1:9092,kafka-2:9092 \\\n      --partitions 32 --replies-partitions 16 --replication-factor 3 \\\n      --min-insync-replicas 2"
     )]
     Create(TopicsCreateArgs),
 }
@@ -352,7 +412,8 @@ pub struct EngineArgs {
     /// Producer linger in ms: records are batched for at most this long. 5 measured
     /// best under load on a 2-core box (fewer, fuller requests); 1 lowers the latency
     /// of an idle system by a few ms.
-    #[arg(long, env = "FLASHSALE_KAFKA_LINGER_MS", default_value_t = 5)]
+    /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
+    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u32,
     /// Address for GET /metrics (Prometheus); unset: no metrics endpoint.
     #[arg(long, env = "FLASHSALE_METRICS_LISTEN")]
@@ -402,6 +463,266 @@ pub struct GatewayArgs {
     /// Producer linger in ms: records are batched for at most this long. 5 measured
     /// best under load on a 2-core box (fewer, fuller requests); 1 lowers the latency
     /// of an idle system by a few ms.
-    #[arg(long, env = "FLASHSALE_KAFKA_LINGER_MS", default_value_t = 5)]
+    /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
+    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u32,
+}
+
+/// The environment variable `linger_ms` was read from before it followed the
+/// `FLASHSALE_<FLAG>` pattern; still honoured when the new one is not set.
+pub const OLD_LINGER_ENV: &str = "FLASHSALE_KAFKA_LINGER_MS";
+
+impl Cli {
+    /// Parses the process's arguments (exiting with clap's message on a mistake), then
+    /// [`Cli::resolve`]s them.
+    pub fn parse_resolved() -> Cli {
+        let matches = Cli::command().get_matches();
+        match Cli::from_arg_matches(&matches) {
+            Ok(mut cli) => match cli.resolve(&matches) {
+                Ok(()) => cli,
+                Err(e) => e.exit(),
+            },
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// [`Cli::parse_resolved`] for tests: from given arguments, errors returned.
+    pub fn try_parse_resolved_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.resolve(&matches)?;
+        Ok(cli)
+    }
+
+    /// An explicit flag beats the environment: `--data-dir` on `replay`/`audit`/
+    /// `snapshot` means the embedded data directory even when FLASHSALE_KAFKA is set;
+    /// `serve --embedded` drops FLASHSALE_KAFKA/FLASHSALE_POSTGRES. Records why each
+    /// process runs in its mode, for its first line. Also reads the old name of the
+    /// linger variable.
+    pub fn resolve(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        let Some((_, sub)) = matches.subcommand() else {
+            return Ok(());
+        };
+        let old_linger = std::env::var(OLD_LINGER_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let linger = |m: &ArgMatches, v: &mut u32| {
+            if m.value_source("linger_ms") == Some(ValueSource::DefaultValue) {
+                if let Some(old) = old_linger {
+                    *v = old;
+                }
+            }
+        };
+        match &mut self.command {
+            Command::Serve(cmd) => {
+                linger(sub, &mut cmd.kafka.linger_ms);
+                let k = &mut cmd.kafka;
+                if k.embedded && sub.value_source("kafka") == Some(ValueSource::CommandLine) {
+                    return Err(Cli::command().error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--embedded and --kafka contradict each other: give one (--embedded: log and snapshots in --data-dir; --kafka: Kafka mode)",
+                    ));
+                }
+                k.mode_reason = if k.embedded {
+                    let ignored = if k.kafka.is_some() || k.postgres.is_some() {
+                        " (FLASHSALE_KAFKA/FLASHSALE_POSTGRES from the environment ignored)"
+                    } else {
+                        ""
+                    };
+                    k.kafka = None;
+                    k.postgres = None;
+                    format!("embedded mode: --embedded given{ignored}")
+                } else if k.kafka.is_some() {
+                    if sub.value_source("kafka") == Some(ValueSource::CommandLine) {
+                        "Kafka mode: --kafka given".to_string()
+                    } else {
+                        "Kafka mode: FLASHSALE_KAFKA is set (pass --embedded to run embedded)"
+                            .to_string()
+                    }
+                } else {
+                    "embedded mode: no --kafka and no FLASHSALE_KAFKA".to_string()
+                };
+            }
+            Command::Engine(a) => linger(sub, &mut a.linger_ms),
+            Command::Gateway(a) => linger(sub, &mut a.linger_ms),
+            Command::Replay(a) => a.source.resolve(sub),
+            Command::Audit(a) => a.source.resolve(sub),
+            Command::Snapshot(a) => {
+                if let Some((_, leaf)) = sub.subcommand() {
+                    match &mut a.command {
+                        crate::operator::SnapshotCommand::List(l)
+                        | crate::operator::SnapshotCommand::Verify(l) => l.source.resolve(leaf),
+                        crate::operator::SnapshotCommand::Show(s) => s.source.resolve(leaf),
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The long help of `cmd` and of every subcommand under it, at 80 columns.
+    fn helps(cmd: &mut clap::Command, path: String, out: &mut Vec<(String, String)>) {
+        let mut c = cmd.clone().term_width(80);
+        out.push((path.clone(), c.render_long_help().to_string()));
+        for sub in cmd.get_subcommands_mut() {
+            let name = format!("{path} {}", sub.get_name());
+            helps(sub, name, out);
+        }
+    }
+
+    /// Each example command of a help text: lines under "Examples:" that start with
+    /// two spaces, joined across trailing backslashes; comments dropped.
+    fn examples(help: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut in_examples = false;
+        let mut pending = String::new();
+        for line in help.lines() {
+            if line.starts_with("Examples:") {
+                in_examples = true;
+                continue;
+            }
+            if !in_examples {
+                continue;
+            }
+            if !line.starts_with("  ") && pending.is_empty() {
+                in_examples = false;
+                continue;
+            }
+            let t = line.trim();
+            if t.starts_with('#') {
+                continue;
+            }
+            match t.strip_suffix('\\') {
+                Some(head) => {
+                    pending.push_str(head);
+                    pending.push(' ');
+                }
+                None => {
+                    pending.push_str(t);
+                    out.push(std::mem::take(&mut pending));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_help_example_parses_as_written() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut all = Vec::new();
+        helps(&mut cmd, "flashsale".into(), &mut all);
+        let mut checked = 0;
+        for (path, help) in &all {
+            for ex in examples(help) {
+                let words =
+                    shlex::split(&ex).unwrap_or_else(|| panic!("{path}: cannot split {ex:?}"));
+                // Leading VAR=value words: the environment of that one command.
+                let env: Vec<(&str, &str)> = words
+                    .iter()
+                    .take_while(|w| w.contains('=') && !w.starts_with('-'))
+                    .filter_map(|w| w.split_once('='))
+                    .collect();
+                let words: Vec<&String> = words.iter().skip(env.len()).collect();
+                assert_eq!(
+                    words.first().map(|w| w.as_str()),
+                    Some("flashsale"),
+                    "{path}: example {ex:?} does not start with flashsale"
+                );
+                if words.iter().any(|w| *w == "--help") {
+                    continue;
+                }
+                for (k, v) in &env {
+                    std::env::set_var(k, v);
+                }
+                let parsed = Cli::try_parse_resolved_from(words.iter().map(|w| w.as_str()));
+                for (k, _) in &env {
+                    std::env::remove_var(k);
+                }
+                if let Err(e) = parsed {
+                    panic!("{path}: the example {ex:?} does not parse:\n{e}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 15,
+            "only {checked} examples found; the parser of help texts lost them"
+        );
+    }
+
+    #[test]
+    fn explicit_data_dir_beats_kafka_from_the_environment() {
+        // Only the parse: the variable is read by clap, so set it for this process.
+        // Only this test of the crate parses with FLASHSALE_KAFKA in mind.
+        std::env::set_var("FLASHSALE_KAFKA", "127.0.0.1:1");
+        let cli =
+            Cli::try_parse_resolved_from(["flashsale", "audit", "--data-dir", "/tmp/x"]).unwrap();
+        let Command::Audit(a) = cli.command else {
+            panic!("audit")
+        };
+        assert_eq!(a.source.kafka, None);
+        assert!(
+            a.source.mode_reason.contains("--data-dir given"),
+            "{}",
+            a.source.mode_reason
+        );
+        let cli = Cli::try_parse_resolved_from(["flashsale", "audit"]).unwrap();
+        let Command::Audit(a) = cli.command else {
+            panic!("audit")
+        };
+        assert_eq!(a.source.kafka.as_deref(), Some("127.0.0.1:1"));
+        assert!(
+            a.source.mode_reason.contains("FLASHSALE_KAFKA is set"),
+            "{}",
+            a.source.mode_reason
+        );
+        let cli =
+            Cli::try_parse_resolved_from(["flashsale", "serve", "--embedded", "--demo"]).unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(s.kafka.kafka, None);
+        assert!(s
+            .kafka
+            .mode_reason
+            .starts_with("embedded mode: --embedded given"));
+        let cli = Cli::try_parse_resolved_from(["flashsale", "serve", "--demo"]).unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("serve")
+        };
+        assert!(
+            s.kafka.mode_reason.contains("pass --embedded"),
+            "{}",
+            s.kafka.mode_reason
+        );
+        let err =
+            Cli::try_parse_resolved_from(["flashsale", "serve", "--embedded", "--kafka", "h:1"])
+                .unwrap_err();
+        assert!(err.to_string().contains("contradict"), "{err}");
+        let cli = Cli::try_parse_resolved_from([
+            "flashsale",
+            "replay",
+            "--partition",
+            "1",
+            "--prefix",
+            "shop1.",
+        ])
+        .unwrap();
+        let Command::Replay(r) = cli.command else {
+            panic!("replay")
+        };
+        assert_eq!(r.source.topic_prefix, "shop1.");
+        std::env::remove_var("FLASHSALE_KAFKA");
+    }
 }

@@ -1,10 +1,9 @@
 //! `flashsale`: parse the command line, set up logging, run the subcommand.
 
-use clap::Parser;
 use flashsale_ops::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_resolved();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,6 +47,7 @@ fn main() -> std::process::ExitCode {
             Command::Audit(args) => flashsale_ops::operator::audit_command(args).await,
             Command::Snapshot(args) => flashsale_ops::operator::snapshot_command(args).await,
             Command::Migrate(args) => flashsale_ops::projector::cli::migrate_command(args).await,
+            Command::PartitionOf(args) => flashsale_ops::cli::partition_of_command(args),
             Command::Projector(args) => {
                 flashsale_ops::projector::cli::projector_command(args, shutdown_signal()).await
             }

@@ -51,6 +51,20 @@ pub fn services() -> Option<Services> {
     })
 }
 
+/// The Postgres URL alone (environment first, then `.services.env`), for tests that
+/// need no Kafka.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("FLASHSALE_POSTGRES")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| {
+            env_file()
+                .get("FLASHSALE_POSTGRES")
+                .cloned()
+                .filter(|v| !v.is_empty())
+        })
+}
+
 /// True when a missing service must fail the test instead of skipping it.
 pub fn services_required() -> bool {
     std::env::var("FLASHSALE_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
@@ -112,6 +126,8 @@ pub async fn serve_kafka_args(svc: &Services) -> anyhow::Result<ServeKafkaArgs> 
     };
     Ok(ServeKafkaArgs {
         kafka: Some(svc.kafka.clone()),
+        embedded: false,
+        mode_reason: String::new(),
         postgres,
         pg_pool_size: 4,
         topic_prefix: format!("flashsale-test-{id}."),

@@ -32,6 +32,184 @@ pub enum PgError {
     MigrationChanged { version: i32, name: &'static str },
     #[error("unexpected data in Postgres: {0}")]
     Data(String),
+    /// Postgres refused us for a reason a retry cannot fix (authentication, no such
+    /// database or role), or cannot be reached and the caller does not wait.
+    #[error("{target}: {reason}; {hint}")]
+    Connect {
+        target: Target,
+        reason: String,
+        hint: &'static str,
+    },
+}
+
+/// Where a Postgres URL points, for messages: host, port, database and user (never the
+/// password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Postgres at {}:{} (database {}, user {})",
+            self.host, self.port, self.database, self.user
+        )
+    }
+}
+
+const URL_HINT: &str = "give --postgres (or FLASHSALE_POSTGRES) as postgres://USER@HOST:PORT/DATABASE, e.g. postgres://postgres@127.0.0.1:15432/flashsale";
+
+/// Parses and checks a Postgres URL: not empty, one host named.
+pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, Target), PgError> {
+    if url.trim().is_empty() {
+        return Err(PgError::Url(format!(
+            "the Postgres URL is empty; {URL_HINT}"
+        )));
+    }
+    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        PgError::Url(format!("{}; {URL_HINT}", pg_message(&e)))
+    })?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => {
+            return Err(PgError::Url(format!(
+                "the Postgres URL names no host; {URL_HINT}"
+            )))
+        }
+    };
+    let user = config.get_user().unwrap_or("postgres").to_string();
+    let target = Target {
+        host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        database: config
+            .get_dbname()
+            .map_or_else(|| user.clone(), str::to_string),
+        user,
+    };
+    Ok((config, target))
+}
+
+/// The reason Postgres or the network gave, in a few words: the server's message and
+/// SQLSTATE, "connection refused", "timed out"...
+pub fn reason(e: &PgError) -> String {
+    match e {
+        PgError::Pool(deadpool_postgres::PoolError::Backend(e)) | PgError::Db(e) => pg_reason(e),
+        PgError::Pool(deadpool_postgres::PoolError::Timeout(_)) => {
+            "no connection within 5 s (timed out)".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn pg_reason(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+                std::io::ErrorKind::TimedOut => "timed out".to_string(),
+                _ => io.to_string(),
+            };
+        }
+        source = s.source();
+    }
+    pg_message(e)
+}
+
+/// True when a retry cannot fix a connection error: wrong password or method
+/// (28xxx), no such database (3D000), a bad URL.
+fn is_permanent_connect(e: &PgError) -> bool {
+    match e {
+        PgError::Url(_) | PgError::Build(_) => true,
+        PgError::Pool(deadpool_postgres::PoolError::Backend(e)) | PgError::Db(e) => {
+            match e.code() {
+                Some(c) => {
+                    let c = c.code();
+                    c.starts_with("28") || c == "3D000" || c.starts_with("42")
+                }
+                None => false,
+            }
+        }
+        PgError::Pool(
+            deadpool_postgres::PoolError::Closed | deadpool_postgres::PoolError::NoRuntimeSpecified,
+        ) => true,
+        _ => false,
+    }
+}
+
+/// Whether [`connect_checked`] waits for Postgres when it cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Fail at once (`migrate`: a one-shot command).
+    No,
+    /// Retry until it answers (servers: Postgres may still be starting). Says once
+    /// what it waits for, then stays quiet until Postgres is up.
+    Forever,
+}
+
+/// [`connect`], then one connection made to prove the URL: errors no retry can fix
+/// (authentication, missing database, bad URL) fail at once with Postgres's reason and
+/// the target named; a server not (yet) reachable is waited for per `wait`.
+pub async fn connect_checked(url: &str, pool_size: usize, wait: Wait) -> Result<Pool, PgError> {
+    let (_, target) = parse_url(url)?;
+    let pool = connect(url, pool_size)?;
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut announced = false;
+    loop {
+        match pool.get().await {
+            Ok(_) => {
+                if announced {
+                    tracing::info!(
+                        postgres = %target,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "Postgres is up"
+                    );
+                }
+                return Ok(pool);
+            }
+            Err(e) => {
+                let e = PgError::Pool(e);
+                let why = reason(&e);
+                if is_permanent_connect(&e) {
+                    return Err(PgError::Connect {
+                        target,
+                        reason: why,
+                        hint: "a retry cannot fix this: check the user, password and database in --postgres (or FLASHSALE_POSTGRES); `make services-up` creates database flashsale",
+                    });
+                }
+                if wait == Wait::No {
+                    return Err(PgError::Connect {
+                        target,
+                        reason: why,
+                        hint: "is Postgres running there? (`make services-up` starts one; see .services.env for its port)",
+                    });
+                }
+                if !announced {
+                    tracing::warn!(
+                        "waiting for Postgres at {}:{} ({why})…; retrying quietly until it answers",
+                        target.host,
+                        target.port
+                    );
+                    announced = true;
+                } else {
+                    tracing::debug!(postgres = %target, reason = %why, "still waiting for Postgres");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// tokio-postgres' Display says only "db error"; the server's message is in the source.
@@ -50,7 +228,7 @@ impl PgError {
     /// restarting or shutting down, a serialization failure or a deadlock.
     pub fn is_transient(&self) -> bool {
         match self {
-            PgError::Pool(_) => true,
+            PgError::Pool(_) => !is_permanent_connect(self),
             PgError::Db(e) => match e.code() {
                 // No SQLSTATE: the connection broke (i/o error, closed, timeout).
                 None => true,
@@ -74,9 +252,7 @@ impl PgError {
 /// `url`: `postgres://user@host:port/db`. To work in another schema (tests do), add
 /// `?options=-c%20search_path%3Dmy_schema`.
 pub fn connect(url: &str, pool_size: usize) -> Result<Pool, PgError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
+    let (mut config, _) = parse_url(url)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -305,6 +481,20 @@ mod tests {
             name: "init"
         }
         .is_transient());
+    }
+
+    #[test]
+    fn urls_are_checked_and_described() {
+        assert!(parse_url("").unwrap_err().to_string().contains("empty"));
+        assert!(parse_url("postgres:///db")
+            .unwrap_err()
+            .to_string()
+            .contains("no host"));
+        let (_, t) = parse_url("postgres://me:secret@127.0.0.1:15433/nosuchdb").unwrap();
+        let shown = t.to_string();
+        assert!(shown.contains("127.0.0.1:15433"), "{shown}");
+        assert!(shown.contains("nosuchdb"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
     }
 
     #[test]

@@ -147,6 +147,12 @@ pub fn traces_url(endpoint: &str, protocol: OtlpProtocol) -> String {
 /// Sets the global subscriber: the log layer (`log` is an EnvFilter string; an invalid
 /// one falls back to `info`) and, with an endpoint, the trace layer exporting as
 /// `service`. Call it inside the tokio runtime (the gRPC exporter needs it).
+/// Colour codes in the text log only when stderr is a terminal and `NO_COLOR` is unset
+/// or empty (<https://no-color.org>): a log file or pipe gets plain text.
+pub fn colour_wanted(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 pub fn init(
     log: &str,
     format: LogFormat,
@@ -156,7 +162,12 @@ pub fn init(
     // The trace target is never a log line, whatever `log` says about targets.
     let log_filter = EnvFilter::try_new(format!("{log},{TRACE_TARGET}=off"))
         .unwrap_or_else(|_| EnvFilter::new(format!("info,{TRACE_TARGET}=off")));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_wanted(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ));
     let fmt = match format {
         LogFormat::Json => fmt.json().with_filter(log_filter).boxed(),
         LogFormat::Text => fmt.with_filter(log_filter).boxed(),
@@ -473,6 +484,15 @@ pub async fn serve_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour_wanted(true, None));
+        assert!(colour_wanted(true, Some(OsStr::new(""))));
+        assert!(!colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colour_wanted(false, None));
+    }
 
     #[test]
     fn traceparent_round_trip_and_rejects() {

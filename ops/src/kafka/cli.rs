@@ -52,10 +52,28 @@ fn snapshot_policy(every_commands: u64, every_secs: u64) -> SnapshotPolicy {
     }
 }
 
+/// Where a Kafka-mode process keeps snapshots and orders, for its first line.
+fn state_place(postgres: Option<&str>, data_dir: &Path) -> String {
+    match postgres.map(flashsale_runtime::pg::parse_url) {
+        Some(Ok((_, t))) => format!("snapshots and orders in {t}"),
+        Some(Err(_)) => "snapshots and orders in Postgres".to_string(),
+        None => format!(
+            "snapshots in {}, orders in memory (no --postgres)",
+            data_dir.join("snapshots").display()
+        ),
+    }
+}
+
 pub async fn engine_command(
     args: EngineArgs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    tracing::info!(
+        "engine, Kafka mode; brokers {}, topics {}*, {}",
+        args.kafka.kafka,
+        args.kafka.topic_prefix,
+        state_place(args.pg.postgres.as_deref(), &args.data_dir)
+    );
     let store = match &args.pg.postgres {
         Some(url) => super::postgres::snapshot_store(url, args.pg.pg_pool_size).await?,
         None => file_store(&args.data_dir)?,
@@ -76,6 +94,24 @@ pub async fn gateway_command(
     args: GatewayArgs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    tracing::info!(
+        "gateway, Kafka mode; brokers {}, topics {}*, orders {}",
+        args.kafka.kafka,
+        args.kafka.topic_prefix,
+        match args
+            .pg
+            .postgres
+            .as_deref()
+            .map(flashsale_runtime::pg::parse_url)
+        {
+            Some(Ok((_, t))) => format!("from {t}"),
+            Some(Err(_)) => "from Postgres".to_string(),
+            None => "from the events topic, in memory (no --postgres)".to_string(),
+        }
+    );
+    if args.admin_token.as_deref().is_none_or(str::is_empty) {
+        tracing::warn!("no --admin-token (FLASHSALE_ADMIN_TOKEN): this gateway invents its own admin token, so every gateway of this deployment accepts a different one; give all of them the same --admin-token");
+    }
     let gw = GatewayParams {
         listen: args.listen,
         admin_token: args.admin_token.clone(),
@@ -106,9 +142,28 @@ pub async fn serve_command(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let ServeCmd { args, kafka } = cmd;
+    let reason = if kafka.mode_reason.is_empty() {
+        if kafka.kafka.is_some() {
+            "Kafka mode"
+        } else {
+            "embedded mode"
+        }
+    } else {
+        kafka.mode_reason.as_str()
+    };
     if kafka.kafka.is_none() {
+        tracing::info!(
+            "{reason}; command log and snapshots in {}",
+            args.data_dir.display()
+        );
         return crate::serve::serve(args, shutdown).await;
     }
+    tracing::info!(
+        "{reason}; brokers {}, topics {}*, {}",
+        kafka.kafka.as_deref().unwrap_or(""),
+        kafka.topic_prefix,
+        state_place(kafka.postgres.as_deref(), &args.data_dir)
+    );
     let (gw, k, extras) = serve_parts(&args, &kafka).await?;
     super::serve(gw, k, extras, "serve", shutdown).await
 }

@@ -10,9 +10,11 @@ use flashsale_proto::Topics;
 use flashsale_runtime::pg::{self, Retry};
 use std::sync::Arc;
 
-/// A pool with the schema migrated (waits, with backoff, for Postgres to come up).
+/// A pool with the schema migrated. Waits for a Postgres that does not answer yet
+/// (saying so once); fails at once when a retry cannot help (bad URL, authentication,
+/// missing database).
 async fn pool(url: &str, pool_size: usize) -> anyhow::Result<pg::Pool> {
-    let pool = pg::connect(url, pool_size)?;
+    let pool = pg::connect_checked(url, pool_size, pg::Wait::Forever).await?;
     Retry::FOREVER
         .run("migrate", || pg::migrate(&pool))
         .await

@@ -36,11 +36,14 @@ fn EXIT_OK() -> ExitCode {
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "Examples:
-  flashsale replay --partition 3                         # state now: newest snapshot + the log after it
+  # state now: newest snapshot + the log after it
+  flashsale replay --partition 3
   flashsale replay --partition 3 --to-time 2025-01-15T10:00:03Z
   flashsale replay --partition 3 --to-offset 120000 --json
-  flashsale replay --partition 3 --verify                # snapshot path vs full replay, first divergence
-  flashsale replay --partition 0 --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale")]
+  # snapshot path vs full replay, first divergence
+  flashsale replay --partition 3 --verify
+  flashsale replay --partition 0 --kafka 127.0.0.1:19092 \\
+      --postgres postgres://postgres@127.0.0.1:15432/flashsale")]
 pub struct ReplayArgs {
     #[command(flatten)]
     pub source: SourceArgs,
@@ -74,7 +77,8 @@ pub struct ReplayArgs {
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "Examples:
   flashsale audit --data-dir ./data
-  flashsale audit --kafka 127.0.0.1:19092 --postgres postgres://postgres@127.0.0.1:15432/flashsale --json
+  flashsale audit --kafka 127.0.0.1:19092 \\
+      --postgres postgres://postgres@127.0.0.1:15432/flashsale --json
 Exit status: 0 when every invariant holds, 1 when any is broken (each violation is listed), 2 when the audit could not run.")]
 pub struct AuditArgs {
     #[command(flatten)]
@@ -198,7 +202,7 @@ fn replay_into(
         }
         actor.apply_batch(std::slice::from_ref(&rec));
         applied += 1;
-        if applied % 4096 == 0 {
+        if applied.is_multiple_of(4096) {
             pb.set_position(applied);
         }
         true
@@ -253,6 +257,15 @@ fn rebuild(
     quiet: bool,
 ) -> anyhow::Result<Rebuilt> {
     let (first, end) = src.log.bounds(partition)?;
+    if let Stop::Offset(o) = stop {
+        if o >= end {
+            let last = match end.checked_sub(1) {
+                Some(l) => format!("its last offset is {l}"),
+                None => "it has no record yet".to_string(),
+            };
+            bail!("--to-offset {o} is past the end of partition {partition}'s log ({last}); leave --to-offset out to replay to the end");
+        }
+    }
     let mut notes = Vec::new();
     let (state, started_from) = if let Some(id) = from_snapshot {
         let info = src
@@ -321,6 +334,15 @@ fn rebuild(
 }
 
 // ------------------------------------------------------------------ output
+
+/// "1 product", "2 products", "0 products".
+pub fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
 
 fn sku_rows(state: &State) -> Vec<Value> {
     let mut live: BTreeMap<&SkuId, u64> = BTreeMap::new();
@@ -445,13 +467,18 @@ fn replay_blocking(args: &ReplayArgs, src: &mut Sources, stop: Stop) -> anyhow::
     if args.json {
         print_json(&out);
     } else {
-        println!(
-            "partition {p} from {} + {} records: reached offset {}, log time {}",
-            rebuilt.started_from,
-            rebuilt.applied,
-            out["lastOffset"],
-            out["logTime"].as_str().unwrap_or("-")
-        );
+        match (out["lastOffset"].as_u64(), &args.to_time) {
+            (Some(last), _) => println!(
+                "partition {p} from {} + {}: reached offset {last}, log time {}",
+                rebuilt.started_from,
+                plural(rebuilt.applied, "record"),
+                out["logTime"].as_str().unwrap_or("-")
+            ),
+            (None, Some(t)) => println!(
+                "partition {p}: no record at or before {t} (the state before the first record: empty)"
+            ),
+            (None, None) => println!("partition {p}: the log has no record yet (empty state)"),
+        }
         print_skus(out["products"].as_array().map(Vec::as_slice).unwrap_or(&[]));
         for v in &violations {
             println!("VIOLATION: {v}");
@@ -847,9 +874,9 @@ fn snapshot_list(
                 match result {
                     Ok(s) => {
                         row["verify"] = json!(format!(
-                            "ok: {} products, {} reservations",
-                            s.products().count(),
-                            s.reservations().count()
+                            "ok: {}, {}",
+                            plural(s.products().count() as u64, "product"),
+                            plural(s.reservations().count() as u64, "reservation")
                         ))
                     }
                     Err(e) => {
@@ -931,13 +958,13 @@ fn snapshot_show(src: &Sources, id: &str, as_json: bool) -> anyhow::Result<ExitC
         print_json(&out);
     } else {
         println!(
-            "snapshot {} (partition {p}): covers offsets < {}, log time {}, {} bytes, crc32 {}, {} reservations ({} live)",
+            "snapshot {} (partition {p}): covers offsets < {}, log time {}, {}, crc32 {}, {} ({} live)",
             info.id,
             info.offset,
             out["logTime"].as_str().unwrap_or("-"),
-            info.size_bytes,
+            plural(info.size_bytes, "byte"),
             out["checksum"].as_str().unwrap_or(""),
-            out["reservations"],
+            plural(state.reservations().count() as u64, "reservation"),
             out["liveReservations"]
         );
         print_skus(out["products"].as_array().map(Vec::as_slice).unwrap_or(&[]));

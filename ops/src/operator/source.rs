@@ -25,10 +25,14 @@ pub struct SourceArgs {
     /// Kafka mode: prefix of the topic names.
     #[arg(
         long = "topic-prefix",
+        visible_alias = "prefix",
         env = "FLASHSALE_TOPIC_PREFIX",
         default_value = "flashsale."
     )]
     pub topic_prefix: String,
+    /// Why this mode (set by `Cli::resolve`; not a flag).
+    #[arg(skip)]
+    pub mode_reason: String,
 }
 
 /// Sequential access to one partition's command records.
@@ -51,6 +55,8 @@ pub struct Sources {
     pub store: Arc<dyn SnapshotStore>,
     pub pool: Option<flashsale_runtime::pg::Pool>,
     pub describe: String,
+    /// "embedded mode: --data-dir given", "Kafka mode: FLASHSALE_KAFKA is set"...
+    pub mode_reason: String,
     /// Kafka mode: the identities (`name/topic-id`) of the commands and events topics;
     /// snapshots and orders in Postgres are those of these logs.
     pub logs: Option<LogIds>,
@@ -66,15 +72,47 @@ pub struct LogIds {
 }
 
 impl SourceArgs {
+    /// An explicit `--data-dir` beats FLASHSALE_KAFKA from the environment; records why
+    /// the mode was chosen.
+    pub fn resolve(&mut self, m: &clap::ArgMatches) {
+        use clap::parser::ValueSource::CommandLine;
+        let dir_given = m.value_source("data_dir") == Some(CommandLine);
+        let kafka_given = m.value_source("kafka") == Some(CommandLine);
+        self.mode_reason = match &self.kafka {
+            Some(_) if kafka_given => "Kafka mode: --kafka given".to_string(),
+            Some(_) if dir_given => {
+                self.kafka = None;
+                self.postgres = None;
+                "embedded mode: --data-dir given (FLASHSALE_KAFKA from the environment ignored)"
+                    .to_string()
+            }
+            Some(_) => {
+                "Kafka mode: FLASHSALE_KAFKA is set (pass --data-dir DIR to read an embedded data directory)"
+                    .to_string()
+            }
+            None if dir_given => "embedded mode: --data-dir given".to_string(),
+            None => "embedded mode: no --kafka and no FLASHSALE_KAFKA".to_string(),
+        };
+    }
+
     /// Opens the log and the snapshot store. Must be called inside the tokio runtime
     /// (the Postgres store keeps its handle); use the result from blocking code.
     pub async fn open(&self) -> anyhow::Result<Sources> {
+        let sources = self.open_inner().await?;
+        if !sources.mode_reason.is_empty() {
+            eprintln!("{}; reading {}", sources.mode_reason, sources.describe);
+        }
+        Ok(sources)
+    }
+
+    async fn open_inner(&self) -> anyhow::Result<Sources> {
         match &self.kafka {
             None => {
                 let log = EmbeddedLog::open(self.data_dir.clone())?;
                 let store = Arc::new(FileSnapshotStore::new(self.data_dir.join("snapshots")));
                 Ok(Sources {
-                    describe: format!("embedded data dir {}", self.data_dir.display()),
+                    describe: format!("data dir {}", self.data_dir.display()),
+                    mode_reason: self.mode_reason.clone(),
                     log: Box::new(log),
                     store,
                     pool: None,
@@ -98,8 +136,12 @@ impl SourceArgs {
                 };
                 let (store, pool): (Arc<dyn SnapshotStore>, _) = match &self.postgres {
                     Some(url) => {
-                        let pool = flashsale_runtime::pg::connect(url, 4)
-                            .context("connecting to Postgres")?;
+                        let pool = flashsale_runtime::pg::connect_checked(
+                            url,
+                            4,
+                            flashsale_runtime::pg::Wait::No,
+                        )
+                        .await?;
                         (
                             Arc::new(
                                 flashsale_engine::pg::PgSnapshotStore::new(pool.clone())
@@ -120,6 +162,7 @@ impl SourceArgs {
                 };
                 Ok(Sources {
                     describe: format!("Kafka {brokers}, topic {commands}"),
+                    mode_reason: self.mode_reason.clone(),
                     log: Box::new(log),
                     store,
                     pool,

@@ -2,12 +2,12 @@
 
 use super::{run_projector, ProjectorConfig};
 use crate::cli::{MigrateArgs, ProjectorArgs};
-use flashsale_runtime::pg::{connect, migrate, Retry, MIGRATIONS};
+use flashsale_runtime::pg::{connect_checked, migrate, Retry, Wait, MIGRATIONS};
 use std::future::Future;
 
 /// `flashsale migrate --postgres URL [--json]`: applies what is pending, says what it did.
 pub async fn migrate_command(args: MigrateArgs) -> anyhow::Result<()> {
-    let pool = connect(&args.pg.postgres, args.pg.pg_pool_size)?;
+    let pool = connect_checked(&args.pg.postgres, args.pg.pg_pool_size, Wait::No).await?;
     let applied = migrate(&pool)
         .await
         .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
@@ -39,8 +39,18 @@ pub async fn projector_command(
     args: ProjectorArgs,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let pool = connect(&args.pg.postgres, args.pg.pg_pool_size)?;
+    if let Ok((_, target)) = flashsale_runtime::pg::parse_url(&args.pg.postgres) {
+        tracing::info!(
+            "projector, Kafka mode; events from {}events at {}, orders into {target}",
+            args.topic_prefix,
+            args.kafka
+        );
+    }
     let mut shutdown = std::pin::pin!(shutdown);
+    let pool = tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        p = connect_checked(&args.pg.postgres, args.pg.pg_pool_size, Wait::Forever) => p?,
+    };
     tokio::select! {
         _ = &mut shutdown => return Ok(()),
         r = Retry::FOREVER.run("migrate", || migrate(&pool)) => { r.map_err(|e| anyhow::anyhow!("migration failed: {e}"))?; }
