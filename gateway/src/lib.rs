@@ -1,8 +1,11 @@
 //! `flashsale-gateway`: the gateway process. The HTTP API of API.md ([`api`]) with its
 //! validation ([`json`]) and error bodies ([`error`]); the dispatcher that stamps a
 //! request id, puts the command on its partition's log and awaits the engine's reply
-//! ([`dispatch`]); the read model built from the engine's events, which serves the hot
-//! availability and reservation reads from memory ([`readmodel`]); sales set-up across
+//! ([`dispatch`]), with admission control (per-partition and node in-flight budgets,
+//! past which a request is refused at once); the mid-sale controls and hold extension
+//! ([`controls`]); the read model built from the engine's events, which serves the hot
+//! availability and reservation reads from memory and answers a sold-out product's
+//! crowd without reaching the log ([`readmodel`]); sales set-up across
 //! partitions ([`sales`]); order reads ([`orders`], from Postgres in Kafka mode:
 //! [`pg_orders`]); and the Kafka side of a gateway ([`kafka`]: the command producer and
 //! the follower of its `replies` partition and of `events`).

@@ -4,7 +4,11 @@
 //! - [`bus`]: the contract between a gateway and the command log ([`bus::CommandBus`]),
 //!   implemented by the embedded log (`flashsale-engine`) and by the gateway's Kafka
 //!   producer.
-//! - [`kafka`]: client settings (idempotent producers, `acks=all`) and admin helpers.
+//! - [`kafka`]: client settings (idempotent producers, `acks=all`) and admin helpers;
+//!   [`kafka_id`]: a topic's identity (name + Kafka topic id), so snapshots and
+//!   projector offsets belong to one log and a recreated topic is a new log.
+//! - [`patience`]: waiting for a broker or database that is not there yet: backoff,
+//!   one clear line, then quiet (repeats counted).
 //! - [`kafka_id`]: a topic's identity (name + Kafka's topic id), the key of snapshots
 //!   and projector offsets.
 //! - [`patience`]: retry with backoff and rate-limited warnings while a broker is away.

@@ -6,6 +6,8 @@
 //! - [`topics`]: names, partition counts and configs of `commands`, `events` and
 //!   `replies`; `flashsale topics create`.
 //! - [`cli`]: the `serve --kafka`, `engine`, `gateway` and `topics` subcommands.
+//! - [`logid`]: which log (topic name + Kafka topic id) this deployment's snapshots
+//!   and projector offsets belong to.
 //!
 //! Read-your-writes across the two topics: the engine produces, for every batch it
 //! applies, an event record at the batch's last offset (an empty one if that command
