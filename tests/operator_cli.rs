@@ -367,6 +367,11 @@ async fn kafka_replay_audit_match_embedded_and_catch_extra_orders() {
     let (o, v) = audit(&source);
     assert!(o.status.success(), "audit: {v}");
     assert_eq!(v["ordersChecked"], json!(rec.buyers_with_orders.len()));
+    // Orders in Postgres belong to the events log they were projected from.
+    let events_log = v["log"]["events"]
+        .as_str()
+        .expect("audit names the events log")
+        .to_string();
 
     // The same workload in embedded mode gives the same replays.
     let e = TestServer::start(Mode::Embedded).await.unwrap();
@@ -387,10 +392,10 @@ async fn kafka_replay_audit_match_embedded_and_catch_extra_orders() {
     client
         .execute(
             "INSERT INTO orders (order_id, reservation_id, partition, log_offset, user_id, sku, quantity, total_price_cents,
-                                 payment_transaction_id, payment_method, shipping_address, created_at)
+                                 payment_transaction_id, payment_method, shipping_address, created_at, log_id)
              VALUES ('ord_FORGED0000000000000000000000', 'res_FORGED0000000000000000000000', 0, 0, 'mallory', $1, 1, 100,
-                     'pay-forged', 'UPI', 'nowhere', now())",
-            &[&rec.skus[0]],
+                     'pay-forged', 'UPI', 'nowhere', now(), $2)",
+            &[&rec.skus[0], &events_log],
         )
         .await
         .unwrap();

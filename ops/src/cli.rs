@@ -616,8 +616,31 @@ mod tests {
         out
     }
 
+    /// Runs `f` with no FLASHSALE_* or OTEL_* variable in the environment (clap reads
+    /// them while parsing; `make test` exports .services.env), one test at a time,
+    /// and puts the environment back afterwards.
+    fn with_clean_env<T>(f: impl FnOnce() -> T) -> T {
+        static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let saved: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("FLASHSALE_") || k.starts_with("OTEL_"))
+            .collect();
+        for (k, _) in &saved {
+            std::env::remove_var(k);
+        }
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        for (k, v) in &saved {
+            std::env::set_var(k, v);
+        }
+        out.unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+
     #[test]
     fn every_help_example_parses_as_written() {
+        with_clean_env(every_help_example_parses);
+    }
+
+    fn every_help_example_parses() {
         let mut cmd = Cli::command();
         cmd.build();
         let mut all = Vec::new();
@@ -663,6 +686,10 @@ mod tests {
 
     #[test]
     fn explicit_data_dir_beats_kafka_from_the_environment() {
+        with_clean_env(explicit_data_dir_beats_kafka);
+    }
+
+    fn explicit_data_dir_beats_kafka() {
         // Only the parse: the variable is read by clap, so set it for this process.
         // Only this test of the crate parses with FLASHSALE_KAFKA in mind.
         std::env::set_var("FLASHSALE_KAFKA", "127.0.0.1:1");
