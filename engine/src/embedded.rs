@@ -10,11 +10,11 @@
 //! in the background from a copy of the state.
 
 use crate::log::{LogRecord, PartitionLog};
-use crate::store::{load_newest_valid, FileSnapshotStore, SnapshotStore};
+use crate::store::{load_newest_valid, write_snapshot, FileSnapshotStore, SnapshotStore};
 use crate::trace;
 use anyhow::Context;
 use flashsale_core::actor::{Applied, PartitionActor, SnapshotPolicy};
-use flashsale_core::{snapshot, State};
+use flashsale_core::State;
 use flashsale_proto::*;
 use flashsale_runtime::bus::{BusError, BusFuture, CommandBus, PartitionStatus};
 use flashsale_runtime::metrics::Metrics;
@@ -604,34 +604,6 @@ async fn actor_loop(
     let _ =
         tokio::task::spawn_blocking(move || write_snapshot(&state, store.as_ref(), keep, &metrics))
             .await;
-}
-
-fn write_snapshot(state: &State, store: &dyn SnapshotStore, keep: usize, metrics: &Metrics) {
-    let t = Instant::now();
-    let p = u32::from(state.partition());
-    let result = snapshot::encode(state)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            store
-                .save(p, state.next_offset(), state.clock(), &bytes)
-                .map_err(|e| e.to_string())
-        });
-    match result {
-        Ok(info) => {
-            metrics.snapshot_written(t.elapsed());
-            metrics.snapshot_at(p, now_ms());
-            tracing::debug!(
-                partition = p,
-                offset = info.offset,
-                bytes = info.size_bytes,
-                "snapshot written"
-            );
-            if let Err(e) = store.prune(p, keep.max(1)) {
-                tracing::warn!(partition = p, error = %e, "could not prune old snapshots");
-            }
-        }
-        Err(e) => tracing::error!(partition = p, error = %e, "snapshot not written"),
-    }
 }
 
 async fn ticker_loop(bus: Arc<EmbeddedBus>, shared: Arc<Vec<PartitionShared>>) {

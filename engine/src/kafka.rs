@@ -28,7 +28,7 @@
 //! the process: continuing would leave a hole in what readers see. The group then
 //! hands the partitions to another engine, which redoes the uncommitted outputs.
 
-use crate::store::SnapshotStore;
+use crate::store::{write_snapshot, SnapshotStore};
 use crate::trace;
 use anyhow::Context;
 use flashsale_core::actor::{PartitionActor, SnapshotPolicy};
@@ -857,33 +857,4 @@ fn event_key(rec: &EventRecord) -> Option<&str> {
         Event::ProductPaused { sku, .. } => Some(sku.as_str()),
         Event::SaleEnded { skus, .. } => skus.first().map(|s| s.as_str()),
     })
-}
-
-fn write_snapshot(state: &State, store: &dyn SnapshotStore, keep: usize, metrics: &Metrics) {
-    let t = Instant::now();
-    let p = u32::from(state.partition());
-    let result = snapshot::encode(state)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            store
-                .save(p, state.next_offset(), state.clock(), &bytes)
-                .map_err(|e| e.to_string())
-        });
-    match result {
-        Ok(info) => {
-            metrics.snapshot_written(t.elapsed());
-            metrics.snapshot_at(p, now_ms());
-            tracing::debug!(
-                partition = p,
-                offset = info.offset,
-                bytes = info.size_bytes,
-                "snapshot written"
-            );
-            if let Err(e) = store.prune(p, keep.max(1)) {
-                tracing::warn!(partition = p, error = %e, "could not prune old snapshots");
-            }
-        }
-        // Not fatal: the log still holds everything; the next snapshot tries again.
-        Err(e) => tracing::error!(partition = p, error = %e, "snapshot not written"),
-    }
 }

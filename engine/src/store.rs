@@ -251,3 +251,39 @@ pub fn load_newest_valid(store: &dyn SnapshotStore, partition: u32) -> Result<Lo
     }
     Ok((None, rejected))
 }
+
+/// Encodes `state`, saves it and prunes to the newest `keep`: the background snapshot
+/// writer of both hosts (embedded and Kafka). Never fatal: the log still holds
+/// everything, and the next snapshot tries again.
+pub fn write_snapshot(
+    state: &State,
+    store: &dyn SnapshotStore,
+    keep: usize,
+    metrics: &flashsale_runtime::metrics::Metrics,
+) {
+    let t = std::time::Instant::now();
+    let p = u32::from(state.partition());
+    let result = snapshot::encode(state)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            store
+                .save(p, state.next_offset(), state.clock(), &bytes)
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(info) => {
+            metrics.snapshot_written(t.elapsed());
+            metrics.snapshot_at(p, flashsale_runtime::now_ms());
+            tracing::debug!(
+                partition = p,
+                offset = info.offset,
+                bytes = info.size_bytes,
+                "snapshot written"
+            );
+            if let Err(e) = store.prune(p, keep.max(1)) {
+                tracing::warn!(partition = p, error = %e, "could not prune old snapshots");
+            }
+        }
+        Err(e) => tracing::error!(partition = p, error = %e, "snapshot not written"),
+    }
+}
