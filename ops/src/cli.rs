@@ -374,12 +374,12 @@ pub struct TopicsCreateArgs {
     /// Partitions of replies: one per gateway (--gateway-id 0..N-1).
     #[arg(long, env = "FLASHSALE_REPLIES_PARTITIONS", default_value_t = 4)]
     pub replies_partitions: u32,
-    /// Copies of every partition (production: 3).
-    #[arg(long, env = "FLASHSALE_REPLICATION_FACTOR", default_value_t = 1)]
-    pub replication_factor: i32,
-    /// Copies that must have a record before it is acknowledged (production: 2).
-    #[arg(long, env = "FLASHSALE_MIN_INSYNC_REPLICAS", default_value_t = 1)]
-    pub min_insync_replicas: u32,
+    /// Copies of every partition [default: 3 on a cluster of 3+ brokers, else 1].
+    #[arg(long, env = "FLASHSALE_REPLICATION_FACTOR")]
+    pub replication_factor: Option<i32>,
+    /// Copies that must have a record before it is acknowledged [default: 2 on a cluster of 3+ brokers, else 1].
+    #[arg(long, env = "FLASHSALE_MIN_INSYNC_REPLICAS")]
+    pub min_insync_replicas: Option<u32>,
     /// Print the result as JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -250,8 +250,8 @@ pub async fn create_topics(
         topics: Topics::with_prefix(prefix),
         partitions,
         replies_partitions,
-        replication_factor: 1,
-        min_insync_replicas: 1,
+        replication_factor: None,
+        min_insync_replicas: None,
     };
     let brokers = brokers.to_string();
     tokio::task::spawn_blocking(move || topics::create(&brokers, &spec)).await??;

@@ -28,9 +28,15 @@ pub async fn topics_command(args: TopicsArgs) -> anyhow::Result<()> {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&outcomes)?);
             } else {
-                println!("{:<40} {:>10}  status", "topic", "partitions");
+                println!(
+                    "{:<40} {:>10} {:>11}  status",
+                    "topic", "partitions", "replication"
+                );
                 for o in &outcomes {
-                    println!("{:<40} {:>10}  {}", o.topic, o.partitions, o.status);
+                    println!(
+                        "{:<40} {:>10} {:>11}  {}",
+                        o.topic, o.partitions, o.replication_factor, o.status
+                    );
                 }
             }
             Ok(())
@@ -197,8 +203,9 @@ pub async fn serve_parts(
             topics: topics.clone(),
             partitions: args.partitions,
             replies_partitions: kafka.replies_partitions.max(args.gateway_id + 1),
-            replication_factor: 1,
-            min_insync_replicas: 1,
+            // The cluster decides: 3/2 from three brokers up, else 1/1.
+            replication_factor: None,
+            min_insync_replicas: None,
         }),
         ..Extras::default()
     };

@@ -11,9 +11,10 @@
 //! record time; `message.timestamp.after.max.ms=60000` refuses records from a producer
 //! whose clock runs more than a minute ahead, which would expire holds early).
 //!
-//! Production: `--replication-factor 3 --min-insync-replicas 2` (with the producers'
-//! `acks=all`, an acknowledged command survives the loss of any one broker); this
-//! project's test broker is a single node, hence the defaults of 1.
+//! Replication: by default 3 copies with `min.insync.replicas` 2 when the cluster has at
+//! least three brokers (with the producers' `acks=all`, an acknowledged command survives
+//! the loss of any one broker), and 1/1 on a smaller cluster (the single test broker);
+//! `--replication-factor` / `--min-insync-replicas` override it.
 
 use anyhow::Context;
 use flashsale_proto::Topics;
@@ -32,8 +33,53 @@ pub struct TopicSpec {
     pub partitions: u32,
     /// Partitions of `replies`: one per gateway id (ids 0..G-1).
     pub replies_partitions: u32,
-    pub replication_factor: i32,
-    pub min_insync_replicas: u32,
+    /// Copies of each partition; `None`: [`Replication::for_brokers`].
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas`; `None`: [`Replication::for_brokers`].
+    pub min_insync_replicas: Option<u32>,
+}
+
+/// Replication factor and `min.insync.replicas` of the topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    pub factor: i32,
+    pub min_insync: u32,
+}
+
+impl Replication {
+    /// The default for a cluster of `brokers` brokers: 3/2 from three brokers up, else 1/1.
+    pub fn for_brokers(brokers: usize) -> Self {
+        if brokers >= 3 {
+            Replication {
+                factor: 3,
+                min_insync: 2,
+            }
+        } else {
+            Replication {
+                factor: 1,
+                min_insync: 1,
+            }
+        }
+    }
+
+    /// The spec's explicit values over the cluster's default; refuses what the cluster
+    /// cannot do, naming the flag.
+    pub fn resolve(spec: &TopicSpec, brokers: usize) -> anyhow::Result<Self> {
+        let auto = Self::for_brokers(brokers);
+        let factor = spec.replication_factor.unwrap_or(auto.factor);
+        let min_insync = spec
+            .min_insync_replicas
+            .unwrap_or(auto.min_insync.min(factor.max(1) as u32));
+        anyhow::ensure!(
+            factor >= 1 && factor as usize <= brokers.max(1),
+            "--replication-factor {factor} needs at least {factor} brokers; the cluster has {brokers}"
+        );
+        anyhow::ensure!(
+            min_insync >= 1 && min_insync as i32 <= factor,
+            "--min-insync-replicas {min_insync} must be 1-{factor} (the replication factor)"
+        );
+        Ok(Replication { factor, min_insync })
+    }
 }
 
 /// Retention of the commands topic (7 days).
@@ -50,14 +96,14 @@ pub struct PlannedTopic {
 }
 
 /// The topics of a spec with their configs.
-pub fn plan(spec: &TopicSpec) -> Vec<PlannedTopic> {
+pub fn plan(spec: &TopicSpec, replication: Replication) -> Vec<PlannedTopic> {
     let common = |retention: String| {
         vec![
             ("cleanup.policy", "delete".to_string()),
             ("retention.ms", retention),
             ("message.timestamp.type", "CreateTime".to_string()),
             ("message.timestamp.after.max.ms", "60000".to_string()),
-            ("min.insync.replicas", spec.min_insync_replicas.to_string()),
+            ("min.insync.replicas", replication.min_insync.to_string()),
         ]
     };
     let topic = |name: &str, partitions: u32, retention: String| PlannedTopic {
@@ -85,6 +131,8 @@ pub fn plan(spec: &TopicSpec) -> Vec<PlannedTopic> {
 pub struct TopicOutcome {
     pub topic: String,
     pub partitions: u32,
+    /// Copies of each partition (of a topic that existed: what this run would have used).
+    pub replication_factor: i32,
     /// `created` or `exists`.
     pub status: &'static str,
 }
@@ -101,7 +149,8 @@ pub fn create(brokers: &str, spec: &TopicSpec) -> anyhow::Result<Vec<TopicOutcom
         spec.replies_partitions >= 1,
         "--replies-partitions must be at least 1"
     );
-    let plan = plan(spec);
+    let replication = Replication::resolve(spec, broker_count(brokers)?)?;
+    let plan = plan(spec, replication);
     let names: Vec<&str> = plan.iter().map(|t| t.name.as_str()).collect();
     let existing = partition_counts(brokers, &names)?;
     for (
@@ -138,6 +187,7 @@ pub fn create(brokers: &str, spec: &TopicSpec) -> anyhow::Result<Vec<TopicOutcom
             outcomes.push(TopicOutcome {
                 topic: name.clone(),
                 partitions: *partitions,
+                replication_factor: replication.factor,
                 status: "exists",
             });
         } else {
@@ -150,7 +200,7 @@ pub fn create(brokers: &str, spec: &TopicSpec) -> anyhow::Result<Vec<TopicOutcom
             let mut t = NewTopic::new(
                 name,
                 *partitions as i32,
-                TopicReplication::Fixed(spec.replication_factor),
+                TopicReplication::Fixed(replication.factor),
             );
             for (k, v) in configs.iter() {
                 t = t.set(k, v);
@@ -168,6 +218,7 @@ pub fn create(brokers: &str, spec: &TopicSpec) -> anyhow::Result<Vec<TopicOutcom
                 Ok(_) => outcomes.push(TopicOutcome {
                     topic: (*name).clone(),
                     partitions: *partitions,
+                    replication_factor: replication.factor,
                     status: "created",
                 }),
                 // Another process created it meanwhile: fine if the count matches.
@@ -180,6 +231,7 @@ pub fn create(brokers: &str, spec: &TopicSpec) -> anyhow::Result<Vec<TopicOutcom
                     outcomes.push(TopicOutcome {
                         topic: (*name).clone(),
                         partitions: *partitions,
+                        replication_factor: replication.factor,
                         status: "exists",
                     });
                 }
@@ -195,6 +247,19 @@ pub fn create(brokers: &str, spec: &TopicSpec) -> anyhow::Result<Vec<TopicOutcom
             .cmp(&names.iter().position(|n| *n == b.topic))
     });
     Ok(outcomes)
+}
+
+/// How many brokers the cluster has (from metadata).
+fn broker_count(brokers: &str) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = base_config(brokers, "flashsale-admin")
+        .create()
+        .context("cannot create a Kafka client")?;
+    let md = consumer
+        .fetch_metadata(None, ADMIN_TIMEOUT)
+        .with_context(|| {
+            format!("cannot read cluster metadata from {brokers}; is Kafka running?")
+        })?;
+    Ok(md.brokers().len())
 }
 
 /// Topic creation is asynchronous in the broker: wait (bounded) until metadata shows
@@ -240,4 +305,55 @@ pub fn rewind_group(
         format!("cannot commit offset {offset} of {topic} partition {partition} for group {group}")
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod replication_tests {
+    use super::*;
+
+    fn spec(factor: Option<i32>, min_insync: Option<u32>) -> TopicSpec {
+        TopicSpec {
+            topics: Topics::with_prefix("t."),
+            partitions: 8,
+            replies_partitions: 4,
+            replication_factor: factor,
+            min_insync_replicas: min_insync,
+        }
+    }
+
+    #[test]
+    fn three_brokers_get_three_copies_and_two_in_sync_by_default() {
+        let r = Replication::resolve(&spec(None, None), 3).unwrap();
+        assert_eq!((r.factor, r.min_insync), (3, 2));
+        let planned = plan(&spec(None, None), r);
+        assert!(planned.iter().all(|t| t
+            .configs
+            .contains(&("min.insync.replicas", "2".to_string()))));
+    }
+
+    #[test]
+    fn one_broker_gets_one_copy_and_flags_override_the_default() {
+        let r = Replication::resolve(&spec(None, None), 1).unwrap();
+        assert_eq!((r.factor, r.min_insync), (1, 1));
+        let r = Replication::resolve(&spec(Some(2), None), 3).unwrap();
+        assert_eq!((r.factor, r.min_insync), (2, 2));
+        let r = Replication::resolve(&spec(Some(3), Some(1)), 5).unwrap();
+        assert_eq!((r.factor, r.min_insync), (3, 1));
+    }
+
+    #[test]
+    fn impossible_replication_names_the_flag() {
+        let e = Replication::resolve(&spec(Some(3), None), 1).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--replication-factor 3 needs at least 3 brokers"),
+            "{e}"
+        );
+        let e = Replication::resolve(&spec(Some(1), Some(2)), 3).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--min-insync-replicas 2 must be 1-1"),
+            "{e}"
+        );
+    }
 }
