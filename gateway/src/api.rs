@@ -44,6 +44,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/admin/products/{skuId}/pause"),
     ("post", "/api/v1/admin/products/{skuId}/resume"),
     ("post", "/api/v1/admin/sales/{saleId}/end"),
+    ("get", "/api/v1/admin/stream"),
+    ("get", "/console"),
     ("get", "/health"),
     ("get", "/actuator/health"),
     ("get", "/ready"),
@@ -68,6 +70,8 @@ pub struct AppInner {
     pub read: Arc<ReadModel>,
     pub orders: Arc<dyn OrderSource>,
     pub metrics: Arc<Metrics>,
+    /// The console's open streams (`GET /api/v1/admin/stream`).
+    pub streams: crate::stream::Streams,
     admin_token: String,
     limiter: Option<DefaultKeyedRateLimiter<UserId>>,
 }
@@ -91,6 +95,7 @@ impl AppInner {
             read,
             orders,
             metrics,
+            streams: crate::stream::Streams::default(),
             admin_token: cfg.admin_token,
             limiter,
         })
@@ -167,6 +172,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/admin/sales/{sale_id}/end",
             post(crate::controls::end_sale),
         )
+        .route("/api/v1/admin/stream", get(crate::stream::admin_stream))
+        .route("/console", get(crate::console::page))
         .route("/health", get(health))
         .route("/actuator/health", get(health))
         .route("/ready", get(ready))

@@ -7,8 +7,10 @@
 //! availability and reservation reads from memory and answers a sold-out product's
 //! crowd without reaching the log ([`readmodel`]); sales set-up across
 //! partitions ([`sales`]); order reads ([`orders`], from Postgres in Kafka mode:
-//! [`pg_orders`]); and the Kafka side of a gateway ([`kafka`]: the command producer and
-//! the follower of its `replies` partition and of `events`).
+//! [`pg_orders`]); the operators' live console ([`console`], the page at `/console`)
+//! and its Server-Sent Events feed ([`stream`]); and the Kafka side of a gateway
+//! ([`kafka`]: the command producer and the follower of its `replies` partition and
+//! of `events`).
 //!
 //! What it owns: input validation, per-user rate limits, bounded waits, and turning
 //! replies into HTTP answers.
@@ -25,6 +27,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod console;
 pub mod controls;
 pub mod dispatch;
 pub mod error;
@@ -34,6 +37,7 @@ pub mod orders;
 pub mod pg_orders;
 pub mod readmodel;
 pub mod sales;
+pub mod stream;
 pub mod time;
 
 pub use flashsale_runtime::metrics;

@@ -52,6 +52,8 @@ pub struct ReadModel {
     /// Next event offset expected per partition.
     next_offset: Vec<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// Reservation outcomes and stock-outs per SKU, for the console's stream.
+    activity: crate::stream::Activity,
 }
 
 impl ReadModel {
@@ -65,7 +67,13 @@ impl ReadModel {
             used: DashMap::new(),
             next_offset: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             metrics,
+            activity: crate::stream::Activity::default(),
         }
+    }
+
+    /// What the events said happened per SKU (the console's rates and stock-outs).
+    pub fn activity(&self) -> &crate::stream::Activity {
+        &self.activity
     }
 
     pub fn product(&self, sku: &SkuId) -> Option<ProductEntry> {
@@ -288,6 +296,7 @@ impl ReadModel {
             return;
         }
         next.store(rec.offset + 1, Ordering::Release);
+        self.activity.observe(rec);
         for ev in &rec.events {
             match ev {
                 Event::SaleConfigured(cfg) => self.insert_sale(cfg),

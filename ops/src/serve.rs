@@ -159,11 +159,14 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         tokio::spawn(async move { create_demo_sale(&app).await });
     }
     let drain = Duration::from_secs(args.shutdown_drain_secs);
+    let streams_app = app.clone();
     let done = tokio::spawn(async move {
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = stopped.await;
+                // Open console streams end now, or they would hold the stop back.
+                streams_app.streams.close();
                 let _ = draining.send(());
             })
             .into_future();

@@ -2,6 +2,13 @@
 //! down explicitly (no global recorder, so tests can run several servers at once).
 //! Labels stay low-cardinality: `result`, `partition`, and `sku` only for configured
 //! products; never user ids.
+//!
+//! Series whose labels are known up front (every `result` of
+//! [`RESERVATION_RESULTS`] and [`ORDER_RESULTS`]) exist from the start at 0 (DESIGN.md,
+//! "Observability"), so a dashboard shows 0 rather than nothing. The operators' console
+//! (`GET /api/v1/admin/stream`) reads the same figures back: counters by result,
+//! [`Metrics::latency_window`] for p50/p99 over the last second, and the engine's lag
+//! per partition.
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -10,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -28,6 +35,25 @@ pub struct SkuLabel {
 pub struct PartitionLabel {
     pub partition: u32,
 }
+
+/// Every `result` of `flashsale_reservation_total` (the gateway's labels, in the
+/// order the console shows them). Each series starts at 0.
+pub const RESERVATION_RESULTS: &[&str] = &[
+    "ok",
+    "out_of_stock",
+    "limit_exceeded",
+    "sale_not_active",
+    "not_found",
+    "rate_limited",
+    "idempotency_key_reused",
+    "shed",
+    "unavailable",
+    "invalid",
+    "other",
+];
+
+/// Every `result` of `flashsale_order_total`. Each series starts at 0.
+pub const ORDER_RESULTS: &[&str] = &["created", "repeat", "rejected", "unavailable"];
 
 /// Buckets for request latencies: 0.25 ms to 2.5 s.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -61,6 +87,11 @@ pub struct Metrics {
     projector_orders: Counter,
     partitions_failed: Gauge,
     partitions_write_blocked: Gauge,
+    /// Reservation latencies again, in fine buckets the console reads back.
+    latency_fine: LatencyBuckets,
+    /// The newest engine lag per partition this process owns (what
+    /// `flashsale_engine_partition_lag` shows), for the console.
+    lags: Mutex<BTreeMap<u32, u64>>,
 }
 
 impl Default for Metrics {
@@ -73,6 +104,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let reservation_total = Family::<ResultLabel, Counter>::default();
+        for result in RESERVATION_RESULTS {
+            let _ = reservation_total.get_or_create(&ResultLabel { result });
+        }
         registry.register(
             "flashsale_reservation",
             "Reservation attempts by result",
@@ -85,6 +119,9 @@ impl Metrics {
             reservation_latency.clone(),
         );
         let order_total = Family::<ResultLabel, Counter>::default();
+        for result in ORDER_RESULTS {
+            let _ = order_total.get_or_create(&ResultLabel { result });
+        }
         registry.register(
             "flashsale_order",
             "Checkout attempts by result",
@@ -187,19 +224,69 @@ impl Metrics {
             projector_orders,
             partitions_failed,
             partitions_write_blocked,
+            latency_fine: LatencyBuckets::default(),
+            lags: Mutex::new(BTreeMap::new()),
         }
     }
 
     pub fn reservation(&self, result: &'static str, latency: Duration) {
+        debug_assert!(
+            RESERVATION_RESULTS.contains(&result),
+            "reservation result {result:?} is missing from RESERVATION_RESULTS"
+        );
         self.reservation_total
             .get_or_create(&ResultLabel { result })
             .inc();
         self.reservation_latency.observe(latency.as_secs_f64());
+        self.latency_fine.observe(latency);
     }
     pub fn order(&self, result: &'static str) {
+        debug_assert!(
+            ORDER_RESULTS.contains(&result),
+            "order result {result:?} is missing from ORDER_RESULTS"
+        );
         self.order_total
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+    /// Reservation attempts so far, per result of [`RESERVATION_RESULTS`], in its order.
+    pub fn reservation_counts(&self) -> Vec<(&'static str, u64)> {
+        RESERVATION_RESULTS
+            .iter()
+            .map(|&result| {
+                let n = self
+                    .reservation_total
+                    .get_or_create(&ResultLabel { result });
+                (result, n.get())
+            })
+            .collect()
+    }
+    /// Checkout attempts so far, per result of [`ORDER_RESULTS`], in its order.
+    pub fn order_counts(&self) -> Vec<(&'static str, u64)> {
+        ORDER_RESULTS
+            .iter()
+            .map(|&result| {
+                (
+                    result,
+                    self.order_total
+                        .get_or_create(&ResultLabel { result })
+                        .get(),
+                )
+            })
+            .collect()
+    }
+    /// Every reservation latency so far, as counts per fine bucket; the difference
+    /// of two of these is the window between them ([`LatencyWindow::quantile_ms`]).
+    pub fn latency_window(&self) -> LatencyWindow {
+        self.latency_fine.snapshot()
+    }
+    /// `flashsale_inventory_stockout_total` so far.
+    pub fn stockouts(&self) -> u64 {
+        self.stockout_total.get()
+    }
+    /// The newest engine lag of each partition this process owns.
+    pub fn partition_lags(&self) -> BTreeMap<u32, u64> {
+        self.lags.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     pub fn set_available(&self, sku: &str, available: u64) {
         self.inventory_available
@@ -231,6 +318,10 @@ impl Metrics {
         self.partition_lag
             .get_or_create(&PartitionLabel { partition })
             .set(lag as i64);
+        self.lags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(partition, lag);
     }
     pub fn snapshot_written(&self, d: Duration) {
         self.snapshot_seconds.observe(d.as_secs_f64());
@@ -257,6 +348,10 @@ impl Metrics {
             .remove(&partition);
         self.snapshot_age.remove(&PartitionLabel { partition });
         self.partition_lag.remove(&PartitionLabel { partition });
+        self.lags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&partition);
     }
     pub fn projected(&self, records: u64, orders: u64) {
         self.projector_records.inc_by(records);
@@ -292,5 +387,130 @@ impl Metrics {
             HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         );
         res
+    }
+}
+
+/// Fine latency buckets: bucket `i` holds latencies from 2^(i/4) to 2^((i+1)/4)
+/// microseconds (about 19% wide), the last one everything above ~24 minutes. One
+/// relaxed atomic add per observation, no lock on the reservation path.
+const FINE_BUCKETS: usize = 128;
+
+#[derive(Debug)]
+struct LatencyBuckets([AtomicU64; FINE_BUCKETS]);
+
+impl Default for LatencyBuckets {
+    fn default() -> Self {
+        LatencyBuckets(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl LatencyBuckets {
+    fn observe(&self, d: Duration) {
+        let us = d.as_micros().max(1) as f64;
+        let i = ((us.log2() * 4.0).floor() as usize).min(FINE_BUCKETS - 1);
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+    fn snapshot(&self) -> LatencyWindow {
+        LatencyWindow(self.0.iter().map(|b| b.load(Ordering::Relaxed)).collect())
+    }
+}
+
+/// Counts of reservation latencies per fine bucket: cumulative as
+/// [`Metrics::latency_window`] returns it, or the window between two of those
+/// ([`LatencyWindow::since`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyWindow(Vec<u64>);
+
+impl LatencyWindow {
+    /// What was observed after `earlier` (an older snapshot of the same metrics).
+    pub fn since(&self, earlier: &LatencyWindow) -> LatencyWindow {
+        LatencyWindow(
+            self.0
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(earlier.0.get(i).copied().unwrap_or(0)))
+                .collect(),
+        )
+    }
+    pub fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    /// The `q` quantile (0 < q ≤ 1) in milliseconds, as the geometric middle of its
+    /// bucket (within ~10%); `None` when the window is empty.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.0.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(2f64.powf((i as f64 + 0.5) / 4.0) / 1000.0);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_result_series_start_at_zero() {
+        let m = Metrics::new();
+        let text = m.render();
+        for r in RESERVATION_RESULTS {
+            let line = format!("flashsale_reservation_total{{result=\"{r}\"}} 0");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        for r in ORDER_RESULTS {
+            let line = format!("flashsale_order_total{{result=\"{r}\"}} 0");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        m.reservation("out_of_stock", Duration::from_millis(2));
+        assert!(m
+            .render()
+            .contains("flashsale_reservation_total{result=\"out_of_stock\"} 1"));
+        assert_eq!(m.reservation_counts()[1], ("out_of_stock", 1));
+    }
+
+    #[test]
+    fn latency_quantiles_of_a_window() {
+        let m = Metrics::new();
+        assert_eq!(m.latency_window().quantile_ms(0.5), None);
+        for _ in 0..50 {
+            m.reservation("ok", Duration::from_millis(300));
+        }
+        let before = m.latency_window();
+        for _ in 0..98 {
+            m.reservation("ok", Duration::from_millis(1));
+        }
+        for _ in 0..2 {
+            m.reservation("ok", Duration::from_millis(100));
+        }
+        let w = m.latency_window().since(&before);
+        assert_eq!(w.count(), 100);
+        let p50 = w.quantile_ms(0.5).unwrap();
+        let p99 = w.quantile_ms(0.99).unwrap();
+        assert!((0.85..1.2).contains(&p50), "p50 {p50}");
+        assert!((85.0..120.0).contains(&p99), "p99 {p99}");
+        // the 300 ms before the window do not count
+        assert!(w.quantile_ms(1.0).unwrap() < 120.0);
+    }
+
+    #[test]
+    fn lags_follow_the_gauge() {
+        let m = Metrics::new();
+        m.partition_lag(2, 7);
+        m.partition_lag(0, 1);
+        assert_eq!(
+            m.partition_lags().into_iter().collect::<Vec<_>>(),
+            [(0, 1), (2, 7)]
+        );
+        m.partition_released(2);
+        assert_eq!(m.partition_lags().len(), 1);
     }
 }

@@ -238,10 +238,17 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         let app = app.clone();
         tokio::spawn(async move { crate::serve::create_demo_sale(&app).await });
     }
+    background.push(flashsale_gateway::stream::spawn_log_end_probe(
+        app.clone(),
+        command_ends(k.brokers.clone(), k.topics.commands.clone(), partitions),
+    ));
+    let streams_app = app.clone();
     let done = tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = stopped.await;
+                // Open console streams end now, or they would hold the stop back.
+                streams_app.streams.close();
             })
             .await
             .context("HTTP server failed");
@@ -265,6 +272,37 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         stop,
         done,
     })
+}
+
+/// The console's lag probe (`flashsale_gateway::stream::spawn_log_end_probe`): the end
+/// offset of each `commands` partition, from one consumer made at the first call.
+fn command_ends(
+    brokers: String,
+    topic: String,
+    partitions: u32,
+) -> impl FnMut() -> anyhow::Result<Vec<u64>> + Send + 'static {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut consumer: Option<BaseConsumer> = None;
+    move || {
+        if consumer.is_none() {
+            consumer = Some(
+                flashsale_runtime::kafka::base_config(&brokers, "flashsale-console-lag")
+                    .set("group.id", "flashsale-console-lag")
+                    .set("enable.auto.commit", "false")
+                    .create()
+                    .context("cannot create the Kafka consumer of the console's lag probe")?,
+            );
+        }
+        let c = consumer.as_ref().expect("just made");
+        (0..partitions as i32)
+            .map(|p| {
+                let (_, high) = c
+                    .fetch_watermarks(&topic, p, Duration::from_secs(2))
+                    .with_context(|| format!("end offset of {topic} partition {p}"))?;
+                Ok(u64::try_from(high).unwrap_or(0))
+            })
+            .collect()
+    }
 }
 
 /// Runs a node until `shutdown` resolves, printing where it listens.
