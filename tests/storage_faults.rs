@@ -3,6 +3,12 @@
 //! behind, a `snapshots` path that is a file. After each: no acknowledged hold, order
 //! or cancel is silently lost or changed (its partition serves it exactly, or is named
 //! as failed and answers 503), and the healthy partitions serve.
+//!
+//! Damage inside a log (not a torn tail) that a valid snapshot covers is recovered
+//! from: the partition serves from that snapshot and the valid records after the
+//! damage, the file is left as it is and the damaged bytes are copied aside. Damage
+//! past the newest valid snapshot keeps the partition down, named, with the reason;
+//! `flashsale snapshot verify` says which of the two a data directory is in.
 
 use flashsale_tests::reqwest::{Method, StatusCode};
 use flashsale_tests::serde_json::{json, Value};
@@ -95,10 +101,64 @@ fn log_of(data: &Path, p: u32) -> PathBuf {
     data.join(format!("log/p{p:03}.log"))
 }
 
-/// Builds a sale with holds, orders and cancels on every partition, stops cleanly.
+/// Byte position of every record of a well-formed log, in offset order (the layout of
+/// engine/src/log.rs: `len: u32`, `crc: u32`, `offset: u64`, `time: u64`, payload).
+fn record_starts(log: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos + 24 <= log.len() {
+        out.push(pos);
+        let len = u32::from_le_bytes(log[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += 24 + len;
+    }
+    assert_eq!(pos, log.len(), "a well-formed log");
+    out
+}
+
+/// The offset a snapshot file covers up to (its name: `<offset>-<log time>.snap`).
+fn snapshot_offset(f: &Path) -> usize {
+    let name = f.file_name().unwrap().to_string_lossy().into_owned();
+    name.split('-').next().unwrap().parse().unwrap()
+}
+
+/// Files the server copied damaged log bytes to (`pNNN.log.damaged-<position>`).
+fn damaged_copies(data: &Path, p: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| {
+            f.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("p{p:03}.log.damaged-"))
+        })
+        .collect()
+}
+
+/// `flashsale snapshot verify --partition p` on a data directory.
+fn verify(data: &Path, p: u32) -> std::process::Output {
+    std::process::Command::new(flashsale_bin())
+        .args([
+            "snapshot",
+            "verify",
+            "--partition",
+            &p.to_string(),
+            "--data-dir",
+        ])
+        .arg(data)
+        .env_remove("FLASHSALE_KAFKA")
+        .env_remove("FLASHSALE_POSTGRES")
+        .output()
+        .expect("run flashsale")
+}
+
+/// Builds a sale with holds, orders and cancels on every partition in two runs, each
+/// stopped cleanly: every partition has an older snapshot (end of the first run) and a
+/// newer one (end of the second), covering its whole log.
 async fn build_history(data: &Path) -> (Acked, Vec<(String, u32)>) {
     let running = flashsale_ops::start(args(data)).await.unwrap();
-    let base = format!("http://{}", running.addr);
+    let mut base = format!("http://{}", running.addr);
+    let mut running = Some(running);
     let c = client();
     wait_ready(&c, &base).await;
     // Two SKUs per partition.
@@ -116,6 +176,13 @@ async fn build_history(data: &Path) -> (Acked, Vec<(String, u32)>) {
     create_sale(&c, &base, &products, 3600, -1).await;
     let mut acked = Acked::default();
     for (i, (sku, p)) in skus.iter().cycle().take(48).enumerate() {
+        if i == 24 {
+            running.take().unwrap().stop().await.unwrap();
+            let again = flashsale_ops::start(args(data)).await.unwrap();
+            base = format!("http://{}", again.addr);
+            running = Some(again);
+            wait_ready(&c, &base).await;
+        }
         let user = format!("disk-user-{i}");
         let r = call(
             &c,
@@ -163,7 +230,10 @@ async fn build_history(data: &Path) -> (Acked, Vec<(String, u32)>) {
         };
         acked.holds.insert(rid, (sku.clone(), *p, status));
     }
-    running.stop().await.unwrap();
+    running.take().unwrap().stop().await.unwrap();
+    for p in 0..PARTITIONS {
+        assert_eq!(snapshots_of(data, p).len(), 2, "two snapshots of p{p}");
+    }
     (acked, skus)
 }
 
@@ -292,24 +362,126 @@ async fn storage_faults_lose_nothing_acknowledged_and_fail_one_partition_alone()
     let none = BTreeSet::new();
     for p in 0..PARTITIONS {
         let one: BTreeSet<u32> = [p].into();
-        // flipped bytes in the log: corruption (or a log shorter than its snapshot),
-        // never a silent cut
-        for _ in 0..3 {
+        // flipped bytes in the log: never a silent cut. The newest snapshot covers
+        // the whole log, so damage with valid records after it is recovered from
+        // that snapshot; damage to the last record leaves the log shorter than the
+        // snapshot says: corruption, the partition stays down.
+        let starts = record_starts(&std::fs::read(log_of(&pristine, p)).unwrap());
+        let last_start = *starts.last().unwrap();
+        for _ in 0..4 {
             fresh();
             let log = log_of(&run, p);
             let mut bytes = std::fs::read(&log).unwrap();
             let at = rng.below(bytes.len() as u64) as usize;
             bytes[at] ^= 1 << rng.below(8);
-            std::fs::write(&log, bytes).unwrap();
+            std::fs::write(&log, &bytes).unwrap();
+            let in_last = at >= last_start;
             check(
                 &run,
                 &acked,
                 &skus,
-                &one,
-                &format!("log p{p} byte {at} flipped"),
+                if in_last { &one } else { &none },
+                &format!("log p{p} byte {at} flipped (last record from {last_start})"),
             )
             .await;
-            assert!(log_of(&run, p).metadata().is_ok());
+            let now = std::fs::read(&log).unwrap();
+            assert_eq!(
+                &now[..bytes.len()],
+                &bytes[..],
+                "log p{p} byte {at}: the damaged file was changed (only appended to)"
+            );
+            if !in_last {
+                assert_eq!(
+                    damaged_copies(&run, p).len(),
+                    1,
+                    "log p{p} byte {at}: the damaged bytes are kept aside"
+                );
+            }
+        }
+        // Damage the newest snapshot does not cover: without it (removed), only the
+        // older one is left. Before its offset: recovered from it; after it: down.
+        let older = snapshots_of(&pristine, p)[0].clone();
+        let covered = snapshot_offset(&older);
+        assert!(
+            covered > 0 && covered + 1 < starts.len(),
+            "p{p}: records on both sides"
+        );
+        for (at, down) in [
+            (starts[rng.below(covered as u64) as usize] + 8, false),
+            (
+                starts[covered + rng.below((starts.len() - covered - 1) as u64) as usize] + 8,
+                true,
+            ),
+        ] {
+            fresh();
+            std::fs::remove_file(snapshots_of(&run, p).pop().unwrap()).unwrap();
+            let log = log_of(&run, p);
+            let mut bytes = std::fs::read(&log).unwrap();
+            bytes[at] ^= 0x10;
+            std::fs::write(&log, &bytes).unwrap();
+            let o = verify(&run, p);
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            let what = format!(
+                "log p{p} byte {at} flipped, snapshot at offset {covered} {}",
+                if down { "before it" } else { "past it" }
+            );
+            if down {
+                assert_eq!(o.status.code(), Some(1), "{what}: verify fails: {out}");
+                assert!(
+                    out.contains(&format!("corrupt at byte {}", at - 8))
+                        && out.contains("keeps partition"),
+                    "{what}: verify names the byte and the outcome: {out}"
+                );
+            } else {
+                assert!(o.status.success(), "{what}: verify passes: {out}");
+                assert!(
+                    out.contains("covers offsets below")
+                        && out.contains(&format!("byte {}", at - 8)),
+                    "{what}: verify explains the recovery: {out}"
+                );
+            }
+            check(&run, &acked, &skus, if down { &one } else { &none }, &what).await;
+            assert_eq!(
+                &std::fs::read(&log).unwrap()[..bytes.len()],
+                &bytes[..],
+                "{what}: the damaged file was changed"
+            );
+            if down {
+                let running = flashsale_ops::start(args(&run)).await.unwrap();
+                let base = format!("http://{}", running.addr);
+                settled(&base).await;
+                let ready = call(&client(), &base, Method::GET, "/ready", None, &[]).await;
+                let text = ready.body.to_string();
+                assert!(
+                    text.contains(&format!("corrupt at byte {}", at - 8))
+                        && text.contains(&format!("p{p:03}.log"))
+                        && text.contains("README"),
+                    "{what}: /ready names the file, the byte and what to do: {text}"
+                );
+                running.stop().await.unwrap();
+            } else {
+                // The recovered partition took a new hold after the damage; a restart
+                // recovers it again (from the newest snapshot, past the same damage).
+                let running = flashsale_ops::start(args(&run)).await.unwrap();
+                let base = format!("http://{}", running.addr);
+                assert_eq!(settled(&base).await, none, "{what}: second restart");
+                for (rid, (_, hp, status)) in &acked.holds {
+                    if *hp == p {
+                        let g = call(
+                            &client(),
+                            &base,
+                            Method::GET,
+                            &format!("/api/v1/reservations/{rid}"),
+                            None,
+                            &[],
+                        )
+                        .await;
+                        assert_eq!(g.status, StatusCode::OK, "{what}: {rid}: {}", g.body);
+                        assert_eq!(g.body["status"], *status, "{what}: {rid} changed");
+                    }
+                }
+                running.stop().await.unwrap();
+            }
         }
         // a log cut short
         fresh();
@@ -655,6 +827,153 @@ async fn sigterm_with_slow_clients_drains_in_bounded_time_and_exits_0() {
         );
     }
     drop(server);
+}
+
+/// Bounded state through the server: with a 1 s retention and a 2 s TTL, a cancelled
+/// hold is pruned (engine, snapshot and read model) once log time passes both its end
+/// + 1 s and its expiresAt: a GET
+/// then answers 404 "Reservation Not Found" as for an unknown id, also after a restart;
+/// an order stays; the pruning is counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_reservations_are_pruned_after_the_retention_and_orders_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let short = |d: &Path| {
+        let mut a = args(d);
+        a.retention_secs = 1;
+        a
+    };
+    let running = flashsale_ops::start(short(&data)).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let c = client();
+    wait_ready(&c, &base).await;
+    let sku = unique_sku("PRUNE");
+    create_sale(&c, &base, &[(&sku, 200, 1)], 2, -1).await;
+    let hold = |user: String| {
+        let (c, base, sku) = (c.clone(), base.clone(), sku.clone());
+        async move {
+            let r = call(
+                &c,
+                &base,
+                Method::POST,
+                "/api/v1/reservations",
+                Some(json!({"userId": user, "skuId": sku, "quantity": 1})),
+                &[],
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            r.body["reservationId"].as_str().unwrap().to_string()
+        }
+    };
+    let get = |rid: String| {
+        let (c, base) = (c.clone(), base.clone());
+        async move {
+            call(
+                &c,
+                &base,
+                Method::GET,
+                &format!("/api/v1/reservations/{rid}"),
+                None,
+                &[],
+            )
+            .await
+        }
+    };
+    let cancelled = hold("prune-a".into()).await;
+    let d = call(
+        &c,
+        &base,
+        Method::DELETE,
+        &format!("/api/v1/reservations/{cancelled}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.body);
+    let bought = hold("prune-b".into()).await;
+    let o = call(
+        &c,
+        &base,
+        Method::POST,
+        "/api/v1/orders/checkout",
+        Some(
+            json!({"reservationId": bought, "paymentTransactionId": "pay-prune",
+                    "paymentMethod": "WALLET", "shippingAddress": "1 Prune St"}),
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(o.status, StatusCode::CREATED, "{}", o.body);
+    let order_id = o.body["orderId"].as_str().unwrap().to_string();
+    assert_eq!(get(cancelled.clone()).await.body["status"], "CANCELLED");
+    // Pruning is driven by log time: each new record (here a hold) moves it on.
+    let mut pruned = None;
+    for i in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        hold(format!("prune-later-{i}")).await;
+        let g = get(cancelled.clone()).await;
+        if g.status == StatusCode::NOT_FOUND {
+            pruned = Some(g);
+            break;
+        }
+        assert_eq!(g.status, StatusCode::OK, "{}", g.body);
+    }
+    let pruned = pruned.expect("the cancelled hold is pruned within 30 s of log time");
+    assert_eq!(pruned.error(), "Reservation Not Found", "{}", pruned.body);
+    let g = get(bought.clone()).await;
+    assert_eq!(
+        g.status,
+        StatusCode::OK,
+        "orders are never pruned: {}",
+        g.body
+    );
+    assert_eq!(g.body["status"], "CONFIRMED");
+    let m = c.get(format!("{base}/metrics")).send().await.unwrap();
+    let text = m.text().await.unwrap();
+    let count: f64 = text
+        .lines()
+        .find(|l| l.starts_with("flashsale_reservations_pruned_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .expect("flashsale_reservations_pruned_total in /metrics");
+    assert!(count >= 1.0, "pruning counted: {count}");
+    // The user who bought still cannot hold again (limit 1): the order counts.
+    let again = call(
+        &c,
+        &base,
+        Method::POST,
+        "/api/v1/reservations",
+        Some(json!({"userId": "prune-b", "skuId": sku, "quantity": 1})),
+        &[],
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    running.stop().await.unwrap();
+    // After a restart (from the final snapshot): still gone, the order still there.
+    let running = flashsale_ops::start(short(&data)).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    wait_ready(&c, &base).await;
+    let g = call(
+        &c,
+        &base,
+        Method::GET,
+        &format!("/api/v1/reservations/{cancelled}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::NOT_FOUND, "{}", g.body);
+    let g = call(
+        &c,
+        &base,
+        Method::GET,
+        &format!("/api/v1/orders/{order_id}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::OK, "{}", g.body);
+    running.stop().await.unwrap();
 }
 
 #[allow(dead_code)]

@@ -164,6 +164,7 @@ fn recover(store: &dyn SnapshotStore, log: &[LogRecord]) -> (PartitionActor, Dur
         SnapshotPolicy {
             every_commands: u64::MAX,
             every_ms: u64::MAX,
+            retention_ms: None,
         },
     );
     let from = actor.state().next_offset();

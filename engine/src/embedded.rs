@@ -9,7 +9,7 @@
 //! request. A ticker appends tick records while holds are due; snapshots are written
 //! in the background from a copy of the state.
 
-use crate::log::{LogRecord, PartitionLog};
+use crate::log::{LogError, LogRecord, PartitionLog};
 use crate::store::{load_newest_valid, write_snapshot, FileSnapshotStore, SnapshotStore};
 use crate::trace;
 use anyhow::Context;
@@ -46,6 +46,9 @@ pub struct EmbeddedOptions {
     pub partitions: u32,
     pub snapshot: SnapshotPolicy,
     pub keep_snapshots: usize,
+    /// Free bytes a snapshot must leave on the data directory's file system for the
+    /// log; a snapshot that would leave less is skipped (`--snapshot-reserve-mb`).
+    pub snapshot_reserve_bytes: u64,
     /// Commands queued per partition before new ones are refused with 503.
     pub queue_depth: usize,
     /// Does a node whose every partition is either live or failed (recovery failed)
@@ -196,6 +199,8 @@ pub struct RecoveryReport {
     pub replayed: u64,
     pub log_end: u64,
     pub truncated_bytes: u64,
+    /// Damaged stretches of the log that the snapshot covered (recovered past them).
+    pub damage: Vec<crate::log::Damage>,
 }
 
 pub struct EmbeddedNode {
@@ -256,7 +261,8 @@ impl EmbeddedNode {
                 })
                 .collect(),
         );
-        let file_store = FileSnapshotStore::new(opts.data_dir.join("snapshots"));
+        let file_store = FileSnapshotStore::new(opts.data_dir.join("snapshots"))
+            .with_reserve(opts.snapshot_reserve_bytes);
         for p in 0..opts.partitions {
             match file_store.remove_temp_files(p) {
                 Ok(0) => {}
@@ -418,6 +424,70 @@ fn prepare_data_dir(dir: &Path, partitions: u32) -> anyhow::Result<std::fs::File
     Ok(lock)
 }
 
+/// Opens a partition's log for recovery. Corruption (not a torn tail) is accepted only
+/// when `snapshot` (the newest valid one) covers every offset the damage made
+/// unreadable: then the damaged bytes are copied aside, the file is left as it is, and
+/// recovery goes on from the snapshot. Otherwise the error names the file, the byte
+/// position, the lost offsets and what to do.
+fn open_log(
+    log_dir: &Path,
+    partition: u32,
+    snapshot: Option<&crate::store::SnapshotInfo>,
+) -> anyhow::Result<PartitionLog> {
+    let (offset, resume_offset, first) = match PartitionLog::open_uncut(log_dir, partition) {
+        Err(
+            e @ LogError::Corrupt {
+                offset,
+                resume_offset,
+                ..
+            },
+        ) => (offset, resume_offset, e),
+        other => return Ok(other?),
+    };
+    let lost = match resume_offset {
+        Some(r) => format!("offsets {offset}..{} cannot be read", r.saturating_sub(1)),
+        None => format!("offsets from {offset} cannot be read"),
+    };
+    let Some(info) = snapshot else {
+        anyhow::bail!("{first}. No valid snapshot covers the damage ({lost}), so the partition cannot be rebuilt past it and stays down");
+    };
+    match PartitionLog::open_past_damage(log_dir, partition, info.offset) {
+        Ok(log) => {
+            let aside = log.keep_damage_aside()?;
+            for (d, file) in log.damage().iter().zip(&aside) {
+                tracing::error!(
+                    partition,
+                    file = %log.path().display(),
+                    byte = d.position,
+                    lost_offsets = %format!("{}..{}", d.offset, d.resume_offset.saturating_sub(1)),
+                    reason = d.reason,
+                    snapshot = %info.id,
+                    damaged_bytes_copied_to = %file.display(),
+                    "the command log is damaged (not a torn tail) where snapshot {} already covers it: recovering from that snapshot and the valid records after the damage; the log file is left as it is (README, \"Storage faults\")",
+                    info.id
+                );
+            }
+            Ok(log)
+        }
+        Err(LogError::Corrupt {
+            offset: o,
+            position: p,
+            resume_offset: r,
+            ..
+        }) => anyhow::bail!(
+            "partition {partition}'s log {} is corrupt at byte {p} (record offset {o}; {}), and the newest valid snapshot {} covers only offsets below {}: the records between cannot be rebuilt, so the partition stays down; nothing was cut. Diagnose with `flashsale replay --partition {partition}` and `flashsale snapshot verify --partition {partition}`; to recover, see the README's \"Storage faults\" section",
+            crate::log::log_path(log_dir, partition).display(),
+            match r {
+                Some(r) => format!("offsets {o}..{} cannot be read", r.saturating_sub(1)),
+                None => format!("offsets from {o} cannot be read"),
+            },
+            info.id,
+            info.offset
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Newest valid snapshot + replay of the log after it.
 pub fn recover(
     log_dir: &Path,
@@ -426,12 +496,13 @@ pub fn recover(
     metrics: &Metrics,
     policy: SnapshotPolicy,
 ) -> anyhow::Result<(PartitionLog, PartitionActor, RecoveryReport)> {
-    let mut log = PartitionLog::open_uncut(log_dir, partition)?;
     let (found, rejected) = load_newest_valid(store, partition)?;
     for r in &rejected {
         metrics.snapshot_rejected();
         tracing::warn!(partition, snapshot = %r.info.id, error = %r.error, "snapshot refused; falling back to an older one");
     }
+    let covering = found.as_ref().map(|(info, _)| info);
+    let log = open_log(log_dir, partition, covering)?;
     let (snapshot_offset, state) = match found {
         Some((info, state)) if info.offset <= log.next_offset() => {
             metrics.snapshot_at(partition, info.taken_at);
@@ -457,6 +528,7 @@ pub fn recover(
     if log.truncated_bytes() > 0 {
         tracing::warn!(partition, bytes = log.truncated_bytes(), at = log.next_offset(), "cutting a torn tail (a write interrupted by a crash, never acknowledged); its bytes are kept in pNNN.log.torn-<position>");
     }
+    let mut log = log;
     log.cut_torn_tail()?;
     let mut actor = PartitionActor::new(state, policy);
     let mut replayed = 0;
@@ -482,6 +554,7 @@ pub fn recover(
         replayed,
         log_end: log.next_offset(),
         truncated_bytes: log.truncated_bytes(),
+        damage: log.damage().to_vec(),
     };
     Ok((log, actor, report))
 }

@@ -856,5 +856,6 @@ fn event_key(rec: &EventRecord) -> Option<&str> {
         Event::OrderCreated(o) => Some(o.sku.as_str()),
         Event::ProductPaused { sku, .. } => Some(sku.as_str()),
         Event::SaleEnded { skus, .. } => skus.first().map(|s| s.as_str()),
+        Event::ReservationsPruned { .. } => None,
     })
 }

@@ -9,6 +9,17 @@
 //! `pNNN.log.torn-<byte position>` and cut. A bad record followed by valid data is
 //! corruption: [`LogError::Corrupt`], nothing is cut, and the partition stays down
 //! until an operator decides (README, "Storage faults").
+//!
+//! Recovery past damage: every record carries its offset and a checksum over offset,
+//! time and payload, so a reader can resynchronise after a bad stretch: the first byte
+//! position after it where a record passes its checksum, with an offset that fits
+//! (at least the missing one, at most one per 24 bytes skipped), starts the valid rest
+//! of the log. Those offsets, and only those, are trusted after the damage. When a
+//! valid snapshot covers every offset the damage made unreadable
+//! ([`PartitionLog::open_past_damage`]), the partition is rebuilt from that snapshot
+//! and the records after it; the damaged file is never modified (the bad bytes are
+//! also copied to `pNNN.log.damaged-<byte position>`), and reads below the first
+//! readable offset are refused.
 
 use flashsale_proto::UnixMs;
 use std::fs::{File, OpenOptions};
@@ -42,8 +53,35 @@ pub enum LogError {
         /// Its byte position in the file.
         position: u64,
         reason: &'static str,
+        /// The first valid record after the damage (offset), if the reader could
+        /// resynchronise: records `offset..resume_offset` are unreadable.
+        resume_offset: Option<u64>,
+    },
+    #[error("offset {offset} of partition {partition}'s log {path} lies in or before a damaged stretch: the first readable offset is {first_readable}; start from a snapshot that covers the damage (`flashsale snapshot list --partition {partition}`)")]
+    Damaged {
+        partition: u32,
+        path: PathBuf,
+        offset: u64,
+        first_readable: u64,
     },
 }
+
+/// A stretch of a log that fails its checks, with valid records after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The offset the first bad record should have had.
+    pub offset: u64,
+    /// Byte position where the damage starts.
+    pub position: u64,
+    /// The first valid record after the damage: its offset (records
+    /// `offset..resume_offset` are lost) and byte position.
+    pub resume_offset: u64,
+    pub resume_position: u64,
+    pub reason: &'static str,
+}
+
+/// Position marker of an offset lost in a damaged stretch.
+const DAMAGED: u64 = u64::MAX;
 
 /// One partition's log file. Appends come from a single writer.
 #[derive(Debug)]
@@ -61,6 +99,8 @@ pub struct PartitionLog {
     dirty_tail: bool,
     /// A torn tail found at open is still in the file (see `open_uncut`).
     torn_pending: bool,
+    /// Damaged stretches accepted at open (see `open_past_damage`), oldest first.
+    damage: Vec<Damage>,
 }
 
 pub fn log_path(dir: &Path, partition: u32) -> PathBuf {
@@ -71,7 +111,7 @@ impl PartitionLog {
     /// Opens (creating if needed) `dir/pNNN.log`, verifying every record and cutting a
     /// torn tail.
     pub fn open(dir: &Path, partition: u32) -> Result<Self, LogError> {
-        let mut log = Self::open_with(dir, partition, true)?;
+        let mut log = Self::open_with(dir, partition, true, None)?;
         log.cut_torn_tail()?;
         Ok(log)
     }
@@ -82,7 +122,63 @@ impl PartitionLog {
     /// says is corruption, and then nothing may be cut). Appending before the cut is
     /// refused.
     pub fn open_uncut(dir: &Path, partition: u32) -> Result<Self, LogError> {
-        Self::open_with(dir, partition, true)
+        Self::open_with(dir, partition, true, None)
+    }
+
+    /// Like [`PartitionLog::open_uncut`], but damaged stretches are accepted when a
+    /// snapshot covers every offset they make unreadable: each must be followed by a
+    /// valid record at an offset `<= covered` (the snapshot's next offset). Reads then
+    /// start at [`PartitionLog::first_offset`] or later; the file is not modified. A
+    /// damage that the snapshot does not cover is [`LogError::Corrupt`].
+    pub fn open_past_damage(dir: &Path, partition: u32, covered: u64) -> Result<Self, LogError> {
+        Self::open_with(dir, partition, true, Some(covered))
+    }
+
+    /// [`PartitionLog::open_past_damage`] for reading only (operators' tools).
+    pub fn open_read_only_past_damage(
+        dir: &Path,
+        partition: u32,
+        covered: u64,
+    ) -> Result<Self, LogError> {
+        Self::open_with(dir, partition, false, Some(covered))
+    }
+
+    /// Damaged stretches accepted at open, oldest first (empty for a clean log).
+    pub fn damage(&self) -> &[Damage] {
+        &self.damage
+    }
+
+    /// The log's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Copies the bytes of each accepted damaged stretch to
+    /// `pNNN.log.damaged-<byte position>` (once; an existing copy is kept), so the
+    /// evidence survives whatever an operator does to the log later. Returns the files.
+    pub fn keep_damage_aside(&self) -> Result<Vec<PathBuf>, LogError> {
+        let io_err = |source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut out = Vec::new();
+        for d in &self.damage {
+            let aside = self
+                .path
+                .with_extension(format!("log.damaged-{}", d.position));
+            if !aside.exists() {
+                let mut bytes = vec![0u8; (d.resume_position - d.position) as usize];
+                let mut f = File::open(&self.path).map_err(io_err)?;
+                f.seek(SeekFrom::Start(d.position)).map_err(io_err)?;
+                f.read_exact(&mut bytes).map_err(io_err)?;
+                std::fs::write(&aside, &bytes).map_err(io_err)?;
+                File::open(&aside)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err)?;
+            }
+            out.push(aside);
+        }
+        Ok(out)
     }
 
     /// Copies a torn tail aside (`pNNN.log.torn-<byte position>`) and cuts it.
@@ -113,10 +209,17 @@ impl PartitionLog {
     /// Opens an existing log for reading only (operators' tools): nothing is created
     /// or cut, and a log a server is appending to can be read up to its valid end.
     pub fn open_read_only(dir: &Path, partition: u32) -> Result<Self, LogError> {
-        Self::open_with(dir, partition, false)
+        Self::open_with(dir, partition, false, None)
     }
 
-    fn open_with(dir: &Path, partition: u32, writable: bool) -> Result<Self, LogError> {
+    /// Opens and scans the log. `covered`: damage whose lost offsets all lie below it
+    /// is accepted (a snapshot covers them); `None`: any damage is an error.
+    fn open_with(
+        dir: &Path,
+        partition: u32,
+        writable: bool,
+        covered: Option<u64>,
+    ) -> Result<Self, LogError> {
         let path = log_path(dir, partition);
         let io_err = |source| LogError::Io {
             path: path.clone(),
@@ -138,43 +241,61 @@ impl PartitionLog {
         let mut last_time = 0;
         let mut pos = 0u64;
         let mut reader = BufReader::with_capacity(1 << 20, file.try_clone().map_err(io_err)?);
-        let mut bad = None;
+        let mut damage = Vec::new();
         loop {
-            match read_record(&mut reader).map_err(io_err)? {
+            let expected = positions.len() as u64;
+            let (reason, ahead) = match read_record(&mut reader).map_err(io_err)? {
                 Read::End => break,
-                Read::Bad(reason) => {
-                    bad = Some(reason);
-                    break;
-                }
-                Read::Record(rec) if rec.offset != positions.len() as u64 => {
-                    bad = Some("record out of sequence");
-                    break;
-                }
-                Read::Record(rec) => {
+                Read::Record(rec) if rec.offset == expected => {
                     positions.push(pos);
                     last_time = rec.log_time;
                     pos += (HEADER + rec.payload.len()) as u64;
+                    continue;
                 }
-            }
-        }
-        drop(reader);
-        let truncated_bytes = len - pos;
-        if let Some(reason) = bad {
-            // Torn tail or corruption? Look for any valid record after the bad one.
-            let mut tail = Vec::with_capacity(truncated_bytes as usize);
-            let mut f = file.try_clone().map_err(io_err)?;
-            f.seek(SeekFrom::Start(pos)).map_err(io_err)?;
-            f.read_to_end(&mut tail).map_err(io_err)?;
-            if valid_record_after(&tail, positions.len() as u64) {
+                // A valid record whose offset is ahead: records are missing before
+                // it (a stretch cut out on record boundaries), and it is itself the
+                // first one after the gap.
+                Read::Record(rec) if rec.offset > expected => ("records missing", Some(rec.offset)),
+                Read::Record(_) => ("record out of sequence", None),
+                Read::Bad(reason) => (reason, None),
+            };
+            let found = match ahead {
+                Some(offset) => Some((0, offset)),
+                None => {
+                    // Torn tail or corruption? Look for a valid record after the bad one.
+                    let mut tail = Vec::with_capacity((len - pos) as usize);
+                    let mut f = file.try_clone().map_err(io_err)?;
+                    f.seek(SeekFrom::Start(pos)).map_err(io_err)?;
+                    f.read_to_end(&mut tail).map_err(io_err)?;
+                    first_valid_record(&tail, expected)
+                }
+            };
+            let Some((skip, resume_offset)) = found else {
+                break; // nothing valid after it: a torn tail
+            };
+            if covered.is_none_or(|n| resume_offset > n) {
                 return Err(LogError::Corrupt {
                     partition,
                     path,
-                    offset: positions.len() as u64,
+                    offset: expected,
                     position: pos,
                     reason,
+                    resume_offset: Some(resume_offset),
                 });
             }
+            damage.push(Damage {
+                offset: expected,
+                position: pos,
+                resume_offset,
+                resume_position: pos + skip,
+                reason,
+            });
+            positions.resize(resume_offset as usize, DAMAGED);
+            pos += skip;
+            reader.seek(SeekFrom::Start(pos)).map_err(io_err)?;
         }
+        drop(reader);
+        let truncated_bytes = len - pos;
         Ok(PartitionLog {
             partition,
             path,
@@ -186,6 +307,7 @@ impl PartitionLog {
             // A torn tail to cut (by `cut_torn_tail`) before anything is appended.
             dirty_tail: false,
             torn_pending: truncated_bytes > 0 && writable,
+            damage,
         })
     }
 
@@ -196,9 +318,10 @@ impl PartitionLog {
     pub fn next_offset(&self) -> u64 {
         self.positions.len() as u64
     }
-    /// The oldest offset still in the log (the embedded log keeps everything).
+    /// The oldest offset that can be read: 0 (the embedded log keeps everything),
+    /// or the first offset after the last accepted damaged stretch.
     pub fn first_offset(&self) -> u64 {
-        0
+        self.damage.last().map_or(0, |d| d.resume_offset)
     }
     pub fn last_time(&self) -> UnixMs {
         self.last_time
@@ -280,11 +403,20 @@ impl PartitionLog {
                 end,
             });
         }
+        if offset < self.first_offset() {
+            return Err(LogError::Damaged {
+                partition: self.partition,
+                path: self.path.clone(),
+                offset,
+                first_readable: self.first_offset(),
+            });
+        }
         let pos = self
             .positions
             .get(offset as usize)
             .copied()
             .unwrap_or(self.end_pos);
+        debug_assert!(pos != DAMAGED, "no damage after the first readable offset");
         let io_err = |source| LogError::Io {
             path: self.path.clone(),
             source,
@@ -356,13 +488,21 @@ enum Read {
     Bad(&'static str),
 }
 
-/// Is there a record at any byte position of `tail` (the bytes after a bad record)
-/// that passes its checksum and belongs after `expected` (offset >= it)? A torn tail
-/// has none; a flipped byte in the middle of a log has the rest of the log after it.
-fn valid_record_after(tail: &[u8], expected: u64) -> bool {
-    (1..tail.len()).any(|start| {
+/// The first byte position of `tail` (the bytes from a bad record on) after the first,
+/// holding a record that passes its checksum and can follow the last good record: its
+/// offset is at least `expected` and at most one per `HEADER` bytes skipped past it (a
+/// record is never shorter). Returns (position, its offset). A torn tail has none; a
+/// flipped byte in the middle of a log has the rest of the log after it.
+fn first_valid_record(tail: &[u8], expected: u64) -> Option<(u64, u64)> {
+    (1..tail.len()).find_map(|start| {
         let mut r = &tail[start..];
-        matches!(read_record(&mut r), Ok(Read::Record(rec)) if rec.offset >= expected)
+        let most = expected + (start / HEADER) as u64;
+        match read_record(&mut r) {
+            Ok(Read::Record(rec)) if rec.offset >= expected && rec.offset <= most => {
+                Some((start as u64, rec.offset))
+            }
+            _ => None,
+        }
     })
 }
 
@@ -508,5 +648,111 @@ mod tests {
             PartitionLog::open(dir.path(), 0),
             Err(LogError::Corrupt { .. })
         ));
+    }
+
+    fn twenty_records(dir: &Path) -> Vec<u8> {
+        let mut log = PartitionLog::open(dir, 0).unwrap();
+        for i in 0..20u64 {
+            log.append(vec![vec![i as u8; 10 + i as usize]], i).unwrap();
+        }
+        drop(log);
+        std::fs::read(log_path(dir, 0)).unwrap()
+    }
+
+    fn starts(bytes: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            out.push(pos);
+            pos += HEADER + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        }
+        out
+    }
+
+    #[test]
+    fn damage_a_snapshot_covers_is_read_past_and_never_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = twenty_records(dir.path());
+        let at = starts(&original)[5] + 9; // record 5's offset field
+        let mut bytes = original.clone();
+        bytes[at] ^= 0x02;
+        let path = log_path(dir.path(), 0);
+        std::fs::write(&path, &bytes).unwrap();
+        match PartitionLog::open_uncut(dir.path(), 0) {
+            Err(LogError::Corrupt {
+                offset: 5,
+                resume_offset: Some(6),
+                ..
+            }) => {}
+            other => panic!("expected corruption at 5, resuming at 6: {other:?}"),
+        }
+        // A snapshot up to offset 5 does not cover record 5.
+        assert!(matches!(
+            PartitionLog::open_past_damage(dir.path(), 0, 5),
+            Err(LogError::Corrupt { .. })
+        ));
+        let mut log = PartitionLog::open_past_damage(dir.path(), 0, 6).unwrap();
+        assert_eq!(log.first_offset(), 6);
+        assert_eq!(log.next_offset(), 20);
+        assert_eq!(log.damage().len(), 1);
+        assert_eq!(log.damage()[0].position, starts(&original)[5] as u64);
+        assert!(matches!(
+            log.reader_from(5),
+            Err(LogError::Damaged {
+                first_readable: 6,
+                ..
+            })
+        ));
+        let rest: Vec<_> = log.reader_from(6).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(
+            rest.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            (6..20).collect::<Vec<_>>()
+        );
+        assert_eq!(rest[0].payload, vec![6u8; 16]);
+        // The damaged bytes are copied aside; the file itself is only appended to.
+        let aside = log.keep_damage_aside().unwrap();
+        assert_eq!(
+            std::fs::read(&aside[0]).unwrap(),
+            bytes[starts(&original)[5]..starts(&original)[6]].to_vec()
+        );
+        let new = log.append(vec![b"after".to_vec()], 100).unwrap();
+        assert_eq!(new[0].offset, 20);
+        drop(log);
+        assert_eq!(&std::fs::read(&path).unwrap()[..bytes.len()], &bytes[..]);
+        let log = PartitionLog::open_past_damage(dir.path(), 0, 20).unwrap();
+        assert_eq!(log.next_offset(), 21);
+        let last: Vec<_> = log.reader_from(20).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(last[0].payload, b"after");
+    }
+
+    #[test]
+    fn records_cut_out_on_record_boundaries_are_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = twenty_records(dir.path());
+        let st = starts(&original);
+        let mut bytes = original[..st[5]].to_vec();
+        bytes.extend_from_slice(&original[st[8]..]);
+        std::fs::write(log_path(dir.path(), 0), &bytes).unwrap();
+        assert!(matches!(
+            PartitionLog::open_uncut(dir.path(), 0),
+            Err(LogError::Corrupt {
+                offset: 5,
+                resume_offset: Some(8),
+                ..
+            })
+        ));
+        let log = PartitionLog::open_past_damage(dir.path(), 0, 9).unwrap();
+        assert_eq!((log.first_offset(), log.next_offset()), (8, 20));
+        assert_eq!(log.reader_from(8).unwrap().count(), 12);
+        // Two damaged stretches: both must be covered.
+        let mut twice = bytes.clone();
+        let st2 = starts(&bytes);
+        twice[st2[2] + 20] ^= 1;
+        twice[st2[10] + 20] ^= 1;
+        std::fs::write(log_path(dir.path(), 0), &twice).unwrap();
+        assert!(PartitionLog::open_past_damage(dir.path(), 0, 9).is_err());
+        let log = PartitionLog::open_past_damage(dir.path(), 0, 15).unwrap();
+        assert_eq!(log.damage().len(), 3);
+        assert_eq!(log.first_offset(), 14);
     }
 }

@@ -33,6 +33,13 @@ pub enum StoreError {
     NotFound(String),
     #[error("snapshot store error: {0}")]
     Other(String),
+    #[error("snapshot of {bytes} bytes not written: {path} has {available} bytes free and the command log keeps a reserve of {reserve} bytes (--snapshot-reserve-mb); free space or move old files away, the next snapshot tries again")]
+    LowSpace {
+        path: PathBuf,
+        bytes: u64,
+        available: u64,
+        reserve: u64,
+    },
 }
 
 /// Blocking API: called from the background snapshot writer and from recovery, never
@@ -56,14 +63,45 @@ pub fn snapshot_id(partition: u32, offset: u64) -> String {
     format!("p{partition}@{offset}")
 }
 
+/// Default free space a snapshot must leave for the command log (64 MiB).
+pub const DEFAULT_LOG_RESERVE_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, Clone)]
 pub struct FileSnapshotStore {
     dir: PathBuf,
+    /// Free bytes a snapshot write must leave on the file system (the command log's
+    /// room: a full disk refuses holds, a skipped snapshot costs only replay time).
+    reserve_bytes: u64,
 }
 
 impl FileSnapshotStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        FileSnapshotStore { dir: dir.into() }
+        FileSnapshotStore {
+            dir: dir.into(),
+            reserve_bytes: DEFAULT_LOG_RESERVE_BYTES,
+        }
+    }
+    /// Sets the free space a snapshot write must leave (0: only room for itself).
+    pub fn with_reserve(mut self, reserve_bytes: u64) -> Self {
+        self.reserve_bytes = reserve_bytes;
+        self
+    }
+    /// Refuses a write of `bytes` that would leave less than the reserve free.
+    fn check_space(&self, dir: &Path, bytes: u64) -> Result<(), StoreError> {
+        let st = rustix::fs::statvfs(dir).map_err(|e| StoreError::Io {
+            path: dir.to_path_buf(),
+            source: e.into(),
+        })?;
+        let available = st.f_bavail.saturating_mul(st.f_frsize);
+        if available < bytes.saturating_add(self.reserve_bytes) {
+            return Err(StoreError::LowSpace {
+                path: dir.to_path_buf(),
+                bytes,
+                available,
+                reserve: self.reserve_bytes,
+            });
+        }
+        Ok(())
     }
     fn part_dir(&self, partition: u32) -> PathBuf {
         self.dir.join(format!("p{partition:03}"))
@@ -115,6 +153,7 @@ impl SnapshotStore for FileSnapshotStore {
     ) -> Result<SnapshotInfo, StoreError> {
         let dir = self.part_dir(partition);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
+        self.check_space(&dir, bytes.len() as u64)?;
         let path = self.file(partition, offset, taken_at);
         let tmp = path.with_extension("snap.tmp");
         let written = fs::File::create(&tmp).and_then(|mut f| {
@@ -264,11 +303,11 @@ pub fn write_snapshot(
     let t = std::time::Instant::now();
     let p = u32::from(state.partition());
     let result = snapshot::encode(state)
-        .map_err(|e| e.to_string())
+        .map_err(WriteError::from)
         .and_then(|bytes| {
             store
                 .save(p, state.next_offset(), state.clock(), &bytes)
-                .map_err(|e| e.to_string())
+                .map_err(WriteError::from)
         });
     match result {
         Ok(info) => {
@@ -278,12 +317,127 @@ pub fn write_snapshot(
                 partition = p,
                 offset = info.offset,
                 bytes = info.size_bytes,
+                reservations = state.reservation_count(),
+                ended_kept = state.ended_reservations(),
+                pruned_total = state.pruned_total(),
                 "snapshot written"
             );
             if let Err(e) = store.prune(p, keep.max(1)) {
                 tracing::warn!(partition = p, error = %e, "could not prune old snapshots");
             }
         }
+        Err(WriteError::Store(e @ StoreError::LowSpace { .. })) => {
+            metrics.snapshot_skipped();
+            // At most one line a minute per process: a full disk lasts.
+            static LAST_WARN_MS: std::sync::atomic::AtomicU64 =
+                std::sync::atomic::AtomicU64::new(0);
+            let now = flashsale_runtime::now_ms();
+            let last = LAST_WARN_MS.load(std::sync::atomic::Ordering::Relaxed);
+            if now.saturating_sub(last) >= LOW_SPACE_WARN_EVERY_MS
+                && LAST_WARN_MS
+                    .compare_exchange(
+                        last,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(partition = p, error = %e, "snapshot skipped to keep room for the command log (warned at most once a minute; see flashsale_snapshots_skipped_total)");
+            }
+        }
         Err(e) => tracing::error!(partition = p, error = %e, "snapshot not written"),
+    }
+}
+
+/// Least time between two "snapshot skipped" warnings.
+const LOW_SPACE_WARN_EVERY_MS: u64 = 60_000;
+
+/// Why the background writer did not write a snapshot.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("{0}")]
+    Encode(#[from] SnapshotError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale_runtime::metrics::Metrics;
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn state_at(offset: u64) -> State {
+        // A state whose next offset is `offset`: apply ticks.
+        let mut s = State::new(1);
+        let tick = flashsale_proto::CommandRecord {
+            request_id: flashsale_proto::RequestId(0),
+            reply_to: flashsale_proto::NO_REPLY,
+            idempotency_key: None,
+            command: flashsale_proto::Command::Tick,
+        };
+        let mut ev = Vec::new();
+        for o in 0..offset {
+            s.apply(o, 1000 + o, &tick, &mut ev);
+        }
+        s
+    }
+
+    #[test]
+    fn the_writer_keeps_the_newest_n_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileSnapshotStore::new(dir.path()).with_reserve(0);
+        let metrics = Metrics::new();
+        for offset in 1..=6 {
+            write_snapshot(&state_at(offset), &store, 3, &metrics);
+        }
+        let kept: Vec<u64> = store.list(1).unwrap().iter().map(|i| i.offset).collect();
+        assert_eq!(kept, vec![6, 5, 4]);
+        assert_eq!(files(&dir.path().join("p001")).len(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_that_would_eat_the_logs_reserve_is_skipped_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // More free space than any disk has: every write would cut into the reserve.
+        let store = FileSnapshotStore::new(dir.path()).with_reserve(u64::MAX / 4);
+        let bytes = snapshot::encode(&state_at(3)).unwrap();
+        match store.save(1, 3, 1002, &bytes) {
+            Err(StoreError::LowSpace { bytes: b, .. }) => assert_eq!(b, bytes.len() as u64),
+            other => panic!("expected LowSpace, got {other:?}"),
+        }
+        assert!(
+            files(&dir.path().join("p001")).is_empty(),
+            "no snapshot, no .snap.tmp"
+        );
+        // The background writer counts it (and does not panic or retry in a loop).
+        let metrics = Metrics::new();
+        write_snapshot(&state_at(3), &store, 3, &metrics);
+        write_snapshot(&state_at(4), &store, 3, &metrics);
+        let text = metrics.render();
+        assert!(
+            text.contains("flashsale_snapshots_skipped_total 2"),
+            "skipped snapshots are counted: {}",
+            text.lines()
+                .filter(|l| l.contains("skipped"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(files(&dir.path().join("p001")).is_empty());
+        // With the reserve met, the same store writes.
+        let store = store.with_reserve(0);
+        write_snapshot(&state_at(5), &store, 3, &metrics);
+        assert_eq!(store.list(1).unwrap().len(), 1);
     }
 }

@@ -331,6 +331,9 @@ impl ReadModel {
                         p.paused = *paused;
                     }
                 }
+                Event::ReservationsPruned { reservations } => {
+                    self.prune(reservations);
+                }
                 Event::SaleEnded {
                     sale_id,
                     skus,
@@ -347,6 +350,24 @@ impl ReadModel {
                 }
             }
         }
+    }
+
+    /// Forgets reservations the engine pruned (ended more than its retention ago): a
+    /// read of one then answers 404, as for an unknown id. Only ended ones are removed
+    /// (a pruned hold never counts toward a user's limit, so `used` is unchanged); an
+    /// order is never pruned.
+    fn prune(&self, ids: &[ReservationId]) {
+        let mut n = 0;
+        for id in ids {
+            let removed = self.reservations.remove_if(id, |_, (v, _)| counted(v) == 0);
+            n += u64::from(removed.is_some());
+        }
+        self.metrics.reservations_pruned(n);
+    }
+
+    /// Reservations the model holds (live, ordered, and ended within the retention).
+    pub fn reservation_count(&self) -> usize {
+        self.reservations.len()
     }
 
     /// Loads a partition's whole state (after recovery), replacing what was known.

@@ -121,6 +121,11 @@ pub fn partition_of_command(args: PartitionOfArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Default of `--retention-secs`: the core's idempotency window (24 h).
+pub const DEFAULT_RETENTION_SECS: u64 = flashsale_core::core::IDEMPOTENCY_RETENTION_MS / 1000;
+/// Largest `--retention-secs` (the core's limit, 30 days).
+pub const MAX_RETENTION_SECS: u64 = flashsale_core::core::MAX_RETENTION_MS / 1000;
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address for the HTTP API.
@@ -193,6 +198,19 @@ pub struct ServeArgs {
     /// Snapshots kept per partition.
     #[arg(long, env = "FLASHSALE_KEEP_SNAPSHOTS", default_value_t = 3)]
     pub keep_snapshots: usize,
+    /// Seconds of log time that expired and cancelled reservations (and idempotency
+    /// keys) are remembered after they end (a cancelled hold at least until its
+    /// expiresAt); then they are pruned from the engine's state, its snapshots and the
+    /// read model, and a GET answers 404 as for an unknown id. Orders are never
+    /// pruned. 1-2592000 (30 days).
+    #[arg(long, env = "FLASHSALE_RETENTION_SECS", default_value_t = DEFAULT_RETENTION_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_RETENTION_SECS))]
+    pub retention_secs: u64,
+    /// Free space (MiB) a snapshot must leave on the data directory's file system for
+    /// the command log; a snapshot that would leave less is skipped (with a warning and
+    /// the `flashsale_snapshots_skipped_total` metric) and tried again later.
+    #[arg(long, env = "FLASHSALE_SNAPSHOT_RESERVE_MB", default_value_t = 64)]
+    pub snapshot_reserve_mb: u64,
     /// On SIGTERM, how long open HTTP connections may take to finish before they are
     /// closed; then the final snapshots are written and the process exits 0.
     #[arg(long, env = "FLASHSALE_SHUTDOWN_DRAIN_SECS", default_value_t = 10)]
@@ -409,6 +427,12 @@ pub struct EngineArgs {
     /// Snapshots kept per partition.
     #[arg(long, env = "FLASHSALE_KEEP_SNAPSHOTS", default_value_t = 3)]
     pub keep_snapshots: usize,
+    /// Seconds of log time that expired and cancelled reservations (and idempotency
+    /// keys) are remembered after they end, then pruned from the state and snapshots.
+    /// Orders are never pruned. 1-2592000 (30 days).
+    #[arg(long, env = "FLASHSALE_RETENTION_SECS", default_value_t = DEFAULT_RETENTION_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_RETENTION_SECS))]
+    pub retention_secs: u64,
     /// Producer linger in ms: records are batched for at most this long. 5 measured
     /// best under load on a 2-core box (fewer, fuller requests); 1 lowers the latency
     /// of an idle system by a few ms.

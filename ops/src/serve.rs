@@ -101,8 +101,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             snapshot: SnapshotPolicy {
                 every_commands: args.snapshot_every_commands.max(1),
                 every_ms: args.snapshot_every_secs.max(1) * 1000,
+                retention_ms: Some(args.retention_secs.saturating_mul(1000)),
             },
             keep_snapshots: args.keep_snapshots.max(1),
+            snapshot_reserve_bytes: args.snapshot_reserve_mb.saturating_mul(1 << 20),
             queue_depth: args.queue_depth,
             ready_with_failed_partitions: args.ready_with_failed_partitions,
         },

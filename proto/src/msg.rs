@@ -384,6 +384,12 @@ pub enum Event {
         skus: Vec<SkuId>,
         ends_at: UnixMs,
     },
+    /// Expired or cancelled reservations the engine forgot, one retention (log time)
+    /// after they ended: a read of one answers as for an unknown id from now on.
+    /// Orders are never pruned.
+    ReservationsPruned {
+        reservations: Vec<ReservationId>,
+    },
 }
 
 /// Events of one applied command record; consumers drop duplicates by

@@ -47,6 +47,8 @@ pub fn serve_args(data_dir: PathBuf) -> ServeArgs {
         snapshot_every_commands: 50_000,
         snapshot_every_secs: 30,
         keep_snapshots: 3,
+        retention_secs: flashsale_ops::cli::DEFAULT_RETENTION_SECS,
+        snapshot_reserve_mb: 64,
         shutdown_drain_secs: 10,
     }
 }

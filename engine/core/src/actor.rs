@@ -7,11 +7,17 @@ use crate::State;
 use flashsale_proto::*;
 
 /// When to snapshot: after `every_commands` records or `every_ms` of log time,
-/// whichever comes first (only if something was applied since the last one).
+/// whichever comes first (only if something was applied since the last one); and what
+/// a snapshot keeps: ended reservations and idempotency keys for `retention_ms`.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotPolicy {
     pub every_commands: u64,
     pub every_ms: u64,
+    /// The state's retention (log time) of expired/cancelled reservations and
+    /// idempotency keys, set on the state the actor starts from. `None` keeps the
+    /// state's own (a snapshot's, or the default of a new state): what operators'
+    /// replays use, so they rebuild exactly what the engine had.
+    pub retention_ms: Option<u64>,
 }
 
 impl Default for SnapshotPolicy {
@@ -19,6 +25,7 @@ impl Default for SnapshotPolicy {
         SnapshotPolicy {
             every_commands: 50_000,
             every_ms: 30_000,
+            retention_ms: None,
         }
     }
 }
@@ -45,7 +52,10 @@ pub struct PartitionActor {
 }
 
 impl PartitionActor {
-    pub fn new(state: State, policy: SnapshotPolicy) -> Self {
+    pub fn new(mut state: State, policy: SnapshotPolicy) -> Self {
+        if let Some(ms) = policy.retention_ms {
+            state.set_retention_ms(ms);
+        }
         let last_snapshot_time = state.clock();
         PartitionActor {
             state,

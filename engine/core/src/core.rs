@@ -12,8 +12,14 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// Idempotency keys are remembered for this long of log time (DESIGN.md).
+/// Idempotency keys, and expired or cancelled reservations, are remembered for this
+/// long of log time by default (DESIGN.md): the retention of a new [`State`].
 pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+/// Shortest retention a partition accepts (a retry of a request whose hold was already
+/// cancelled and forgotten would hold again: the retention must outlast any retry).
+pub const MIN_RETENTION_MS: u64 = 1_000;
+/// Longest retention a partition accepts (30 days).
+pub const MAX_RETENTION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Longest idempotency key (API.md).
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
 pub const MAX_PRODUCTS_PER_SALE: usize = 100;
@@ -185,7 +191,7 @@ pub(crate) struct IdempotencyEntry {
     user: UserId,
     sku: SkuId,
     quantity: u32,
-    reservation: ReservationId,
+    pub(crate) reservation: ReservationId,
 }
 
 /// One partition's inventory, reservations and orders. Owned by exactly one actor.
@@ -210,6 +216,20 @@ pub struct State {
     #[serde(deserialize_with = "crate::presized::map")]
     pub(crate) idempotency: FxHashMap<String, IdempotencyEntry>,
     pub(crate) idempotency_fifo: VecDeque<(UnixMs, String)>,
+    /// Expired and cancelled reservations in the order they ended, with the log time
+    /// they ended at: they are forgotten (pruned) `retention_ms` later. Log time never
+    /// goes back, so the FIFO is sorted by that time.
+    pub(crate) ended: VecDeque<(UnixMs, ReservationId)>,
+    /// Ended holds past their retention whose expiry-queue entries are still queued (a
+    /// hold cancelled before its `expires_at`): pruned once log time reaches that
+    /// `expires_at`, so no queued entry ever names a pruned hold. By (expires_at, id).
+    pub(crate) deferred: BTreeSet<(UnixMs, ReservationId)>,
+    /// How long idempotency keys and ended (expired, cancelled) reservations are kept,
+    /// in log time. One setting for both: a key is taken no later than its hold ends,
+    /// so a remembered key always names a kept reservation.
+    pub(crate) retention_ms: u64,
+    /// Reservations pruned since the partition began (travels in snapshots).
+    pub(crate) pruned_total: u64,
 }
 
 impl State {
@@ -225,7 +245,42 @@ impl State {
             live: 0,
             idempotency: FxHashMap::default(),
             idempotency_fifo: VecDeque::new(),
+            ended: VecDeque::new(),
+            deferred: BTreeSet::new(),
+            retention_ms: IDEMPOTENCY_RETENTION_MS,
+            pruned_total: 0,
         }
+    }
+
+    /// A new partition state keeping idempotency keys and ended reservations for
+    /// `retention_ms` of log time (clamped to [`MIN_RETENTION_MS`, `MAX_RETENTION_MS`]).
+    pub fn with_retention(partition: u16, retention_ms: u64) -> Self {
+        let mut s = State::new(partition);
+        s.set_retention_ms(retention_ms);
+        s
+    }
+
+    /// Changes the retention (an operator's setting, applied after loading a snapshot
+    /// taken with another). Clamped to [`MIN_RETENTION_MS`, `MAX_RETENTION_MS`]. What
+    /// the new setting makes overdue is pruned by the next record applied.
+    pub fn set_retention_ms(&mut self, retention_ms: u64) {
+        self.retention_ms = retention_ms.clamp(MIN_RETENTION_MS, MAX_RETENTION_MS);
+    }
+    pub fn retention_ms(&self) -> u64 {
+        self.retention_ms
+    }
+    /// Expired and cancelled reservations still kept (pruned `retention_ms` after
+    /// they ended).
+    pub fn ended_reservations(&self) -> usize {
+        self.ended.len() + self.deferred.len()
+    }
+    /// Reservations pruned since the partition began.
+    pub fn pruned_total(&self) -> u64 {
+        self.pruned_total
+    }
+    /// Log time at which the oldest kept ended reservation ended, if any.
+    pub fn oldest_ended_at(&self) -> Option<UnixMs> {
+        self.ended.front().map(|(t, _)| *t)
     }
 
     pub fn partition(&self) -> u16 {
@@ -251,6 +306,10 @@ impl State {
     }
     pub fn reservations(&self) -> impl Iterator<Item = &Reservation> {
         self.reservations.values()
+    }
+    /// Reservations kept: live holds, orders, and ended ones within the retention.
+    pub fn reservation_count(&self) -> usize {
+        self.reservations.len()
     }
     pub fn live_reservations(&self) -> u64 {
         self.live
@@ -298,6 +357,7 @@ impl State {
         let now = self.clock;
         self.expire_due(now, events);
         self.forget_old_keys(now);
+        self.prune_ended(now, events);
         let reply = match &record.command {
             Command::Reserve {
                 user,
@@ -345,6 +405,7 @@ impl State {
             }
             self.live -= 1;
             r.status = ReservationStatus::Expired;
+            self.ended.push_back((now, id));
             let view = r.view();
             let (sku, user, q) = (r.sku.clone(), r.user.clone(), r.quantity);
             let p = self
@@ -360,12 +421,61 @@ impl State {
 
     fn forget_old_keys(&mut self, now: UnixMs) {
         while let Some((at, _)) = self.idempotency_fifo.front() {
-            if at.saturating_add(IDEMPOTENCY_RETENTION_MS) > now {
+            if at.saturating_add(self.retention_ms) > now {
                 break;
             }
             let (_, key) = self.idempotency_fifo.pop_front().expect("front exists");
             self.idempotency.remove(&key);
         }
+    }
+
+    /// Forgets the expired and cancelled reservations that ended `retention_ms` or
+    /// more ago (log time) and whose `expires_at` has passed, with one event naming
+    /// them. Runs after `expire_due` (so every queue entry of such a hold, all at or
+    /// before its `expires_at`, is gone) and after `forget_old_keys` with the same
+    /// `now` (a key is taken no later than its hold ends, so every key naming a pruned
+    /// hold is already forgotten): no index ever names a pruned hold.
+    fn prune_ended(&mut self, now: UnixMs, events: &mut Vec<Event>) {
+        let mut pruned = Vec::new();
+        while let Some((at, _)) = self.ended.front() {
+            if at.saturating_add(self.retention_ms) > now {
+                break;
+            }
+            let (_, id) = self.ended.pop_front().expect("front exists");
+            let expires_at = self.reservations[&id].expires_at;
+            if expires_at > now {
+                // Cancelled early: its expiry entries are still queued.
+                self.deferred.insert((expires_at, id));
+                continue;
+            }
+            self.forget(id);
+            pruned.push(id);
+        }
+        while let Some(&(expires_at, id)) = self.deferred.first() {
+            if expires_at > now {
+                break;
+            }
+            self.deferred.pop_first();
+            self.forget(id);
+            pruned.push(id);
+        }
+        if !pruned.is_empty() {
+            self.pruned_total += pruned.len() as u64;
+            events.push(Event::ReservationsPruned {
+                reservations: pruned,
+            });
+        }
+    }
+
+    fn forget(&mut self, id: ReservationId) {
+        let r = self
+            .reservations
+            .remove(&id)
+            .expect("the ended index names a kept reservation");
+        debug_assert!(matches!(
+            r.status,
+            ReservationStatus::Expired | ReservationStatus::Cancelled
+        ));
     }
 
     fn reserve(
@@ -560,7 +670,7 @@ impl State {
         }
     }
 
-    fn cancel(&mut self, _now: UnixMs, id: ReservationId, events: &mut Vec<Event>) -> Reply {
+    fn cancel(&mut self, now: UnixMs, id: ReservationId, events: &mut Vec<Event>) -> Reply {
         let Some(r) = self.reservations.get_mut(&id) else {
             return Reply::Rejected(Rejection::ReservationNotFound { reservation: id });
         };
@@ -571,6 +681,7 @@ impl State {
                     .get_mut(&r.sku)
                     .expect("a hold's product exists");
                 r.status = ReservationStatus::Cancelled;
+                self.ended.push_back((now, id));
                 p.held -= u64::from(r.quantity);
                 release_user(p, &r.user, r.quantity);
                 self.live -= 1;
@@ -808,6 +919,7 @@ impl State {
             Command::AdjustInventory { sku, .. } => (Some(sku.clone()), None),
             _ => (None, None),
         };
+        invariants::check_retention(self).unwrap_or_else(|v| panic!("invariant broken: {v}"));
         if let Some(p) = sku.as_ref().and_then(|s| self.products.get(s)) {
             invariants::check_product(p).unwrap_or_else(|v| panic!("invariant broken: {v}"));
             if let Some(u) = &user {

@@ -7,7 +7,12 @@
 //! 2. per (user, SKU): held + bought ≤ perUserLimit;
 //! 3. RESERVED → CONFIRMED | EXPIRED | CANCELLED, terminal states never change
 //!    (structural in `core`; here: the expiry index holds exactly the live holds);
-//! 4. every confirmed reservation has exactly one order, and only those.
+//! 4. every confirmed reservation has exactly one order, and only those;
+//! 5. bounded state: an expired or cancelled reservation is forgotten at the first
+//!    record once the partition's retention has passed since it ended and its
+//!    `expires_at` has passed (log time); confirmed ones (orders) are never forgotten;
+//!    no idempotency key or expiry entry names a forgotten reservation
+//!    ([`check_retention`]; here also: the ended index holds exactly the ended holds).
 
 use crate::core::{Product, State};
 use flashsale_proto::*;
@@ -67,6 +72,27 @@ pub enum Violation {
         recorded: u64,
         counted: u64,
     },
+    /// An ended (expired, cancelled) reservation missing from the ended index, or an
+    /// index entry naming no ended reservation, out of order, or after the clock.
+    EndedIndexMismatch {
+        reservation: ReservationId,
+    },
+    /// An ended reservation kept past its retention and its `expires_at` (it should
+    /// have been pruned).
+    KeptPastRetention {
+        reservation: ReservationId,
+        ended_at: UnixMs,
+        clock: UnixMs,
+        retention_ms: u64,
+    },
+    /// An idempotency key names a reservation that is not kept.
+    DanglingIdempotencyKey {
+        key: String,
+        reservation: ReservationId,
+    },
+    RetentionOutOfRange {
+        retention_ms: u64,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -109,6 +135,20 @@ impl fmt::Display for Violation {
             Violation::WrongPartition { reservation } => {
                 write!(f, "reservation {reservation} belongs to another partition")
             }
+            Violation::EndedIndexMismatch { reservation } => {
+                write!(f, "ended-reservation index out of step for {reservation}")
+            }
+            Violation::KeptPastRetention { reservation, ended_at, clock, retention_ms } => write!(
+                f,
+                "kept past retention: {reservation} ended at {ended_at}, clock {clock}, retention {retention_ms} ms"
+            ),
+            Violation::DanglingIdempotencyKey { key, reservation } => write!(
+                f,
+                "idempotency key {key:?} names {reservation}, which is not kept"
+            ),
+            Violation::RetentionOutOfRange { retention_ms } => {
+                write!(f, "retention {retention_ms} ms is out of range")
+            }
         }
     }
 }
@@ -142,6 +182,105 @@ pub fn check_user_limit(p: &Product, user: &UserId) -> Result<(), Violation> {
         });
     }
     Ok(())
+}
+
+/// Invariant 5's time bound: nothing due to be pruned is kept. The oldest ended
+/// reservation not yet deferred ended less than the retention ago, and the first
+/// deferred one (past its retention, cancelled before its hold ran out) has not reached
+/// its `expires_at` (log time). The core checks it after every apply (debug builds).
+pub fn check_retention(s: &State) -> Result<(), Violation> {
+    if !(crate::core::MIN_RETENTION_MS..=crate::core::MAX_RETENTION_MS).contains(&s.retention_ms) {
+        return Err(Violation::RetentionOutOfRange {
+            retention_ms: s.retention_ms,
+        });
+    }
+    match s.ended.front() {
+        Some(&(ended_at, reservation)) if ended_at.saturating_add(s.retention_ms) <= s.clock => {
+            return Err(Violation::KeptPastRetention {
+                reservation,
+                ended_at,
+                clock: s.clock,
+                retention_ms: s.retention_ms,
+            })
+        }
+        _ => {}
+    }
+    match s.deferred.first() {
+        Some(&(expires_at, reservation)) if expires_at <= s.clock => {
+            Err(Violation::KeptPastRetention {
+                reservation,
+                ended_at: expires_at,
+                clock: s.clock,
+                retention_ms: s.retention_ms,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Invariant 5's structure: the ended index holds exactly the ended reservations, once
+/// each, in log-time order, none after the clock; every idempotency key names a kept
+/// reservation. O(ended + keys).
+fn check_ended_index(s: &State, out: &mut Vec<Violation>) {
+    let mut last = 0;
+    let mut indexed = rustc_hash::FxHashSet::default();
+    for &(at, id) in &s.ended {
+        let ended = s.reservation(&id).is_some_and(|r| {
+            matches!(
+                r.status(),
+                ReservationStatus::Expired | ReservationStatus::Cancelled
+            )
+        });
+        if !ended || at < last || at > s.clock || !indexed.insert(id) {
+            out.push(Violation::EndedIndexMismatch { reservation: id });
+        }
+        last = at;
+    }
+    for &(expires_at, id) in &s.deferred {
+        let ok = s.reservation(&id).is_some_and(|r| {
+            matches!(
+                r.status(),
+                ReservationStatus::Expired | ReservationStatus::Cancelled
+            ) && r.expires_at == expires_at
+        });
+        if !ok || !indexed.insert(id) {
+            out.push(Violation::EndedIndexMismatch { reservation: id });
+        }
+    }
+    let mut missing: Vec<ReservationId> = s
+        .reservations()
+        .filter(|r| {
+            matches!(
+                r.status(),
+                ReservationStatus::Expired | ReservationStatus::Cancelled
+            ) && !indexed.contains(&r.id())
+        })
+        .map(|r| r.id())
+        .collect();
+    missing.sort_unstable();
+    out.extend(
+        missing
+            .into_iter()
+            .map(|reservation| Violation::EndedIndexMismatch { reservation }),
+    );
+    let mut dangling: Vec<(&String, ReservationId)> = s
+        .idempotency
+        .iter()
+        .filter(|(_, e)| s.reservation(&e.reservation).is_none())
+        .map(|(k, e)| (k, e.reservation))
+        .collect();
+    dangling.sort();
+    out.extend(
+        dangling
+            .into_iter()
+            .map(|(key, reservation)| Violation::DanglingIdempotencyKey {
+                key: key.clone(),
+                reservation,
+            }),
+    );
+    if let Err(v) = check_retention(s) {
+        out.push(v);
+    }
 }
 
 /// Every invariant over a whole partition, recounting counters from the reservations.
@@ -245,6 +384,7 @@ pub fn check_state(s: &State) -> Vec<Violation> {
     for entry in q {
         orphan_entry(&entry.0, &mut out);
     }
+    check_ended_index(s, &mut out);
     if live != s.live {
         out.push(Violation::LiveCountMismatch {
             recorded: s.live,

@@ -80,6 +80,8 @@ pub struct Metrics {
     partition_lag: Family<PartitionLabel, Gauge>,
     snapshot_seconds: Histogram,
     snapshot_rejected: Counter,
+    snapshot_skipped: Counter,
+    reservations_pruned: Counter,
     snapshot_age: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
     /// Per partition: unix ms of its newest snapshot; ages are computed at render.
     snapshot_times: Mutex<BTreeMap<u32, u64>>,
@@ -187,6 +189,18 @@ impl Metrics {
             "Snapshots refused at recovery (corrupt or failing invariants)",
             snapshot_rejected.clone(),
         );
+        let snapshot_skipped = Counter::default();
+        registry.register(
+            "flashsale_snapshots_skipped",
+            "Snapshots not written because the write would leave less free space than the command log's reserve (--snapshot-reserve-mb)",
+            snapshot_skipped.clone(),
+        );
+        let reservations_pruned = Counter::default();
+        registry.register(
+            "flashsale_reservations_pruned",
+            "Expired and cancelled reservations forgotten after the retention (--retention-secs), as seen by this process's read model",
+            reservations_pruned.clone(),
+        );
         let snapshot_age = Family::<PartitionLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "flashsale_snapshot_age_seconds",
@@ -218,6 +232,8 @@ impl Metrics {
             partition_lag,
             snapshot_seconds,
             snapshot_rejected,
+            snapshot_skipped,
+            reservations_pruned,
             snapshot_age,
             snapshot_times: Mutex::new(BTreeMap::new()),
             projector_records,
@@ -328,6 +344,14 @@ impl Metrics {
     }
     pub fn snapshot_rejected(&self) {
         self.snapshot_rejected.inc();
+    }
+    /// A snapshot skipped to keep free space for the log.
+    pub fn snapshot_skipped(&self) {
+        self.snapshot_skipped.inc();
+    }
+    /// `n` ended reservations pruned (bounded state).
+    pub fn reservations_pruned(&self, n: u64) {
+        self.reservations_pruned.inc_by(n);
     }
     /// The newest snapshot of `partition` is from `at_ms` (unix ms): written now, or
     /// found at recovery.

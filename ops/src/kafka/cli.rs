@@ -51,10 +51,11 @@ fn file_store(data_dir: &Path) -> anyhow::Result<super::logid::StoreSpec> {
     Ok(super::logid::StoreSpec::Files(dir))
 }
 
-fn snapshot_policy(every_commands: u64, every_secs: u64) -> SnapshotPolicy {
+fn snapshot_policy(every_commands: u64, every_secs: u64, retention_secs: u64) -> SnapshotPolicy {
     SnapshotPolicy {
         every_commands: every_commands.max(1),
         every_ms: every_secs.max(1) * 1000,
+        retention_ms: Some(retention_secs.saturating_mul(1000)),
     }
 }
 
@@ -88,7 +89,11 @@ pub async fn engine_command(
         brokers: args.kafka.kafka.clone(),
         topics: Topics::with_prefix(&args.kafka.topic_prefix),
         group_id: args.engine.engine_group.clone(),
-        snapshot: snapshot_policy(args.snapshot_every_commands, args.snapshot_every_secs),
+        snapshot: snapshot_policy(
+            args.snapshot_every_commands,
+            args.snapshot_every_secs,
+            args.retention_secs,
+        ),
         keep_snapshots: args.keep_snapshots.max(1),
         max_batch: args.engine.max_batch,
         linger_ms: args.linger_ms,
@@ -192,7 +197,11 @@ pub async fn serve_parts(
         brokers: brokers.clone(),
         topics: topics.clone(),
         group_id: kafka.engine.engine_group.clone(),
-        snapshot: snapshot_policy(args.snapshot_every_commands, args.snapshot_every_secs),
+        snapshot: snapshot_policy(
+            args.snapshot_every_commands,
+            args.snapshot_every_secs,
+            args.retention_secs,
+        ),
         keep_snapshots: args.keep_snapshots.max(1),
         max_batch: kafka.engine.max_batch,
         linger_ms: kafka.linger_ms,

@@ -860,6 +860,7 @@ fn snapshot_list(
     let now = flashsale_runtime::now_ms();
     let mut rows = Vec::new();
     let mut failed = 0;
+    let parts_checked = parts.clone();
     for p in parts {
         for info in src.store.list(p)? {
             let mut row = json!({"id": info.id, "partition": info.partition, "offset": info.offset,
@@ -874,9 +875,12 @@ fn snapshot_list(
                 match result {
                     Ok(s) => {
                         row["verify"] = json!(format!(
-                            "ok: {}, {}",
+                            "ok: {}, {} ({} ended, kept {} s), {} pruned so far",
                             plural(s.products().count() as u64, "product"),
-                            plural(s.reservations().count() as u64, "reservation")
+                            plural(s.reservation_count() as u64, "reservation"),
+                            s.ended_reservations(),
+                            s.retention_ms() / 1000,
+                            s.pruned_total()
                         ))
                     }
                     Err(e) => {
@@ -888,8 +892,28 @@ fn snapshot_list(
             rows.push(row);
         }
     }
+    // The log beside the snapshots: damage, and whether a snapshot covers it.
+    let mut logs = Vec::new();
+    if verify {
+        for p in &parts_checked {
+            if let Some((down, why)) = src.log.diagnose(*p)? {
+                if down {
+                    failed += 1;
+                }
+                logs.push(json!({"partition": p, "partitionDown": down, "log": why}));
+            }
+        }
+    }
     if as_json {
+        // stdout stays the array of snapshots; what the logs say goes to stderr.
         print_json(&Value::Array(rows));
+        for l in &logs {
+            eprintln!(
+                "log of partition {}: {}",
+                l["partition"],
+                l["log"].as_str().unwrap_or("")
+            );
+        }
     } else {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED);
@@ -924,6 +948,13 @@ fn snapshot_list(
         println!("{t}");
         if rows.is_empty() {
             println!("no snapshots in {}", src.describe);
+        }
+        for l in &logs {
+            println!(
+                "log of partition {}: {}",
+                l["partition"],
+                l["log"].as_str().unwrap_or("")
+            );
         }
     }
     Ok(if failed == 0 {

@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use flashsale_engine::log::{LogRecord, PartitionLog};
-use flashsale_engine::store::{FileSnapshotStore, SnapshotStore};
+use flashsale_engine::log::{LogError, LogRecord, PartitionLog};
+use flashsale_engine::store::{load_newest_valid, FileSnapshotStore, SnapshotStore};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,11 @@ pub trait CommandLog: Send {
         from: u64,
         f: &mut dyn FnMut(LogRecord) -> bool,
     ) -> anyhow::Result<()>;
+    /// Damage found in the partition's log and what it means for recovery, if any:
+    /// (the partition stays down, explanation). `None`: nothing to report.
+    fn diagnose(&self, _partition: u32) -> anyhow::Result<Option<(bool, String)>> {
+        Ok(None)
+    }
 }
 
 pub struct Sources {
@@ -177,6 +182,15 @@ impl SourceArgs {
 pub struct EmbeddedLog {
     dir: PathBuf,
     partitions: u32,
+    /// Partitions whose damage was already explained on stderr.
+    noted: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+}
+
+/// What a partition's damaged log means: readable past the damage (a valid snapshot
+/// covers it, as the server's recovery decides) or not.
+enum Damaged {
+    Recoverable(PartitionLog, String),
+    Down(String),
 }
 
 impl EmbeddedLog {
@@ -191,7 +205,11 @@ impl EmbeddedLog {
             .get("partitions")
             .and_then(|v| v.as_u64())
             .context("flashsale.json has no partition count")? as u32;
-        Ok(EmbeddedLog { dir, partitions })
+        Ok(EmbeddedLog {
+            dir,
+            partitions,
+            noted: Default::default(),
+        })
     }
     fn open_partition(&self, partition: u32) -> anyhow::Result<PartitionLog> {
         if partition >= self.partitions {
@@ -200,10 +218,77 @@ impl EmbeddedLog {
                 self.partitions - 1
             );
         }
-        Ok(PartitionLog::open_read_only(
-            &self.dir.join("log"),
-            partition,
-        )?)
+        match self.open_damaged(partition)? {
+            None => Ok(PartitionLog::open_read_only(
+                &self.dir.join("log"),
+                partition,
+            )?),
+            Some(Damaged::Recoverable(log, why)) => {
+                let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
+                if noted.insert(partition) {
+                    eprintln!("{why}");
+                }
+                Ok(log)
+            }
+            Some(Damaged::Down(why)) => bail!(why),
+        }
+    }
+
+    /// `None` for a log without damage (a torn tail is not damage); otherwise what the
+    /// server's recovery would do with it.
+    fn open_damaged(&self, partition: u32) -> anyhow::Result<Option<Damaged>> {
+        let dir = self.dir.join("log");
+        let (offset, position, resume, first) = match PartitionLog::open_read_only(&dir, partition)
+        {
+            Err(
+                e @ LogError::Corrupt {
+                    offset,
+                    position,
+                    resume_offset,
+                    ..
+                },
+            ) => (offset, position, resume_offset, e),
+            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => return Ok(None),
+        };
+        let lost = match resume {
+            Some(r) => format!("offsets {offset}..{} cannot be read", r.saturating_sub(1)),
+            None => format!("offsets from {offset} cannot be read"),
+        };
+        let store = FileSnapshotStore::new(self.dir.join("snapshots"));
+        let (found, _) = load_newest_valid(&store, partition)?;
+        let Some((info, _)) = found else {
+            return Ok(Some(Damaged::Down(format!(
+                "{first}. {lost} and no valid snapshot covers them: the server keeps partition {partition} down"
+            ))));
+        };
+        match PartitionLog::open_read_only_past_damage(&dir, partition, info.offset) {
+            Ok(log) => {
+                let why = format!(
+                    "partition {partition}'s log {} is damaged at byte {position} ({lost}), but valid snapshot {} covers offsets below {}: the server recovers it from that snapshot and the {} valid records after it, leaving the file as it is and copying the damaged bytes aside (README, \"Storage faults\")",
+                    log.path().display(),
+                    info.id,
+                    info.offset,
+                    log.next_offset().saturating_sub(info.offset)
+                );
+                Ok(Some(Damaged::Recoverable(log, why)))
+            }
+            Err(LogError::Corrupt {
+                offset: o,
+                position: p,
+                resume_offset: r,
+                ..
+            }) => Ok(Some(Damaged::Down(format!(
+                "partition {partition}'s log is corrupt at byte {p} (record offset {o}; records up to offset {} cannot be read) and the newest valid snapshot {} covers only offsets below {}: the server keeps partition {partition} down (README, \"Storage faults\")",
+                r.map_or("the end".to_string(), |r| r.saturating_sub(1).to_string()),
+                info.id,
+                info.offset
+            )))),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -228,6 +313,13 @@ impl CommandLog for EmbeddedLog {
             }
         }
         Ok(())
+    }
+    fn diagnose(&self, partition: u32) -> anyhow::Result<Option<(bool, String)>> {
+        Ok(match self.open_damaged(partition)? {
+            None => None,
+            Some(Damaged::Recoverable(_, why)) => Some((false, why)),
+            Some(Damaged::Down(why)) => Some((true, why)),
+        })
     }
 }
 

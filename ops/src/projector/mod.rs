@@ -200,7 +200,11 @@ impl Projector {
                     }
                     // Switches of the live sale, not records: the tables keep reservations,
                     // orders and inventory (a top-up arrives as an `Inventory` event).
-                    Event::ProductPaused { .. } | Event::SaleEnded { .. } => {}
+                    // The engine forgetting ended holds (bounded state) is not a
+                    // change of record: the projected table keeps the history.
+                    Event::ProductPaused { .. }
+                    | Event::SaleEnded { .. }
+                    | Event::ReservationsPruned { .. } => {}
                 }
             }
         }
