@@ -8,7 +8,9 @@
 //! crowd without reaching the log ([`readmodel`]); sales set-up across
 //! partitions ([`sales`]); order reads ([`orders`], from Postgres in Kafka mode:
 //! [`pg_orders`]); and the Kafka side of a gateway ([`kafka`]: the command producer and
-//! the follower of its `replies` partition and of `events`).
+//! the follower of its `replies` partition and of `events`); and the HTTP server both
+//! modes run ([`server`]: header, body and idle timeouts, a connection limit answered
+//! by an immediate 503, a bounded drain on shutdown).
 //!
 //! What it owns: input validation, per-user rate limits, bounded waits, and turning
 //! replies into HTTP answers.
@@ -34,6 +36,7 @@ pub mod orders;
 pub mod pg_orders;
 pub mod readmodel;
 pub mod sales;
+pub mod server;
 pub mod time;
 
 pub use flashsale_runtime::metrics;

@@ -47,7 +47,7 @@ pub fn serve_args(data_dir: PathBuf) -> ServeArgs {
         snapshot_every_commands: 50_000,
         snapshot_every_secs: 30,
         keep_snapshots: 3,
-        shutdown_drain_secs: 10,
+        http: Default::default(),
     }
 }
 

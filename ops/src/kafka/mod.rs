@@ -51,6 +51,8 @@ pub struct GatewayParams {
     pub rate_limit_per_user: u32,
     pub rate_limit_burst: u32,
     pub demo: bool,
+    /// Timeouts, connection limit and drain of the HTTP server.
+    pub http: crate::cli::HttpArgs,
 }
 
 impl From<&crate::cli::ServeArgs> for GatewayParams {
@@ -65,6 +67,7 @@ impl From<&crate::cli::ServeArgs> for GatewayParams {
             rate_limit_per_user: a.rate_limit_per_user,
             rate_limit_burst: a.rate_limit_burst,
             demo: a.demo,
+            http: a.http.clone(),
         }
     }
 }
@@ -238,13 +241,14 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         let app = app.clone();
         tokio::spawn(async move { crate::serve::create_demo_sale(&app).await });
     }
+    let limits = gw.http.limits();
     let done = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .context("HTTP server failed");
+        // Bounded by the drain time, then the engine lets its partitions go (acks,
+        // commit, final snapshots) whatever the clients do.
+        flashsale_gateway::server::serve(listener, router, limits, async move {
+            let _ = stopped.await;
+        })
+        .await;
         for t in background {
             t.abort();
         }
@@ -256,7 +260,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             }
         })
         .await;
-        served
+        Ok(())
     });
     Ok(Running {
         addr,
