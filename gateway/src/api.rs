@@ -193,15 +193,30 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The body, or 413/400 in API.md's order.
+/// The body, or 413/400 in API.md's order; 408 when it stopped arriving (the
+/// server's body-read timeout, [`crate::server::HttpLimits::body_read_timeout`]).
 pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
+        } else if body_timed_out(&e) {
+            ApiError::request_timeout()
         } else {
             ApiError::bad_request("body", e.body_text())
         }
     })
+}
+
+/// Did reading the body fail because tower-http's body timeout fired?
+fn body_timed_out(e: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 pub(crate) fn path_param(
@@ -424,11 +439,12 @@ async fn get_order(
 ) -> Result<Json<Value>, ApiError> {
     let raw = path_param(id, "orderId")?;
     let id: OrderId = raw.parse().map_err(|_| ApiError::order_not_found(&raw))?;
-    let o = app
-        .orders
-        .order(&id)
-        .await?
-        .ok_or_else(|| ApiError::order_not_found(&raw))?;
+    let Some(o) = app.orders.order(&id).await? else {
+        if app.orders.from_read_model() && u32::from(id.partition) < app.dispatcher.partitions() {
+            app.dispatcher.check_readable(u32::from(id.partition))?;
+        }
+        return Err(ApiError::order_not_found(&raw));
+    };
     Ok(Json(order_json(&o)))
 }
 
@@ -438,6 +454,16 @@ async fn orders_of_user(
 ) -> Result<Json<Value>, ApiError> {
     let raw = path_param(id, "userId")?;
     let user = UserId::parse(&raw).map_err(|e| ApiError::bad_request("userId", e.to_string()))?;
+    if app.orders.from_read_model() {
+        // As for the product list: a partial list would hide orders that exist.
+        let missing = app.dispatcher.unreadable_partitions();
+        if !missing.is_empty() {
+            return Err(ApiError::unavailable_with(
+                format!("Orders of partitions {missing:?} are not loaded (recovering or down); retry shortly"),
+                json!({"partitions": missing}),
+            ));
+        }
+    }
     let orders: Vec<Value> = app
         .orders
         .orders_of(&user)

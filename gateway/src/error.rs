@@ -163,7 +163,19 @@ impl ApiError {
                 "Method Not Allowed",
                 "This route does not accept that method",
             ),
+            408 => (
+                "Request Timeout",
+                "The request body stopped arriving; send the request again",
+            ),
             413 => ("Payload Too Large", "Request body is over 64 KiB"),
+            414 => (
+                "URI Too Long",
+                "The request target is over 8 KiB; shorten it",
+            ),
+            431 => (
+                "Request Header Fields Too Large",
+                "The request head is over 16 KiB; send fewer or shorter headers",
+            ),
             415 => ("Bad Request", "Unsupported content type"),
             422 => ("Bad Request", "The request body could not be processed"),
             429 => ("Too Many Requests", "Too many requests"),
@@ -285,7 +297,10 @@ pub async fn render_errors(mut req: Request, next: Next) -> Response {
             HeaderValue::from_str(&ulid::Ulid::new().to_string()).expect("ulid is ascii")
         });
     req.extensions_mut().insert(RequestIdValue(rid.clone()));
-    let mut res = next.run(req).await;
+    let mut res = match head_too_large(&req) {
+        Some(e) => e.into_response(),
+        None => next.run(req).await,
+    };
     let status = res.status();
     if status.is_client_error() || status.is_server_error() {
         let payload = res.extensions_mut().remove::<ErrorPayload>();
@@ -299,17 +314,55 @@ pub async fn render_errors(mut req: Request, next: Next) -> Response {
     res
 }
 
-fn error_response(err: &ApiError, path: &str) -> Response {
-    let mut body = Map::new();
-    body.insert("timestamp".into(), json!(crate::time::rfc3339_now()));
-    body.insert("status".into(), json!(err.status.as_u16()));
-    body.insert("error".into(), json!(err.payload.title));
-    body.insert("message".into(), json!(err.payload.message));
-    body.insert("path".into(), json!(path));
-    if let Some(d) = &err.payload.details {
-        body.insert("details".into(), d.clone());
+/// Largest request target (path and query) answered with the API's 414 body; hyper's
+/// own, bodiless limit is higher (see [`crate::server`]).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Largest request head (request line and headers, as sent) answered with the API's
+/// 431 body; hyper's own, bodiless limit is higher (see [`crate::server`]).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// 414 / 431 with the API's body for a request head past our own limits, which sit
+/// below hyper's: hyper refuses a head past *its* limits before any of our code runs,
+/// with a bare status line (README, "What the HTTP library answers by itself").
+fn head_too_large(req: &Request) -> Option<ApiError> {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Some(ApiError::from_status(StatusCode::URI_TOO_LONG));
     }
-    let mut res = (err.status, axum::Json(Value::Object(body))).into_response();
+    // "METHOD SP target SP HTTP/1.1 CRLF", then "name: value CRLF" per header.
+    let line = req.method().as_str().len() + target + 12;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    (line + headers > MAX_HEAD_BYTES)
+        .then(|| ApiError::from_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
+}
+
+impl ApiError {
+    /// 408: the request body stopped arriving (the server's body-read timeout).
+    pub fn request_timeout() -> Self {
+        Self::from_status(StatusCode::REQUEST_TIMEOUT)
+    }
+
+    /// The API's JSON error body of this error for a request to `path`.
+    pub fn body(&self, path: &str) -> Value {
+        let mut body = Map::new();
+        body.insert("timestamp".into(), json!(crate::time::rfc3339_now()));
+        body.insert("status".into(), json!(self.status.as_u16()));
+        body.insert("error".into(), json!(self.payload.title));
+        body.insert("message".into(), json!(self.payload.message));
+        body.insert("path".into(), json!(path));
+        if let Some(d) = &self.payload.details {
+            body.insert("details".into(), d.clone());
+        }
+        Value::Object(body)
+    }
+}
+
+fn error_response(err: &ApiError, path: &str) -> Response {
+    let mut res = (err.status, axum::Json(err.body(path))).into_response();
     if let Some(s) = err.payload.retry_after_s {
         res.headers_mut()
             .insert("retry-after", HeaderValue::from(s));

@@ -8,9 +8,11 @@
 //! crowd without reaching the log ([`readmodel`]); sales set-up across
 //! partitions ([`sales`]); order reads ([`orders`], from Postgres in Kafka mode:
 //! [`pg_orders`]); the operators' live console ([`console`], the page at `/console`)
-//! and its Server-Sent Events feed ([`stream`]); and the Kafka side of a gateway
+//! and its Server-Sent Events feed ([`stream`]); the Kafka side of a gateway
 //! ([`kafka`]: the command producer and the follower of its `replies` partition and
-//! of `events`).
+//! of `events`); and the HTTP server both modes run ([`server`]: header, body and idle
+//! timeouts, a connection limit answered by an immediate 503, a bounded drain on
+//! shutdown).
 //!
 //! What it owns: input validation, per-user rate limits, bounded waits, and turning
 //! replies into HTTP answers.
@@ -37,6 +39,7 @@ pub mod orders;
 pub mod pg_orders;
 pub mod readmodel;
 pub mod sales;
+pub mod server;
 pub mod stream;
 pub mod time;
 

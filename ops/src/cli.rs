@@ -211,10 +211,63 @@ pub struct ServeArgs {
     /// the `flashsale_snapshots_skipped_total` metric) and tried again later.
     #[arg(long, env = "FLASHSALE_SNAPSHOT_RESERVE_MB", default_value_t = 64)]
     pub snapshot_reserve_mb: u64,
-    /// On SIGTERM, how long open HTTP connections may take to finish before they are
-    /// closed; then the final snapshots are written and the process exits 0.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// The HTTP server's timeouts and limits: the same flags on `serve` (both modes) and
+/// `gateway`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP timeouts and limits")]
+pub struct HttpArgs {
+    /// Seconds a client has to send a complete request head (request line and
+    /// headers), counted from when its connection opens and again from the end of each
+    /// response. A silent, half-sent or idle keep-alive connection is closed when it
+    /// runs out, so it cannot hold a connection slot: this is also the idle keep-alive
+    /// timeout (hyper times both with one clock).
+    #[arg(long, env = "FLASHSALE_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a request body may stall (no bytes arriving) before the request is
+    /// answered 408 Request Timeout and its connection closed.
+    #[arg(long, env = "FLASHSALE_HTTP_BODY_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_body_timeout_secs: u64,
+    /// Most HTTP connections open at once. A connection past it is answered at once
+    /// with 503 + Retry-After (the API's error body) and closed, never left waiting.
+    /// Keep it below the process's open-file limit (`ulimit -n`), with room for the
+    /// log, snapshot and Kafka files.
+    #[arg(long, env = "FLASHSALE_HTTP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections: u64,
+    /// On SIGTERM, how long requests in flight may take to finish before their
+    /// connections are closed; then the final snapshots are written and the process
+    /// exits 0.
     #[arg(long, env = "FLASHSALE_SHUTDOWN_DRAIN_SECS", default_value_t = 10)]
     pub shutdown_drain_secs: u64,
+}
+
+impl Default for HttpArgs {
+    /// The flags' defaults (for tests and embedders that build args by hand).
+    fn default() -> Self {
+        HttpArgs {
+            http_header_timeout_secs: 30,
+            http_body_timeout_secs: 10,
+            http_max_connections: 10_000,
+            shutdown_drain_secs: 10,
+        }
+    }
+}
+
+impl HttpArgs {
+    pub fn limits(&self) -> flashsale_gateway::server::HttpLimits {
+        use std::time::Duration;
+        flashsale_gateway::server::HttpLimits {
+            header_read_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
+            body_read_timeout: Duration::from_secs(self.http_body_timeout_secs.max(1)),
+            max_connections: usize::try_from(self.http_max_connections)
+                .unwrap_or(usize::MAX)
+                .max(1),
+            drain: Duration::from_secs(self.shutdown_drain_secs),
+        }
+    }
 }
 
 /// Where Postgres is, for every command of Kafka mode that needs it.
@@ -490,6 +543,8 @@ pub struct GatewayArgs {
     /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
     #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u32,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// The environment variable `linger_ms` was read from before it followed the

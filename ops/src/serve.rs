@@ -15,7 +15,7 @@ use flashsale_gateway::readmodel::ReadModel;
 use flashsale_gateway::{json, sales};
 use flashsale_proto::{Cents, ProductSpec, SaleId, SaleMeta, SkuId};
 use flashsale_runtime::metrics::Metrics;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,30 +160,17 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         let app = app.clone();
         tokio::spawn(async move { create_demo_sale(&app).await });
     }
-    let drain = Duration::from_secs(args.shutdown_drain_secs);
+    let limits = args.http.limits();
     let streams_app = app.clone();
     let done = tokio::spawn(async move {
-        let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-                // Open console streams end now, or they would hold the stop back.
-                streams_app.streams.close();
-                let _ = draining.send(());
-            })
-            .into_future();
-        // Graceful shutdown waits for every open connection; a silent or slow client
-        // must not hold the final snapshots back: after `drain`, stop waiting (the
-        // connections close when the process exits).
-        tokio::select! {
-            r = server => r.context("HTTP server failed")?,
-            _ = async {
-                if drain_started.await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-                tokio::time::sleep(drain).await;
-            } => tracing::warn!(drain_secs = drain.as_secs(), "connections still open after the drain time; closing them and writing the final snapshots"),
-        }
+        // Bounded by the drain time: a silent or slow client cannot hold the final
+        // snapshots back.
+        flashsale_gateway::server::serve(listener, router, limits, async move {
+            let _ = stopped.await;
+            // Open console streams end now, or they would hold the stop back.
+            streams_app.streams.close();
+        })
+        .await;
         housekeeping.abort();
         node.shutdown().await;
         Ok(())

@@ -206,6 +206,15 @@ impl Proc {
         false
     }
 
+    /// Sends SIGTERM and returns at once (see [`Proc::terminate_after_exit`]).
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// Waits (bounded by `secs`) for the process to exit by itself; true if it exited
     /// with status 0. Killed when the time is up.
     pub fn terminate_after_exit(&mut self, secs: u64) -> bool {

@@ -49,7 +49,7 @@ pub fn serve_args(data_dir: PathBuf) -> ServeArgs {
         keep_snapshots: 3,
         retention_secs: flashsale_ops::cli::DEFAULT_RETENTION_SECS,
         snapshot_reserve_mb: 64,
-        shutdown_drain_secs: 10,
+        http: Default::default(),
     }
 }
 

@@ -133,6 +133,7 @@ pub async fn gateway_command(
         rate_limit_per_user: args.rate_limit_per_user,
         rate_limit_burst: args.rate_limit_burst,
         demo: false,
+        http: args.http.clone(),
     };
     let k = KafkaParams {
         brokers: args.kafka.kafka.clone(),

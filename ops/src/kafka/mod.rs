@@ -51,6 +51,8 @@ pub struct GatewayParams {
     pub rate_limit_per_user: u32,
     pub rate_limit_burst: u32,
     pub demo: bool,
+    /// Timeouts, connection limit and drain of the HTTP server.
+    pub http: crate::cli::HttpArgs,
 }
 
 impl From<&crate::cli::ServeArgs> for GatewayParams {
@@ -65,6 +67,7 @@ impl From<&crate::cli::ServeArgs> for GatewayParams {
             rate_limit_per_user: a.rate_limit_per_user,
             rate_limit_burst: a.rate_limit_burst,
             demo: a.demo,
+            http: a.http.clone(),
         }
     }
 }
@@ -242,16 +245,17 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         app.clone(),
         command_ends(k.brokers.clone(), k.topics.commands.clone(), partitions),
     ));
+    let limits = gw.http.limits();
     let streams_app = app.clone();
     let done = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-                // Open console streams end now, or they would hold the stop back.
-                streams_app.streams.close();
-            })
-            .await
-            .context("HTTP server failed");
+        // Bounded by the drain time, then the engine lets its partitions go (acks,
+        // commit, final snapshots) whatever the clients do.
+        flashsale_gateway::server::serve(listener, router, limits, async move {
+            let _ = stopped.await;
+            // Open console streams end now, or they would hold the stop back.
+            streams_app.streams.close();
+        })
+        .await;
         for t in background {
             t.abort();
         }
@@ -263,7 +267,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             }
         })
         .await;
-        served
+        Ok(())
     });
     Ok(Running {
         addr,
