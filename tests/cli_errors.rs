@@ -352,3 +352,202 @@ fn serve_embedded_beats_the_environment_and_logs_have_no_colour_in_a_pipe() {
     );
     assert!(!first.contains('\x1b'), "ANSI codes in a pipe: {first:?}");
 }
+
+/// Reads `child`'s stderr lines (on a thread) until `done` says so or `limit` passes;
+/// returns the lines and whether `done` was reached. Kills the child after.
+fn stderr_until(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    mut done: impl FnMut(&[String]) -> bool,
+) -> (Vec<String>, bool) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let mut seen = Vec::new();
+    let mut reached = false;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line);
+                if done(&seen) {
+                    reached = true;
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (seen, reached)
+}
+
+/// Kafka mode without `--admin-token`: each gateway would invent its own token. Said
+/// at start (before the broker is even reached) by `gateway` and by `serve --kafka`;
+/// not said when a token is given.
+#[test]
+fn kafka_gateways_without_an_admin_token_say_to_set_one_for_all() {
+    let kafka = format!("127.0.0.1:{}", closed_port());
+    let warning = "set one --admin-token for all gateways";
+    for args in [
+        vec!["gateway", "--kafka", kafka.as_str()],
+        vec!["serve", "--kafka", kafka.as_str()],
+    ] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut full = args.clone();
+        full.extend(["--listen", listen.as_str()]);
+        let mut child = base_command(&full)
+            .env_remove("FLASHSALE_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn flashsale");
+        let (seen, found) = stderr_until(&mut child, std::time::Duration::from_secs(60), |l| {
+            l.last().is_some_and(|l| l.contains(warning))
+        });
+        assert!(found, "{args:?}: no admin-token warning in {seen:#?}");
+        let line = seen.last().unwrap();
+        assert!(
+            line.contains("WARN") && line.contains("each accept a different one"),
+            "{line}"
+        );
+
+        // With a token: no such warning among the first lines (up to the broker wait).
+        let mut full = args.clone();
+        full.extend(["--listen", listen.as_str(), "--admin-token", "t0ken"]);
+        let mut child = base_command(&full)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn flashsale");
+        // (The warning comes right after the first line: three lines, or the wait for
+        // the broker, are past it.)
+        let (seen, _) = stderr_until(&mut child, std::time::Duration::from_secs(30), |l| {
+            l.len() >= 3 || l.iter().any(|l| l.contains("waiting for"))
+        });
+        assert!(!seen.is_empty(), "{args:?}: nothing said at start");
+        assert!(
+            seen.iter().all(|l| !l.contains(warning)),
+            "{args:?} with a token: {seen:#?}"
+        );
+    }
+}
+
+/// `--log-format json`: every line is a JSON object whose fields are JSON values (no
+/// Rust debug text such as "Some(4)" or "[]"), and start-up is summed up in one line
+/// (mode, listen address, partitions, data dir) instead of one line per partition.
+#[test]
+fn json_logs_carry_typed_values_and_one_start_up_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let data = dir.path().to_str().unwrap();
+    let mut child = base_command(&[
+        "serve",
+        "--embedded",
+        "--data-dir",
+        data,
+        "--partitions",
+        "4",
+        "--listen",
+        &listen,
+        "--admin-token",
+        "t0ken",
+        "--log-format",
+        "json",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn serve");
+    let has = |lines: &[String], msg: &str| lines.iter().any(|l| l.contains(msg));
+    let (seen, done) = stderr_until(&mut child, std::time::Duration::from_secs(90), |l| {
+        has(l, "\"listening\"") && has(l, "all partitions recovered")
+    });
+    assert!(done, "no summary and ready lines in {seen:#?}");
+    let lines: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for (line, text) in lines.iter().zip(&seen) {
+        let fields = line["fields"].as_object().expect("fields");
+        for (k, v) in fields {
+            if let Some(s) = v.as_str() {
+                assert!(
+                    !(s.starts_with("Some(") || s == "None" || s.starts_with('[')),
+                    "field {k} is Rust debug text: {text}"
+                );
+            }
+        }
+        assert_ne!(
+            fields["message"], "partition recovered",
+            "one line per partition at start: {text}"
+        );
+    }
+    let summary = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "listening")
+        .expect("a summary line");
+    let f = &summary["fields"];
+    assert_eq!(f["mode"], "embedded");
+    assert_eq!(f["partitions"], 4, "a number, not a string: {summary}");
+    assert_eq!(f["listen"], listen.as_str());
+    assert_eq!(f["data_dir"], data);
+    let ready = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "all partitions recovered; ready")
+        .expect("a ready line");
+    assert!(ready["fields"]["elapsed_ms"].is_u64(), "{ready}");
+}
+
+/// A mistyped subcommand gets clap's suggestion (exit 2); a data directory in use or
+/// made with another partition count is refused at once (exit 2), saying what to do.
+#[tokio::test]
+async fn a_typo_a_busy_data_dir_and_a_partition_mismatch_say_what_to_do() {
+    let o = flashsale(&["serv"]);
+    assert_fails(&o, 2, &["unrecognized subcommand 'serv'", "serve"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let server = ChildServer::start(dir.path(), free_port(), &[])
+        .await
+        .expect("start flashsale serve");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let o = flashsale(&[
+        "serve",
+        "--embedded",
+        "--data-dir",
+        data,
+        "--partitions",
+        "4",
+        "--listen",
+        &listen,
+    ]);
+    assert_fails(
+        &o,
+        2,
+        &["is in use by another flashsale process", "--data-dir"],
+    );
+    server.kill9();
+    let o = flashsale(&[
+        "serve",
+        "--embedded",
+        "--data-dir",
+        data,
+        "--partitions",
+        "8",
+        "--listen",
+        &listen,
+    ]);
+    assert_fails(
+        &o,
+        2,
+        &["was created with 4 partitions", "start with --partitions 4"],
+    );
+}

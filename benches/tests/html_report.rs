@@ -308,4 +308,6 @@ fn the_report_renders_in_headless_chromium() {
         bytes.len()
     );
     assert_eq!(png_size(&bytes), Some((1200, 1600)), "{}", png.display());
+    // Where to look at it (`cargo test -- --nocapture` shows this line).
+    println!("bench report screenshot: {}", png.display());
 }

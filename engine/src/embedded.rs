@@ -311,7 +311,8 @@ impl EmbeddedNode {
                             continue;
                         }
                     };
-                    tracing::info!(
+                    // Per partition at debug: the summary line below says it once.
+                    tracing::debug!(
                         partition = p,
                         snapshot_offset = ?report.snapshot_offset,
                         rejected_snapshots = ?report.rejected_snapshots,

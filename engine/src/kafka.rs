@@ -425,11 +425,17 @@ impl Core {
             if after >= target {
                 o.catch_up_to = None;
                 self.status.catching_up.fetch_sub(1, Ordering::AcqRel);
-                tracing::info!(
+                tracing::debug!(
                     partition = p,
                     offset = after,
                     "partition caught up; serving"
                 );
+                if self.status.catching_up.load(Ordering::Acquire) == 0 {
+                    tracing::info!(
+                        owned = self.status.owned.load(Ordering::Acquire),
+                        "every owned partition caught up; serving"
+                    );
+                }
             }
         }
         let snapshot = if o.writing.load(Ordering::Acquire) {
@@ -725,7 +731,7 @@ impl Core {
             if catch_up_to.is_some() {
                 self.status.catching_up.fetch_add(1, Ordering::AcqRel);
             }
-            tracing::info!(
+            tracing::debug!(
                 partition = p,
                 from,
                 start = next,
@@ -749,8 +755,10 @@ impl Core {
         }
         self.idle.retain(|p, _| !self.owned.contains_key(p));
         self.status.owned.store(self.owned.len(), Ordering::Release);
+        // One line for the whole assignment (each partition's detail is at debug).
         tracing::info!(
-            owned = self.owned.len(),
+            owned = ?self.owned.keys().collect::<Vec<_>>(),
+            catching_up = self.status.catching_up.load(Ordering::Acquire),
             elapsed_ms = t.elapsed().as_millis() as u64,
             "assignment recovered"
         );

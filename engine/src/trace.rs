@@ -76,6 +76,7 @@ pub fn reply_kind(reply: &flashsale_proto::Reply) -> &'static str {
         Reply::Extended { .. } => "extended",
         Reply::ProductControlled(_) => "product_controlled",
         Reply::SaleEnded { .. } => "sale_ended",
+        Reply::SaleDeleted { .. } => "sale_deleted",
         Reply::Rejected(r) => match r {
             Rejection::ProductNotFound { .. } => "product_not_found",
             Rejection::ReservationNotFound { .. } => "reservation_not_found",
@@ -91,6 +92,8 @@ pub fn reply_kind(reply: &flashsale_proto::Reply) -> &'static str {
             Rejection::ExtensionLimitReached { .. } => "extension_limit_reached",
             Rejection::InventoryConflict { .. } => "inventory_conflict",
             Rejection::ProductPaused { .. } => "product_paused",
+            Rejection::SkuTaken { .. } => "conflict",
+            Rejection::SaleHasReservations { .. } => "sale_has_reservations",
         },
     }
 }

@@ -38,7 +38,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/products"),
     ("get", "/api/v1/products/{skuId}/availability"),
     ("post", "/api/v1/admin/sales"),
+    ("get", "/api/v1/admin/sales"),
     ("get", "/api/v1/admin/sales/{saleId}"),
+    ("delete", "/api/v1/admin/sales/{saleId}"),
     ("post", "/api/v1/reservations/{reservationId}/extend"),
     ("post", "/api/v1/admin/products/{skuId}/inventory"),
     ("post", "/api/v1/admin/products/{skuId}/pause"),
@@ -150,8 +152,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders/{order_id}", get(get_order))
         .route("/api/v1/products", get(list_products))
         .route("/api/v1/products/{sku_id}/availability", get(availability))
-        .route("/api/v1/admin/sales", post(create_sale))
-        .route("/api/v1/admin/sales/{sale_id}", get(get_sale))
+        .route("/api/v1/admin/sales", post(create_sale).get(list_sales))
+        .route(
+            "/api/v1/admin/sales/{sale_id}",
+            get(get_sale).delete(delete_sale),
+        )
         .route(
             "/api/v1/reservations/{reservation_id}/extend",
             post(crate::controls::extend_reservation),
@@ -635,7 +640,40 @@ async fn get_sale(
         .read
         .sale(&id)
         .ok_or_else(|| ApiError::sale_not_found(&raw))?;
-    Ok(Json(sale_json(&sale, &products)))
+    Ok(Json(sale_json(
+        &sale,
+        &products,
+        app.dispatcher.partitions(),
+    )))
+}
+
+async fn list_sales(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers)?;
+    // A partial list would hide sales: 503 until every partition's sales are loaded.
+    let missing = app.dispatcher.unreadable_partitions();
+    if !missing.is_empty() {
+        return Err(ApiError::unavailable_with(
+            format!("Sales of partitions {missing:?} are not loaded (recovering or down); retry shortly"),
+            json!({"partitions": missing}),
+        ));
+    }
+    Ok(Json(crate::sales::list_sales(&app.dispatcher, &app.read)))
+}
+
+async fn delete_sale(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers)?;
+    let raw = path_param(id, "saleId")?;
+    let id: SaleId = raw.parse().map_err(|_| ApiError::sale_not_found(&raw))?;
+    Ok(Json(
+        crate::sales::delete_sale(&app.dispatcher, &app.read, id).await?,
+    ))
 }
 
 async fn health() -> Json<Value> {

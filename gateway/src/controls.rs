@@ -210,5 +210,9 @@ pub async fn end_sale(
         .read
         .sale(&sale_id)
         .ok_or_else(|| ApiError::sale_not_found(&raw))?;
-    Ok(Json(sale_json(&sale, &products)))
+    Ok(Json(sale_json(
+        &sale,
+        &products,
+        app.dispatcher.partitions(),
+    )))
 }

@@ -222,6 +222,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::ResumeProduct { .. } => "resume_product",
         Command::EndSale { .. } => "end_sale",
         Command::ConfigureSaleWith { .. } => "configure_sale",
+        Command::DeleteSale { .. } => "delete_sale",
     }
 }
 

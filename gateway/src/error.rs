@@ -9,7 +9,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use flashsale_proto::Rejection;
+use flashsale_proto::{Rejection, SaleId};
 use serde_json::{json, Map, Value};
 
 #[derive(Debug, Clone)]
@@ -146,12 +146,37 @@ impl ApiError {
             Some(json!({"saleId": id})),
         )
     }
-    pub fn conflict(sku: &str) -> Self {
+    /// 409 "Conflict": `sku` already belongs to another sale, named when known (API.md:
+    /// `skuId`, `saleId` of the owner).
+    pub fn conflict(sku: &str, owner: Option<SaleId>) -> Self {
+        match owner {
+            Some(owner) => Self::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("Product {sku} already belongs to sale {owner}; delete or end that sale first, or use another skuId"),
+                Some(json!({"skuId": sku, "saleId": owner.to_string()})),
+            ),
+            None => Self::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("Product {sku} already belongs to another sale"),
+                Some(json!({"skuId": sku})),
+            ),
+        }
+    }
+    /// 409 "Conflict": a sale with reservations cannot be deleted (API.md: `saleId`,
+    /// `reservations`).
+    pub fn sale_has_reservations(sale_id: SaleId, reservations: u64) -> Self {
+        let noun = if reservations == 1 {
+            "reservation"
+        } else {
+            "reservations"
+        };
         Self::new(
             StatusCode::CONFLICT,
             "Conflict",
-            format!("Product {sku} already belongs to another sale"),
-            Some(json!({"skuId": sku})),
+            format!("Sale {sale_id} has {reservations} {noun} and cannot be deleted; end it instead (POST /api/v1/admin/sales/{sale_id}/end)"),
+            Some(json!({"saleId": sale_id.to_string(), "reservations": reservations})),
         )
     }
     pub fn from_status(status: StatusCode) -> Self {
@@ -238,7 +263,9 @@ impl ApiError {
                 "This Idempotency-Key was used with a different request body",
                 None,
             ),
-            Rejection::Conflict { sku } => Self::conflict(sku.as_str()),
+            Rejection::Conflict { sku } => Self::conflict(sku.as_str(), None),
+            Rejection::SkuTaken { sku, sale_id } => Self::conflict(sku.as_str(), Some(*sale_id)),
+            Rejection::SaleHasReservations { sale_id, reservations } => Self::sale_has_reservations(*sale_id, *reservations),
             Rejection::SaleInUse { sale_id } => Self::new(
                 StatusCode::CONFLICT,
                 "Conflict",

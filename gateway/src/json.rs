@@ -209,12 +209,15 @@ pub fn product_json(p: &ProductEntry, now: UnixMs) -> Value {
     })
 }
 
-pub fn sale_json(s: &SaleEntry, products: &[ProductEntry]) -> Value {
+/// A sale as the admin endpoints answer it; each product names the partition its SKU
+/// lives on (of `partitions`: what `flashsale partition-of` prints).
+pub fn sale_json(s: &SaleEntry, products: &[ProductEntry], partitions: u32) -> Value {
     let products: Vec<Value> = products
         .iter()
         .map(|p| {
             json!({
                 "skuId": p.spec.sku.as_str(),
+                "partition": partition_for_key(p.spec.sku.as_str().as_bytes(), partitions),
                 "name": p.spec.name,
                 "description": p.spec.description,
                 "category": p.spec.category,

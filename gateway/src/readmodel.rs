@@ -99,6 +99,28 @@ impl ReadModel {
             .collect();
         Some((s, products))
     }
+    /// Every sale with its products, newest first (sale ids are ULIDs: creation order).
+    pub fn sales(&self) -> Vec<(SaleEntry, Vec<ProductEntry>)> {
+        let mut ids: Vec<SaleId> = self.sales.iter().map(|e| *e.key()).collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.iter().filter_map(|id| self.sale(id)).collect()
+    }
+    /// Forgets a deleted sale's products (those of `skus` still owned by it) and the
+    /// sale: applied from its `SaleDropped` event, and at once by the gateway that
+    /// deleted it (read-your-writes: its SKUs are free for the next sale at once).
+    /// The sale stays listed while a product of it is left (a deletion one partition
+    /// refused or did not answer), so it can be seen and deleted again.
+    pub fn drop_sale(&self, sale_id: SaleId, skus: &[SkuId]) {
+        for s in skus {
+            self.products.remove_if(s, |_, p| p.sale_id == sale_id);
+        }
+        self.sales.remove_if(&sale_id, |_, s| {
+            !s.meta
+                .all_skus
+                .iter()
+                .any(|k| self.products.get(k).is_some_and(|p| p.sale_id == sale_id))
+        });
+    }
     /// The sale a SKU belongs to, if any.
     pub fn sale_of(&self, sku: &SkuId) -> Option<SaleId> {
         self.products.get(sku).map(|p| p.sale_id)
@@ -300,12 +322,7 @@ impl ReadModel {
         for ev in &rec.events {
             match ev {
                 Event::SaleConfigured(cfg) => self.insert_sale(cfg),
-                Event::SaleDropped { sale_id, skus } => {
-                    for s in skus {
-                        self.products.remove_if(s, |_, p| p.sale_id == *sale_id);
-                    }
-                    self.sales.remove(sale_id);
-                }
+                Event::SaleDropped { sale_id, skus } => self.drop_sale(*sale_id, skus),
                 Event::Inventory {
                     sku,
                     total,

@@ -194,6 +194,8 @@ pub async fn serve(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyho
         running.addr,
         data_dir.display()
     );
+    // The start-up summary, one line (per-partition detail is at debug level).
+    tracing::info!(mode = "embedded", listen = %running.addr, partitions, data_dir = %data_dir.display(), "listening");
     if generated {
         println!(
             "admin token (generated for this run; set --admin-token to fix it): {}",

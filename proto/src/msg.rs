@@ -69,6 +69,11 @@ pub enum Command {
         /// Longest a hold may live counting extensions, from its `created_at`.
         max_hold_s: u32,
     },
+    /// Remove a sale's products on this partition, only if no reservation of them
+    /// exists (an operator's mistake, e.g. a wrong date): its SKUs are free again.
+    DeleteSale {
+        sale_id: SaleId,
+    },
 }
 
 /// `Debug` leaves the shipping address out (personal data never reaches a log).
@@ -267,6 +272,23 @@ pub enum Reply {
         sale_id: SaleId,
         ends_at: UnixMs,
     },
+    /// `DeleteSale` applied on this partition. `removed`: what it removed (`None`: the
+    /// sale had nothing here), enough to configure it again exactly when another
+    /// partition refuses the deletion.
+    SaleDeleted {
+        sale_id: SaleId,
+        removed: Option<RemovedSale>,
+    },
+}
+
+/// A sale's part on one partition as `DeleteSale` removed it (no reservation existed,
+/// so nothing was held or sold): `ConfigureSaleWith { config, max_hold_s }` followed by
+/// `PauseProduct` of each `paused` SKU restores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedSale {
+    pub config: SaleConfig,
+    pub max_hold_s: u32,
+    pub paused: Vec<SkuId>,
 }
 
 /// A product's counters and switches, as the admin endpoints answer them.
@@ -342,6 +364,19 @@ pub enum Rejection {
         sku: SkuId,
         starts_at: UnixMs,
         ends_at: UnixMs,
+    },
+    // New variants go at the end (replies of older engines keep decoding).
+    /// A SKU already belongs to another sale, named (replaces `Conflict` in replies
+    /// of this version on).
+    SkuTaken {
+        sku: SkuId,
+        sale_id: SaleId,
+    },
+    /// `DeleteSale` refused: `reservations` reservations of the sale's products exist
+    /// on this partition (end the sale instead).
+    SaleHasReservations {
+        sale_id: SaleId,
+        reservations: u64,
     },
 }
 

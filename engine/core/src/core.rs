@@ -380,6 +380,7 @@ impl State {
             Command::ConfigureSaleWith { config, max_hold_s } => {
                 self.configure(config, Some(*max_hold_s), events)
             }
+            Command::DeleteSale { sale_id } => self.delete_sale(*sale_id, events),
         };
         #[cfg(debug_assertions)]
         self.assert_touched(record);
@@ -720,8 +721,9 @@ impl State {
         for spec in &cfg.products {
             if let Some(p) = self.products.get(&spec.sku) {
                 if p.sale_id != sale_id {
-                    return Reply::Rejected(Rejection::Conflict {
+                    return Reply::Rejected(Rejection::SkuTaken {
                         sku: spec.sku.clone(),
+                        sale_id: p.sale_id,
                     });
                 }
             }
@@ -896,6 +898,71 @@ impl State {
             ends_at,
         });
         Reply::SaleEnded { sale_id, ends_at }
+    }
+
+    /// `DeleteSale` (API.md: DELETE of a sale no reservation touched): removes the
+    /// sale's products on this partition and frees their SKUs, unless a reservation of
+    /// them exists here (any status: a held, sold, cancelled or expired one). The count
+    /// is a scan of this partition's reservations: an operator's call, rare, and it
+    /// keeps the snapshot layout as it is. The reply carries what was removed so the
+    /// gateway can restore it exactly if another partition of the sale refuses.
+    fn delete_sale(&mut self, sale_id: SaleId, events: &mut Vec<Event>) -> Reply {
+        let Some(meta) = self.sales.get(&sale_id) else {
+            // Nothing here (never configured on this partition, or already deleted:
+            // a retry answers the same).
+            return Reply::SaleDeleted {
+                sale_id,
+                removed: None,
+            };
+        };
+        let mut skus: Vec<SkuId> = self
+            .products
+            .iter()
+            .filter(|(_, p)| p.sale_id == sale_id)
+            .map(|(s, _)| s.clone())
+            .collect();
+        skus.sort();
+        let reservations = self
+            .reservations
+            .values()
+            .filter(|r| skus.binary_search(&r.sku).is_ok())
+            .count() as u64;
+        let units = skus.iter().any(|s| {
+            let p = &self.products[s];
+            p.held + p.sold > 0
+        });
+        if reservations > 0 || units {
+            return Reply::Rejected(Rejection::SaleHasReservations {
+                sale_id,
+                reservations,
+            });
+        }
+        let config = SaleConfig {
+            sale: meta.clone(),
+            products: skus.iter().map(|s| self.products[s].spec.clone()).collect(),
+        };
+        let max_hold_s = skus
+            .first()
+            .map(|s| (self.products[s].max_hold_ms / 1000) as u32)
+            .unwrap_or_else(|| default_max_hold_s(meta.reservation_ttl_s));
+        let paused = skus
+            .iter()
+            .filter(|s| self.products[*s].paused)
+            .cloned()
+            .collect();
+        for s in &skus {
+            self.products.remove(s);
+        }
+        self.sales.remove(&sale_id);
+        events.push(Event::SaleDropped { sale_id, skus });
+        Reply::SaleDeleted {
+            sale_id,
+            removed: Some(RemovedSale {
+                config,
+                max_hold_s,
+                paused,
+            }),
+        }
     }
 
     /// Debug builds check, after every apply, the invariants the record could have

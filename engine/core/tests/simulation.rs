@@ -120,7 +120,10 @@ impl Model {
         for p in &cfg.products {
             if let Some(mp) = self.products.get(&p.sku) {
                 if mp.sale != cfg.sale.sale_id {
-                    return Reply::Rejected(Rejection::Conflict { sku: p.sku.clone() });
+                    return Reply::Rejected(Rejection::SkuTaken {
+                        sku: p.sku.clone(),
+                        sale_id: mp.sale,
+                    });
                 }
             }
         }
@@ -303,6 +306,8 @@ impl Model {
                 }
             }
             Command::DropSale { sale_id } => Reply::SaleDropped { sale_id: *sale_id },
+            // Not generated here: sale deletion has the core's unit tests.
+            Command::DeleteSale { .. } => unreachable!("the simulation never deletes a sale"),
             Command::Reserve {
                 user,
                 sku,

@@ -169,7 +169,11 @@ pub fn init(
             std::env::var_os("NO_COLOR").as_deref(),
         ));
     let fmt = match format {
-        LogFormat::Json => fmt.json().with_filter(log_filter).boxed(),
+        LogFormat::Json => fmt
+            .event_format(json_log::JsonLine)
+            .fmt_fields(json_log::TypedFields)
+            .with_filter(log_filter)
+            .boxed(),
         LogFormat::Text => fmt.with_filter(log_filter).boxed(),
     };
     let provider = match args
@@ -220,6 +224,172 @@ pub fn init(
         }
     }
     Ok(Telemetry { provider })
+}
+
+/// `--log-format json`: one JSON object per line, shaped like tracing-subscriber's
+/// own (`timestamp`, `level`, `fields` with `message`, `target`, `span`, `spans`),
+/// but with typed values: numbers, booleans, arrays and `null` stay JSON values
+/// instead of Rust debug text (`"Some(4)"`, `"[]"`). A field recorded with `?x`
+/// arrives as debug text; [`json_log::typed`] reads back what is plainly JSON in it
+/// (`4`, `[0, 1]`, `true`, `"text"`), maps `Some(x)` to `x` and `None` to `null`, and
+/// keeps anything else (`Duration`, structs, `%display` text) as a string.
+pub mod json_log {
+    use serde_json::{Map, Value};
+    use std::fmt;
+    use tracing::field::{Field, Visit};
+    use tracing::{Event, Subscriber};
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+    use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+    use tracing_subscriber::registry::LookupSpan;
+
+    /// The JSON value of a field's debug text (see the module's doc).
+    pub fn typed(debug: &str) -> Value {
+        let t = debug.trim();
+        if t == "None" {
+            return Value::Null;
+        }
+        if let Some(inner) = t.strip_prefix("Some(").and_then(|r| r.strip_suffix(')')) {
+            return typed(inner);
+        }
+        let json_like = t.starts_with(['[', '{', '"', '-'])
+            || t.starts_with(|c: char| c.is_ascii_digit())
+            || matches!(t, "true" | "false" | "null");
+        if json_like {
+            if let Ok(v) = serde_json::from_str::<Value>(t) {
+                return v;
+            }
+        }
+        Value::String(debug.to_string())
+    }
+
+    /// Records an event's or a span's fields into a JSON map, typed.
+    pub struct TypedVisitor<'a>(pub &'a mut Map<String, Value>);
+
+    impl Visit for TypedVisitor<'_> {
+        fn record_f64(&mut self, field: &Field, value: f64) {
+            let v = serde_json::Number::from_f64(value)
+                .map(Value::Number)
+                .unwrap_or_else(|| Value::String(value.to_string()));
+            self.0.insert(field.name().to_string(), v);
+        }
+        fn record_i64(&mut self, field: &Field, value: i64) {
+            self.0.insert(field.name().to_string(), Value::from(value));
+        }
+        fn record_u64(&mut self, field: &Field, value: u64) {
+            self.0.insert(field.name().to_string(), Value::from(value));
+        }
+        fn record_i128(&mut self, field: &Field, value: i128) {
+            let v = i64::try_from(value)
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::String(value.to_string()));
+            self.0.insert(field.name().to_string(), v);
+        }
+        fn record_u128(&mut self, field: &Field, value: u128) {
+            let v = u64::try_from(value)
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::String(value.to_string()));
+            self.0.insert(field.name().to_string(), v);
+        }
+        fn record_bool(&mut self, field: &Field, value: bool) {
+            self.0.insert(field.name().to_string(), Value::Bool(value));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0
+                .insert(field.name().to_string(), Value::String(value.to_string()));
+        }
+        fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+            self.0
+                .insert(field.name().to_string(), Value::String(value.to_string()));
+        }
+        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+            let text = format!("{value:?}");
+            // The message is prose, never a value to read back.
+            let v = if field.name() == "message" {
+                Value::String(text)
+            } else {
+                typed(&text)
+            };
+            self.0.insert(field.name().to_string(), v);
+        }
+    }
+
+    /// Span fields as a JSON object (kept in the span's extensions, merged on
+    /// `span.record`).
+    #[derive(Debug, Default, Clone, Copy)]
+    pub struct TypedFields;
+
+    impl<'w> FormatFields<'w> for TypedFields {
+        fn format_fields<R: tracing_subscriber::field::RecordFields>(
+            &self,
+            mut writer: Writer<'w>,
+            fields: R,
+        ) -> fmt::Result {
+            let mut map = Map::new();
+            fields.record(&mut TypedVisitor(&mut map));
+            write!(writer, "{}", Value::Object(map))
+        }
+
+        fn add_fields(
+            &self,
+            current: &'w mut FormattedFields<Self>,
+            fields: &tracing::span::Record<'_>,
+        ) -> fmt::Result {
+            let mut map = match serde_json::from_str::<Value>(&current.fields) {
+                Ok(Value::Object(m)) => m,
+                _ => Map::new(),
+            };
+            fields.record(&mut TypedVisitor(&mut map));
+            current.fields = Value::Object(map).to_string();
+            Ok(())
+        }
+    }
+
+    /// The event formatter of `--log-format json`.
+    #[derive(Debug, Default, Clone, Copy)]
+    pub struct JsonLine;
+
+    impl<S, N> FormatEvent<S, N> for JsonLine
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut writer: Writer<'_>,
+            event: &Event<'_>,
+        ) -> fmt::Result {
+            let mut line = Map::new();
+            let mut time = String::new();
+            SystemTime.format_time(&mut Writer::new(&mut time))?;
+            line.insert("timestamp".into(), Value::String(time));
+            let meta = event.metadata();
+            line.insert("level".into(), Value::String(meta.level().to_string()));
+            let mut fields = Map::new();
+            event.record(&mut TypedVisitor(&mut fields));
+            line.insert("fields".into(), Value::Object(fields));
+            line.insert("target".into(), Value::String(meta.target().to_string()));
+            let mut spans = Vec::new();
+            if let Some(scope) = ctx.event_scope() {
+                for span in scope.from_root() {
+                    let mut obj = Map::new();
+                    if let Some(f) = span.extensions().get::<FormattedFields<N>>() {
+                        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&f.fields) {
+                            obj = m;
+                        }
+                    }
+                    obj.insert("name".into(), Value::String(span.name().to_string()));
+                    spans.push(Value::Object(obj));
+                }
+            }
+            if let Some(current) = spans.last() {
+                line.insert("span".into(), current.clone());
+                line.insert("spans".into(), Value::Array(spans));
+            }
+            writeln!(writer, "{}", Value::Object(line))
+        }
+    }
 }
 
 fn provider(
@@ -484,6 +654,72 @@ pub async fn serve_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_log_values_are_typed() {
+        use super::json_log::typed;
+        use serde_json::json;
+        assert_eq!(typed("Some(4)"), json!(4));
+        assert_eq!(typed("None"), json!(null));
+        assert_eq!(typed("[]"), json!([]));
+        assert_eq!(typed("[0, 3]"), json!([0, 3]));
+        assert_eq!(typed("Some([1])"), json!([1]));
+        assert_eq!(typed("\"text\""), json!("text"));
+        assert_eq!(typed("true"), json!(true));
+        assert_eq!(typed("-2.5"), json!(-2.5));
+        // anything that is not plainly JSON stays the text it was
+        assert_eq!(typed("1.5s"), json!("1.5s"));
+        assert_eq!(typed("Some(sale_01HQ)"), json!("sale_01HQ"));
+        assert_eq!(typed("HttpProtobuf"), json!("HttpProtobuf"));
+        assert_eq!(typed("127.0.0.1:8080"), json!("127.0.0.1:8080"));
+    }
+
+    /// A real subscriber with the JSON format: every line parses, and `?` fields come
+    /// out as JSON values.
+    #[test]
+    fn json_log_lines_carry_typed_fields() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .event_format(super::json_log::JsonLine)
+            .fmt_fields(super::json_log::TypedFields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", partition = 3u32, route = "/x");
+            let _g = span.enter();
+            let failed: Vec<u32> = vec![];
+            let offset: Option<u64> = Some(4);
+            let none: Option<u64> = None;
+            tracing::info!(failed = ?failed, offset = ?offset, none = ?none, ok = true, n = 7u64, who = %"gw-1", "started");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect(&text);
+        let f = &line["fields"];
+        assert_eq!(f["message"], "started");
+        assert_eq!(f["failed"], serde_json::json!([]));
+        assert_eq!(f["offset"], 4);
+        assert!(f["none"].is_null());
+        assert_eq!(f["ok"], true);
+        assert_eq!(f["n"], 7);
+        assert_eq!(f["who"], "gw-1");
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["span"]["name"], "request");
+        assert_eq!(line["span"]["partition"], 3);
+        assert_eq!(line["spans"][0]["route"], "/x");
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

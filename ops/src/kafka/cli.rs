@@ -59,6 +59,15 @@ fn snapshot_policy(every_commands: u64, every_secs: u64, retention_secs: u64) ->
     }
 }
 
+/// A Kafka-mode gateway without `--admin-token` invents its own: the gateways of one
+/// deployment then each accept a different token (an admin call works or fails by
+/// which gateway the load balancer picks). Said at start, before anything else fails.
+pub fn warn_if_token_generated(admin_token: Option<&str>) {
+    if admin_token.is_none_or(str::is_empty) {
+        tracing::warn!("no --admin-token (FLASHSALE_ADMIN_TOKEN): this gateway invents its own admin token, so the gateways of this deployment would each accept a different one; set one --admin-token for all gateways");
+    }
+}
+
 /// Where a Kafka-mode process keeps snapshots and orders, for its first line.
 fn state_place(postgres: Option<&str>, data_dir: &Path) -> String {
     match postgres.map(flashsale_runtime::pg::parse_url) {
@@ -120,9 +129,7 @@ pub async fn gateway_command(
             None => "from the events topic, in memory (no --postgres)".to_string(),
         }
     );
-    if args.admin_token.as_deref().is_none_or(str::is_empty) {
-        tracing::warn!("no --admin-token (FLASHSALE_ADMIN_TOKEN): this gateway invents its own admin token, so every gateway of this deployment accepts a different one; give all of them the same --admin-token");
-    }
+    warn_if_token_generated(args.admin_token.as_deref());
     let gw = GatewayParams {
         listen: args.listen,
         admin_token: args.admin_token.clone(),
@@ -176,6 +183,7 @@ pub async fn serve_command(
         kafka.topic_prefix,
         state_place(kafka.postgres.as_deref(), &args.data_dir)
     );
+    warn_if_token_generated(args.admin_token.as_deref());
     let (gw, k, extras) = serve_parts(&args, &kafka).await?;
     super::serve(gw, k, extras, "serve", shutdown).await
 }

@@ -324,6 +324,15 @@ pub async fn serve(
         "flashsale {what} listening on http://{} (Kafka mode, brokers {brokers})",
         running.addr
     );
+    // The start-up summary, one line (per-partition detail is at debug level).
+    tracing::info!(
+        mode = "kafka",
+        process = what,
+        listen = %running.addr,
+        partitions = running.app.dispatcher.partitions(),
+        brokers = %brokers,
+        "listening"
+    );
     if generated {
         println!(
             "admin token (generated for this run; set --admin-token to fix it): {}",
