@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 const SNAPSHOT_FLAGS: &[&str] = &["--snapshot-every-commands", "40"];
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Acked {
     /// reservation id → (user, sku)
     holds: HashMap<String, (String, String)>,
@@ -244,7 +244,8 @@ async fn kill9_mid_sale_loses_nothing_acknowledged() {
         after, before,
         "stock after kill -9 + restart equals stock before"
     );
-    check_acked_survived(&server.base, &acked.lock().unwrap()).await;
+    let so_far = acked.lock().unwrap().clone();
+    check_acked_survived(&server.base, &so_far).await;
 
     // Phase 2: kill -9 while buyers are mid-flight.
     let load = tokio::spawn(buyers(
@@ -267,7 +268,7 @@ async fn kill9_mid_sale_loses_nothing_acknowledged() {
     let server = ChildServer::start(&data, port, SNAPSHOT_FLAGS)
         .await
         .unwrap();
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
     check_acked_survived(&server.base, &acked).await;
     let after = admin_counts(&server.base, &sale_id).await;
     assert_counts_consistent(&after, &totals);
