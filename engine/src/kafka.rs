@@ -15,8 +15,12 @@
 //!    as log time; produce the batch's events to `events` (same partition, key =
 //!    skuId, timestamp = log time; an empty record at the batch's last offset if that
 //!    command changed nothing, so gateways know how far the read model is) and replies
-//!    to `replies` partition `reply_to`; one idempotent producer with
-//!    `enable.gapless.guarantee`, so what a reader sees of one partition has no holes.
+//!    to `replies` partition `reply_to`; one idempotent producer that never times a
+//!    record out (`message.timeout.ms=0`), so what a reader sees of one partition has
+//!    no holes: librdkafka retries every retriable failure in order, and a failure
+//!    the broker makes final stops the engine before it produces anything more (what
+//!    `enable.gapless.guarantee` would do; that property is experimental and makes
+//!    librdkafka print a CONFWARN at every start).
 //! 3. **Commit** a batch's end offset only after the broker acknowledged all of its
 //!    replies and events (batches pipeline: applying never waits for acks).
 //! 4. **Tick**: while a partition has holds due, the engine appends tick records to its
@@ -24,9 +28,16 @@
 //! 5. **Snapshot** every N commands or T seconds of log time in a background thread;
 //!    on revoke: wait for the acks, commit, snapshot, let go.
 //!
-//! A produce that fails for good (the broker refused, or 30 s without an ack) stops
-//! the process: continuing would leave a hole in what readers see. The group then
-//! hands the partitions to another engine, which redoes the uncommitted outputs.
+//! **Broker outages** of any length are ridden out: outputs are produced with
+//! `message.timeout.ms=0` (librdkafka retries them, in order and without duplicates,
+//! until the broker takes them), ticks are not piled up while one is unacknowledged,
+//! a revoke waits for acks only [`REVOKE_ACK_WAIT`] (what is not acknowledged by then
+//! is not committed, so whoever owns the partition next produces it again; readers
+//! drop repeats by partition and offset), and reading offsets at assignment is retried.
+//! The outage is told in a few lines ([`KafkaHealth`]), librdkafka's own lines are
+//! rate-limited. Only a produce the broker refuses for good (not a timeout) stops the
+//! process: continuing would leave a hole in what readers see. The group then hands the
+//! partitions to another engine, which redoes the uncommitted outputs.
 
 use crate::store::{write_snapshot, SnapshotStore};
 use crate::trace;
@@ -35,9 +46,14 @@ use flashsale_core::actor::{PartitionActor, SnapshotPolicy};
 use flashsale_core::{snapshot, LogRecord, State};
 use flashsale_proto::*;
 use flashsale_runtime::bus::EngineReadiness;
-use flashsale_runtime::kafka::{base_config, producer_config, record_time_ms, ADMIN_TIMEOUT};
+use flashsale_runtime::kafka::{
+    base_config, producer_config, record_time_ms, Delivery, KafkaHealth, QuietContext,
+    ADMIN_TIMEOUT, STATS_INTERVAL_MS,
+};
 use flashsale_runtime::metrics::Metrics;
 use flashsale_runtime::now_ms;
+use flashsale_runtime::patience::{Backoff, QUIET_EVERY};
+use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
 use flashsale_runtime::telemetry::{TraceParent, TRACEPARENT_HEADER};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -54,8 +70,9 @@ use std::time::{Duration, Instant};
 const MIN_TICK_GAP_MS: u64 = 200;
 /// How often acknowledged offsets are committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
-/// Longest wait for the producer's queue to make room, or for acks at revoke.
-const PRODUCE_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait for acks when partitions are let go (revoke, stop). What is not
+/// acknowledged by then is not committed: the next owner produces it again.
+pub const REVOKE_ACK_WAIT: Duration = Duration::from_secs(10);
 /// Longest the snapshot store may be unreachable during an assignment.
 const STORE_RETRY_FOR: Duration = Duration::from_secs(60);
 
@@ -148,12 +165,19 @@ pub fn start(
         catching_up: AtomicUsize::new(0),
         stopped: AtomicBool::new(false),
     });
-    let producer: ThreadedProducer<AckContext> =
-        producer_config(&opts.brokers, "flashsale-engine", opts.linger_ms)
-            // A failed batch must not be followed by later ones: readers would see a hole.
-            .set("enable.gapless.guarantee", "true")
-            .create_with_context(AckContext)
-            .context("cannot create the engine's Kafka producer")?;
+    let health = KafkaHealth::new("the engine", opts.brokers.clone());
+    let quiet = QuietContext::new(health.clone());
+    let producer: ThreadedProducer<AckContext> = producer_config(
+        &opts.brokers,
+        "flashsale-engine",
+        opts.linger_ms,
+        Delivery::UntilAcknowledged,
+    )
+    .set("statistics.interval.ms", STATS_INTERVAL_MS)
+    .create_with_context(AckContext {
+        quiet: quiet.clone(),
+    })
+    .context("cannot create the engine's Kafka producer")?;
     let core = Core {
         opts: opts.clone(),
         producer,
@@ -167,7 +191,12 @@ pub fn start(
         to_commit: BTreeMap::new(),
         last_commit: Instant::now(),
         warned_reply_to: false,
+        ticks: BTreeMap::new(),
+        health,
+        lines: LogLimiter::new(QUIET_EVERY),
+        stop: Arc::new(AtomicBool::new(false)),
     };
+    let stop = core.stop.clone();
     let consumer: BaseConsumer<EngineContext> = base_config(&opts.brokers, "flashsale-engine")
         .set("group.id", &opts.group_id)
         .set("enable.auto.commit", "false")
@@ -181,16 +210,16 @@ pub fn start(
         .set("max.poll.interval.ms", "300000")
         .set("fetch.wait.max.ms", "5")
         .set("fetch.error.backoff.ms", "50")
-        // For the partition-lag gauge (see `EngineContext::stats`).
-        .set("statistics.interval.ms", "1000")
+        // For the partition-lag gauge and the broker's health (see `EngineContext::stats`).
+        .set("statistics.interval.ms", STATS_INTERVAL_MS)
         .create_with_context(EngineContext {
             core: Mutex::new(core),
+            quiet,
         })
         .context("cannot create the engine's Kafka consumer")?;
     consumer
         .subscribe(&[&opts.topics.commands])
         .with_context(|| format!("cannot subscribe to {}", opts.topics.commands))?;
-    let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let status2 = status.clone();
     let max_batch = opts.max_batch.max(1);
@@ -218,18 +247,34 @@ fn fatal(msg: String) -> ! {
 
 #[derive(Debug, Default)]
 struct BatchAck {
+    /// Records not acknowledged yet (a failure stops the process: see `delivery`).
     remaining: AtomicUsize,
-    failed: Mutex<Option<String>>,
 }
 
-struct AckContext;
-impl ClientContext for AckContext {}
+struct AckContext {
+    quiet: QuietContext,
+}
+impl ClientContext for AckContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.quiet.log_line(level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error_line("engine producer", &error, reason);
+    }
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.quiet.stats_seen(&statistics);
+    }
+}
 impl ProducerContext for AckContext {
     type DeliveryOpaque = Arc<BatchAck>;
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<BatchAck>) {
         if let Err((e, _)) = result {
-            let mut f = ack.failed.lock().unwrap_or_else(|p| p.into_inner());
-            f.get_or_insert_with(|| e.to_string());
+            // Never a timeout (there is none): the broker refused the record for good.
+            // A failed batch must not be followed by later ones, or readers would see
+            // a hole: stop now, from librdkafka's thread, before anything else is
+            // produced. The group hands the partitions over; the next owner produces
+            // the uncommitted outputs again.
+            fatal(format!("the broker refused an output record for good: {e}"));
         }
         ack.remaining.fetch_sub(1, Ordering::AcqRel);
     }
@@ -237,12 +282,20 @@ impl ProducerContext for AckContext {
 
 struct EngineContext {
     core: Mutex<Core>,
+    quiet: QuietContext,
 }
 impl ClientContext for EngineContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.quiet.log_line(level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error_line("engine consumer", &error, reason);
+    }
     /// librdkafka's statistics (every `statistics.interval.ms`, delivered inside
-    /// `poll`, where the core is not locked): the partition lag is the high watermark
-    /// of the last fetch minus the next offset to apply.
+    /// `poll`, where the core is not locked): the broker's health, and the partition
+    /// lag (the high watermark of the last fetch minus the next offset to apply).
     fn stats(&self, stats: rdkafka::Statistics) {
+        self.quiet.stats_seen(&stats);
         let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         let Some(topic) = stats.topics.get(&core.opts.topics.commands) else {
             return;
@@ -275,6 +328,11 @@ impl ConsumerContext for EngineContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if consumer.assignment_lost() {
+                    // The group moved on without us (a session lost during a broker
+                    // outage): our commits would be refused; let go all the same.
+                    tracing::warn!("the group's session was lost (broker unreachable?); letting the partitions go, rejoining when the broker answers");
+                }
                 core.revoke(consumer);
                 if let Err(e) = consumer.unassign() {
                     tracing::warn!(error = %e, "unassign failed");
@@ -324,6 +382,14 @@ struct Core {
     to_commit: BTreeMap<u32, u64>,
     last_commit: Instant,
     warned_reply_to: bool,
+    /// The last tick produced per partition, while it awaits its ack: no other is
+    /// produced meanwhile, so an outage does not pile ticks up in the producer.
+    ticks: BTreeMap<u32, Arc<BatchAck>>,
+    health: Arc<KafkaHealth>,
+    /// Repeated errors of the loop (consume, commit), rate-limited.
+    lines: LogLimiter,
+    /// Set by [`EngineHandle::stop`]: retries give up.
+    stop: Arc<AtomicBool>,
 }
 
 fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usize) {
@@ -334,8 +400,14 @@ fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usi
         while batch.len() < max_batch {
             match consumer.poll(timeout) {
                 None => break,
+                Some(Err(e)) if flashsale_runtime::kafka::is_connection_error(&e) => break,
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "engine: consume error");
+                    let core = consumer
+                        .context()
+                        .core
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    core.warn_repeated("engine: consume error", &e);
                     break;
                 }
                 Some(Ok(m)) => {
@@ -372,6 +444,19 @@ fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usi
 }
 
 impl Core {
+    /// A warning the loop may see again and again (an outage): once per kind and
+    /// [`QUIET_EVERY`], with a count of those left out; none while an announced outage
+    /// lasts (its lines say it all).
+    fn warn_repeated(&self, what: &str, error: &dyn std::fmt::Display) {
+        if !self.health.is_reachable() {
+            return;
+        }
+        let text = error.to_string();
+        if let Some(left_out) = self.lines.check(&similarity_key(&format!("{what} {text}"))) {
+            tracing::warn!(error = %text, similar_left_out = left_out, "{what}");
+        }
+    }
+
     /// Groups a fetched batch by partition (log order within each) and applies it.
     fn process(&mut self, batch: Vec<(u32, LogRecord, Option<TraceParent>)>) {
         if batch.is_empty() {
@@ -492,7 +577,9 @@ impl Core {
         });
     }
 
-    /// Enqueues one record in the producer, waiting (bounded) while its queue is full.
+    /// Enqueues one record in the producer, waiting while its queue is full (records
+    /// wait there until the broker takes them, so a full queue is a long outage or a
+    /// slow broker: a retry cures it).
     fn produce(
         &self,
         topic: &str,
@@ -513,14 +600,27 @@ impl Core {
         if let Some(t) = time_ms {
             rec = rec.timestamp(t as i64);
         }
-        let deadline = Instant::now() + PRODUCE_WAIT;
+        let mut full_since: Option<Instant> = None;
         loop {
             match self.producer.send(rec) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if Instant::now() < deadline =>
-                {
+                Ok(()) => {
+                    if let Some(t) = full_since {
+                        tracing::info!(
+                            waited_ms = t.elapsed().as_millis() as u64,
+                            "the producer's queue has room again"
+                        );
+                    }
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     rec = back;
+                    let since = *full_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_secs(5) {
+                        self.warn_repeated(
+                            "the producer's queue is full (the broker takes nothing); waiting",
+                            &format!("{topic} partition {partition}"),
+                        );
+                    }
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Err((e, _)) => fatal(format!(
@@ -535,18 +635,6 @@ impl Core {
         while let Some(front) = self.inflight.front() {
             if front.ack.remaining.load(Ordering::Acquire) > 0 {
                 break;
-            }
-            if let Some(e) = front
-                .ack
-                .failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-            {
-                fatal(format!(
-                    "the broker did not take the outputs of partition {}: {e}",
-                    front.partition
-                ));
             }
             let f = self.inflight.pop_front().expect("front exists");
             self.to_commit.insert(f.partition, f.next_offset);
@@ -578,7 +666,7 @@ impl Core {
         };
         if let Err(e) = consumer.commit(&tpl, mode) {
             // Not fatal: a later commit covers it; a takeover re-produces a little more.
-            tracing::warn!(error = %e, "offset commit failed");
+            self.warn_repeated("offset commit failed", &e);
         }
     }
 
@@ -590,10 +678,14 @@ impl Core {
         let due: Vec<u32> = self
             .owned
             .iter()
-            .filter(|(_, o)| {
+            .filter(|(p, o)| {
                 o.catch_up_to.is_none()
                     && o.needs_tick_at <= now
                     && o.last_tick + MIN_TICK_GAP_MS <= now
+                    && self
+                        .ticks
+                        .get(p)
+                        .is_none_or(|a| a.remaining.load(Ordering::Acquire) == 0)
             })
             .map(|(p, _)| *p)
             .collect();
@@ -611,6 +703,7 @@ impl Core {
             // Not tracked for commits: a lost tick is followed by another.
             let ack = Arc::new(BatchAck::default());
             self.produce(&topic, p, None, None, &encode(&tick), &ack);
+            self.ticks.insert(p, ack);
         }
     }
 
@@ -644,19 +737,30 @@ impl Core {
         }
     }
 
-    /// Waits for every produced output to be acknowledged (bounded; else fatal).
-    fn drain_acks(&mut self) {
-        if let Err(e) = self.producer.flush(PRODUCE_WAIT) {
-            fatal(format!(
-                "outputs not acknowledged within {PRODUCE_WAIT:?}: {e}"
-            ));
-        }
+    /// Waits (at most [`REVOKE_ACK_WAIT`]) for the produced outputs to be acknowledged;
+    /// true if all were. Those that were not stay queued in the producer (delivered
+    /// when the broker is back) and uncommitted (whoever owns their partition next
+    /// produces them again; readers drop the repeats).
+    fn drain_acks(&mut self) -> bool {
+        let wait = if self.health.is_reachable() {
+            REVOKE_ACK_WAIT
+        } else {
+            // An announced outage: nothing will be acknowledged in the meantime.
+            Duration::from_millis(200)
+        };
+        let _ = self.producer.flush(wait);
         self.reap_acks();
-        if let Some(f) = self.inflight.front() {
-            fatal(format!(
-                "outputs of partition {} still unacknowledged after a flush",
-                f.partition
-            ));
+        match self.inflight.front() {
+            None => true,
+            Some(f) => {
+                tracing::warn!(
+                    partition = f.partition,
+                    batches = self.inflight.len(),
+                    waited_ms = wait.as_millis() as u64,
+                    "outputs not acknowledged yet (broker unreachable?): left uncommitted, still queued; the next owner of the partition produces them again"
+                );
+                false
+            }
         }
     }
 
@@ -666,8 +770,12 @@ impl Core {
             return;
         }
         let t = Instant::now();
-        self.drain_acks();
-        self.maybe_commit(consumer, true);
+        let acked = self.drain_acks();
+        if self.health.is_reachable() && !consumer.assignment_lost() {
+            self.maybe_commit(consumer, true);
+        } else if !acked || !self.to_commit.is_empty() {
+            tracing::warn!("offsets not committed now (broker unreachable); the next owner replays from the last commit");
+        }
         let owned = std::mem::take(&mut self.owned);
         let n = owned.len();
         for (p, mut o) in owned {
@@ -688,7 +796,8 @@ impl Core {
         tracing::info!(
             partitions = n,
             elapsed_ms = t.elapsed().as_millis() as u64,
-            "partitions let go (acked, committed, snapshotted)"
+            all_acked = acked,
+            "partitions let go (acked outputs committed, snapshotted)"
         );
     }
 
@@ -701,9 +810,13 @@ impl Core {
             .iter()
             .map(|e| e.partition() as u32)
             .collect();
-        let committed = match consumer.committed_offsets(tpl.clone(), ADMIN_TIMEOUT) {
-            Ok(c) => c,
-            Err(e) => fatal(format!("cannot read the committed offsets of {topic}: {e}")),
+        // Retried (a broker that went away again): a retry cures it. Given up only
+        // when the engine stops, taking nothing.
+        let committed = match self.retry("the committed offsets", || {
+            consumer.committed_offsets(tpl.clone(), ADMIN_TIMEOUT)
+        }) {
+            Some(c) => c,
+            None => return,
         };
         for p in parts {
             let c = match committed
@@ -713,12 +826,16 @@ impl Core {
                 Some(Offset::Offset(c)) if c >= 0 => c as u64,
                 _ => 0,
             };
-            let (low, high) = match flashsale_runtime::kafka::watermarks(consumer, &topic, p as i32)
-            {
-                Ok((l, h)) => (l.max(0) as u64, h.max(0) as u64),
-                Err(e) => fatal(format!(
-                    "cannot read the offsets of {topic} partition {p}: {e}"
-                )),
+            let (low, high) = match self.retry(&format!("the offsets of partition {p}"), || {
+                flashsale_runtime::kafka::watermarks(consumer, &topic, p as i32)
+            }) {
+                Some((l, h)) => (l.max(0) as u64, h.max(0) as u64),
+                None => {
+                    // Stopping: the partitions recovered so far are kept (let go at
+                    // stop), the others are not taken.
+                    self.status.owned.store(self.owned.len(), Ordering::Release);
+                    return;
+                }
             };
             let (actor, from) = self.recover(p, c, low);
             let next = actor.state().next_offset();
@@ -762,6 +879,38 @@ impl Core {
             elapsed_ms = t.elapsed().as_millis() as u64,
             "assignment recovered"
         );
+    }
+
+    /// Runs `f` until it succeeds, with backoff and one line per [`QUIET_EVERY`];
+    /// `None` once the engine is told to stop.
+    fn retry<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+    ) -> Option<T> {
+        let mut backoff = Backoff::default();
+        let mut failures = 0u64;
+        loop {
+            match f() {
+                Ok(v) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "read {what} after retrying");
+                    }
+                    return Some(v);
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.warn_repeated(&format!("cannot read {what}; retrying"), &e);
+                    let until = Instant::now() + backoff.delay();
+                    while Instant::now() < until {
+                        if self.stop.load(Ordering::Acquire) {
+                            return None;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
     }
 
     /// The state to start partition `p` from: the kept actor or the newest valid

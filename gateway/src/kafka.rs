@@ -8,13 +8,24 @@
 //! the read model has applied partition `p`'s events through `o`. Replies wait in a
 //! bounded map meanwhile; nobody waits for one whose request is gone (deadline passed,
 //! or a reply re-sent by an engine replaying after a failover), so it is dropped.
+//!
+//! While the broker is unreachable (an outage [`KafkaHealth`] announced), commands are
+//! refused at once with 503 + `Retry-After` (the partitions are
+//! [`PartitionStatus::WriteBlocked`]) and reads are served from the read model; a
+//! command already queued fails after [`COMMAND_DELIVERY_TIMEOUT`] (its request was
+//! answered 503 at its deadline). Both clients come back by themselves.
 
 use crate::dispatch::{BusError, BusFuture, CommandBus, Pending};
 use crate::readmodel::ReadModel;
 use anyhow::Context;
 use flashsale_proto::*;
-use flashsale_runtime::bus::EngineReadiness;
-use flashsale_runtime::kafka::{base_config, producer_config, watermarks};
+use flashsale_runtime::bus::{EngineReadiness, PartitionStatus};
+use flashsale_runtime::kafka::{
+    base_config, producer_config, watermarks, Delivery, KafkaHealth, QuietContext,
+    STATS_INTERVAL_MS,
+};
+use flashsale_runtime::patience::QUIET_EVERY;
+use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
 use flashsale_runtime::telemetry::{TraceParent, TRACEPARENT_HEADER};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -30,8 +41,14 @@ use std::time::{Duration, Instant};
 /// (their requests answer 503 and are retried).
 const MAX_PARKED: usize = 100_000;
 
+/// How long a command may wait in the producer for the broker before it fails. Its
+/// request was answered 503 at the reply deadline long before; a bound keeps commands
+/// from reaching the log minutes after the buyer was told to retry.
+pub const COMMAND_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct KafkaBus {
-    producer: FutureProducer,
+    producer: FutureProducer<QuietContext>,
+    health: Arc<KafkaHealth>,
     topic: String,
     partitions: u32,
     follower_ready: Arc<AtomicBool>,
@@ -67,12 +84,20 @@ impl KafkaBus {
         linger_ms: u32,
         follower_ready: Arc<AtomicBool>,
         engine: Option<Arc<dyn EngineReadiness>>,
+        health: Arc<KafkaHealth>,
     ) -> anyhow::Result<Self> {
-        let producer: FutureProducer = producer_config(brokers, "flashsale-gateway", linger_ms)
-            .create()
-            .context("cannot create the Kafka producer")?;
+        let producer: FutureProducer<QuietContext> = producer_config(
+            brokers,
+            "flashsale-gateway",
+            linger_ms,
+            Delivery::Within(COMMAND_DELIVERY_TIMEOUT),
+        )
+        .set("statistics.interval.ms", STATS_INTERVAL_MS)
+        .create_with_context(QuietContext::new(health.clone()))
+        .context("cannot create the Kafka producer")?;
         Ok(KafkaBus {
             producer,
+            health,
             topic: topics.commands.clone(),
             partitions,
             follower_ready,
@@ -110,6 +135,11 @@ impl CommandBus for KafkaBus {
             if self.closing.load(Ordering::Acquire) {
                 return Err(BusError::Unavailable("the server is shutting down".into()));
             }
+            if !self.health.is_reachable() {
+                return Err(BusError::Unavailable(
+                    "the command log (Kafka) is unreachable; nothing was done".into(),
+                ));
+            }
             let payload = encode(&record);
             let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
                 .partition(partition as i32)
@@ -145,6 +175,18 @@ impl CommandBus for KafkaBus {
             && self.follower_ready.load(Ordering::Acquire)
             && self.engine.as_ref().is_none_or(|e| e.is_ready())
     }
+
+    /// During a broker outage every partition is write-blocked: commands answer 503 +
+    /// `Retry-After` at once, reads are served from the read model.
+    fn partition_status(&self, _partition: u32) -> PartitionStatus {
+        if !self.is_ready() {
+            PartitionStatus::Recovering
+        } else if !self.health.is_reachable() {
+            PartitionStatus::WriteBlocked("Kafka is unreachable".to_string())
+        } else {
+            PartitionStatus::Live
+        }
+    }
 }
 
 /// The follower thread: replies of one gateway + all events → read model + waiters.
@@ -165,6 +207,9 @@ pub struct FollowerOptions {
     pub gateway_id: u32,
     pub partitions: u32,
     pub replies_partitions: u32,
+    /// Shared with the gateway's [`KafkaBus`]: the follower's statistics say when the
+    /// broker is back.
+    pub health: Arc<KafkaHealth>,
 }
 
 impl Follower {
@@ -185,7 +230,7 @@ impl Follower {
             opts.replies_partitions,
             opts.replies_partitions - 1
         );
-        let consumer: BaseConsumer = base_config(
+        let consumer: BaseConsumer<QuietContext> = base_config(
             &opts.brokers,
             &format!("flashsale-gateway-{}", opts.gateway_id),
         )
@@ -201,7 +246,8 @@ impl Follower {
         // The reply wait is the user's latency: never let the broker hold a fetch.
         .set("fetch.wait.max.ms", "5")
         .set("fetch.error.backoff.ms", "50")
-        .create()
+        .set("statistics.interval.ms", STATS_INTERVAL_MS)
+        .create_with_context(QuietContext::new(opts.health.clone()))
         .context("cannot create the Kafka consumer")?;
         // Replies: from the end as it is now, resolved here (not lazily at the first
         // fetch) so that no reply to a request sent after this point is skipped.
@@ -247,7 +293,7 @@ impl Follower {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("kafka-follower-{}", opts.gateway_id))
-            .spawn(move || follow(consumer, state, stop2))
+            .spawn(move || follow(consumer, state, stop2, opts.health))
             .context("cannot start the follower thread")?;
         Ok(Follower {
             stop,
@@ -285,13 +331,29 @@ struct FollowerState {
     started: Instant,
 }
 
-fn follow(consumer: BaseConsumer, mut st: FollowerState, stop: Arc<AtomicBool>) {
+fn follow(
+    consumer: BaseConsumer<QuietContext>,
+    mut st: FollowerState,
+    stop: Arc<AtomicBool>,
+    health: Arc<KafkaHealth>,
+) {
     let mut last_sweep = Instant::now();
+    let lines = LogLimiter::new(QUIET_EVERY);
     st.check_ready();
     while !stop.load(Ordering::Acquire) {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "Kafka follower: consume error"),
+            // A lost connection: the health's lines tell it.
+            Some(Err(e)) if flashsale_runtime::kafka::is_connection_error(&e) => {}
+            Some(Err(e)) => {
+                // Rate-limited, and left to the outage's own lines while one lasts.
+                let text = e.to_string();
+                if health.is_reachable() {
+                    if let Some(left_out) = lines.check(&similarity_key(&text)) {
+                        tracing::warn!(error = %text, similar_left_out = left_out, "Kafka follower: consume error");
+                    }
+                }
+            }
             Some(Ok(m)) => {
                 let Some(payload) = m.payload() else { continue };
                 if m.topic() == st.topics.events {

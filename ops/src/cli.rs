@@ -293,7 +293,7 @@ pub struct MigrateArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ProjectorArgs {
     /// Kafka bootstrap servers, host:port[,host:port].
-    #[arg(long, env = "FLASHSALE_KAFKA")]
+    #[arg(long, env = "FLASHSALE_KAFKA", value_parser = flashsale_runtime::kafka::bootstrap_arg)]
     pub kafka: String,
     #[command(flatten)]
     pub pg: PostgresArgs,
@@ -327,7 +327,7 @@ pub struct ServeCmd {
 #[derive(Debug, Clone, Args)]
 pub struct ServeKafkaArgs {
     /// Kafka bootstrap servers, host:port[,host:port]. Set: Kafka mode (missing topics are created with --partitions).
-    #[arg(long, env = "FLASHSALE_KAFKA")]
+    #[arg(long, env = "FLASHSALE_KAFKA", value_parser = flashsale_runtime::kafka::bootstrap_arg)]
     pub kafka: Option<String>,
     /// Run embedded (log and snapshots in --data-dir) even when FLASHSALE_KAFKA or
     /// FLASHSALE_POSTGRES are set in the environment, e.g. by `.services.env`.
@@ -372,7 +372,7 @@ pub struct ServeKafkaArgs {
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, host:port[,host:port].
-    #[arg(long, env = "FLASHSALE_KAFKA")]
+    #[arg(long, env = "FLASHSALE_KAFKA", value_parser = flashsale_runtime::kafka::bootstrap_arg)]
     pub kafka: String,
     /// Prefix of the topic names (<prefix>commands, <prefix>events, <prefix>replies).
     #[arg(

@@ -12,6 +12,8 @@
 //! - [`kafka_id`]: a topic's identity (name + Kafka's topic id), the key of snapshots
 //!   and projector offsets.
 //! - [`patience`]: retry with backoff and rate-limited warnings while a broker is away.
+//! - [`ratelimit`]: repeated log lines counted instead of written (librdkafka's own,
+//!   and errors a retry loop sees again and again).
 //! - [`pg`]: the Postgres pool, migrations and retry policy.
 //! - [`metrics`]: the process's Prometheus registry (every series of DESIGN.md
 //!   "Observability"), passed down explicitly.
@@ -27,6 +29,7 @@ pub mod kafka_id;
 pub mod metrics;
 pub mod patience;
 pub mod pg;
+pub mod ratelimit;
 pub mod telemetry;
 
 /// Wall-clock unix milliseconds. The engine's core never calls this: its time is the

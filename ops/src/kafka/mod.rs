@@ -128,6 +128,15 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         metrics,
     } = extras;
     if let Some(spec) = create_topics {
+        // Started before the broker: wait for it first (one line, then quiet); what
+        // `create` refuses then (a partition count that does not match) is for good.
+        let (brokers, names) = (k.brokers.clone(), k.topics.clone());
+        flashsale_runtime::patience::retry_forever(&format!("Kafka at {}", k.brokers), move || {
+            flashsale_runtime::kafka::probe(&brokers, flashsale_runtime::kafka::ADMIN_TIMEOUT)?;
+            topics::partition_counts(&brokers, &[&names.commands, &names.events, &names.replies])
+                .map(|_| ())
+        })
+        .await;
         let brokers = k.brokers.clone();
         let created = blocking(move || topics::create(&brokers, &spec)).await?;
         for t in created.iter().filter(|t| t.status == "created") {
@@ -139,7 +148,10 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
     let (brokers, topics) = (k.brokers.clone(), k.topics.clone());
     let (partitions, replies_partitions) = flashsale_runtime::patience::retry_forever(
         &format!("Kafka at {} (topic {})", k.brokers, k.topics.commands),
-        move || topics::check(&brokers, &topics),
+        move || {
+            flashsale_runtime::kafka::probe(&brokers, flashsale_runtime::kafka::ADMIN_TIMEOUT)?;
+            topics::check(&brokers, &topics)
+        },
     )
     .await;
     let admin_token = gw
@@ -165,6 +177,8 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         .map(|e| e.status.clone() as Arc<dyn EngineReadiness>);
 
     let follower_ready = Arc::new(AtomicBool::new(false));
+    // One health for the gateway's two clients: an outage is told once for both.
+    let health = flashsale_runtime::kafka::KafkaHealth::new("the gateway", k.brokers.clone());
     let follower = {
         let opts = FollowerOptions {
             brokers: k.brokers.clone(),
@@ -172,6 +186,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             gateway_id: gw.gateway_id,
             partitions,
             replies_partitions,
+            health: health.clone(),
         };
         let (read, pending, ready) = (read.clone(), pending.clone(), follower_ready.clone());
         blocking(move || Follower::start(opts, read, pending, ready)).await?
@@ -183,6 +198,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         k.linger_ms,
         follower_ready,
         engine_ready,
+        health,
     )?);
     let dispatcher = Dispatcher::new(
         bus.clone(),

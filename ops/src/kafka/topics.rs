@@ -18,10 +18,9 @@
 
 use anyhow::Context;
 use flashsale_proto::Topics;
-use flashsale_runtime::kafka::{base_config, count_partitions, ADMIN_TIMEOUT};
+use flashsale_runtime::kafka::{base_config, count_partitions, QuietContext, ADMIN_TIMEOUT};
 pub use flashsale_runtime::kafka::{check, partition_counts};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -169,8 +168,8 @@ pub fn create(brokers: &str, spec: &TopicSpec) -> anyhow::Result<Vec<TopicOutcom
             );
         }
     }
-    let admin: AdminClient<DefaultClientContext> = base_config(brokers, "flashsale-admin")
-        .create()
+    let admin: AdminClient<QuietContext> = base_config(brokers, "flashsale-admin")
+        .create_with_context(QuietContext::default())
         .context("cannot create a Kafka admin client")?;
     let mut outcomes = Vec::new();
     let mut to_create = Vec::new();
@@ -294,10 +293,10 @@ pub fn rewind_group(
 ) -> anyhow::Result<()> {
     use rdkafka::consumer::CommitMode;
     use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = base_config(brokers, "flashsale-rewind")
+    let consumer: BaseConsumer<QuietContext> = base_config(brokers, "flashsale-rewind")
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(QuietContext::default())
         .context("cannot create a Kafka client")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))?;

@@ -17,7 +17,7 @@ pub struct SourceArgs {
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Kafka mode: bootstrap servers. Set, the command log is read from Kafka.
-    #[arg(long, env = "FLASHSALE_KAFKA")]
+    #[arg(long, env = "FLASHSALE_KAFKA", value_parser = flashsale_runtime::kafka::bootstrap_arg)]
     pub kafka: Option<String>,
     /// Kafka mode: Postgres URL (snapshots; orders for `audit`).
     #[arg(long, env = "FLASHSALE_POSTGRES", hide_env_values = true)]

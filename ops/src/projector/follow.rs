@@ -5,13 +5,18 @@
 //! it, retrying with backoff while Postgres is away. Nothing is read past a batch that
 //! has not landed, so an outage loses nothing and doubles nothing.
 //!
+//! A broker outage is ridden out: librdkafka reconnects by itself, the outage is told
+//! in a few lines ([`KafkaHealth`]) and read errors meanwhile are rate-limited.
+//!
 //! Several projectors may run at once (one per `serve --kafka` node): each applies
 //! every partition, and the offset rows they lock make all but the first copy a no-op.
 
 use super::{Projector, ProjectorConfig};
+use flashsale_runtime::kafka::{KafkaHealth, QuietContext, STATS_INTERVAL_MS};
+use flashsale_runtime::patience::{Quiet, QUIET_EVERY};
 use flashsale_runtime::pg::{PgError, Pool, Retry};
+use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
 use futures::{FutureExt, StreamExt};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -53,10 +58,10 @@ pub async fn run_projector(
     };
     tracing::info!(log = %log.log_id(), "projecting log {log}");
     let projector = Projector::new(pool, config.events_topic.clone()).with_log_id(log.log_id());
-    let consumer: Arc<StreamConsumer> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka_bootstrap)
-            .set("client.id", "flashsale-projector")
+    let health = KafkaHealth::new("the projector", config.kafka_bootstrap.clone());
+    let lines = LogLimiter::new(QUIET_EVERY);
+    let consumer: Arc<StreamConsumer<QuietContext>> = Arc::new(
+        flashsale_runtime::kafka::base_config(&config.kafka_bootstrap, "flashsale-projector")
             // Needed by librdkafka; never used to commit (positions live in Postgres).
             .set("group.id", "flashsale-projector")
             .set("enable.auto.commit", "false")
@@ -65,8 +70,8 @@ pub async fn run_projector(
             .set("isolation.level", "read_committed")
             // An order must be in Postgres within 1 s of its 201: never let a fetch sit.
             .set("fetch.wait.max.ms", "10")
-            .set("socket.keepalive.enable", "true")
-            .create()
+            .set("statistics.interval.ms", STATS_INTERVAL_MS)
+            .create_with_context(QuietContext::new(health.clone()))
             .map_err(|e| anyhow::anyhow!("cannot create the projector's Kafka consumer: {e}"))?,
     );
     let topic = config.events_topic.clone();
@@ -104,11 +109,17 @@ pub async fn run_projector(
         let mut records = Vec::new();
         let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
         if let Some(m) = first {
-            take(m, &mut records, &mut positions, &mut undecodable_total);
+            let read = Read {
+                health: &health,
+                lines: &lines,
+            };
+            read.take(m, &mut records, &mut positions, &mut undecodable_total);
             // Whatever else is already fetched joins the batch; never wait for more.
             while records.len() < max_batch {
                 match stream.next().now_or_never() {
-                    Some(Some(m)) => take(m, &mut records, &mut positions, &mut undecodable_total),
+                    Some(Some(m)) => {
+                        read.take(m, &mut records, &mut positions, &mut undecodable_total)
+                    }
                     _ => break,
                 }
             }
@@ -166,31 +177,48 @@ pub async fn run_projector(
     Ok(())
 }
 
-/// Adds one message to the batch: its record (if it decodes) and its partition's next
-/// position (always: an undecodable record is skipped, not re-read forever).
-fn take(
-    m: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
-    records: &mut Vec<flashsale_proto::EventRecord>,
-    positions: &mut BTreeMap<i32, i64>,
-    undecodable: &mut u64,
-) {
-    match m {
-        Ok(msg) => {
-            let next = positions.entry(msg.partition()).or_insert(0);
-            *next = (*next).max(msg.offset() + 1);
-            match msg
-                .payload()
-                .map(flashsale_proto::decode::<flashsale_proto::EventRecord>)
-            {
-                Some(Ok(rec)) => records.push(rec),
-                Some(Err(e)) => {
-                    *undecodable += 1;
-                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event record skipped");
+/// Where read errors go: rate-limited, and none while an announced outage lasts.
+struct Read<'a> {
+    health: &'a KafkaHealth,
+    lines: &'a LogLimiter,
+}
+
+impl Read<'_> {
+    /// Adds one message to the batch: its record (if it decodes) and its partition's next
+    /// position (always: an undecodable record is skipped, not re-read forever).
+    fn take(
+        &self,
+        m: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+        records: &mut Vec<flashsale_proto::EventRecord>,
+        positions: &mut BTreeMap<i32, i64>,
+        undecodable: &mut u64,
+    ) {
+        match m {
+            Ok(msg) => {
+                let next = positions.entry(msg.partition()).or_insert(0);
+                *next = (*next).max(msg.offset() + 1);
+                match msg
+                    .payload()
+                    .map(flashsale_proto::decode::<flashsale_proto::EventRecord>)
+                {
+                    Some(Ok(rec)) => records.push(rec),
+                    Some(Err(e)) => {
+                        *undecodable += 1;
+                        tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event record skipped");
+                    }
+                    None => *undecodable += 1,
                 }
-                None => *undecodable += 1,
+            }
+            Err(e) if flashsale_runtime::kafka::is_connection_error(&e) => {}
+            Err(e) => {
+                let text = e.to_string();
+                if self.health.is_reachable() {
+                    if let Some(left_out) = self.lines.check(&similarity_key(&text)) {
+                        tracing::warn!(error = %text, similar_left_out = left_out, "events topic read error; librdkafka retries");
+                    }
+                }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "events topic read error; librdkafka retries"),
     }
 }
 
@@ -198,7 +226,10 @@ fn permanent(e: PgError) -> anyhow::Error {
     anyhow::anyhow!("the projector stopped on an error that retrying cannot fix: {e}")
 }
 
-async fn partition_count(consumer: &Arc<StreamConsumer>, topic: &str) -> anyhow::Result<i32> {
+async fn partition_count(
+    consumer: &Arc<StreamConsumer<QuietContext>>,
+    topic: &str,
+) -> anyhow::Result<i32> {
     let (c, t) = (consumer.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         let md = c.fetch_metadata(Some(&t), Duration::from_secs(5))?;
@@ -216,21 +247,20 @@ async fn partition_count(consumer: &Arc<StreamConsumer>, topic: &str) -> anyhow:
 
 /// Waits (with backoff, until `shutdown`) until the topic exists; its partition count.
 async fn wait_for_partitions(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<StreamConsumer<QuietContext>>,
     topic: &str,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Option<i32> {
     let mut delay = Duration::from_millis(200);
+    let mut quiet = Quiet::new(format!("the events topic {topic}"));
     loop {
         match partition_count(consumer, topic).await {
-            Ok(n) if n > 0 => return Some(n),
-            Ok(_) => tracing::info!(
-                topic,
-                "events topic does not exist yet; waiting (flashsale topics create)"
-            ),
-            Err(e) => {
-                tracing::warn!(topic, error = %e, "cannot read the events topic's metadata; retrying")
+            Ok(n) if n > 0 => {
+                quiet.succeeded();
+                return Some(n);
             }
+            Ok(_) => quiet.failed(&"it does not exist yet (flashsale topics create)"),
+            Err(e) => quiet.failed(&format!("cannot read its metadata: {e}")),
         }
         tokio::select! {
             _ = &mut *shutdown => return None,
@@ -256,7 +286,7 @@ fn tpl(
 }
 
 fn assign(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<QuietContext>,
     topic: &str,
     range: std::ops::Range<i32>,
     stored: &HashMap<i32, i64>,
