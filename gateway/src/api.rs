@@ -445,7 +445,9 @@ async fn get_order(
     let raw = path_param(id, "orderId")?;
     let id: OrderId = raw.parse().map_err(|_| ApiError::order_not_found(&raw))?;
     let Some(o) = app.orders.order(&id).await? else {
-        if app.orders.from_read_model() && u32::from(id.partition) < app.dispatcher.partitions() {
+        if app.orders.served_from_read_model()
+            && u32::from(id.partition) < app.dispatcher.partitions()
+        {
             app.dispatcher.check_readable(u32::from(id.partition))?;
         }
         return Err(ApiError::order_not_found(&raw));
@@ -459,7 +461,7 @@ async fn orders_of_user(
 ) -> Result<Json<Value>, ApiError> {
     let raw = path_param(id, "userId")?;
     let user = UserId::parse(&raw).map_err(|e| ApiError::bad_request("userId", e.to_string()))?;
-    if app.orders.from_read_model() {
+    if app.orders.served_from_read_model() {
         // As for the product list: a partial list would hide orders that exist.
         let missing = app.dispatcher.unreadable_partitions();
         if !missing.is_empty() {

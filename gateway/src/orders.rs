@@ -16,7 +16,7 @@ pub trait OrderSource: Send + Sync + 'static {
     /// True when the orders come from this node's read model: then a miss while a
     /// partition is not loaded (recovering, catching up, failed) is unknown, not absent,
     /// and the API answers 503 rather than 404 or `[]`.
-    fn from_read_model(&self) -> bool {
+    fn served_from_read_model(&self) -> bool {
         false
     }
 }
@@ -28,7 +28,7 @@ impl OrderSource for ReadModel {
     fn orders_of<'a>(&'a self, user: &'a UserId) -> OrderFuture<'a, Vec<OrderView>> {
         Box::pin(std::future::ready(Ok(ReadModel::orders_of(self, user))))
     }
-    fn from_read_model(&self) -> bool {
+    fn served_from_read_model(&self) -> bool {
         true
     }
 }
