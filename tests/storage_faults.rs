@@ -232,7 +232,10 @@ async fn build_history(data: &Path) -> (Acked, Vec<(String, u32)>) {
     }
     running.take().unwrap().stop().await.unwrap();
     for p in 0..PARTITIONS {
-        assert_eq!(snapshots_of(data, p).len(), 2, "two snapshots of p{p}");
+        assert!(
+            snapshots_of(data, p).len() >= 2,
+            "at least two snapshots of p{p}"
+        );
     }
     (acked, skus)
 }
@@ -414,7 +417,10 @@ async fn storage_faults_lose_nothing_acknowledged_and_fail_one_partition_alone()
             ),
         ] {
             fresh();
-            std::fs::remove_file(snapshots_of(&run, p).pop().unwrap()).unwrap();
+            // Every snapshot but the oldest goes.
+            for f in snapshots_of(&run, p).into_iter().skip(1) {
+                std::fs::remove_file(f).unwrap();
+            }
             let log = log_of(&run, p);
             let mut bytes = std::fs::read(&log).unwrap();
             bytes[at] ^= 0x10;

@@ -135,7 +135,11 @@ impl Activity {
                         ReservationStatus::Cancelled => a.cancelled += 1,
                     }
                 }
-                Event::OrderCreated(_) | Event::ProductPaused { .. } | Event::SaleEnded { .. } => {}
+                // Pruning forgets ended holds; it changes no figure of the console.
+                Event::OrderCreated(_)
+                | Event::ProductPaused { .. }
+                | Event::SaleEnded { .. }
+                | Event::ReservationsPruned { .. } => {}
             }
         }
     }
