@@ -805,6 +805,8 @@ impl Core {
     fn assign(&mut self, consumer: &BaseConsumer<EngineContext>, tpl: &mut TopicPartitionList) {
         let t = Instant::now();
         let topic = self.opts.topics.commands.clone();
+        // Partitions rebuilt by replaying the whole log (no usable snapshot).
+        let mut replayed_from_start: Vec<u32> = Vec::new();
         let parts: Vec<u32> = tpl
             .elements_for_topic(&topic)
             .iter()
@@ -838,6 +840,9 @@ impl Core {
                 }
             };
             let (actor, from) = self.recover(p, c, low);
+            if from == "log start" {
+                replayed_from_start.push(p);
+            }
             let next = actor.state().next_offset();
             if let Err(e) = tpl.set_partition_offset(&topic, p as i32, Offset::Offset(next as i64))
             {
@@ -876,6 +881,7 @@ impl Core {
         tracing::info!(
             owned = ?self.owned.keys().collect::<Vec<_>>(),
             catching_up = self.status.catching_up.load(Ordering::Acquire),
+            replayed_from_log_start = ?replayed_from_start,
             elapsed_ms = t.elapsed().as_millis() as u64,
             "assignment recovered"
         );
