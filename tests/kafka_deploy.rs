@@ -17,7 +17,7 @@ use flashsale_tests::reqwest::{Method, StatusCode};
 use flashsale_tests::serde_json::{json, Value};
 use flashsale_tests::*;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PARTITIONS: u32 = 2;
 
@@ -94,21 +94,6 @@ impl Deployment {
 
 fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-}
-
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// A sale of `sku` (100 units, limit 1), then `holds` holds by distinct users

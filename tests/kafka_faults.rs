@@ -189,22 +189,6 @@ async fn one_attempt(
     }
 }
 
-/// Polls `f` until it returns Some (bounded), panicking with `what` otherwise.
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn products_by_sku(client: &reqwest::Client, base: &str) -> BTreeMap<String, Value> {
     let a = call(client, base, Method::GET, "/api/v1/products", None, &[]).await;
     assert_eq!(a.status, StatusCode::OK);

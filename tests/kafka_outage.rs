@@ -132,21 +132,6 @@ fn lines_between(dir: &Path, name: &str, from: usize, to: usize) -> Vec<String> 
         .collect()
 }
 
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// `/ready` answered 200 (bounded by `secs`).
 async fn ready(client: &reqwest::Client, base: &str, secs: u64) {
     eventually(&format!("{base} ready"), secs, || async {

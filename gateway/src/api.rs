@@ -232,6 +232,26 @@ pub(crate) fn path_param(
         .map_err(|e| ApiError::bad_request(name, e.body_text()))
 }
 
+/// A `{skuId}` path parameter: the raw text and the parsed id, or 404 "Product Not
+/// Found" naming it.
+pub(crate) fn sku_param(
+    p: Result<Path<String>, PathRejection>,
+) -> Result<(String, SkuId), ApiError> {
+    let raw = path_param(p, "skuId")?;
+    let sku = SkuId::parse(&raw).map_err(|_| ApiError::product_not_found(&raw))?;
+    Ok((raw, sku))
+}
+
+/// A `{saleId}` path parameter: the raw text and the parsed id, or 404 "Sale Not Found"
+/// naming it.
+pub(crate) fn sale_id_param(
+    p: Result<Path<String>, PathRejection>,
+) -> Result<(String, SaleId), ApiError> {
+    let raw = path_param(p, "saleId")?;
+    let id = raw.parse().map_err(|_| ApiError::sale_not_found(&raw))?;
+    Ok((raw, id))
+}
+
 fn created(v: Value) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
@@ -505,8 +525,7 @@ async fn availability(
     State(app): State<AppState>,
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let raw = path_param(sku, "skuId")?;
-    let sku = SkuId::parse(&raw).map_err(|_| ApiError::product_not_found(&raw))?;
+    let (raw, sku) = sku_param(sku)?;
     let Some(p) = app.read.product(&sku) else {
         app.dispatcher
             .check_readable(app.dispatcher.partition_of(&sku))?;
@@ -636,8 +655,7 @@ async fn get_sale(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     app.authorize(&headers)?;
-    let raw = path_param(id, "saleId")?;
-    let id: SaleId = raw.parse().map_err(|_| ApiError::sale_not_found(&raw))?;
+    let (raw, id) = sale_id_param(id)?;
     let (sale, products) = app
         .read
         .sale(&id)
@@ -671,8 +689,7 @@ async fn delete_sale(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     app.authorize(&headers)?;
-    let raw = path_param(id, "saleId")?;
-    let id: SaleId = raw.parse().map_err(|_| ApiError::sale_not_found(&raw))?;
+    let (_, id) = sale_id_param(id)?;
     Ok(Json(
         crate::sales::delete_sale(&app.dispatcher, &app.read, id).await?,
     ))

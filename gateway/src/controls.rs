@@ -3,7 +3,7 @@
 //! the buyers' commands and replayed exactly; the engine decides, this module
 //! validates input and turns replies into HTTP answers.
 
-use crate::api::{body_bytes, path_param, unexpected, AppState};
+use crate::api::{body_bytes, path_param, sale_id_param, sku_param, unexpected, AppState};
 use crate::error::ApiError;
 use crate::json::{money, reservation_json, sale_json, Body};
 use crate::readmodel::ProductEntry;
@@ -159,8 +159,7 @@ pub async fn pause_product(
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     app.authorize(&headers)?;
-    let raw = path_param(sku, "skuId")?;
-    let sku = SkuId::parse(&raw).map_err(|_| ApiError::product_not_found(&raw))?;
+    let (raw, sku) = sku_param(sku)?;
     control(&app, &raw, Command::PauseProduct { sku }).await
 }
 
@@ -171,8 +170,7 @@ pub async fn resume_product(
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     app.authorize(&headers)?;
-    let raw = path_param(sku, "skuId")?;
-    let sku = SkuId::parse(&raw).map_err(|_| ApiError::product_not_found(&raw))?;
+    let (raw, sku) = sku_param(sku)?;
     control(&app, &raw, Command::ResumeProduct { sku }).await
 }
 
@@ -184,8 +182,7 @@ pub async fn end_sale(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     app.authorize(&headers)?;
-    let raw = path_param(id, "saleId")?;
-    let sale_id: SaleId = raw.parse().map_err(|_| ApiError::sale_not_found(&raw))?;
+    let (raw, sale_id) = sale_id_param(id)?;
     let (sale, _) = app
         .read
         .sale(&sale_id)

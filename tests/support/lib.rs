@@ -406,3 +406,23 @@ macro_rules! both_modes {
         }
     )*};
 }
+
+/// Polls `f` every 200 ms until it returns `Some` (the value), panicking with `what`
+/// after `secs` seconds: the tests' one bounded wait for a condition.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
