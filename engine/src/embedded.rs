@@ -7,10 +7,12 @@
 //! in order, publishes events (read model first) and then replies. Nothing is applied,
 //! so nothing is acknowledged, before it is on disk: a `kill -9` loses no answered
 //! request. A ticker appends tick records while holds are due; snapshots are written
-//! in the background from a copy of the state.
+//! by a second copy of the state that follows the same records on its own thread
+//! ([`crate::snapshotter`]), so taking one never stops the actor.
 
 use crate::log::{LogError, LogRecord, PartitionLog};
-use crate::store::{load_newest_valid, write_snapshot, FileSnapshotStore, SnapshotStore};
+use crate::snapshotter::Snapshotter;
+use crate::store::{load_newest_valid, FileSnapshotStore, SnapshotStore};
 use crate::trace;
 use anyhow::Context;
 use flashsale_core::actor::{Applied, PartitionActor, SnapshotPolicy};
@@ -334,13 +336,18 @@ impl EmbeddedNode {
                         .name(format!("log-writer-{p}"))
                         .spawn(move || writer_loop(log, inbox, to_actor, shared_w, health_w, p))
                         .expect("spawning a thread");
+                    let snapshotter = Snapshotter::start(
+                        actor.clone(),
+                        store.clone(),
+                        opts.keep_snapshots,
+                        metrics.clone(),
+                    );
                     let handle = tokio::spawn(actor_loop(
                         actor,
                         actor_rx,
                         output.clone(),
                         shared.clone(),
-                        store.clone(),
-                        opts.keep_snapshots,
+                        snapshotter,
                         metrics.clone(),
                     ));
                     actors.lock().await.push(handle);
@@ -638,12 +645,10 @@ async fn actor_loop(
     mut inbox: mpsc::Receiver<Written>,
     output: Arc<dyn EngineOutput>,
     shared: Arc<Vec<PartitionShared>>,
-    store: Arc<dyn SnapshotStore>,
-    keep: usize,
+    snapshotter: Snapshotter,
     metrics: Arc<Metrics>,
 ) {
     let p = actor.partition();
-    let writing = Arc::new(AtomicBool::new(false));
     while let Some((batch, traces)) = inbox.recv().await {
         let t = Instant::now();
         let applied = trace::apply_traced(&mut actor, &batch, &traces);
@@ -659,25 +664,13 @@ async fn actor_loop(
             .load(Ordering::Acquire)
             .saturating_sub(actor.state().next_offset());
         metrics.partition_lag(p, lag);
-        if !writing.load(Ordering::Acquire) {
-            if let Some(state) = actor.take_snapshot_if_due() {
-                writing.store(true, Ordering::Release);
-                let (store, metrics, writing) = (store.clone(), metrics.clone(), writing.clone());
-                tokio::task::spawn_blocking(move || {
-                    write_snapshot(&state, store.as_ref(), keep, &metrics);
-                    writing.store(false, Ordering::Release);
-                });
-            }
-        }
+        // Snapshots are written from a copy that follows the same records on its own
+        // thread: the actor never stops for one (engine/src/snapshotter.rs).
+        snapshotter.follow(batch).await;
     }
-    // The writer stopped (shutdown): one last snapshot so the next start replays little.
-    if !actor.dirty() {
-        return;
-    }
-    let state = actor.snapshot_now();
-    let _ =
-        tokio::task::spawn_blocking(move || write_snapshot(&state, store.as_ref(), keep, &metrics))
-            .await;
+    // The writer stopped (shutdown): the copy writes one last snapshot so the next
+    // start replays little.
+    let _ = tokio::task::spawn_blocking(move || snapshotter.finish()).await;
 }
 
 async fn ticker_loop(bus: Arc<EmbeddedBus>, shared: Arc<Vec<PartitionShared>>) {

@@ -4,7 +4,8 @@
 //! - [`embedded`]: embedded mode's actor loop. Per partition a writer thread that owns
 //!   the log file and group-commits batches (append + fdatasync) before any of them is
 //!   applied, an actor task that applies them in order, a ticker that appends tick
-//!   records while holds are due, and a background snapshot writer.
+//!   records while holds are due, and a background snapshotter ([`snapshotter`]: a
+//!   copy of the state that follows the same records and writes the snapshots).
 //! - [`log`]: the embedded command log (one checksummed append-only file per partition).
 //! - [`kafka`]: Kafka mode's consumer-group host: one actor per assigned partition of
 //!   `commands`, recovered from the newest usable snapshot and the log, replies and
@@ -26,6 +27,7 @@ pub mod embedded;
 pub mod kafka;
 pub mod log;
 pub mod pg;
+pub mod snapshotter;
 pub mod store;
 pub mod trace;
 

@@ -42,7 +42,9 @@ pub struct Applied {
     pub undecodable: u64,
 }
 
-#[derive(Debug)]
+/// `Clone` copies the state and the snapshot counters: the engine's background
+/// snapshotter starts from such a copy.
+#[derive(Debug, Clone)]
 pub struct PartitionActor {
     state: State,
     policy: SnapshotPolicy,
@@ -139,6 +141,50 @@ impl PartitionActor {
             return None;
         }
         Some(self.snapshot_now())
+    }
+
+    /// Applies records like [`Self::apply_batch`] but keeps no replies or events: what
+    /// a copy of the state that only writes snapshots needs (the engine's background
+    /// snapshotter follows the same log, so its state is the same pure function of it).
+    pub fn apply_batch_quietly(&mut self, records: &[LogRecord]) {
+        for rec in records {
+            if rec.offset < self.state.next_offset() {
+                continue;
+            }
+            let record: CommandRecord = decode(&rec.payload).unwrap_or(CommandRecord {
+                request_id: RequestId(0),
+                reply_to: NO_REPLY,
+                idempotency_key: None,
+                command: Command::Tick,
+            });
+            self.events_buf.clear();
+            let _ = self
+                .state
+                .apply(rec.offset, rec.log_time, &record, &mut self.events_buf);
+            self.applied_since_snapshot += 1;
+        }
+    }
+
+    /// True (and the counters reset) when the policy says a snapshot is due: the
+    /// caller then writes [`Self::state`] as it is, without a copy.
+    pub fn snapshot_due(&mut self) -> bool {
+        if self.applied_since_snapshot == 0 {
+            return false;
+        }
+        let by_count = self.applied_since_snapshot >= self.policy.every_commands;
+        let by_time =
+            self.state.clock().saturating_sub(self.last_snapshot_time) >= self.policy.every_ms;
+        if !(by_count || by_time) {
+            return false;
+        }
+        self.mark_snapshot_taken();
+        true
+    }
+
+    /// Resets the counters as if a snapshot of the state as it is had been taken.
+    pub fn mark_snapshot_taken(&mut self) {
+        self.applied_since_snapshot = 0;
+        self.last_snapshot_time = self.state.clock();
     }
 
     /// True when records were applied since the last snapshot.
