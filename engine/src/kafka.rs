@@ -12,10 +12,13 @@
 //!    `/ready` (serve mode) waits until the partition reached the end it had at
 //!    assignment.
 //! 2. **Apply** whole fetched batches in log order, with the record's Kafka timestamp
-//!    as log time; produce the batch's events to `events` (same partition, key =
-//!    skuId, timestamp = log time; an empty record at the batch's last offset if that
-//!    command changed nothing, so gateways know how far the read model is) and replies
-//!    to `replies` partition `reply_to`; one idempotent producer that never times a
+//!    as log time; produce the batch's events to `events` as ONE record (a batch of
+//!    event records, `BatchEncoder`, cut at 256 KiB; same partition, key = the skuId
+//!    of its first keyed event, timestamp = log time of its last; an empty event record
+//!    at the batch's last offset if that command changed nothing, so gateways know how
+//!    far the read model is) and its replies as one record per gateway to `replies`
+//!    partition `reply_to`; one idempotent producer that does not linger (its records
+//!    are whole batches already; `--linger-ms` 0) and never times a
 //!    record out (`message.timeout.ms=0`), so what a reader sees of one partition has
 //!    no holes: librdkafka retries every retriable failure in order, and a failure
 //!    the broker makes final stops the engine before it produces anything more (what
@@ -66,6 +69,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A batch of events or replies is cut into another Kafka record past this many bytes
+/// (the broker's default `message.max.bytes` is 1 MiB).
+const MAX_OUTPUT_RECORD_BYTES: usize = 256 * 1024;
 /// Least time between two ticks of one partition.
 const MIN_TICK_GAP_MS: u64 = 200;
 /// How often acknowledged offsets are committed.
@@ -542,19 +548,44 @@ impl Core {
                 writing.store(false, Ordering::Release);
             });
         }
+        // One record per partition and applied batch on `events`, one per gateway on
+        // `replies` (cut at MAX_OUTPUT_RECORD_BYTES): the per-record cost of Kafka
+        // (client, broker, every reader) is paid per batch, not per command (issue 11).
         let ack = Arc::new(BatchAck::default());
+        let events_topic = self.opts.topics.events.clone();
+        let mut batch = BatchEncoder::new();
+        let mut key: Option<String> = None;
+        let mut last_time = 0;
         for ev in &applied.events {
-            let key = event_key(ev).map(str::to_owned);
-            let topic = self.opts.topics.events.clone();
+            if key.is_none() {
+                key = event_key(ev).map(str::to_owned);
+            }
+            batch.push(ev);
+            last_time = ev.log_time;
+            if batch.body_len() >= MAX_OUTPUT_RECORD_BYTES {
+                let payload = batch.take();
+                self.produce(
+                    &events_topic,
+                    p,
+                    key.take().as_deref(),
+                    Some(last_time),
+                    &payload,
+                    &ack,
+                );
+            }
+        }
+        if batch.count() > 0 {
+            let payload = batch.take();
             self.produce(
-                &topic,
+                &events_topic,
                 p,
                 key.as_deref(),
-                Some(ev.log_time),
-                &encode(ev),
+                Some(last_time),
+                &payload,
                 &ack,
             );
         }
+        let mut by_gateway: BTreeMap<u32, BatchEncoder> = BTreeMap::new();
         for (to, reply) in &applied.replies {
             if *to >= self.replies_partitions {
                 if !self.warned_reply_to {
@@ -567,8 +598,19 @@ impl Core {
                 }
                 continue;
             }
-            let topic = self.opts.topics.replies.clone();
-            self.produce(&topic, *to, None, None, &encode(reply), &ack);
+            let replies = by_gateway.entry(*to).or_default();
+            replies.push(reply);
+            if replies.body_len() >= MAX_OUTPUT_RECORD_BYTES {
+                let payload = replies.take();
+                let topic = self.opts.topics.replies.clone();
+                self.produce(&topic, *to, None, None, &payload, &ack);
+            }
+        }
+        for (to, mut replies) in by_gateway {
+            if replies.count() > 0 {
+                let topic = self.opts.topics.replies.clone();
+                self.produce(&topic, to, None, None, &replies.take(), &ack);
+            }
         }
         self.inflight.push_back(InFlight {
             partition: p,

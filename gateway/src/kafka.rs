@@ -359,7 +359,7 @@ fn follow(
                 if m.topic() == st.topics.events {
                     st.on_event(m.partition(), m.offset(), payload);
                 } else {
-                    st.on_reply(payload);
+                    st.on_replies(payload);
                 }
             }
         }
@@ -375,14 +375,16 @@ impl FollowerState {
         if let Some(p) = self.positions.get_mut(kafka_partition as usize) {
             *p = kafka_offset + 1;
         }
-        match decode::<EventRecord>(payload) {
-            Ok(rec) => {
-                self.read.apply(&rec);
-                self.release(rec.partition);
-            }
-            Err(e) => {
-                tracing::warn!(partition = kafka_partition, offset = kafka_offset, error = %e, "undecodable event record skipped")
-            }
+        // One Kafka record holds the events of one applied batch of commands.
+        let mut recs: Vec<EventRecord> = Vec::new();
+        if let Err(e) = decode_many(payload, &mut recs) {
+            tracing::warn!(partition = kafka_partition, offset = kafka_offset, error = %e, "undecodable event record skipped");
+        }
+        for rec in &recs {
+            self.read.apply(rec);
+        }
+        if let Some(last) = recs.last() {
+            self.release(last.partition);
         }
         if !self.ready.load(Ordering::Relaxed) {
             self.check_ready();
@@ -405,14 +407,18 @@ impl FollowerState {
         }
     }
 
-    fn on_reply(&mut self, payload: &[u8]) {
-        let rec = match decode::<ReplyRecord>(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable reply record skipped");
-                return;
-            }
-        };
+    /// One Kafka record holds the replies of one applied batch for this gateway.
+    fn on_replies(&mut self, payload: &[u8]) {
+        let mut recs: Vec<ReplyRecord> = Vec::new();
+        if let Err(e) = decode_many(payload, &mut recs) {
+            tracing::warn!(error = %e, "undecodable reply record skipped");
+        }
+        for rec in recs {
+            self.on_reply(rec);
+        }
+    }
+
+    fn on_reply(&mut self, rec: ReplyRecord) {
         if !self.pending.is_waiting(&rec.request_id) {
             return;
         }

@@ -358,11 +358,13 @@ pub struct ServeKafkaArgs {
     /// Partitions of the replies topic when serve creates it (gateway ids 0..N-1).
     #[arg(long, env = "FLASHSALE_REPLIES_PARTITIONS", default_value_t = 4)]
     pub replies_partitions: u32,
-    /// Producer linger in ms: records are batched for at most this long. 5 measured
-    /// best under load on a 2-core box (fewer, fuller requests); 1 lowers the latency
-    /// of an idle system by a few ms.
+    /// Linger of the gateway's command producer in ms: commands are batched into one
+    /// produce request for at most this long. 1 measured best on a 2-core box (side by
+    /// side at 64 connections: 0 costs ~40 % more CPU per hold in produce requests, 2
+    /// adds ~1 ms to an idle request; README "Performance"). The engine's producer
+    /// does not linger: each of its records is a whole applied batch already.
     /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
-    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 5)]
+    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 1)]
     pub linger_ms: u32,
     #[command(flatten)]
     pub engine: EngineTuning,
@@ -486,11 +488,11 @@ pub struct EngineArgs {
     #[arg(long, env = "FLASHSALE_RETENTION_SECS", default_value_t = DEFAULT_RETENTION_SECS,
           value_parser = clap::value_parser!(u64).range(1..=MAX_RETENTION_SECS))]
     pub retention_secs: u64,
-    /// Producer linger in ms: records are batched for at most this long. 5 measured
-    /// best under load on a 2-core box (fewer, fuller requests); 1 lowers the latency
-    /// of an idle system by a few ms.
-    /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
-    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 5)]
+    /// Linger of the engine's producer in ms. 0: each record it produces is a whole
+    /// applied batch (its events; its replies per gateway) already, so lingering would
+    /// only add latency (README "Performance").
+    /// (Env: FLASHSALE_ENGINE_LINGER_MS.)
+    #[arg(long, env = "FLASHSALE_ENGINE_LINGER_MS", default_value_t = 0)]
     pub linger_ms: u32,
     /// Address for GET /metrics (Prometheus); unset: no metrics endpoint.
     #[arg(long, env = "FLASHSALE_METRICS_LISTEN")]
@@ -537,18 +539,21 @@ pub struct GatewayArgs {
     /// Burst of reservation attempts allowed per userId.
     #[arg(long, env = "FLASHSALE_RATE_LIMIT_BURST", default_value_t = 10)]
     pub rate_limit_burst: u32,
-    /// Producer linger in ms: records are batched for at most this long. 5 measured
-    /// best under load on a 2-core box (fewer, fuller requests); 1 lowers the latency
-    /// of an idle system by a few ms.
+    /// Linger of the gateway's command producer in ms: commands are batched into one
+    /// produce request for at most this long. 1 measured best on a 2-core box (side by
+    /// side at 64 connections: 0 costs ~40 % more CPU per hold in produce requests, 2
+    /// adds ~1 ms to an idle request; README "Performance"). The engine's producer
+    /// does not linger: each of its records is a whole applied batch already.
     /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
-    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 5)]
+    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 1)]
     pub linger_ms: u32,
     #[command(flatten)]
     pub http: HttpArgs,
 }
 
-/// The environment variable `linger_ms` was read from before it followed the
-/// `FLASHSALE_<FLAG>` pattern; still honoured when the new one is not set.
+/// The environment variable the gateway's `linger_ms` was read from before it followed
+/// the `FLASHSALE_<FLAG>` pattern; still honoured when the new one is not set (not by
+/// the engine, whose producer no longer lingers by default).
 pub const OLD_LINGER_ENV: &str = "FLASHSALE_KAFKA_LINGER_MS";
 
 impl Cli {
@@ -626,7 +631,6 @@ impl Cli {
                     "embedded mode: no --kafka and no FLASHSALE_KAFKA".to_string()
                 };
             }
-            Command::Engine(a) => linger(sub, &mut a.linger_ms),
             Command::Gateway(a) => linger(sub, &mut a.linger_ms),
             Command::Replay(a) => a.source.resolve(sub),
             Command::Audit(a) => a.source.resolve(sub),

@@ -4,7 +4,9 @@
 //! Every message on every topic (and every record of the embedded log) is one byte of
 //! format version followed by the bincode (serde) encoding of the value. Decoding any
 //! byte string returns a value or an error, never panics, and never allocates more than
-//! [`MAX_MESSAGE_BYTES`]. See `schemas/messages.md` for the layouts.
+//! [`MAX_MESSAGE_BYTES`]. The engine's outputs (`events`, `replies`) are batches: one
+//! version-2 record holds the values of one applied batch ([`BatchEncoder`],
+//! [`decode_many`]).
 //!
 //! What it owns: the shape of everything that crosses a process boundary, and the
 //! rule that maps a SKU to its partition.
@@ -23,7 +25,10 @@ pub mod msg;
 pub mod partition;
 pub mod topics;
 
-pub use codec::{decode, encode, DecodeError, FORMAT_VERSION, MAX_MESSAGE_BYTES};
+pub use codec::{
+    decode, decode_many, encode, BatchEncoder, DecodeError, BATCH_FORMAT_VERSION, FORMAT_VERSION,
+    MAX_MESSAGE_BYTES,
+};
 pub use ids::*;
 pub use msg::*;
 pub use partition::{murmur2, partition_for_key};

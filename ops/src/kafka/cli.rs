@@ -213,7 +213,9 @@ pub async fn serve_parts(
         ),
         keep_snapshots: args.keep_snapshots.max(1),
         max_batch: kafka.engine.max_batch,
-        linger_ms: kafka.linger_ms,
+        // Its records are whole applied batches: lingering would only add latency
+        // (`--linger-ms` is the gateway's command producer).
+        linger_ms: 0,
     };
     let mut extras = Extras {
         engine: Some((engine, store)),

@@ -197,11 +197,12 @@ impl Read<'_> {
             Ok(msg) => {
                 let next = positions.entry(msg.partition()).or_insert(0);
                 *next = (*next).max(msg.offset() + 1);
+                // One Kafka record holds the events of one applied batch of commands.
                 match msg
                     .payload()
-                    .map(flashsale_proto::decode::<flashsale_proto::EventRecord>)
+                    .map(|bytes| flashsale_proto::decode_many(bytes, records))
                 {
-                    Some(Ok(rec)) => records.push(rec),
+                    Some(Ok(())) => {}
                     Some(Err(e)) => {
                         *undecodable += 1;
                         tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event record skipped");
