@@ -2,6 +2,12 @@
 
 use flashsale_ops::cli::{Cli, Command};
 
+/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived
+/// buffers on many threads (HTTP, JSON, Kafka records); glibc's arenas spent ~14 % of
+/// Kafka mode's CPU in malloc/free (perf, issue 11). Figures in README "Performance".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_resolved();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
