@@ -660,6 +660,147 @@ mod tests {
         ));
     }
 
+    /// A log of one partition: a sale, then holds, checkouts (with orders), expiries,
+    /// prunes and an early end, one command offset per record.
+    fn log() -> Vec<EventRecord> {
+        let sku = SkuId::parse("SKU-1").unwrap();
+        let sale = SaleMeta {
+            sale_id: SaleId(7),
+            name: "s".into(),
+            starts_at: 1,
+            ends_at: 10_000_000,
+            reservation_ttl_s: 120,
+            all_skus: vec![sku.clone()],
+        };
+        let spec = ProductSpec {
+            sku: sku.clone(),
+            name: "n".into(),
+            description: String::new(),
+            category: String::new(),
+            base_price: Cents(100),
+            flash_sale_price: Cents(50),
+            total_inventory: 1_000,
+            per_user_limit: 2,
+            image_url: String::new(),
+        };
+        let view = |n: u64, status| ReservationView {
+            id: ReservationId {
+                partition: 0,
+                ulid: u128::from(n),
+            },
+            user: UserId::parse(&format!("u{}", n % 7)).unwrap(),
+            sku: sku.clone(),
+            quantity: 1,
+            status,
+            created_at: n,
+            expires_at: n + 120_000,
+        };
+        let mut out = vec![vec![Event::SaleConfigured(SaleConfig {
+            sale: sale.clone(),
+            products: vec![spec],
+        })]];
+        let (mut held, mut sold, mut ended) = (0u64, 0u64, Vec::new());
+        for o in 1..300u64 {
+            let mut ev = Vec::new();
+            match o % 6 {
+                // a checkout of the hold of offset o - 3
+                3 if o > 3 => {
+                    ev.push(Event::Reservation(view(
+                        o - 3,
+                        ReservationStatus::Confirmed,
+                    )));
+                    ev.push(Event::OrderCreated(OrderView {
+                        order_id: OrderId {
+                            partition: 0,
+                            ulid: u128::from(o),
+                        },
+                        reservation_id: view(o - 3, ReservationStatus::Confirmed).id,
+                        user: view(o - 3, ReservationStatus::Confirmed).user,
+                        sku: sku.clone(),
+                        quantity: 1,
+                        total_price: Cents(50),
+                        payment_transaction_id: format!("p{o}"),
+                        payment_method: PaymentMethod::Upi,
+                        shipping_address: "a".into(),
+                        created_at: o,
+                    }));
+                    held -= 1;
+                    sold += 1;
+                }
+                // the hold of offset o - 4 expires
+                5 => {
+                    ev.push(Event::Reservation(view(o - 4, ReservationStatus::Expired)));
+                    ended.push(view(o - 4, ReservationStatus::Expired).id);
+                    held -= 1;
+                }
+                _ if o % 50 == 0 => ev.push(Event::ReservationsPruned {
+                    reservations: std::mem::take(&mut ended),
+                }),
+                _ if o == 250 => ev.push(Event::SaleEnded {
+                    sale_id: SaleId(7),
+                    skus: vec![sku.clone()],
+                    ends_at: 9_000_000,
+                }),
+                _ => {
+                    ev.push(Event::Reservation(view(o, ReservationStatus::Reserved)));
+                    held += 1;
+                }
+            }
+            ev.push(Event::Inventory {
+                sku: sku.clone(),
+                total: 1_000,
+                held,
+                sold,
+            });
+            out.push(ev);
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(o, events)| EventRecord {
+                partition: 0,
+                offset: o as u64,
+                log_time: o as u64,
+                events,
+            })
+            .collect()
+    }
+
+    /// The claim the writer rests on (ARCHITECTURE.md, "Read-model snapshots"): an
+    /// image copied while events kept arriving (the model already at offset `j` when
+    /// the marks said `k`), restored and replayed from `k`, gives the same model as
+    /// applying the whole log.
+    #[test]
+    fn a_copy_taken_while_events_arrive_replays_to_the_same_model() {
+        let log = log();
+        let mark = |k: u64| {
+            vec![Mark {
+                events_offset: k,
+                next_command_offset: k,
+            }]
+        };
+        let full = ReadModel::new(1, Arc::new(Metrics::new()));
+        for r in &log {
+            full.apply(r);
+        }
+        let want = full.image(mark(0));
+        for k in [0usize, 1, 4, 49, 50, 51, 120, 249, 251, 299] {
+            for j in [k, k + 1, k + 7, k + 60, log.len()] {
+                let j = j.min(log.len());
+                let live = ReadModel::new(1, Arc::new(Metrics::new()));
+                for r in &log[..j] {
+                    live.apply(r);
+                }
+                let image = decode(&encode(&live.image(mark(k as u64))).unwrap(), 1).unwrap();
+                let restored = ReadModel::new(1, Arc::new(Metrics::new()));
+                restored.restore(&image);
+                for r in &log[k..] {
+                    restored.apply(r);
+                }
+                assert_eq!(restored.image(mark(0)), want, "marks at {k}, copy at {j}");
+            }
+        }
+    }
+
     #[test]
     fn a_damaged_snapshot_is_refused() {
         let bytes = encode(&model().image(marks())).unwrap();
