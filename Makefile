@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
 
-.PHONY: run test build fmt fmt-check clippy bench bench-compare services-up services-down help
+.PHONY: run test test-cluster build fmt fmt-check clippy bench bench-compare services-up services-down help
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -12,6 +12,9 @@ run: ## the embedded server with a demo sale on http://127.0.0.1:8080
 
 test: ## the whole suite: installs what is missing, starts Kafka + Postgres, tests, stops them
 	bash ops/test.sh
+
+test-cluster: ## the 3-broker test (broker leader killed mid-load) on its own cluster and ports; stops it after
+	bash ops/test-cluster.sh
 
 build: ## debug build of everything
 	cargo build --workspace --all-targets

@@ -255,6 +255,7 @@ async fn migrations_apply_once_and_rerunning_is_a_no_op() {
         "orders",
         "projector_offsets",
         "projector_positions",
+        "readmodel_snapshots",
     ] {
         assert_eq!(
             db.count(&format!("SELECT count(*) FROM {table}")).await,

@@ -69,6 +69,12 @@ pub enum Command {
     /// Render bench-compare.sh's measurements (TARGET<TAB>METRIC<TAB>VALUE lines, one per
     /// round) as one table of medians and ratios.
     SideBySide(SideBySideArgs),
+    /// Fill a deployment's (fresh) events topic with many synthetic but valid event
+    /// records, for the gateway start-up benchmark (scripts/gateway-startup.sh).
+    #[command(after_help = "Example:
+  flashsale-bench fill-events --kafka 127.0.0.1:19092 --topic-prefix fsstart1. \
+      --records 10000000")]
+    FillEvents(crate::fill_events::FillEventsArgs),
 }
 
 /// Flags of `side-by-side`.

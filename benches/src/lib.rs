@@ -26,6 +26,8 @@
 //! - [`find_max`]: the SLO search.
 //! - [`report`], [`html`], [`compare`]: the outputs; [`side_by_side`]: the one table of
 //!   `scripts/bench-compare.sh` (medians of its rounds, as ratios).
+//! - [`fill_events`]: `fill-events`, many synthetic event records for the gateway
+//!   start-up benchmark (`scripts/gateway-startup.sh`).
 //! - [`cli`]: the command line of the `flashsale-bench` binary.
 //! - [`contract`]: the slice of API.md spoken here; [`baseline`]: the shared HTTP shell of
 //!   the baseline servers in `benches/baselines/` (PostgreSQL and Redis designs), and an
@@ -37,6 +39,7 @@ pub mod client;
 pub mod compare;
 pub mod contract;
 pub mod error;
+pub mod fill_events;
 pub mod find_max;
 pub mod html;
 pub mod report;

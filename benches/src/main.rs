@@ -20,6 +20,9 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Compare(args)) => compare_command(args),
         Some(Command::SideBySide(args)) => side_by_side_command(args),
+        Some(Command::FillEvents(args)) => {
+            flashsale_bench::fill_events::fill_events(args).map(|()| 0)
+        }
         None => {
             // The harness shares the machine with the server it measures: its thread count
             // is a flag, not the number of cores.

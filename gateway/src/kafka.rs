@@ -16,7 +16,8 @@
 //! answered 503 at its deadline). Both clients come back by themselves.
 
 use crate::dispatch::{BusError, BusFuture, CommandBus, Pending};
-use crate::readmodel::ReadModel;
+use crate::readmodel::{Mark, ReadModel};
+use crate::snapshot::{self, Snapshots, Trigger};
 use anyhow::Context;
 use flashsale_proto::*;
 use flashsale_runtime::bus::{EngineReadiness, PartitionStatus};
@@ -210,12 +211,15 @@ pub struct FollowerOptions {
     /// Shared with the gateway's [`KafkaBus`]: the follower's statistics say when the
     /// broker is back.
     pub health: Arc<KafkaHealth>,
+    /// Read-model snapshots of this log: start from the newest valid one, and write
+    /// new ones per its policy. `None`: replay `events` from the start, write none.
+    pub snapshots: Option<Snapshots>,
 }
 
 impl Follower {
-    /// Assigns the consumer (replies from their current end, events from the start)
-    /// and starts the thread. `ready` turns true once the read model holds every event
-    /// that existed at start.
+    /// Assigns the consumer (replies from their current end; events from the newest
+    /// valid read-model snapshot, else from the start) and starts the thread. `ready`
+    /// turns true once the read model holds every event that existed at start.
     pub fn start(
         opts: FollowerOptions,
         read: Arc<ReadModel>,
@@ -259,6 +263,7 @@ impl Follower {
                 )
             })?;
         let mut targets = Vec::with_capacity(opts.partitions as usize);
+        let mut bounds = Vec::with_capacity(opts.partitions as usize);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(
             &opts.topics.replies,
@@ -273,8 +278,20 @@ impl Follower {
                 )
             })?;
             targets.push(high);
-            tpl.add_partition_offset(&opts.topics.events, p, Offset::Offset(low))?;
+            bounds.push((low.max(0) as u64, high.max(0) as u64));
         }
+        let starts = start_from_snapshot(&opts, &read, &bounds);
+        for (p, start) in starts.iter().enumerate() {
+            tpl.add_partition_offset(&opts.topics.events, p as i32, Offset::Offset(*start))?;
+        }
+        let trigger = match &opts.snapshots {
+            Some(s) if !s.policy.never() => Some(Trigger::new(
+                snapshot::Writer::start(read.clone(), s.store.clone())
+                    .context("cannot start the read-model snapshot thread")?,
+                s.policy,
+            )),
+            _ => None,
+        };
         consumer
             .assign(&tpl)
             .context("cannot assign the follower's partitions")?;
@@ -285,10 +302,12 @@ impl Follower {
             pending,
             parked: vec![BTreeMap::new(); opts.partitions as usize],
             parked_count: 0,
-            positions: vec![-1; opts.partitions as usize],
+            positions: starts,
             targets,
             ready,
             started: Instant::now(),
+            trigger,
+            replayed: 0,
         };
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -323,12 +342,16 @@ struct FollowerState {
     /// Per command partition: replies waiting for the read model, by (offset, request).
     parked: Vec<BTreeMap<(u64, RequestId), ReplyRecord>>,
     parked_count: usize,
-    /// Next events offset to read per partition (-1: nothing read yet).
+    /// Next events offset to read per partition.
     positions: Vec<i64>,
     /// Events end offsets at start; ready once every position reached them.
     targets: Vec<i64>,
     ready: Arc<AtomicBool>,
     started: Instant,
+    /// Read-model snapshots, when this gateway writes them.
+    trigger: Option<Trigger>,
+    /// Event records read before the read model caught up (the start-up replay).
+    replayed: u64,
 }
 
 fn follow(
@@ -386,9 +409,34 @@ impl FollowerState {
         if let Some(last) = recs.last() {
             self.release(last.partition);
         }
-        if !self.ready.load(Ordering::Relaxed) {
-            self.check_ready();
+        if let Some(t) = &mut self.trigger {
+            t.applied();
         }
+        if !self.ready.load(Ordering::Relaxed) {
+            self.replayed += 1;
+            self.check_ready();
+        } else {
+            self.maybe_snapshot(false);
+        }
+    }
+
+    /// Offers a snapshot to the writer when one is due (never during the start-up
+    /// replay, once at its end if it was long). Cheap: reads a few integers.
+    fn maybe_snapshot(&mut self, caught_up_now: bool) {
+        let Some(t) = &mut self.trigger else { return };
+        if !t.due(caught_up_now) {
+            return;
+        }
+        let marks = self
+            .positions
+            .iter()
+            .enumerate()
+            .map(|(p, pos)| Mark {
+                events_offset: (*pos).max(0) as u64,
+                next_command_offset: self.read.applied_through(p as u32),
+            })
+            .collect();
+        t.offer(marks);
     }
 
     fn check_ready(&mut self) {
@@ -401,9 +449,11 @@ impl FollowerState {
             tracing::info!(
                 elapsed_ms = self.started.elapsed().as_millis() as u64,
                 events = ?self.targets,
+                replayed = self.replayed,
                 "read model caught up with the events topic"
             );
             self.ready.store(true, Ordering::Release);
+            self.maybe_snapshot(true);
         }
     }
 
@@ -462,11 +512,70 @@ impl FollowerState {
         }
     }
 
-    /// Drops parked replies nobody waits for any more.
+    /// Drops parked replies nobody waits for any more (and writes a snapshot due by
+    /// time while no events arrive).
     fn sweep(&mut self) {
+        if self.ready.load(Ordering::Relaxed) {
+            self.maybe_snapshot(false);
+        }
         for m in &mut self.parked {
             m.retain(|(_, id), _| self.pending.is_waiting(id));
         }
         self.parked_count = self.parked.iter().map(|m| m.len()).sum();
+    }
+}
+
+/// Loads the newest valid read-model snapshot into `read` (a new, empty model) and
+/// returns where to read each events partition from: the snapshot's offsets, or each
+/// partition's start. Says in one line what it started from and how much is left to
+/// replay.
+fn start_from_snapshot(
+    opts: &FollowerOptions,
+    read: &ReadModel,
+    bounds: &[(u64, u64)],
+) -> Vec<i64> {
+    let from_start: Vec<i64> = bounds.iter().map(|(low, _)| *low as i64).collect();
+    let to_replay = |starts: &[i64]| -> u64 {
+        bounds
+            .iter()
+            .zip(starts)
+            .map(|((_, high), s)| high.saturating_sub((*s).max(0) as u64))
+            .sum()
+    };
+    let Some(snaps) = &opts.snapshots else {
+        return from_start;
+    };
+    let t = Instant::now();
+    let (found, refused) = snapshot::load_newest(snaps.store.as_ref(), opts.partitions, bounds);
+    match found {
+        Some((info, image)) => {
+            read.restore(&image);
+            let starts: Vec<i64> = image
+                .marks
+                .iter()
+                .zip(bounds)
+                .map(|(m, (low, _))| m.events_offset.max(*low) as i64)
+                .collect();
+            tracing::info!(
+                snapshot = %info.id(),
+                covered = info.covered,
+                bytes = info.size_bytes,
+                reservations = image.reservations.len(),
+                load_ms = t.elapsed().as_millis() as u64,
+                skipped = refused.len(),
+                to_replay = to_replay(&starts),
+                "read model starts from a snapshot"
+            );
+            starts
+        }
+        None => {
+            tracing::info!(
+                skipped = refused.len(),
+                to_replay = to_replay(&from_start),
+                store = %snaps.store.describe(),
+                "read model starts from the beginning of the events topic (no usable snapshot)"
+            );
+            from_start
+        }
     }
 }

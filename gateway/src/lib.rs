@@ -10,7 +10,8 @@
 //! [`pg_orders`]); the operators' live console ([`console`], the page at `/console`)
 //! and its Server-Sent Events feed ([`stream`]); the Kafka side of a gateway
 //! ([`kafka`]: the command producer and the follower of its `replies` partition and
-//! of `events`); and the HTTP server both modes run ([`server`]: header, body and idle
+//! of `events`; [`snapshot`]: read-model snapshots, so a gateway starts from one
+//! instead of the whole `events` topic); and the HTTP server both modes run ([`server`]: header, body and idle
 //! timeouts, a connection limit answered by an immediate 503, a bounded drain on
 //! shutdown).
 //!
@@ -40,6 +41,7 @@ pub mod pg_orders;
 pub mod readmodel;
 pub mod sales;
 pub mod server;
+pub mod snapshot;
 pub mod stream;
 pub mod time;
 

@@ -13,7 +13,7 @@ use flashsale_runtime::metrics::Metrics;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProductEntry {
     pub spec: ProductSpec,
     pub sale_id: SaleId,
@@ -420,6 +420,86 @@ impl ReadModel {
         }
         if let Some(n) = self.next_offset.get(partition as usize) {
             n.store(state.next_offset(), Ordering::Release);
+        }
+    }
+}
+
+/// Where a read-model image stands in one events partition: the events-topic offset to
+/// read next, and the next command offset whose events are not in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mark {
+    pub events_offset: u64,
+    pub next_command_offset: u64,
+}
+
+/// A copy of the read model ([`ReadModel::image`]), what a read-model snapshot holds
+/// (`crate::snapshot`). Derived data (per-user counts, the orders-by-user index) is
+/// rebuilt by [`ReadModel::restore`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Image {
+    /// One per events partition.
+    pub marks: Vec<Mark>,
+    pub sales: Vec<SaleMeta>,
+    pub products: Vec<ProductEntry>,
+    /// Each with the command offset of its newest change.
+    pub reservations: Vec<(ReservationView, u64)>,
+    pub orders: Vec<OrderView>,
+}
+
+impl ReadModel {
+    /// Copies the model for a snapshot, taken after `marks` were read from the follower.
+    ///
+    /// The copy is not atomic: the follower keeps applying events while the maps are
+    /// read (a snapshot never stalls it), so each entry is as of some point between
+    /// `marks` and the end of the copy. Replaying the events from `marks` over it gives
+    /// the same model as replaying them over an exact copy, because every write the
+    /// read model does is an overwrite in log order: absolute figures (products, sales,
+    /// pauses, windows), reservations versioned by command offset (an older event never
+    /// overwrites a newer one), orders inserted once, removals (pruned reservations,
+    /// dropped sales) repeated by the replay. Sorted, so equal models give equal images.
+    pub fn image(&self, marks: Vec<Mark>) -> Image {
+        let mut sales: Vec<SaleMeta> = self.sales.iter().map(|e| e.value().meta.clone()).collect();
+        sales.sort_by_key(|s| s.sale_id);
+        let mut products: Vec<ProductEntry> =
+            self.products.iter().map(|e| e.value().clone()).collect();
+        products.sort_by(|a, b| a.spec.sku.cmp(&b.spec.sku));
+        let mut reservations: Vec<(ReservationView, u64)> = self
+            .reservations
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        reservations.sort_by_key(|(v, _)| v.id);
+        let mut orders: Vec<OrderView> = self.orders.iter().map(|e| e.value().clone()).collect();
+        orders.sort_by_key(|o| o.order_id);
+        Image {
+            marks,
+            sales,
+            products,
+            reservations,
+            orders,
+        }
+    }
+
+    /// Loads an image into this (new, empty) model: the follower then reads the events
+    /// from the image's marks on. Rebuilds the per-user counts and order index.
+    pub fn restore(&self, image: &Image) {
+        for meta in &image.sales {
+            self.sales
+                .insert(meta.sale_id, SaleEntry { meta: meta.clone() });
+        }
+        for p in &image.products {
+            self.metrics
+                .set_available(p.spec.sku.as_str(), p.available());
+            self.products.insert(p.spec.sku.clone(), p.clone());
+        }
+        for (view, version) in &image.reservations {
+            self.upsert_reservation(view, *version);
+        }
+        for o in &image.orders {
+            self.insert_order(o);
+        }
+        for (next, mark) in self.next_offset.iter().zip(&image.marks) {
+            next.store(mark.next_command_offset, Ordering::Release);
         }
     }
 }

@@ -368,6 +368,51 @@ pub struct ServeKafkaArgs {
     pub linger_ms: u32,
     #[command(flatten)]
     pub engine: EngineTuning,
+    #[command(flatten)]
+    pub readmodel: ReadModelSnapshotArgs,
+}
+
+/// When a Kafka-mode gateway snapshots its read model (to Postgres with --postgres,
+/// else to files under --data-dir/readmodel), so that it, or any gateway of the same
+/// topics, starts from the newest snapshot instead of replaying the whole events topic.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Read-model snapshots (Kafka mode)")]
+pub struct ReadModelSnapshotArgs {
+    /// Snapshot the read model after this many event records applied... (0: never by
+    /// count). Written in the background; the events follow never waits for it.
+    #[arg(
+        long,
+        env = "FLASHSALE_READMODEL_SNAPSHOT_EVERY_EVENTS",
+        default_value_t = 100_000
+    )]
+    pub readmodel_snapshot_every_events: u64,
+    /// ...or after this many seconds with at least one event applied (0: never by
+    /// time). Both 0: this gateway writes no snapshots (it still starts from one).
+    #[arg(
+        long,
+        env = "FLASHSALE_READMODEL_SNAPSHOT_EVERY_SECS",
+        default_value_t = 60
+    )]
+    pub readmodel_snapshot_every_secs: u64,
+}
+
+impl Default for ReadModelSnapshotArgs {
+    /// The flags' defaults (for tests that build args by hand).
+    fn default() -> Self {
+        ReadModelSnapshotArgs {
+            readmodel_snapshot_every_events: 100_000,
+            readmodel_snapshot_every_secs: 60,
+        }
+    }
+}
+
+impl ReadModelSnapshotArgs {
+    pub fn policy(&self) -> flashsale_gateway::snapshot::Policy {
+        flashsale_gateway::snapshot::Policy {
+            every_events: self.readmodel_snapshot_every_events,
+            every: std::time::Duration::from_secs(self.readmodel_snapshot_every_secs),
+        }
+    }
 }
 
 /// Where Kafka is and what the topics are called.
@@ -547,6 +592,12 @@ pub struct GatewayArgs {
     /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
     #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 1)]
     pub linger_ms: u32,
+    /// Directory for read-model snapshots when no --postgres is given (in
+    /// <data-dir>/readmodel/<events topic>@<topic id>/). Created if missing.
+    #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub readmodel: ReadModelSnapshotArgs,
     #[command(flatten)]
     pub http: HttpArgs,
 }

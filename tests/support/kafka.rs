@@ -6,7 +6,7 @@
 //! Kafka-mode tests skip with a message, unless `FLASHSALE_REQUIRE_SERVICES=1`, which
 //! turns the skip into a failure (CI sets it, so a missing broker cannot pass as green).
 
-use flashsale_ops::cli::{EngineTuning, ServeArgs, ServeKafkaArgs};
+use flashsale_ops::cli::{EngineTuning, ReadModelSnapshotArgs, ServeArgs, ServeKafkaArgs};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -137,6 +137,7 @@ pub async fn serve_kafka_args(svc: &Services) -> anyhow::Result<ServeKafkaArgs> 
             engine_group: format!("flashsale-test-{id}-engine"),
             max_batch: 4096,
         },
+        readmodel: ReadModelSnapshotArgs::default(),
     })
 }
 

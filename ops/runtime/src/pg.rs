@@ -297,6 +297,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "log_identity",
         sql: include_str!("../../../schemas/migrations/0002_log_identity.sql"),
     },
+    Migration {
+        version: 3,
+        name: "readmodel_snapshots",
+        sql: include_str!("../../../schemas/migrations/0003_readmodel_snapshots.sql"),
+    },
 ];
 
 /// Applies the migrations this database has not seen, in order, in one transaction,

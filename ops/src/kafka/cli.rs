@@ -51,6 +51,26 @@ fn file_store(data_dir: &Path) -> anyhow::Result<super::logid::StoreSpec> {
     Ok(super::logid::StoreSpec::Files(dir))
 }
 
+/// Read-model snapshots in Postgres, else under `<data dir>/readmodel`.
+async fn readmodel_place(
+    postgres: Option<&str>,
+    data_dir: &Path,
+) -> anyhow::Result<super::logid::ReadModelPlace> {
+    match postgres {
+        Some(url) => super::postgres::readmodel_place(url).await,
+        None => {
+            let dir = data_dir.join("readmodel");
+            std::fs::create_dir_all(&dir).with_context(|| {
+                format!(
+                    "cannot create {} (read-model snapshots); check --data-dir",
+                    dir.display()
+                )
+            })?;
+            Ok(super::logid::ReadModelPlace::Files(dir))
+        }
+    }
+}
+
 fn snapshot_policy(every_commands: u64, every_secs: u64, retention_secs: u64) -> SnapshotPolicy {
     SnapshotPolicy {
         every_commands: every_commands.max(1),
@@ -151,6 +171,10 @@ pub async fn gateway_command(
     if let Some(url) = &args.pg.postgres {
         extras.orders = Some(super::postgres::order_source(url, args.pg.pg_pool_size).await?);
     }
+    extras.readmodel_snapshots = Some((
+        readmodel_place(args.pg.postgres.as_deref(), &args.data_dir).await?,
+        args.readmodel.policy(),
+    ));
     super::serve(gw, k, extras, "gateway", shutdown).await
 }
 
@@ -229,6 +253,10 @@ pub async fn serve_parts(
         }),
         ..Extras::default()
     };
+    extras.readmodel_snapshots = Some((
+        readmodel_place(kafka.postgres.as_deref(), &args.data_dir).await?,
+        kafka.readmodel.policy(),
+    ));
     if let Some(url) = &kafka.postgres {
         extras.orders = Some(super::postgres::order_source(url, kafka.pg_pool_size).await?);
         // One registry for the node, the projector's counters included.

@@ -1,6 +1,7 @@
 //! Binding a process to the log it serves: the commands topic's identity (name and
 //! Kafka's topic id, [`flashsale_runtime::kafka_id`]), resolved once the broker is up,
-//! picks the snapshots the engine may start from.
+//! picks the snapshots the engine may start from; the events topic's identity picks
+//! the read-model snapshots a gateway may start from ([`ReadModelPlace`]).
 
 use flashsale_engine::pg::PgSnapshotStore;
 use flashsale_engine::store::{FileSnapshotStore, SnapshotStore};
@@ -29,6 +30,46 @@ impl StoreSpec {
                     anyhow::anyhow!("cannot create {}: {e}; check --data-dir", dir.display())
                 })?;
                 Arc::new(FileSnapshotStore::new(dir))
+            }
+        })
+    }
+}
+
+/// Where a gateway keeps read-model snapshots, before it knows which log they are for.
+pub enum ReadModelPlace {
+    /// `readmodel_snapshots`, rows of this log only.
+    Postgres(flashsale_runtime::pg::Pool),
+    /// A directory (`<data-dir>/readmodel`); each log gets its own subdirectory
+    /// `<topic>@<topic id>`.
+    Files(PathBuf),
+}
+
+impl std::fmt::Debug for ReadModelPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadModelPlace::Postgres(_) => f.write_str("Postgres"),
+            ReadModelPlace::Files(d) => write!(f, "Files({})", d.display()),
+        }
+    }
+}
+
+impl ReadModelPlace {
+    /// The store of `log`'s (the events topic's) read-model snapshots.
+    pub fn bind(
+        self,
+        log: &TopicIdentity,
+    ) -> anyhow::Result<Arc<dyn flashsale_gateway::snapshot::ImageStore>> {
+        use flashsale_gateway::snapshot::{FileImageStore, PgImageStore};
+        Ok(match self {
+            ReadModelPlace::Postgres(pool) => Arc::new(PgImageStore::new(
+                pool,
+                tokio::runtime::Handle::current(),
+                log.log_id(),
+            )),
+            ReadModelPlace::Files(dir) => {
+                Arc::new(FileImageStore::new(&dir, &log.name, &log.id).map_err(|e| {
+                    anyhow::anyhow!("{e}; check --data-dir (read-model snapshots go there)")
+                })?)
             }
         })
     }

@@ -98,6 +98,9 @@ pub struct Extras {
     pub sidecars: Vec<(&'static str, Sidecar)>,
     /// The process's metrics, when a sidecar records into them too (else a new registry).
     pub metrics: Option<Arc<Metrics>>,
+    /// Read-model snapshots: where (bound to the events topic's identity at start) and
+    /// when. `None`: the read model replays `events` from the start and writes none.
+    pub readmodel_snapshots: Option<(logid::ReadModelPlace, flashsale_gateway::snapshot::Policy)>,
 }
 
 impl std::fmt::Debug for Extras {
@@ -126,6 +129,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         orders,
         sidecars,
         metrics,
+        readmodel_snapshots,
     } = extras;
     if let Some(spec) = create_topics {
         // Started before the broker: wait for it first (one line, then quiet); what
@@ -176,6 +180,16 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         .as_ref()
         .map(|e| e.status.clone() as Arc<dyn EngineReadiness>);
 
+    let snapshots = match readmodel_snapshots {
+        Some((place, policy)) => {
+            let log = logid::wait_for_identity(&k.brokers, &k.topics.events).await;
+            Some(flashsale_gateway::snapshot::Snapshots {
+                store: place.bind(&log)?,
+                policy,
+            })
+        }
+        None => None,
+    };
     let follower_ready = Arc::new(AtomicBool::new(false));
     // One health for the gateway's two clients: an outage is told once for both.
     let health = flashsale_runtime::kafka::KafkaHealth::new("the gateway", k.brokers.clone());
@@ -187,6 +201,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             partitions,
             replies_partitions,
             health: health.clone(),
+            snapshots,
         };
         let (read, pending, ready) = (read.clone(), pending.clone(), follower_ready.clone());
         blocking(move || Follower::start(opts, read, pending, ready)).await?

@@ -33,6 +33,13 @@ pub async fn snapshot_store(
     )))
 }
 
+/// Read-model snapshots in `readmodel_snapshots` (bound to the events topic's identity
+/// by [`super::logid::ReadModelPlace::bind`]). A pool of its own, 2 connections: one
+/// write at a time, and the load at start.
+pub async fn readmodel_place(url: &str) -> anyhow::Result<super::logid::ReadModelPlace> {
+    Ok(super::logid::ReadModelPlace::Postgres(pool(url, 2).await?))
+}
+
 /// `GET /api/v1/orders/…` from the projected tables.
 pub async fn order_source(url: &str, pool_size: usize) -> anyhow::Result<Arc<dyn OrderSource>> {
     Ok(Arc::new(PgOrders::new(pool(url, pool_size).await?)))

@@ -1,0 +1,857 @@
+//! Read-model snapshots: how a Kafka-mode gateway starts in about a second however long
+//! the `events` topic is. Instead of rebuilding its read model from offset 0 of every
+//! events partition, a gateway loads the newest valid snapshot, seeks each events
+//! partition to the offset the snapshot covers, and replays only the tail.
+//!
+//! - What a snapshot holds: one [`Image`] of the whole read model with, per events
+//!   partition, the events offset it covers and the next command offset ([`Mark`]),
+//!   encoded as `b"FSRM"`, format version, CRC-32 of the body, bincode body.
+//! - Whose: one log, named by the events topic's identity (name + Kafka topic id, as
+//!   the engine's snapshots are keyed): a topic deleted and created again, or another
+//!   deployment's topics on the same database or directory, never feed this model.
+//! - Where: Postgres (`readmodel_snapshots`, migration 0003) when the gateway has
+//!   `--postgres`, else files in `<data-dir>/readmodel/<topic>@<topic id>/`. Newest
+//!   [`KEEP`] kept; a snapshot is only stored if it covers more than every stored one.
+//! - When: every `every_events` events applied or `every` of wall time with events in
+//!   between, and once at the end of the start-up replay if it was long ([`Policy`]).
+//!   The follower only reads its positions (a few integers) and hands them to a
+//!   background thread ([`Writer`]), which copies the maps, encodes and stores; a
+//!   writer still busy makes the follower skip that snapshot, never wait.
+//! - At start ([`load_newest`]): newest first; a snapshot that fails its checksum,
+//!   decoding, partition count or the topic's current offsets is skipped with a
+//!   warning naming it and why, falling back to an older one or to offset 0.
+
+use crate::readmodel::{Image, Mark, ReadModel};
+use flashsale_proto::UnixMs;
+use flashsale_runtime::pg::{ms_to_time, time_to_ms, to_i64, PgError, Pool, Retry};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const MAGIC: &[u8; 4] = b"FSRM";
+pub const FORMAT_VERSION: u8 = 1;
+/// Largest snapshot read or written (a read model is bounded by the retention; a
+/// million live reservations are ~150 MB).
+pub const MAX_IMAGE_BYTES: usize = 1 << 31;
+/// Snapshots kept per log.
+pub const KEEP: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a read-model snapshot (bad magic)")]
+    Magic,
+    #[error("read-model snapshot format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    Version(u8),
+    #[error("checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("body does not decode: {0}")]
+    Decode(String),
+    #[error("made for {found} events partitions, the topic has {expected}")]
+    Partitions { found: usize, expected: u32 },
+    #[error("partition {partition}: covers events offset {covered}, but the topic holds offsets {low}..{high} (a topic recreated, or records deleted by retention)")]
+    Offsets {
+        partition: u32,
+        covered: u64,
+        low: u64,
+        high: u64,
+    },
+    #[error("i/o error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("postgres: {0}")]
+    Pg(#[from] PgError),
+    #[error("no read-model snapshot {0}")]
+    NotFound(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_IMAGE_BYTES>()
+}
+
+/// Encodes an image with its header.
+pub fn encode(image: &Image) -> Result<Vec<u8>, SnapshotError> {
+    let body = bincode::serde::encode_to_vec(image, config())
+        .map_err(|e| SnapshotError::Decode(e.to_string()))?;
+    let mut out = Vec::with_capacity(body.len() + 9);
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes and checks a snapshot of a model of `partitions` events partitions. Never
+/// panics on any input.
+pub fn decode(bytes: &[u8], partitions: u32) -> Result<Image, SnapshotError> {
+    if bytes.len() < 9 || &bytes[..4] != MAGIC {
+        return Err(SnapshotError::Magic);
+    }
+    if bytes[4] != FORMAT_VERSION {
+        return Err(SnapshotError::Version(bytes[4]));
+    }
+    let stored = u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
+    let body = &bytes[9..];
+    let computed = crc32fast::hash(body);
+    if stored != computed {
+        return Err(SnapshotError::Checksum { stored, computed });
+    }
+    let (image, used): (Image, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| SnapshotError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(SnapshotError::Decode(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
+    }
+    if image.marks.len() != partitions as usize {
+        return Err(SnapshotError::Partitions {
+            found: image.marks.len(),
+            expected: partitions,
+        });
+    }
+    Ok(image)
+}
+
+/// Events records an image covers, all partitions together: what orders snapshots
+/// (the newest is the one that leaves the least to replay).
+pub fn covered(marks: &[Mark]) -> u64 {
+    marks.iter().map(|m| m.events_offset).sum()
+}
+
+/// One stored snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Events records covered, all partitions together ([`covered`]).
+    pub covered: u64,
+    /// Wall time it was written.
+    pub taken_at: UnixMs,
+    pub size_bytes: u64,
+}
+
+impl ImageInfo {
+    /// How log lines name it.
+    pub fn id(&self) -> String {
+        format!("readmodel@{}", self.covered)
+    }
+}
+
+/// Where one log's read-model snapshots live. Blocking: called from the writer thread
+/// and from the follower's start, never from an async task.
+pub trait ImageStore: Send + Sync + 'static {
+    /// Stores a snapshot unless one covering as much or more is stored already.
+    fn save(&self, covered: u64, taken_at: UnixMs, bytes: &[u8]) -> Result<(), SnapshotError>;
+    /// Newest (most covered) first.
+    fn list(&self) -> Result<Vec<ImageInfo>, SnapshotError>;
+    fn load(&self, info: &ImageInfo) -> Result<Vec<u8>, SnapshotError>;
+    /// Keeps the newest `keep`.
+    fn prune(&self, keep: usize) -> Result<(), SnapshotError>;
+    /// Where, for log lines.
+    fn describe(&self) -> String;
+}
+
+/// Snapshots as files `<covered:020>-<taken_at>.rms` in one directory per log; written
+/// atomically (temporary file, sync, rename, sync of the directory).
+#[derive(Debug, Clone)]
+pub struct FileImageStore {
+    dir: PathBuf,
+}
+
+impl FileImageStore {
+    /// The store of the log `topic@topic_id` under `root` (`<data-dir>/readmodel`).
+    pub fn new(root: &Path, topic: &str, topic_id: &str) -> Result<Self, SnapshotError> {
+        let dir = root.join(format!("{topic}@{topic_id}"));
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(FileImageStore { dir })
+    }
+    fn file(&self, covered: u64, taken_at: UnixMs) -> PathBuf {
+        self.dir.join(format!("{covered:020}-{taken_at}.rms"))
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl ImageStore for FileImageStore {
+    fn save(&self, covered: u64, taken_at: UnixMs, bytes: &[u8]) -> Result<(), SnapshotError> {
+        if self.list()?.first().is_some_and(|n| n.covered >= covered) {
+            return Ok(());
+        }
+        let path = self.file(covered, taken_at);
+        let tmp = path.with_extension("rms.tmp");
+        let written = fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(SnapshotError::Io {
+                path: tmp,
+                source: e,
+            });
+        }
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+
+    fn list(&self) -> Result<Vec<ImageInfo>, SnapshotError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let entry = entry.map_err(io(&self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((c, t)) = name.strip_suffix(".rms").and_then(|s| s.split_once('-')) else {
+                continue;
+            };
+            let (Ok(covered), Ok(taken_at)) = (c.parse::<u64>(), t.parse::<u64>()) else {
+                continue;
+            };
+            let size_bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push(ImageInfo {
+                covered,
+                taken_at,
+                size_bytes,
+            });
+        }
+        out.sort_by_key(|i| std::cmp::Reverse((i.covered, i.taken_at)));
+        Ok(out)
+    }
+
+    fn load(&self, info: &ImageInfo) -> Result<Vec<u8>, SnapshotError> {
+        let path = self.file(info.covered, info.taken_at);
+        fs::read(&path).map_err(io(&path))
+    }
+
+    fn prune(&self, keep: usize) -> Result<(), SnapshotError> {
+        for old in self.list()?.into_iter().skip(keep.max(1)) {
+            let path = self.file(old.covered, old.taken_at);
+            fs::remove_file(&path).map_err(io(&path))?;
+        }
+        // Leftovers of a write that did not finish (a crash, a full disk).
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".rms.tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+/// Snapshots in Postgres (`readmodel_snapshots`), rows of one log only. Each blocking
+/// call runs on the runtime the store was made in.
+#[derive(Clone)]
+pub struct PgImageStore {
+    pool: Pool,
+    runtime: tokio::runtime::Handle,
+    log_id: String,
+}
+
+impl std::fmt::Debug for PgImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgImageStore")
+            .field("log_id", &self.log_id)
+            .finish()
+    }
+}
+
+impl PgImageStore {
+    /// `log_id`: `TopicIdentity::log_id` of the events topic.
+    pub fn new(pool: Pool, runtime: tokio::runtime::Handle, log_id: String) -> Self {
+        PgImageStore {
+            pool,
+            runtime,
+            log_id,
+        }
+    }
+}
+
+/// Postgres calls of the store: a few retries, then give up (the next snapshot, or a
+/// replay from an older one, costs only time).
+const PG_RETRY: Retry = Retry {
+    first_delay: Duration::from_millis(100),
+    max_delay: Duration::from_secs(2),
+    give_up_after: Some(Duration::from_secs(10)),
+};
+
+impl ImageStore for PgImageStore {
+    fn save(&self, covered: u64, taken_at: UnixMs, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let c = to_i64(covered, "covered records")?;
+        let t = ms_to_time(taken_at)?;
+        let checksum = i64::from(u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]));
+        let (version, size) = (i16::from(bytes[4]), bytes.len() as i64);
+        self.runtime
+            .block_on(PG_RETRY.run("save read-model snapshot", || async {
+                let client = self.pool.get().await?;
+                let stmt = client
+                    .prepare_cached(include_str!("sql/readmodel_snapshot_save.sql"))
+                    .await?;
+                client
+                    .execute(
+                        &stmt,
+                        &[&self.log_id, &c, &t, &version, &checksum, &size, &bytes],
+                    )
+                    .await?;
+                Ok(())
+            }))?;
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<ImageInfo>, SnapshotError> {
+        let rows = self
+            .runtime
+            .block_on(PG_RETRY.run("list read-model snapshots", || async {
+                let client = self.pool.get().await?;
+                let stmt = client
+                    .prepare_cached(include_str!("sql/readmodel_snapshot_list.sql"))
+                    .await?;
+                Ok(client.query(&stmt, &[&self.log_id]).await?)
+            }))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ImageInfo {
+                    covered: r.get::<_, i64>(0).max(0) as u64,
+                    taken_at: time_to_ms(r.get(1))?,
+                    size_bytes: r.get::<_, i64>(2).max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    fn load(&self, info: &ImageInfo) -> Result<Vec<u8>, SnapshotError> {
+        let c = to_i64(info.covered, "covered records")?;
+        let row = self
+            .runtime
+            .block_on(PG_RETRY.run("load read-model snapshot", || async {
+                let client = self.pool.get().await?;
+                let stmt = client
+                    .prepare_cached(include_str!("sql/readmodel_snapshot_load.sql"))
+                    .await?;
+                Ok(client.query_opt(&stmt, &[&self.log_id, &c]).await?)
+            }))?;
+        row.map(|r| r.get::<_, Vec<u8>>(0))
+            .ok_or_else(|| SnapshotError::NotFound(info.id()))
+    }
+
+    fn prune(&self, keep: usize) -> Result<(), SnapshotError> {
+        let k = keep.max(1) as i64;
+        self.runtime
+            .block_on(PG_RETRY.run("prune read-model snapshots", || async {
+                let client = self.pool.get().await?;
+                let stmt = client
+                    .prepare_cached(include_str!("sql/readmodel_snapshot_prune.sql"))
+                    .await?;
+                Ok(client.execute(&stmt, &[&self.log_id, &k]).await?)
+            }))?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("Postgres table readmodel_snapshots, log {}", self.log_id)
+    }
+}
+
+/// When a gateway writes a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// After this many event records applied (0: never by count).
+    pub every_events: u64,
+    /// After this much wall time with at least one event applied (zero: never by time).
+    pub every: Duration,
+}
+
+impl Policy {
+    pub fn never(&self) -> bool {
+        self.every_events == 0 && self.every.is_zero()
+    }
+}
+
+/// What the follower is given: the store of its log and the policy.
+#[derive(Clone)]
+pub struct Snapshots {
+    pub store: Arc<dyn ImageStore>,
+    pub policy: Policy,
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshots")
+            .field("store", &self.store.describe())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// A snapshot refused at start, and why.
+#[derive(Debug)]
+pub struct Refused {
+    pub info: ImageInfo,
+    pub error: SnapshotError,
+}
+
+/// The newest snapshot that decodes and fits the topic as it is now (`bounds`: the
+/// (low, high) offsets of each events partition), and every newer one refused. Each
+/// refusal is logged (a warning naming the snapshot and why).
+pub fn load_newest(
+    store: &dyn ImageStore,
+    partitions: u32,
+    bounds: &[(u64, u64)],
+) -> (Option<(ImageInfo, Image)>, Vec<Refused>) {
+    let mut refused = Vec::new();
+    let list = match store.list() {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::warn!(store = %store.describe(), %error, "cannot list read-model snapshots; replaying the events topic from its start");
+            return (None, refused);
+        }
+    };
+    for info in list {
+        let result = store
+            .load(&info)
+            .and_then(|bytes| decode(&bytes, partitions))
+            .and_then(|image| fits(&image, bounds).map(|()| image));
+        match result {
+            Ok(image) => return (Some((info, image)), refused),
+            Err(error) => {
+                tracing::warn!(snapshot = %info.id(), store = %store.describe(), %error, "read-model snapshot skipped; trying an older one (or the start of the events topic)");
+                refused.push(Refused { info, error });
+            }
+        }
+    }
+    (None, refused)
+}
+
+/// The image's marks lie within the topic's current offsets.
+fn fits(image: &Image, bounds: &[(u64, u64)]) -> Result<(), SnapshotError> {
+    for (p, (mark, (low, high))) in image.marks.iter().zip(bounds).enumerate() {
+        // Below `low` is fine only when nothing was ever read there: records the image
+        // needs replayed were deleted otherwise.
+        if mark.events_offset > *high || (mark.events_offset < *low && mark.events_offset > 0) {
+            return Err(SnapshotError::Offsets {
+                partition: p as u32,
+                covered: mark.events_offset,
+                low: *low,
+                high: *high,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The background writer: takes the follower's marks, copies the read model, encodes,
+/// stores, prunes. One snapshot at a time; [`Writer::offer`] never blocks.
+pub struct Writer {
+    tx: SyncSender<Vec<Mark>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish()
+    }
+}
+
+impl Writer {
+    /// Starts the thread; it ends when the writer is dropped (after the snapshot in
+    /// hand, if any).
+    pub fn start(read: Arc<ReadModel>, store: Arc<dyn ImageStore>) -> std::io::Result<Writer> {
+        let (tx, rx) = sync_channel::<Vec<Mark>>(0);
+        std::thread::Builder::new()
+            .name("readmodel-snapshots".into())
+            .spawn(move || {
+                while let Ok(marks) = rx.recv() {
+                    write_one(&read, store.as_ref(), marks);
+                }
+            })?;
+        Ok(Writer { tx })
+    }
+
+    /// Hands `marks` to the thread if it is idle; false if it is still busy with the
+    /// previous snapshot (this one is skipped).
+    pub fn offer(&self, marks: Vec<Mark>) -> bool {
+        match self.tx.try_send(marks) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+fn write_one(read: &ReadModel, store: &dyn ImageStore, marks: Vec<Mark>) {
+    let t = Instant::now();
+    let covered = covered(&marks);
+    let image = read.image(marks);
+    let reservations = image.reservations.len();
+    let result = encode(&image).and_then(|bytes| {
+        store.save(covered, flashsale_runtime::now_ms(), &bytes)?;
+        Ok(bytes.len())
+    });
+    match result {
+        Ok(bytes) => {
+            tracing::info!(
+                covered,
+                bytes,
+                reservations,
+                elapsed_ms = t.elapsed().as_millis() as u64,
+                store = %store.describe(),
+                "read-model snapshot written"
+            );
+            if let Err(error) = store.prune(KEEP) {
+                tracing::warn!(%error, "could not prune old read-model snapshots");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(covered, %error, store = %store.describe(), "read-model snapshot not written (the next one tries again; a start replays more meanwhile)")
+        }
+    }
+}
+
+/// The follower's side: counts applied events and, per the policy, offers the marks
+/// to the writer.
+#[derive(Debug)]
+pub struct Trigger {
+    writer: Writer,
+    policy: Policy,
+    since: u64,
+    last: Instant,
+}
+
+impl Trigger {
+    pub fn new(writer: Writer, policy: Policy) -> Self {
+        Trigger {
+            writer,
+            policy,
+            since: 0,
+            last: Instant::now(),
+        }
+    }
+
+    /// One event record applied.
+    pub fn applied(&mut self) {
+        self.since += 1;
+    }
+
+    /// True when a snapshot is due: `every_events` applied, or `every` passed with at
+    /// least one applied. `caught_up_now`: the start-up replay just ended; a snapshot
+    /// is then due if that replay was at least `every_events` long.
+    pub fn due(&self, caught_up_now: bool) -> bool {
+        if self.since == 0 || self.policy.never() {
+            return false;
+        }
+        let by_count = self.policy.every_events > 0 && self.since >= self.policy.every_events;
+        let by_time = !caught_up_now
+            && !self.policy.every.is_zero()
+            && self.last.elapsed() >= self.policy.every;
+        by_count || by_time
+    }
+
+    /// Offers `marks`; restarts the counts if the writer took them.
+    pub fn offer(&mut self, marks: Vec<Mark>) {
+        if self.writer.offer(marks) {
+            self.since = 0;
+            self.last = Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use super::{decode, encode};
+    use flashsale_proto::*;
+    use flashsale_runtime::metrics::Metrics;
+
+    fn model() -> ReadModel {
+        let read = ReadModel::new(2, Arc::new(Metrics::new()));
+        let sku = SkuId::parse("SKU-1").unwrap();
+        let sale = SaleMeta {
+            sale_id: SaleId(7),
+            name: "s".into(),
+            starts_at: 1,
+            ends_at: 10_000_000,
+            reservation_ttl_s: 120,
+            all_skus: vec![sku.clone()],
+        };
+        let spec = ProductSpec {
+            sku: sku.clone(),
+            name: "n".into(),
+            description: String::new(),
+            category: String::new(),
+            base_price: Cents(100),
+            flash_sale_price: Cents(50),
+            total_inventory: 10,
+            per_user_limit: 2,
+            image_url: String::new(),
+        };
+        let view = ReservationView {
+            id: ReservationId {
+                partition: 1,
+                ulid: 42,
+            },
+            user: UserId::parse("u1").unwrap(),
+            sku: sku.clone(),
+            quantity: 1,
+            status: ReservationStatus::Reserved,
+            created_at: 5,
+            expires_at: 125_000,
+        };
+        read.apply(&EventRecord {
+            partition: 1,
+            offset: 0,
+            log_time: 5,
+            events: vec![
+                Event::SaleConfigured(SaleConfig {
+                    sale,
+                    products: vec![spec],
+                }),
+                Event::Reservation(view),
+                Event::Inventory {
+                    sku,
+                    total: 10,
+                    held: 1,
+                    sold: 0,
+                },
+            ],
+        });
+        read
+    }
+
+    fn marks() -> Vec<Mark> {
+        vec![
+            Mark {
+                events_offset: 0,
+                next_command_offset: 0,
+            },
+            Mark {
+                events_offset: 1,
+                next_command_offset: 1,
+            },
+        ]
+    }
+
+    #[test]
+    fn an_image_round_trips_and_restores_the_same_model() {
+        let read = model();
+        let image = read.image(marks());
+        let bytes = encode(&image).unwrap();
+        let back = decode(&bytes, 2).unwrap();
+        assert_eq!(back, image);
+        let restored = ReadModel::new(2, Arc::new(Metrics::new()));
+        restored.restore(&back);
+        assert_eq!(restored.image(marks()), image);
+        assert_eq!(restored.applied_through(1), 1);
+        let sku = SkuId::parse("SKU-1").unwrap();
+        assert_eq!(restored.product(&sku).unwrap().available(), 9);
+        assert!(matches!(
+            decode(&bytes, 3),
+            Err(SnapshotError::Partitions { .. })
+        ));
+    }
+
+    /// A log of one partition: a sale, then holds, checkouts (with orders), expiries,
+    /// prunes and an early end, one command offset per record.
+    fn log() -> Vec<EventRecord> {
+        let sku = SkuId::parse("SKU-1").unwrap();
+        let sale = SaleMeta {
+            sale_id: SaleId(7),
+            name: "s".into(),
+            starts_at: 1,
+            ends_at: 10_000_000,
+            reservation_ttl_s: 120,
+            all_skus: vec![sku.clone()],
+        };
+        let spec = ProductSpec {
+            sku: sku.clone(),
+            name: "n".into(),
+            description: String::new(),
+            category: String::new(),
+            base_price: Cents(100),
+            flash_sale_price: Cents(50),
+            total_inventory: 1_000,
+            per_user_limit: 2,
+            image_url: String::new(),
+        };
+        let view = |n: u64, status| ReservationView {
+            id: ReservationId {
+                partition: 0,
+                ulid: u128::from(n),
+            },
+            user: UserId::parse(&format!("u{}", n % 7)).unwrap(),
+            sku: sku.clone(),
+            quantity: 1,
+            status,
+            created_at: n,
+            expires_at: n + 120_000,
+        };
+        let mut out = vec![vec![Event::SaleConfigured(SaleConfig {
+            sale: sale.clone(),
+            products: vec![spec],
+        })]];
+        let (mut held, mut sold, mut ended) = (0u64, 0u64, Vec::new());
+        for o in 1..300u64 {
+            let mut ev = Vec::new();
+            match o % 6 {
+                // a checkout of the hold of offset o - 3
+                3 if o > 3 => {
+                    ev.push(Event::Reservation(view(
+                        o - 3,
+                        ReservationStatus::Confirmed,
+                    )));
+                    ev.push(Event::OrderCreated(OrderView {
+                        order_id: OrderId {
+                            partition: 0,
+                            ulid: u128::from(o),
+                        },
+                        reservation_id: view(o - 3, ReservationStatus::Confirmed).id,
+                        user: view(o - 3, ReservationStatus::Confirmed).user,
+                        sku: sku.clone(),
+                        quantity: 1,
+                        total_price: Cents(50),
+                        payment_transaction_id: format!("p{o}"),
+                        payment_method: PaymentMethod::Upi,
+                        shipping_address: "a".into(),
+                        created_at: o,
+                    }));
+                    held -= 1;
+                    sold += 1;
+                }
+                // the hold of offset o - 4 expires
+                5 => {
+                    ev.push(Event::Reservation(view(o - 4, ReservationStatus::Expired)));
+                    ended.push(view(o - 4, ReservationStatus::Expired).id);
+                    held -= 1;
+                }
+                _ if o % 50 == 0 => ev.push(Event::ReservationsPruned {
+                    reservations: std::mem::take(&mut ended),
+                }),
+                _ if o == 250 => ev.push(Event::SaleEnded {
+                    sale_id: SaleId(7),
+                    skus: vec![sku.clone()],
+                    ends_at: 9_000_000,
+                }),
+                _ => {
+                    ev.push(Event::Reservation(view(o, ReservationStatus::Reserved)));
+                    held += 1;
+                }
+            }
+            ev.push(Event::Inventory {
+                sku: sku.clone(),
+                total: 1_000,
+                held,
+                sold,
+            });
+            out.push(ev);
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(o, events)| EventRecord {
+                partition: 0,
+                offset: o as u64,
+                log_time: o as u64,
+                events,
+            })
+            .collect()
+    }
+
+    /// The claim the writer rests on (ARCHITECTURE.md, "Read-model snapshots"): an
+    /// image copied while events kept arriving (the model already at offset `j` when
+    /// the marks said `k`), restored and replayed from `k`, gives the same model as
+    /// applying the whole log.
+    #[test]
+    fn a_copy_taken_while_events_arrive_replays_to_the_same_model() {
+        let log = log();
+        let mark = |k: u64| {
+            vec![Mark {
+                events_offset: k,
+                next_command_offset: k,
+            }]
+        };
+        let full = ReadModel::new(1, Arc::new(Metrics::new()));
+        for r in &log {
+            full.apply(r);
+        }
+        let want = full.image(mark(0));
+        for k in [0usize, 1, 4, 49, 50, 51, 120, 249, 251, 299] {
+            for j in [k, k + 1, k + 7, k + 60, log.len()] {
+                let j = j.min(log.len());
+                let live = ReadModel::new(1, Arc::new(Metrics::new()));
+                for r in &log[..j] {
+                    live.apply(r);
+                }
+                let image = decode(&encode(&live.image(mark(k as u64))).unwrap(), 1).unwrap();
+                let restored = ReadModel::new(1, Arc::new(Metrics::new()));
+                restored.restore(&image);
+                for r in &log[k..] {
+                    restored.apply(r);
+                }
+                assert_eq!(restored.image(mark(0)), want, "marks at {k}, copy at {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_refused() {
+        let bytes = encode(&model().image(marks())).unwrap();
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x55;
+        assert!(matches!(
+            decode(&flipped, 2),
+            Err(SnapshotError::Checksum { .. })
+        ));
+        assert!(matches!(decode(&bytes[..5], 2), Err(SnapshotError::Magic)));
+        let mut v = bytes.clone();
+        v[4] = 99;
+        assert!(matches!(decode(&v, 2), Err(SnapshotError::Version(99))));
+    }
+
+    #[test]
+    fn files_keep_the_newest_and_fall_back_past_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileImageStore::new(dir.path(), "t.events", "id").unwrap();
+        let image = model().image(marks());
+        let good = encode(&image).unwrap();
+        store.save(1, 100, &good).unwrap();
+        store.save(2, 200, b"FSRM garbage").unwrap();
+        // Not newer than what is stored: ignored.
+        store.save(2, 300, &good).unwrap();
+        assert_eq!(
+            store
+                .list()
+                .unwrap()
+                .iter()
+                .map(|i| i.covered)
+                .collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+        let (found, refused) = load_newest(&store, 2, &[(0, 5), (0, 5)]);
+        assert_eq!(found.map(|(i, _)| i.covered), Some(1));
+        assert_eq!(refused.len(), 1);
+        // Beyond the topic's end (a topic recreated): refused too.
+        let (found, _) = load_newest(&store, 2, &[(0, 0), (0, 0)]);
+        assert!(found.is_none());
+        store.save(3, 400, &good).unwrap();
+        store.prune(KEEP).unwrap();
+        assert_eq!(
+            store
+                .list()
+                .unwrap()
+                .iter()
+                .map(|i| i.covered)
+                .collect::<Vec<_>>(),
+            vec![3, 2]
+        );
+    }
+}
