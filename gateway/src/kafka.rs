@@ -289,6 +289,9 @@ impl Follower {
             targets,
             ready,
             started: Instant::now(),
+            event_fence: EpochFence::default(),
+            reply_fence: EpochFence::default(),
+            fence_lines: LogLimiter::new(QUIET_EVERY),
         };
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -329,6 +332,22 @@ struct FollowerState {
     targets: Vec<i64>,
     ready: Arc<AtomicBool>,
     started: Instant,
+    /// Highest owner epoch per command partition, in `events` and in this gateway's
+    /// `replies` partition (each an ordered stream of its own): outputs of an older
+    /// owner that arrive after a newer one's are dropped.
+    event_fence: EpochFence,
+    reply_fence: EpochFence,
+    fence_lines: LogLimiter,
+}
+
+/// The owner epoch an engine wrote on an output record ([`EPOCH_HEADER`]).
+fn record_epoch(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<u64> {
+    use rdkafka::message::Headers;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == EPOCH_HEADER)
+        .and_then(|h| h.value)
+        .and_then(parse_epoch)
 }
 
 fn follow(
@@ -356,10 +375,11 @@ fn follow(
             }
             Some(Ok(m)) => {
                 let Some(payload) = m.payload() else { continue };
+                let epoch = record_epoch(&m);
                 if m.topic() == st.topics.events {
-                    st.on_event(m.partition(), m.offset(), payload);
+                    st.on_event(m.partition(), m.offset(), payload, epoch);
                 } else {
-                    st.on_reply(payload);
+                    st.on_reply(payload, epoch);
                 }
             }
         }
@@ -371,11 +391,20 @@ fn follow(
 }
 
 impl FollowerState {
-    fn on_event(&mut self, kafka_partition: i32, kafka_offset: i64, payload: &[u8]) {
+    fn on_event(
+        &mut self,
+        kafka_partition: i32,
+        kafka_offset: i64,
+        payload: &[u8],
+        epoch: Option<u64>,
+    ) {
         if let Some(p) = self.positions.get_mut(kafka_partition as usize) {
             *p = kafka_offset + 1;
         }
         match decode::<EventRecord>(payload) {
+            Ok(rec) if !self.event_fence.admit(rec.partition, epoch) => {
+                self.fenced("events", rec.partition, epoch, self.event_fence.dropped());
+            }
             Ok(rec) => {
                 self.read.apply(&rec);
                 self.release(rec.partition);
@@ -405,7 +434,20 @@ impl FollowerState {
         }
     }
 
-    fn on_reply(&mut self, payload: &[u8]) {
+    /// Says (rate-limited) that an output of a replaced (fenced) engine was dropped.
+    fn fenced(&self, topic: &str, partition: u32, epoch: Option<u64>, dropped: u64) {
+        if self.fence_lines.check(topic).is_some() {
+            tracing::info!(
+                topic,
+                partition,
+                epoch,
+                dropped_so_far = dropped,
+                "dropped an output of a replaced engine (older owner epoch: fenced)"
+            );
+        }
+    }
+
+    fn on_reply(&mut self, payload: &[u8], epoch: Option<u64>) {
         let rec = match decode::<ReplyRecord>(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -413,6 +455,10 @@ impl FollowerState {
                 return;
             }
         };
+        if !self.reply_fence.admit(rec.partition, epoch) {
+            self.fenced("replies", rec.partition, epoch, self.reply_fence.dropped());
+            return;
+        }
         if !self.pending.is_waiting(&rec.request_id) {
             return;
         }
