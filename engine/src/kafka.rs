@@ -1,17 +1,19 @@
 //! The engine's half of Kafka mode: one consumer group over `commands`, one
-//! [`PartitionActor`] per assigned partition, all driven by one thread.
+//! [`PartitionActor`] per assigned partition, all driven by one thread; and a
+//! **standby copy** of every partition it does not own.
 //!
 //! Per assigned partition:
-//! 1. **Recover**: the state to start from is the better of the actor this process
-//!    kept when it last let the partition go (a state is a pure function of the log
-//!    prefix, so it is still right) and the newest snapshot that decodes, passes the
-//!    invariants and lies at or below the group's committed offset `c`; then seek to
-//!    its offset and replay. Outputs of records below `c` were acknowledged by the
-//!    broker before `c` was committed, so they are not produced again; from `c` on,
-//!    replies and events are produced (consumers drop repeats by partition and offset).
-//!    `/ready` (serve mode) waits until the partition reached the end it had at
-//!    assignment.
-//! 2. **Apply** whole fetched batches in log order, with the record's Kafka timestamp
+//! 1. **Recover**: the state to start from is the better of the standby copy (below)
+//!    and the newest snapshot that decodes, passes the invariants and lies at or below
+//!    the group's committed offset `c`; then seek to its offset and replay. Outputs of
+//!    records below `c` were acknowledged by the broker before `c` was committed, so
+//!    they are not produced again; from `c` on, replies and events are produced
+//!    (consumers drop repeats by partition and offset). `/ready` (serve mode) waits
+//!    until the partition reached the end it had at assignment.
+//! 2. **Claim**: append a claim record (a `Tick` with a [`CLAIM_HEADER`]) to the
+//!    partition and wait for its offset: that is the **owner epoch**, written on every
+//!    reply and event ([`EPOCH_HEADER`]).
+//! 3. **Apply** whole fetched batches in log order, with the record's Kafka timestamp
 //!    as log time; produce the batch's events to `events` (same partition, key =
 //!    skuId, timestamp = log time; an empty record at the batch's last offset if that
 //!    command changed nothing, so gateways know how far the read model is) and replies
@@ -21,12 +23,51 @@
 //!    the broker makes final stops the engine before it produces anything more (what
 //!    `enable.gapless.guarantee` would do; that property is experimental and makes
 //!    librdkafka print a CONFWARN at every start).
-//! 3. **Commit** a batch's end offset only after the broker acknowledged all of its
+//! 4. **Commit** a batch's end offset only after the broker acknowledged all of its
 //!    replies and events (batches pipeline: applying never waits for acks).
-//! 4. **Tick**: while a partition has holds due, the engine appends tick records to its
+//! 5. **Tick**: while a partition has holds due, the engine appends tick records to its
 //!    own commands partition (at most one per 200 ms), as the embedded ticker does.
-//! 5. **Snapshot** every N commands or T seconds of log time in a background thread;
-//!    on revoke: wait for the acks, commit, snapshot, let go.
+//! 6. **Snapshot** every N commands or T seconds of log time in a background thread;
+//!    on revoke: wait for the acks, commit, let go, snapshot in the background.
+//!
+//! **Standby copies** (issue 13): a second consumer, outside the group (assigned by
+//! hand), follows the `commands` of every partition this engine does not own and
+//! applies them to a [`PartitionActor`] that produces nothing (no replies, events,
+//! ticks, snapshots or commits). A state is a pure function of the log prefix, so the
+//! copy is exactly what an owner would hold. Because the dead owner may not have
+//! produced the outputs of its last records (those past its last commit `c`), the copy
+//! keeps the outputs of its last `standby_window` records; a takeover starts from the
+//! copy if those reach back to `c` (or the copy has not passed `c`), produces the kept
+//! outputs from `c` on again, and catches up the few records left: no snapshot load,
+//! no long replay. Otherwise it falls back to the snapshot and the log. Cost: one
+//! partition state per partition not owned, the kept outputs, and applying every
+//! partition's commands once more.
+//!
+//! **Fast detection, incremental rebalancing**: a short group session (1 s by
+//! default, `--session-timeout-ms`; the broker's `group.min.session.timeout.ms` must
+//! allow it) and `cooperative-sticky` assignment, so only the partitions that move
+//! are revoked and the survivor keeps serving its own during the rebalance. No static
+//! membership: a static member does not leave the group when it stops, so a planned
+//! stop would leave its partitions unowned for a whole session, and a `kill -9` is
+//! detected no sooner (the session is what detects it either way).
+//!
+//! **Fencing**: a paused-then-resumed old owner must never emit outputs that count.
+//! (a) Its offset commits are refused by the group coordinator once it lost the
+//! generation. (b) Every reply and event carries the producer's owner epoch; readers
+//! (gateway follower, projector) keep the highest epoch seen per command partition in
+//! each stream and drop records of a lower one ([`EpochFence`]): once a successor's
+//! output is read, the old owner's late outputs are ignored. (Its outputs are those a
+//! correct owner would produce for the same log prefix anyway; the epoch keeps a late
+//! one from counting after the successor's.) (c) An owner that reads, in its own
+//! partition, a claim above its epoch stops producing for the partition at once and
+//! keeps it as a standby copy. (d) Its snapshots are a pure function of the log prefix
+//! they cover, so a zombie's snapshot is as good as anyone's. (e) Its tick records are
+//! ordinary commands of the log, applied by everyone the same way.
+//!
+//! **Planned hand-over** (SIGTERM): the engine finishes the batch in hand, waits for
+//! its acks, commits, leaves the group (the successor starts from its standby copy at
+//! once), then writes its last snapshots. Requests wait for the successor within their
+//! reply deadline.
 //!
 //! **Broker outages** of any length are ridden out: outputs are produced with
 //! `message.timeout.ms=0` (librdkafka retries them, in order and without duplicates,
