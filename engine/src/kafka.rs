@@ -559,6 +559,20 @@ fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usi
             match consumer.poll(timeout) {
                 None => break,
                 Some(Err(e)) if flashsale_runtime::kafka::is_connection_error(&e) => break,
+                Some(Err(e))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidSessionTimeout) =>
+                {
+                    let session = consumer
+                        .context()
+                        .core
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .opts
+                        .session_timeout_ms;
+                    fatal(format!(
+                        "the broker refuses the group session of {session} ms (outside its group.min.session.timeout.ms .. group.max.session.timeout.ms): raise --session-timeout-ms, or lower group.min.session.timeout.ms in the broker's config (ops/kafka/start.sh sets 500)"
+                    ));
+                }
                 Some(Err(e)) => {
                     let core = consumer
                         .context()
