@@ -60,7 +60,9 @@
 //! correct owner would produce for the same log prefix anyway; the epoch keeps a late
 //! one from counting after the successor's.) (c) An owner that reads, in its own
 //! partition, a claim above its epoch stops producing for the partition at once and
-//! keeps it as a standby copy. (d) Its snapshots are a pure function of the log prefix
+//! keeps it as a standby copy (and claims it again if the group still assigns it to
+//! this engine a few sessions later: the late claim of a former owner, see
+//! `Core::retake_fenced`). (d) Its snapshots are a pure function of the log prefix
 //! they cover, so a zombie's snapshot is as good as anyone's. (e) Its tick records are
 //! ordinary commands of the log, applied by everyone the same way.
 //!
@@ -107,6 +109,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A partition fenced off but still assigned this many sessions later is taken again.
+const FENCE_GRACE_SESSIONS: u64 = 3;
 /// Least time between two ticks of one partition.
 const MIN_TICK_GAP_MS: u64 = 200;
 /// How often acknowledged offsets are committed.
@@ -259,6 +263,7 @@ pub fn start(
             std::process::id()
         ),
         snapshot_writers: Vec::new(),
+        fenced: BTreeMap::new(),
         inflight: VecDeque::new(),
         to_commit: BTreeMap::new(),
         last_commit: Instant::now(),
@@ -526,6 +531,9 @@ struct Core {
     name: String,
     /// Snapshots of partitions let go, written in the background.
     snapshot_writers: Vec<std::thread::JoinHandle<()>>,
+    /// Partitions this engine stopped producing for on reading a later claim, while
+    /// the group has not revoked them: see [`Core::retake_fenced`].
+    fenced: BTreeMap<u32, Instant>,
     /// Batches whose outputs await the broker's ack, in production order.
     inflight: VecDeque<InFlight>,
     /// Acknowledged offsets not committed yet.
@@ -604,6 +612,7 @@ fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usi
         core.maybe_commit(consumer, false);
         core.tick();
         standby_busy = core.follow_standby(max_batch) >= max_batch;
+        core.retake_fenced(consumer);
     }
     let mut core = consumer
         .context()
@@ -687,6 +696,7 @@ impl Core {
                 "fenced: another engine claimed the partition (this process was paused or cut off?); producing nothing more for it"
             );
             self.keep_standby(p, o.actor, o.emit_from);
+            self.fenced.insert(p, Instant::now());
             self.apply_standby(p, recs);
             return;
         }
@@ -991,6 +1001,9 @@ impl Core {
     /// Lets the owned partitions among `parts` go: acks, commit, snapshot (in the
     /// background); their actors become standby copies.
     fn revoke(&mut self, consumer: &BaseConsumer<EngineContext>, parts: &[u32]) {
+        for p in parts {
+            self.fenced.remove(p);
+        }
         if !parts.iter().any(|p| self.owned.contains_key(p)) {
             return;
         }
@@ -1040,6 +1053,58 @@ impl Core {
             all_acked = acked,
             "partitions let go (acked outputs committed)"
         );
+    }
+
+    /// A later claim fences this engine off a partition, and normally the group revokes
+    /// the partition from it at once (it was paused or cut off, and someone else owns
+    /// the partition now). But a claim can also come late from an engine that lost the
+    /// partition while its claim waited for the broker (an outage during a rebalance):
+    /// then nobody produces for the partition. So a partition still assigned to this
+    /// engine [`FENCE_GRACE_SESSIONS`] sessions after it was fenced is taken again: a
+    /// new claim (above the late one), and the group consumer moved to the copy's
+    /// next offset.
+    fn retake_fenced(&mut self, consumer: &BaseConsumer<EngineContext>) {
+        let grace =
+            Duration::from_millis(u64::from(self.opts.session_timeout_ms) * FENCE_GRACE_SESSIONS);
+        let due: Vec<u32> = self
+            .fenced
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= grace)
+            .map(|(p, _)| *p)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let topic = self.opts.topics.commands.clone();
+        let assigned = match consumer.assignment() {
+            Ok(a) => a,
+            Err(_) => return, // asked again at the next turn
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in due {
+            self.fenced.remove(&p);
+            if assigned.find_partition(&topic, p as i32).is_some() && !self.owned.contains_key(&p) {
+                let _ = tpl.add_partition(&topic, p as i32);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        tracing::warn!(
+            partitions = ?partitions_of(&tpl, &topic),
+            "the group still assigns partitions this engine was fenced off (a late claim of a former owner?); claiming them again"
+        );
+        self.assign(consumer, &mut tpl);
+        for e in tpl.elements_for_topic(&topic) {
+            if let Err(err) = consumer.seek(&topic, e.partition(), e.offset(), ADMIN_TIMEOUT) {
+                // Without the seek the partition could skip records: let it go.
+                fatal(format!(
+                    "cannot move partition {} back to offset {:?} after taking it again: {err}",
+                    e.partition(),
+                    e.offset()
+                ));
+            }
+        }
     }
 
     /// Keeps `actor` as the standby copy of `p` (outputs from `covered_from` on were
@@ -1216,6 +1281,7 @@ impl Core {
             }
         }
         for &p in &parts {
+            self.fenced.remove(&p);
             let c = match committed
                 .find_partition(&topic, p as i32)
                 .map(|e| e.offset())
