@@ -423,10 +423,12 @@ pub struct EngineTuning {
     /// own and keeps their state warm, so a takeover is a catch-up of a few records
     /// instead of a snapshot load and replay. The value is how many of the latest
     /// records' outputs each copy keeps (re-produced at a takeover from the committed
-    /// offset on). Cost: one partition state per partition not owned (the same memory
-    /// as its owner's) plus those outputs (~300 bytes a record: ~3 MB a partition at
-    /// 10,000), and applying every partition's commands once more. 0: no standby
-    /// copies (a takeover loads the newest snapshot and replays).
+    /// offset on; it must exceed what a partition takes between two commits of its
+    /// owner, ~100 ms of load, or a takeover falls back to the snapshot). Cost: one
+    /// partition state per partition not owned (the same memory as its owner's) plus
+    /// those outputs (a few hundred bytes a record: a few MB a partition at 10,000), and
+    /// applying every partition's commands once more. 0: no standby copies (a takeover
+    /// loads the newest snapshot and replays).
     #[arg(long, env = "FLASHSALE_STANDBY_WINDOW", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub standby_window: u64,
