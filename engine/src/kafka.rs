@@ -1,17 +1,19 @@
 //! The engine's half of Kafka mode: one consumer group over `commands`, one
-//! [`PartitionActor`] per assigned partition, all driven by one thread.
+//! [`PartitionActor`] per assigned partition, all driven by one thread; and a
+//! **standby copy** of every partition it does not own.
 //!
 //! Per assigned partition:
-//! 1. **Recover**: the state to start from is the better of the actor this process
-//!    kept when it last let the partition go (a state is a pure function of the log
-//!    prefix, so it is still right) and the newest snapshot that decodes, passes the
-//!    invariants and lies at or below the group's committed offset `c`; then seek to
-//!    its offset and replay. Outputs of records below `c` were acknowledged by the
-//!    broker before `c` was committed, so they are not produced again; from `c` on,
-//!    replies and events are produced (consumers drop repeats by partition and offset).
-//!    `/ready` (serve mode) waits until the partition reached the end it had at
-//!    assignment.
-//! 2. **Apply** whole fetched batches in log order, with the record's Kafka timestamp
+//! 1. **Recover**: the state to start from is the better of the standby copy (below)
+//!    and the newest snapshot that decodes, passes the invariants and lies at or below
+//!    the group's committed offset `c`; then seek to its offset and replay. Outputs of
+//!    records below `c` were acknowledged by the broker before `c` was committed, so
+//!    they are not produced again; from `c` on, replies and events are produced
+//!    (consumers drop repeats by partition and offset). `/ready` (serve mode) waits
+//!    until the partition reached the end it had at assignment.
+//! 2. **Claim**: append a claim record (a `Tick` with a [`CLAIM_HEADER`]) to the
+//!    partition and wait for its offset: that is the **owner epoch**, written on every
+//!    reply and event ([`EPOCH_HEADER`]).
+//! 3. **Apply** whole fetched batches in log order, with the record's Kafka timestamp
 //!    as log time; produce the batch's events to `events` as ONE record (a batch of
 //!    event records, `BatchEncoder`, cut at 256 KiB; same partition, key = the skuId
 //!    of its first keyed event, timestamp = log time of its last; an empty event record
@@ -24,12 +26,53 @@
 //!    the broker makes final stops the engine before it produces anything more (what
 //!    `enable.gapless.guarantee` would do; that property is experimental and makes
 //!    librdkafka print a CONFWARN at every start).
-//! 3. **Commit** a batch's end offset only after the broker acknowledged all of its
+//! 4. **Commit** a batch's end offset only after the broker acknowledged all of its
 //!    replies and events (batches pipeline: applying never waits for acks).
-//! 4. **Tick**: while a partition has holds due, the engine appends tick records to its
+//! 5. **Tick**: while a partition has holds due, the engine appends tick records to its
 //!    own commands partition (at most one per 200 ms), as the embedded ticker does.
-//! 5. **Snapshot** every N commands or T seconds of log time in a background thread;
-//!    on revoke: wait for the acks, commit, snapshot, let go.
+//! 6. **Snapshot** every N commands or T seconds of log time in a background thread;
+//!    on revoke: wait for the acks, commit, let go, snapshot in the background.
+//!
+//! **Standby copies** (issue 13): a second consumer, outside the group (assigned by
+//! hand), follows the `commands` of every partition this engine does not own and
+//! applies them to a [`PartitionActor`] that produces nothing (no replies, events,
+//! ticks, snapshots or commits). A state is a pure function of the log prefix, so the
+//! copy is exactly what an owner would hold. Because the dead owner may not have
+//! produced the outputs of its last records (those past its last commit `c`), the copy
+//! keeps the outputs of its last `standby_window` records; a takeover starts from the
+//! copy if those reach back to `c` (or the copy has not passed `c`), produces the kept
+//! outputs from `c` on again, and catches up the few records left: no snapshot load,
+//! no long replay. Otherwise it falls back to the snapshot and the log. Cost: one
+//! partition state per partition not owned, the kept outputs, and applying every
+//! partition's commands once more.
+//!
+//! **Fast detection, incremental rebalancing**: a short group session (1 s by
+//! default, `--session-timeout-ms`; the broker's `group.min.session.timeout.ms` must
+//! allow it) and `cooperative-sticky` assignment, so only the partitions that move
+//! are revoked and the survivor keeps serving its own during the rebalance. No static
+//! membership: a static member does not leave the group when it stops, so a planned
+//! stop would leave its partitions unowned for a whole session, and a `kill -9` is
+//! detected no sooner (the session is what detects it either way).
+//!
+//! **Fencing**: a paused-then-resumed old owner must never emit outputs that count.
+//! (a) Its offset commits are refused by the group coordinator once it lost the
+//! generation. (b) Every reply and event carries the producer's owner epoch; readers
+//! (gateway follower, projector) keep the highest epoch seen per command partition in
+//! each stream and drop records of a lower one ([`EpochFence`]): once a successor's
+//! output is read, the old owner's late outputs are ignored. (Its outputs are those a
+//! correct owner would produce for the same log prefix anyway; the epoch keeps a late
+//! one from counting after the successor's.) (c) An owner that reads, in its own
+//! partition, a claim above its epoch stops producing for the partition at once and
+//! keeps it as a standby copy (and claims it again if the group still assigns it to
+//! this engine a few sessions later: the late claim of a former owner, see
+//! `Core::retake_fenced`). (d) Its snapshots are a pure function of the log prefix
+//! they cover, so a zombie's snapshot is as good as anyone's. (e) Its tick records are
+//! ordinary commands of the log, applied by everyone the same way.
+//!
+//! **Planned hand-over** (SIGTERM): the engine finishes the batch in hand, waits for
+//! its acks, commits, leaves the group (the successor starts from its standby copy at
+//! once), then writes its last snapshots. Requests wait for the successor within their
+//! reply deadline.
 //!
 //! **Broker outages** of any length are ridden out: outputs are produced with
 //! `message.timeout.ms=0` (librdkafka retries them, in order and without duplicates,
@@ -60,18 +103,20 @@ use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
 use flashsale_runtime::telemetry::{TraceParent, TRACEPARENT_HEADER};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A batch of events or replies is cut into another Kafka record past this many bytes
 /// (the broker's default `message.max.bytes` is 1 MiB).
 const MAX_OUTPUT_RECORD_BYTES: usize = 256 * 1024;
+/// A partition fenced off but still assigned this many sessions later is taken again.
+const FENCE_GRACE_SESSIONS: u64 = 3;
 /// Least time between two ticks of one partition.
 const MIN_TICK_GAP_MS: u64 = 200;
 /// How often acknowledged offsets are committed.
@@ -93,6 +138,13 @@ pub struct EngineOptions {
     /// Most records applied as one batch.
     pub max_batch: usize,
     pub linger_ms: u32,
+    /// The group session: a member silent this long is dead and its partitions move.
+    pub session_timeout_ms: u32,
+    pub heartbeat_interval_ms: u32,
+    /// Standby copies: the outputs of at most this many most recent records are kept
+    /// per partition not owned (so a takeover re-produces what the dead owner may not
+    /// have); 0 turns standby copies off.
+    pub standby_window: usize,
 }
 
 /// What the engine owns now; `/ready` of serve mode reads it.
@@ -184,6 +236,23 @@ pub fn start(
         quiet: quiet.clone(),
     })
     .context("cannot create the engine's Kafka producer")?;
+    // Standby copies follow the partitions this engine does not own with a consumer of
+    // their own, outside the group (assigned by hand, commits nothing).
+    let standby_consumer = if opts.standby_window > 0 {
+        let c: BaseConsumer<QuietContext> = base_config(&opts.brokers, "flashsale-engine-standby")
+            .set("group.id", format!("{}-standby", opts.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Never skip records silently: a standby copy with a hole would be wrong.
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.error.backoff.ms", "50")
+            .create_with_context(quiet.clone())
+            .context("cannot create the engine's standby consumer")?;
+        Some(c)
+    } else {
+        None
+    };
     let core = Core {
         opts: opts.clone(),
         producer,
@@ -192,7 +261,15 @@ pub fn start(
         status: status.clone(),
         replies_partitions,
         owned: BTreeMap::new(),
-        idle: BTreeMap::new(),
+        standby: BTreeMap::new(),
+        standby_consumer,
+        name: format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "engine".into()),
+            std::process::id()
+        ),
+        snapshot_writers: Vec::new(),
+        fenced: BTreeMap::new(),
         inflight: VecDeque::new(),
         to_commit: BTreeMap::new(),
         last_commit: Instant::now(),
@@ -208,11 +285,18 @@ pub fn start(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // Eager rebalancing: a partition is let go (acks, commit, snapshot) before
-        // anyone else is given it.
-        .set("partition.assignment.strategy", "roundrobin")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1500")
+        // Incremental (cooperative) rebalancing: only the partitions that move are
+        // revoked; the others keep being served while the group rebalances. A moving
+        // partition is still let go (acks, commit) before anyone else is given it.
+        // No static membership (`group.instance.id`): a static member that stops does
+        // not leave the group, so a planned stop would leave its partitions unowned
+        // for a whole session, and a kill -9 is detected no sooner.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", opts.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            opts.heartbeat_interval_ms.to_string(),
+        )
         .set("max.poll.interval.ms", "300000")
         .set("fetch.wait.max.ms", "5")
         .set("fetch.error.backoff.ms", "50")
@@ -232,7 +316,27 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("kafka-engine".into())
         .spawn(move || {
+            consumer
+                .context()
+                .core
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .init_standby(&consumer);
             run(&consumer, &stop2, max_batch);
+            let writers = std::mem::take(
+                &mut consumer
+                    .context()
+                    .core
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .snapshot_writers,
+            );
+            // Leave the group first (the successor starts now), then finish the
+            // snapshots of the partitions let go.
+            drop(consumer);
+            for w in writers {
+                let _ = w.join();
+            }
             status2.stopped.store(true, Ordering::Release);
         })
         .context("cannot start the engine thread")?;
@@ -255,6 +359,8 @@ fn fatal(msg: String) -> ! {
 struct BatchAck {
     /// Records not acknowledged yet (a failure stops the process: see `delivery`).
     remaining: AtomicUsize,
+    /// The offset of the last record acknowledged (a claim's is its epoch); -1: none.
+    offset: AtomicI64,
 }
 
 struct AckContext {
@@ -281,6 +387,9 @@ impl ProducerContext for AckContext {
             // produced. The group hands the partitions over; the next owner produces
             // the uncommitted outputs again.
             fatal(format!("the broker refused an output record for good: {e}"));
+        }
+        if let Ok(m) = result {
+            ack.offset.store(m.offset(), Ordering::Release);
         }
         ack.remaining.fetch_sub(1, Ordering::AcqRel);
     }
@@ -327,26 +436,30 @@ impl ConsumerContext for EngineContext {
     ) {
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         match err {
+            // Cooperative protocol: `tpl` holds only the partitions added or removed.
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 core.assign(consumer, tpl);
-                if let Err(e) = consumer.assign(tpl) {
+                if let Err(e) = consumer.incremental_assign(tpl) {
                     fatal(format!("cannot take the assigned partitions: {e}"));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 if consumer.assignment_lost() {
                     // The group moved on without us (a session lost during a broker
-                    // outage): our commits would be refused; let go all the same.
-                    tracing::warn!("the group's session was lost (broker unreachable?); letting the partitions go, rejoining when the broker answers");
+                    // outage, or a pause): our commits would be refused; let go all
+                    // the same.
+                    tracing::warn!("the group's session was lost (broker unreachable, or this process was paused?); letting the partitions go, rejoining when the broker answers");
                 }
-                core.revoke(consumer);
-                if let Err(e) = consumer.unassign() {
+                let parts = partitions_of(tpl, &core.opts.topics.commands);
+                core.revoke(consumer, &parts);
+                if let Err(e) = consumer.incremental_unassign(tpl) {
                     tracing::warn!(error = %e, "unassign failed");
                 }
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error; letting every partition go");
-                core.revoke(consumer);
+                let all: Vec<u32> = core.owned.keys().copied().collect();
+                core.revoke(consumer, &all);
                 let _ = consumer.unassign();
             }
         }
@@ -364,6 +477,42 @@ struct Owned {
     last_tick: UnixMs,
     last_snapshot_offset: u64,
     writing: Arc<AtomicBool>,
+    /// The owner epoch: the offset of this engine's claim record in the partition.
+    epoch: u64,
+}
+
+/// A warm copy of a partition this engine does not own: the state after the log
+/// prefix read so far (outputs not produced), and the outputs of the last records
+/// (at most `standby_window`), which a takeover produces again from the committed
+/// offset on (the old owner may not have produced them).
+struct Standby {
+    actor: PartitionActor,
+    /// Outputs of records from this offset on are known: in `ring`, or (below the
+    /// ring) handed to this engine's producer while it owned the partition.
+    covered_from: u64,
+    ring: VecDeque<RingBatch>,
+    ring_records: u64,
+}
+
+struct RingBatch {
+    /// The copy's next offset before the batch.
+    start: u64,
+    /// Offset after the batch's last record.
+    end: u64,
+    /// The copy's clock after the batch.
+    clock: UnixMs,
+    applied: flashsale_core::actor::Applied,
+}
+
+impl Standby {
+    fn new(actor: PartitionActor, covered_from: u64) -> Self {
+        Standby {
+            actor,
+            covered_from,
+            ring: VecDeque::new(),
+            ring_records: 0,
+        }
+    }
 }
 
 struct InFlight {
@@ -380,8 +529,17 @@ struct Core {
     status: Arc<EngineStatus>,
     replies_partitions: u32,
     owned: BTreeMap<u32, Owned>,
-    /// Actors of partitions let go: reused if the partition comes back.
-    idle: BTreeMap<u32, PartitionActor>,
+    /// Warm copies of the partitions not owned (followed by `standby_consumer` when
+    /// `standby_window` > 0; else the actors of partitions let go, kept as they were).
+    standby: BTreeMap<u32, Standby>,
+    standby_consumer: Option<BaseConsumer<QuietContext>>,
+    /// This process in claim records and logs.
+    name: String,
+    /// Snapshots of partitions let go, written in the background.
+    snapshot_writers: Vec<std::thread::JoinHandle<()>>,
+    /// Partitions this engine stopped producing for on reading a later claim, while
+    /// the group has not revoked them: see [`Core::retake_fenced`].
+    fenced: BTreeMap<u32, Instant>,
     /// Batches whose outputs await the broker's ack, in production order.
     inflight: VecDeque<InFlight>,
     /// Acknowledged offsets not committed yet.
@@ -398,15 +556,37 @@ struct Core {
     stop: Arc<AtomicBool>,
 }
 
+/// One fetched command record: (partition, record, trace context, is a claim).
+type Fetched = (u32, LogRecord, Option<TraceParent>, bool);
+
 fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usize) {
-    let mut batch: Vec<(u32, LogRecord, Option<TraceParent>)> = Vec::with_capacity(max_batch);
+    let mut batch: Vec<Fetched> = Vec::with_capacity(max_batch);
+    let mut standby_busy = false;
     while !stop.load(Ordering::Acquire) {
         // Rebalance callbacks run inside poll: never hold the core lock across it.
-        let mut timeout = Duration::from_millis(50);
+        let mut timeout = if standby_busy {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(50)
+        };
         while batch.len() < max_batch {
             match consumer.poll(timeout) {
                 None => break,
                 Some(Err(e)) if flashsale_runtime::kafka::is_connection_error(&e) => break,
+                Some(Err(e))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidSessionTimeout) =>
+                {
+                    let session = consumer
+                        .context()
+                        .core
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .opts
+                        .session_timeout_ms;
+                    fatal(format!(
+                        "the broker refuses the group session of {session} ms (outside its group.min.session.timeout.ms .. group.max.session.timeout.ms): raise --session-timeout-ms, or lower group.min.session.timeout.ms in the broker's config (ops/kafka/start.sh sets 500)"
+                    ));
+                }
                 Some(Err(e)) => {
                     let core = consumer
                         .context()
@@ -423,7 +603,7 @@ fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usi
                         log_time,
                         payload: m.payload().unwrap_or(&[]).to_vec(),
                     };
-                    batch.push((m.partition() as u32, rec, traceparent(&m)));
+                    batch.push((m.partition() as u32, rec, traceparent(&m), is_claim(&m)));
                 }
             }
             timeout = Duration::ZERO;
@@ -437,13 +617,16 @@ fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usi
         core.reap_acks();
         core.maybe_commit(consumer, false);
         core.tick();
+        standby_busy = core.follow_standby(max_batch) >= max_batch;
+        core.retake_fenced(consumer);
     }
     let mut core = consumer
         .context()
         .core
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    core.revoke(consumer);
+    let all: Vec<u32> = core.owned.keys().copied().collect();
+    core.revoke(consumer, &all);
     drop(core);
     consumer.unsubscribe();
     tracing::info!("engine stopped: partitions let go");
@@ -464,30 +647,65 @@ impl Core {
     }
 
     /// Groups a fetched batch by partition (log order within each) and applies it.
-    fn process(&mut self, batch: Vec<(u32, LogRecord, Option<TraceParent>)>) {
+    fn process(&mut self, batch: Vec<Fetched>) {
         if batch.is_empty() {
             return;
         }
-        // Per partition: its records, and (index, context) of the traced ones.
-        type Part = (Vec<LogRecord>, Vec<(usize, TraceParent)>);
+        // Per partition: its records, (index, context) of the traced ones, and the
+        // offsets of claim records.
+        type Part = (Vec<LogRecord>, Vec<(usize, TraceParent)>, Vec<u64>);
         let mut by_partition: BTreeMap<u32, Part> = BTreeMap::new();
-        for (p, r, t) in batch {
-            let (recs, traces) = by_partition.entry(p).or_default();
+        for (p, r, t, claim) in batch {
+            let (recs, traces, claims) = by_partition.entry(p).or_default();
             if let Some(t) = t {
                 traces.push((recs.len(), t));
             }
+            if claim {
+                claims.push(r.offset);
+            }
             recs.push(r);
         }
-        for (p, (recs, traces)) in by_partition {
-            self.apply(p, &recs, &traces);
+        for (p, (recs, traces, claims)) in by_partition {
+            self.apply(p, &recs, &traces, &claims);
         }
     }
 
-    fn apply(&mut self, p: u32, recs: &[LogRecord], traces: &[(usize, TraceParent)]) {
+    fn apply(
+        &mut self,
+        p: u32,
+        recs: &[LogRecord],
+        traces: &[(usize, TraceParent)],
+        claims: &[u64],
+    ) {
         // A partition revoked while its records were being fetched: not ours now.
         let Some(o) = self.owned.get_mut(&p) else {
             return;
         };
+        // Fencing: another engine claimed the partition after us. Produce nothing
+        // more for it (readers drop our late outputs by epoch anyway); the group
+        // revokes it from us shortly.
+        if let Some(&claim) = claims
+            .iter()
+            .find(|&&c| c > o.epoch && c >= o.actor.state().next_offset())
+        {
+            let epoch = o.epoch;
+            let o = self.owned.remove(&p).expect("owned");
+            if o.catch_up_to.is_some() {
+                self.status.catching_up.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.status.owned.store(self.owned.len(), Ordering::Release);
+            self.metrics.partition_released(p);
+            tracing::warn!(
+                partition = p,
+                our_epoch = epoch,
+                claim_offset = claim,
+                "fenced: another engine claimed the partition (this process was paused or cut off?); producing nothing more for it"
+            );
+            self.keep_standby(p, o.actor, o.emit_from);
+            self.fenced.insert(p, Instant::now());
+            self.apply_standby(p, recs);
+            return;
+        }
         let before = o.actor.state().next_offset();
         let t = Instant::now();
         let mut applied = trace::apply_traced(&mut o.actor, recs, traces);
@@ -548,11 +766,19 @@ impl Core {
                 writing.store(false, Ordering::Release);
             });
         }
-        // One record per partition and applied batch on `events`, one per gateway on
-        // `replies` (cut at MAX_OUTPUT_RECORD_BYTES): the per-record cost of Kafka
-        // (client, broker, every reader) is paid per batch, not per command (issue 11).
+        let epoch = o.epoch;
+        self.emit(p, &applied, after, epoch);
+    }
+
+    /// Produces one batch's events and replies (with the owner epoch) and tracks
+    /// their acks; `after` is the offset after the batch (committed once acked).
+    /// One record per partition and applied batch on `events`, one per gateway on
+    /// `replies` (cut at MAX_OUTPUT_RECORD_BYTES): the per-record cost of Kafka
+    /// (client, broker, every reader) is paid per batch, not per command (issue 11).
+    fn emit(&mut self, p: u32, applied: &flashsale_core::actor::Applied, after: u64, epoch: u64) {
         let ack = Arc::new(BatchAck::default());
         let events_topic = self.opts.topics.events.clone();
+        let replies_topic = self.opts.topics.replies.clone();
         let mut batch = BatchEncoder::new();
         let mut key: Option<String> = None;
         let mut last_time = 0;
@@ -564,13 +790,15 @@ impl Core {
             last_time = ev.log_time;
             if batch.body_len() >= MAX_OUTPUT_RECORD_BYTES {
                 let payload = batch.take();
+                let k = key.take();
                 self.produce(
                     &events_topic,
                     p,
-                    key.take().as_deref(),
+                    k.as_deref(),
                     Some(last_time),
                     &payload,
                     &ack,
+                    Some(epoch),
                 );
             }
         }
@@ -583,6 +811,7 @@ impl Core {
                 Some(last_time),
                 &payload,
                 &ack,
+                Some(epoch),
             );
         }
         let mut by_gateway: BTreeMap<u32, BatchEncoder> = BTreeMap::new();
@@ -602,14 +831,13 @@ impl Core {
             replies.push(reply);
             if replies.body_len() >= MAX_OUTPUT_RECORD_BYTES {
                 let payload = replies.take();
-                let topic = self.opts.topics.replies.clone();
-                self.produce(&topic, *to, None, None, &payload, &ack);
+                self.produce(&replies_topic, *to, None, None, &payload, &ack, Some(epoch));
             }
         }
         for (to, mut replies) in by_gateway {
             if replies.count() > 0 {
-                let topic = self.opts.topics.replies.clone();
-                self.produce(&topic, to, None, None, &replies.take(), &ack);
+                let payload = replies.take();
+                self.produce(&replies_topic, to, None, None, &payload, &ack, Some(epoch));
             }
         }
         self.inflight.push_back(InFlight {
@@ -621,7 +849,8 @@ impl Core {
 
     /// Enqueues one record in the producer, waiting while its queue is full (records
     /// wait there until the broker takes them, so a full queue is a long outage or a
-    /// slow broker: a retry cures it).
+    /// slow broker: a retry cures it). `epoch`: the [`EPOCH_HEADER`] of an output.
+    #[allow(clippy::too_many_arguments)]
     fn produce(
         &self,
         topic: &str,
@@ -630,12 +859,19 @@ impl Core {
         time_ms: Option<u64>,
         payload: &[u8],
         ack: &Arc<BatchAck>,
+        epoch: Option<u64>,
     ) {
         ack.remaining.fetch_add(1, Ordering::AcqRel);
         let mut rec: BaseRecord<'_, str, [u8], Arc<BatchAck>> =
             BaseRecord::with_opaque_to(topic, ack.clone())
                 .partition(partition as i32)
                 .payload(payload);
+        if let Some(e) = epoch {
+            rec = rec.headers(OwnedHeaders::new().insert(Header {
+                key: EPOCH_HEADER,
+                value: Some(epoch_header_value(e).as_bytes()),
+            }));
+        }
         if let Some(k) = key {
             rec = rec.key(k);
         }
@@ -744,7 +980,7 @@ impl Core {
             let topic = self.opts.topics.commands.clone();
             // Not tracked for commits: a lost tick is followed by another.
             let ack = Arc::new(BatchAck::default());
-            self.produce(&topic, p, None, None, &encode(&tick), &ack);
+            self.produce(&topic, p, None, None, &encode(&tick), &ack, None);
             self.ticks.insert(p, ack);
         }
     }
@@ -806,9 +1042,13 @@ impl Core {
         }
     }
 
-    /// Lets every owned partition go: acks, commit, snapshot; keeps the actors idle.
-    fn revoke(&mut self, consumer: &BaseConsumer<EngineContext>) {
-        if self.owned.is_empty() {
+    /// Lets the owned partitions among `parts` go: acks, commit, snapshot (in the
+    /// background); their actors become standby copies.
+    fn revoke(&mut self, consumer: &BaseConsumer<EngineContext>, parts: &[u32]) {
+        for p in parts {
+            self.fenced.remove(p);
+        }
+        if !parts.iter().any(|p| self.owned.contains_key(p)) {
             return;
         }
         let t = Instant::now();
@@ -818,29 +1058,236 @@ impl Core {
         } else if !acked || !self.to_commit.is_empty() {
             tracing::warn!("offsets not committed now (broker unreachable); the next owner replays from the last commit");
         }
-        let owned = std::mem::take(&mut self.owned);
-        let n = owned.len();
-        for (p, mut o) in owned {
-            if o.actor.state().next_offset() > o.last_snapshot_offset {
-                let state = o.actor.snapshot_now();
-                write_snapshot(
-                    &state,
-                    self.store.as_ref(),
-                    self.opts.keep_snapshots,
-                    &self.metrics,
-                );
+        let mut n = 0;
+        for p in parts {
+            let Some(mut o) = self.owned.remove(p) else {
+                continue;
+            };
+            n += 1;
+            if o.catch_up_to.is_some() {
+                self.status.catching_up.fetch_sub(1, Ordering::AcqRel);
             }
-            self.idle.insert(p, o.actor);
-            self.metrics.partition_released(p);
+            if o.actor.state().next_offset() > o.last_snapshot_offset {
+                // In the background: the successor does not wait for it (it has a
+                // standby copy, or the previous snapshot and a longer replay).
+                let state = o.actor.snapshot_now();
+                let (store, metrics, writing, keep) = (
+                    self.store.clone(),
+                    self.metrics.clone(),
+                    o.writing.clone(),
+                    self.opts.keep_snapshots,
+                );
+                self.snapshot_writers.push(std::thread::spawn(move || {
+                    while writing.swap(true, Ordering::AcqRel) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    write_snapshot(&state, store.as_ref(), keep, &metrics);
+                    writing.store(false, Ordering::Release);
+                }));
+            }
+            self.keep_standby(*p, o.actor, o.emit_from);
+            self.metrics.partition_released(*p);
         }
-        self.status.owned.store(0, Ordering::Release);
-        self.status.catching_up.store(0, Ordering::Release);
+        self.snapshot_writers.retain(|w| !w.is_finished());
+        self.status.owned.store(self.owned.len(), Ordering::Release);
         tracing::info!(
             partitions = n,
+            still_owned = ?self.owned.keys().collect::<Vec<_>>(),
             elapsed_ms = t.elapsed().as_millis() as u64,
             all_acked = acked,
-            "partitions let go (acked outputs committed, snapshotted)"
+            "partitions let go (acked outputs committed)"
         );
+    }
+
+    /// A later claim fences this engine off a partition, and normally the group revokes
+    /// the partition from it at once (it was paused or cut off, and someone else owns
+    /// the partition now). But a claim can also come late from an engine that lost the
+    /// partition while its claim waited for the broker (an outage during a rebalance):
+    /// then nobody produces for the partition. So a partition still assigned to this
+    /// engine [`FENCE_GRACE_SESSIONS`] sessions after it was fenced is taken again: a
+    /// new claim (above the late one), and the group consumer moved to the copy's
+    /// next offset.
+    fn retake_fenced(&mut self, consumer: &BaseConsumer<EngineContext>) {
+        let grace =
+            Duration::from_millis(u64::from(self.opts.session_timeout_ms) * FENCE_GRACE_SESSIONS);
+        let due: Vec<u32> = self
+            .fenced
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= grace)
+            .map(|(p, _)| *p)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let topic = self.opts.topics.commands.clone();
+        let assigned = match consumer.assignment() {
+            Ok(a) => a,
+            Err(_) => return, // asked again at the next turn
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in due {
+            self.fenced.remove(&p);
+            if assigned.find_partition(&topic, p as i32).is_some() && !self.owned.contains_key(&p) {
+                let _ = tpl.add_partition(&topic, p as i32);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        tracing::warn!(
+            partitions = ?partitions_of(&tpl, &topic),
+            "the group still assigns partitions this engine was fenced off (a late claim of a former owner?); claiming them again"
+        );
+        self.assign(consumer, &mut tpl);
+        for e in tpl.elements_for_topic(&topic) {
+            if let Err(err) = consumer.seek(&topic, e.partition(), e.offset(), ADMIN_TIMEOUT) {
+                // Without the seek the partition could skip records: let it go.
+                fatal(format!(
+                    "cannot move partition {} back to offset {:?} after taking it again: {err}",
+                    e.partition(),
+                    e.offset()
+                ));
+            }
+        }
+    }
+
+    /// Keeps `actor` as the standby copy of `p` (outputs from `covered_from` on were
+    /// handed to this engine's producer) and follows the partition from its next offset.
+    fn keep_standby(&mut self, p: u32, actor: PartitionActor, covered_from: u64) {
+        let next = actor.state().next_offset();
+        self.standby.insert(p, Standby::new(actor, covered_from));
+        if self.stop.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(c) = &self.standby_consumer {
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition_offset(
+                &self.opts.topics.commands,
+                p as i32,
+                Offset::Offset(next as i64),
+            );
+            if let Err(e) = c.incremental_assign(&tpl) {
+                tracing::warn!(partition = p, error = %e, "cannot follow the partition as a standby copy");
+            }
+        }
+    }
+
+    /// Builds the standby copies of every partition (newest snapshot, then the log)
+    /// before the engine joins the group's work.
+    fn init_standby(&mut self, consumer: &BaseConsumer<EngineContext>) {
+        if self.standby_consumer.is_none() {
+            return;
+        }
+        let t = Instant::now();
+        let topic = self.opts.topics.commands.clone();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.status.partitions {
+            let low = match flashsale_runtime::kafka::watermarks(consumer, &topic, p as i32) {
+                Ok((l, _)) => l.max(0) as u64,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "no standby copy (cannot read the partition's offsets)");
+                    continue;
+                }
+            };
+            let state = match self.newest_snapshot(p, u64::MAX) {
+                Ok(s) => s.unwrap_or_else(|| State::new(p as u16)),
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "no standby copy (snapshot store unavailable)");
+                    continue;
+                }
+            };
+            let next = state.next_offset();
+            if next < low {
+                tracing::warn!(
+                    partition = p,
+                    log_start = low,
+                    snapshot = next,
+                    "no standby copy (the log behind the newest snapshot is deleted)"
+                );
+                continue;
+            }
+            let actor = PartitionActor::new(state, self.opts.snapshot);
+            self.standby.insert(p, Standby::new(actor, next));
+            let _ = tpl.add_partition_offset(&topic, p as i32, Offset::Offset(next as i64));
+        }
+        if let Some(c) = &self.standby_consumer {
+            if let Err(e) = c.assign(&tpl) {
+                tracing::warn!(error = %e, "cannot follow the partitions as standby copies");
+                self.standby.clear();
+            }
+        }
+        tracing::info!(
+            partitions = self.standby.len(),
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            window = self.opts.standby_window,
+            "standby copies started (following the partitions not owned)"
+        );
+    }
+
+    /// Applies what the standby consumer has fetched (at most `max` records) to the
+    /// standby copies; returns how many records it fetched.
+    fn follow_standby(&mut self, max: usize) -> usize {
+        let Some(c) = &self.standby_consumer else {
+            return 0;
+        };
+        let mut by_partition: BTreeMap<u32, Vec<LogRecord>> = BTreeMap::new();
+        let mut n = 0;
+        while n < max {
+            match c.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(e)) => {
+                    if !flashsale_runtime::kafka::is_connection_error(&e) {
+                        self.warn_repeated("engine: standby consume error", &e);
+                    }
+                    break;
+                }
+                Some(Ok(m)) => {
+                    n += 1;
+                    by_partition
+                        .entry(m.partition() as u32)
+                        .or_default()
+                        .push(LogRecord {
+                            offset: m.offset() as u64,
+                            log_time: record_time_ms(m.timestamp()).unwrap_or(0),
+                            payload: m.payload().unwrap_or(&[]).to_vec(),
+                        });
+                }
+            }
+        }
+        for (p, recs) in by_partition {
+            self.apply_standby(p, &recs);
+        }
+        n
+    }
+
+    /// Applies records to the standby copy of `p`, keeping their outputs in its ring
+    /// (bounded by `standby_window` records).
+    fn apply_standby(&mut self, p: u32, recs: &[LogRecord]) {
+        // Records of a partition taken over meanwhile: the owner applies them.
+        let Some(sb) = self.standby.get_mut(&p) else {
+            return;
+        };
+        let before = sb.actor.state().next_offset();
+        let applied = sb.actor.apply_batch(recs);
+        let after = sb.actor.state().next_offset();
+        if after == before {
+            return;
+        }
+        sb.ring_records += after - before;
+        sb.ring.push_back(RingBatch {
+            start: before,
+            end: after,
+            clock: sb.actor.state().clock(),
+            applied,
+        });
+        let window = self.opts.standby_window as u64;
+        while sb.ring_records > window {
+            let Some(old) = sb.ring.pop_front() else {
+                break;
+            };
+            sb.ring_records -= old.end - old.start;
+            sb.covered_from = old.end;
+        }
     }
 
     /// Recovers every assigned partition and sets where its consumption starts.
@@ -849,6 +1296,8 @@ impl Core {
         let topic = self.opts.topics.commands.clone();
         // Partitions rebuilt by replaying the whole log (no usable snapshot).
         let mut replayed_from_start: Vec<u32> = Vec::new();
+        // Outputs of standby copies to produce again (the old owner may not have).
+        let mut reemit: Vec<(u32, VecDeque<RingBatch>)> = Vec::new();
         let parts: Vec<u32> = tpl
             .elements_for_topic(&topic)
             .iter()
@@ -862,7 +1311,21 @@ impl Core {
             Some(c) => c,
             None => return,
         };
-        for p in parts {
+        if let Some(sc) = &self.standby_consumer {
+            let mut stop_following = TopicPartitionList::new();
+            for p in &parts {
+                if self.standby.contains_key(p) {
+                    let _ = stop_following.add_partition(&topic, *p as i32);
+                }
+            }
+            if stop_following.count() > 0 {
+                if let Err(e) = sc.incremental_unassign(&stop_following) {
+                    tracing::warn!(error = %e, "cannot stop following the partitions taken over");
+                }
+            }
+        }
+        for &p in &parts {
+            self.fenced.remove(&p);
             let c = match committed
                 .find_partition(&topic, p as i32)
                 .map(|e| e.offset())
@@ -881,7 +1344,10 @@ impl Core {
                     return;
                 }
             };
-            let (actor, from) = self.recover(p, c, low);
+            let (actor, from, ring) = self.recover(p, c, low);
+            if !ring.is_empty() {
+                reemit.push((p, ring));
+            }
             if from == "log start" {
                 replayed_from_start.push(p);
             }
@@ -914,14 +1380,45 @@ impl Core {
                     last_tick: 0,
                     last_snapshot_offset: next,
                     writing: Arc::new(AtomicBool::new(false)),
+                    epoch: 0,
                 },
             );
         }
-        self.idle.retain(|p, _| !self.owned.contains_key(p));
+        self.standby.retain(|p, _| !self.owned.contains_key(p));
+        let Some(epochs) = self.claim(&parts) else {
+            return; // stopping
+        };
+        let mut reproduced = 0u64;
+        for (p, ring) in reemit {
+            let Some(o) = self.owned.get(&p) else {
+                continue;
+            };
+            let (from, epoch) = (o.emit_from, o.epoch);
+            for mut b in ring {
+                if b.end <= from {
+                    continue;
+                }
+                let last = b.end - 1;
+                b.applied.replies.retain(|(_, r)| r.offset >= from);
+                b.applied.events.retain(|e| e.offset >= from);
+                if b.applied.events.last().is_none_or(|e| e.offset != last) {
+                    b.applied.events.push(EventRecord {
+                        partition: p,
+                        offset: last,
+                        log_time: b.clock,
+                        events: Vec::new(),
+                    });
+                }
+                reproduced += (b.applied.replies.len() + b.applied.events.len()) as u64;
+                self.emit(p, &b.applied, b.end, epoch);
+            }
+        }
         self.status.owned.store(self.owned.len(), Ordering::Release);
         // One line for the whole assignment (each partition's detail is at debug).
         tracing::info!(
             owned = ?self.owned.keys().collect::<Vec<_>>(),
+            claimed = ?epochs,
+            reproduced_outputs = reproduced,
             catching_up = self.status.catching_up.load(Ordering::Acquire),
             replayed_from_log_start = ?replayed_from_start,
             elapsed_ms = t.elapsed().as_millis() as u64,
@@ -961,10 +1458,30 @@ impl Core {
         }
     }
 
-    /// The state to start partition `p` from: the kept actor or the newest valid
-    /// snapshot at or below the committed offset `c`, whichever is further.
-    fn recover(&mut self, p: u32, c: u64, low: u64) -> (PartitionActor, &'static str) {
-        let kept = self.idle.remove(&p);
+    /// The state to start partition `p` from: the standby copy (with the outputs it
+    /// kept, to produce again from `c` on) or the newest valid snapshot at or below
+    /// the committed offset `c`, whichever is further. A standby copy is usable when
+    /// it knows the outputs from `c` on (`covered_from <= c`) or has not passed `c`.
+    fn recover(
+        &mut self,
+        p: u32,
+        c: u64,
+        low: u64,
+    ) -> (PartitionActor, &'static str, VecDeque<RingBatch>) {
+        let usable = self
+            .standby
+            .remove(&p)
+            .filter(|s| s.covered_from <= c || s.actor.state().next_offset() <= c)
+            .filter(|s| s.actor.state().next_offset() >= low);
+        let (kept, ring) = match usable {
+            // The fast path of a takeover: at or past the commit, nothing to load.
+            Some(s) if s.actor.state().next_offset() >= c => {
+                self.metrics.snapshot_at(p, now_ms());
+                return (s.actor, "standby", s.ring);
+            }
+            Some(s) => (Some(s.actor), s.ring),
+            None => (None, VecDeque::new()),
+        };
         let kept_next = kept.as_ref().map_or(0, |a| a.state().next_offset());
         let mut found: Option<State> = None;
         let deadline = Instant::now() + STORE_RETRY_FOR;
@@ -1017,12 +1534,17 @@ impl Core {
                 }
             }
         }
-        let (actor, from) = match (found, kept) {
-            (Some(s), _) => (PartitionActor::new(s, self.opts.snapshot), "snapshot"),
-            (None, Some(a)) => (a, "memory"),
+        let (actor, from, ring) = match (found, kept) {
+            (Some(s), _) => (
+                PartitionActor::new(s, self.opts.snapshot),
+                "snapshot",
+                VecDeque::new(),
+            ),
+            (None, Some(a)) => (a, "standby", ring),
             (None, None) => (
                 PartitionActor::new(State::new(p as u16), self.opts.snapshot),
                 "log start",
+                VecDeque::new(),
             ),
         };
         if from != "snapshot" {
@@ -1037,7 +1559,97 @@ impl Core {
                 self.opts.topics.commands
             ));
         }
-        (actor, from)
+        (actor, from, ring)
+    }
+
+    /// The newest snapshot of `p` at or below offset `at_most` that decodes and
+    /// passes the checks (no retry: for standby copies).
+    fn newest_snapshot(&self, p: u32, at_most: u64) -> Result<Option<State>, String> {
+        let list = self.store.list(p).map_err(|e| e.to_string())?;
+        for info in list {
+            if info.offset > at_most {
+                continue;
+            }
+            let loaded = self
+                .store
+                .load(&info)
+                .map_err(|e| e.to_string())
+                .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(s) if u32::from(s.partition()) == p && s.next_offset() == info.offset => {
+                    return Ok(Some(s))
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(partition = p, snapshot = %info.id, "snapshot refused for the standby copy; trying an older one");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Appends a claim record to each partition of `parts` now owned and waits for
+    /// the broker to take them: each one's offset is this engine's owner epoch of the
+    /// partition (written on every output; see [`EPOCH_HEADER`]). `None` if the
+    /// engine is told to stop meanwhile.
+    fn claim(&mut self, parts: &[u32]) -> Option<BTreeMap<u32, u64>> {
+        let topic = self.opts.topics.commands.clone();
+        let payload = encode(&CommandRecord {
+            request_id: RequestId(0),
+            reply_to: NO_REPLY,
+            idempotency_key: None,
+            command: Command::Tick,
+        });
+        let mut acks = Vec::new();
+        for &p in parts {
+            if !self.owned.contains_key(&p) {
+                continue;
+            }
+            let ack = Arc::new(BatchAck::default());
+            ack.remaining.fetch_add(1, Ordering::AcqRel);
+            let mut rec: BaseRecord<'_, str, [u8], Arc<BatchAck>> =
+                BaseRecord::with_opaque_to(&topic, ack.clone())
+                    .partition(p as i32)
+                    .payload(&payload[..])
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: CLAIM_HEADER,
+                        value: Some(self.name.as_bytes()),
+                    }));
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err((e, _)) => fatal(format!("cannot claim partition {p}: {e}")),
+                }
+            }
+            acks.push((p, ack));
+        }
+        let since = Instant::now();
+        let mut warned = false;
+        while acks
+            .iter()
+            .any(|(_, a)| a.remaining.load(Ordering::Acquire) > 0)
+        {
+            if self.stop.load(Ordering::Acquire) {
+                return None;
+            }
+            if !warned && since.elapsed() >= Duration::from_secs(5) {
+                warned = true;
+                tracing::warn!("the broker has not taken the claim records yet (unreachable?); the partitions taken over wait");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut epochs = BTreeMap::new();
+        for (p, ack) in acks {
+            let epoch = ack.offset.load(Ordering::Acquire).max(0) as u64;
+            if let Some(o) = self.owned.get_mut(&p) {
+                o.epoch = epoch;
+            }
+            epochs.insert(p, epoch);
+        }
+        Some(epochs)
     }
 }
 
@@ -1063,4 +1675,18 @@ fn event_key(rec: &EventRecord) -> Option<&str> {
         Event::SaleEnded { skus, .. } => skus.first().map(|s| s.as_str()),
         Event::ReservationsPruned { .. } => None,
     })
+}
+
+/// True if a command record is an owner's claim (its [`CLAIM_HEADER`]).
+fn is_claim(m: &BorrowedMessage<'_>) -> bool {
+    m.headers()
+        .is_some_and(|h| h.iter().any(|h| h.key == CLAIM_HEADER))
+}
+
+/// The partitions of `topic` in a rebalance's list.
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<u32> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition() as u32)
+        .collect()
 }

@@ -308,6 +308,9 @@ impl Follower {
             started: Instant::now(),
             trigger,
             replayed: 0,
+            event_fence: EpochFence::default(),
+            reply_fence: EpochFence::default(),
+            fence_lines: LogLimiter::new(QUIET_EVERY),
         };
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -352,6 +355,22 @@ struct FollowerState {
     trigger: Option<Trigger>,
     /// Event records read before the read model caught up (the start-up replay).
     replayed: u64,
+    /// Highest owner epoch per command partition, in `events` and in this gateway's
+    /// `replies` partition (each an ordered stream of its own): outputs of an older
+    /// owner that arrive after a newer one's are dropped.
+    event_fence: EpochFence,
+    reply_fence: EpochFence,
+    fence_lines: LogLimiter,
+}
+
+/// The owner epoch an engine wrote on an output record ([`EPOCH_HEADER`]).
+fn record_epoch(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<u64> {
+    use rdkafka::message::Headers;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == EPOCH_HEADER)
+        .and_then(|h| h.value)
+        .and_then(parse_epoch)
 }
 
 fn follow(
@@ -379,10 +398,11 @@ fn follow(
             }
             Some(Ok(m)) => {
                 let Some(payload) = m.payload() else { continue };
+                let epoch = record_epoch(&m);
                 if m.topic() == st.topics.events {
-                    st.on_event(m.partition(), m.offset(), payload);
+                    st.on_event(m.partition(), m.offset(), payload, epoch);
                 } else {
-                    st.on_replies(payload);
+                    st.on_replies(payload, epoch);
                 }
             }
         }
@@ -394,20 +414,32 @@ fn follow(
 }
 
 impl FollowerState {
-    fn on_event(&mut self, kafka_partition: i32, kafka_offset: i64, payload: &[u8]) {
+    fn on_event(
+        &mut self,
+        kafka_partition: i32,
+        kafka_offset: i64,
+        payload: &[u8],
+        epoch: Option<u64>,
+    ) {
         if let Some(p) = self.positions.get_mut(kafka_partition as usize) {
             *p = kafka_offset + 1;
         }
-        // One Kafka record holds the events of one applied batch of commands.
+        // One Kafka record holds the events of one applied batch of commands of this
+        // partition (events partition = command partition), all of one owner epoch.
         let mut recs: Vec<EventRecord> = Vec::new();
         if let Err(e) = decode_many(payload, &mut recs) {
             tracing::warn!(partition = kafka_partition, offset = kafka_offset, error = %e, "undecodable event record skipped");
         }
-        for rec in &recs {
-            self.read.apply(rec);
-        }
-        if let Some(last) = recs.last() {
-            self.release(last.partition);
+        let partition = kafka_partition as u32;
+        if !recs.is_empty() && !self.event_fence.admit(partition, epoch) {
+            self.fenced("events", partition, epoch, self.event_fence.dropped());
+        } else {
+            for rec in &recs {
+                self.read.apply(rec);
+            }
+            if let Some(last) = recs.last() {
+                self.release(last.partition);
+            }
         }
         if let Some(t) = &mut self.trigger {
             t.applied();
@@ -457,11 +489,32 @@ impl FollowerState {
         }
     }
 
-    /// One Kafka record holds the replies of one applied batch for this gateway.
-    fn on_replies(&mut self, payload: &[u8]) {
+    /// Says (rate-limited) that an output of a replaced (fenced) engine was dropped.
+    fn fenced(&self, topic: &str, partition: u32, epoch: Option<u64>, dropped: u64) {
+        if self.fence_lines.check(topic).is_some() {
+            tracing::info!(
+                topic,
+                partition,
+                epoch,
+                dropped_so_far = dropped,
+                "dropped an output of a replaced engine (older owner epoch: fenced)"
+            );
+        }
+    }
+
+    /// One Kafka record holds the replies of one applied batch of one command
+    /// partition for this gateway, all of one owner epoch.
+    fn on_replies(&mut self, payload: &[u8], epoch: Option<u64>) {
         let mut recs: Vec<ReplyRecord> = Vec::new();
         if let Err(e) = decode_many(payload, &mut recs) {
             tracing::warn!(error = %e, "undecodable reply record skipped");
+        }
+        let Some(partition) = recs.first().map(|r| r.partition) else {
+            return;
+        };
+        if !self.reply_fence.admit(partition, epoch) {
+            self.fenced("replies", partition, epoch, self.reply_fence.dropped());
+            return;
         }
         for rec in recs {
             self.on_reply(rec);

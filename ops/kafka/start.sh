@@ -385,6 +385,8 @@ transaction.state.log.num.partitions=8
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# engines detect a dead group member in well under a second (issue 13; default 6000)
+group.min.session.timeout.ms=500
 auto.create.topics.enable=false
 delete.topic.enable=true
 num.network.threads=2
@@ -419,6 +421,8 @@ share.coordinator.state.topic.replication.factor=$RF
 share.coordinator.state.topic.min.isr=$MIN_ISR
 unclean.leader.election.enable=false
 group.initial.rebalance.delay.ms=0
+# engines detect a dead group member in well under a second (issue 13; default 6000)
+group.min.session.timeout.ms=500
 auto.create.topics.enable=false
 delete.topic.enable=true
 num.network.threads=2

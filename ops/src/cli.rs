@@ -455,6 +455,30 @@ pub struct EngineTuning {
     /// Most command records applied as one batch.
     #[arg(long, env = "FLASHSALE_MAX_BATCH", default_value_t = 4096)]
     pub max_batch: usize,
+    /// Group session in ms: an engine silent this long (killed, paused, cut off) is
+    /// declared dead and its partitions move to the others. Short, for a fast
+    /// failover; the broker's `group.min.session.timeout.ms` must allow it
+    /// (ops/kafka/start.sh sets 500).
+    #[arg(long, env = "FLASHSALE_SESSION_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(500..=300_000))]
+    pub session_timeout_ms: u32,
+    /// Heartbeat to the group every this many ms (at most a third of the session).
+    #[arg(long, env = "FLASHSALE_HEARTBEAT_INTERVAL_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u32).range(50..=100_000))]
+    pub heartbeat_interval_ms: u32,
+    /// Standby copies: each engine follows the commands of the partitions it does not
+    /// own and keeps their state warm, so a takeover is a catch-up of a few records
+    /// instead of a snapshot load and replay. The value is how many of the latest
+    /// records' outputs each copy keeps (re-produced at a takeover from the committed
+    /// offset on; it must exceed what a partition takes between two commits of its
+    /// owner, ~100 ms of load, or a takeover falls back to the snapshot). Cost: one
+    /// partition state per partition not owned (the same memory as its owner's) plus
+    /// those outputs (a few hundred bytes a record: a few MB a partition at 10,000), and
+    /// applying every partition's commands once more. 0: no standby copies (a takeover
+    /// loads the newest snapshot and replays).
+    #[arg(long, env = "FLASHSALE_STANDBY_WINDOW", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub standby_window: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -547,3 +547,78 @@ mod tests {
         }
     }
 }
+
+/// Kafka record header of every reply and event an engine produces in Kafka mode: the
+/// producing engine's owner epoch of the command partition (decimal ASCII). The epoch
+/// is the offset of the owner's claim record in that `commands` partition, so it is
+/// monotonic per partition and part of the log. Readers keep the highest epoch seen
+/// per (topic partition, command partition) and drop records of a lower one
+/// ([`EpochFence`]): a paused-then-resumed old owner's outputs never count. The header
+/// leaves the payload (and its codec version) as it was: a record without it (an
+/// engine of an older build) is admitted, it names no epoch.
+pub const EPOCH_HEADER: &str = "flashsale-epoch";
+
+/// Kafka record header that makes a `Tick` command record an owner's claim of its
+/// `commands` partition (value: the claiming engine's name, for logs). To the core it
+/// is an ordinary tick, so replay stays exact; engines read the header: an owner that
+/// meets a claim at an offset above its own epoch has been replaced and stops
+/// producing for the partition at once.
+pub const CLAIM_HEADER: &str = "flashsale-claim";
+
+/// The value of [`EPOCH_HEADER`] for `epoch`.
+pub fn epoch_header_value(epoch: u64) -> String {
+    epoch.to_string()
+}
+
+/// Parses an [`EPOCH_HEADER`] value; `None` if it is not a decimal u64.
+pub fn parse_epoch(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// A reader's fencing state: the highest owner epoch seen per command partition of one
+/// ordered stream (one Kafka partition of `events` or `replies`). Bounded by the
+/// number of command partitions.
+#[derive(Debug, Default, Clone)]
+pub struct EpochFence {
+    highest: std::collections::BTreeMap<u32, u64>,
+    dropped: u64,
+}
+
+impl EpochFence {
+    /// True if a record of command partition `partition` produced under `epoch` counts:
+    /// its epoch is not below the highest one seen. `None` (no header) always counts.
+    pub fn admit(&mut self, partition: u32, epoch: Option<u64>) -> bool {
+        let Some(e) = epoch else { return true };
+        let h = self.highest.entry(partition).or_insert(e);
+        if e < *h {
+            self.dropped += 1;
+            return false;
+        }
+        *h = e;
+        true
+    }
+    /// Records refused so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    #[test]
+    fn a_lower_epoch_is_dropped_after_a_higher_one_and_partitions_are_independent() {
+        let mut f = EpochFence::default();
+        assert!(f.admit(0, Some(10)));
+        assert!(f.admit(0, Some(10)));
+        assert!(f.admit(1, Some(3)), "another partition has its own epoch");
+        assert!(f.admit(0, Some(42)));
+        assert!(!f.admit(0, Some(10)), "the old owner is fenced");
+        assert!(f.admit(0, None), "a record without an epoch names none");
+        assert!(f.admit(1, Some(3)));
+        assert_eq!(f.dropped(), 1);
+        assert_eq!(parse_epoch(epoch_header_value(42).as_bytes()), Some(42));
+        assert_eq!(parse_epoch(b"x"), None);
+    }
+}

@@ -136,6 +136,9 @@ pub async fn serve_kafka_args(svc: &Services) -> anyhow::Result<ServeKafkaArgs> 
         engine: EngineTuning {
             engine_group: format!("flashsale-test-{id}-engine"),
             max_batch: 4096,
+            session_timeout_ms: 1000,
+            heartbeat_interval_ms: 250,
+            standby_window: 10_000,
         },
         readmodel: ReadModelSnapshotArgs::default(),
     })
@@ -231,6 +234,11 @@ impl Proc {
         let _ = c.kill();
         let _ = c.wait();
         false
+    }
+
+    /// The process id while it runs (for signals such as SIGSTOP / SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// True while the process runs.

@@ -125,6 +125,12 @@ pub async fn engine_command(
         ),
         keep_snapshots: args.keep_snapshots.max(1),
         max_batch: args.engine.max_batch,
+        session_timeout_ms: args.engine.session_timeout_ms,
+        heartbeat_interval_ms: args
+            .engine
+            .heartbeat_interval_ms
+            .min(args.engine.session_timeout_ms / 3),
+        standby_window: args.engine.standby_window as usize,
         linger_ms: args.linger_ms,
     };
     super::run_engine(opts, store, args.metrics_listen, shutdown).await
@@ -237,6 +243,12 @@ pub async fn serve_parts(
         ),
         keep_snapshots: args.keep_snapshots.max(1),
         max_batch: kafka.engine.max_batch,
+        session_timeout_ms: kafka.engine.session_timeout_ms,
+        heartbeat_interval_ms: kafka
+            .engine
+            .heartbeat_interval_ms
+            .min(kafka.engine.session_timeout_ms / 3),
+        standby_window: kafka.engine.standby_window as usize,
         // Its records are whole applied batches: lingering would only add latency
         // (`--linger-ms` is the gateway's command producer).
         linger_ms: 0,

@@ -18,7 +18,7 @@ use flashsale_runtime::pg::{PgError, Pool, Retry};
 use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -99,6 +99,9 @@ pub async fn run_projector(
     let (mut records_total, mut orders_total, mut skipped_total, mut undecodable_total) =
         (0u64, 0u64, 0u64, 0u64);
     let max_batch = config.max_batch.max(1);
+    // Outputs of a replaced (paused, then resumed) engine that arrive after its
+    // successor's are dropped by owner epoch (see `flashsale_proto::EPOCH_HEADER`).
+    let mut fence = flashsale_proto::EpochFence::default();
     loop {
         let first = tokio::select! {
             _ = &mut shutdown => break,
@@ -113,13 +116,23 @@ pub async fn run_projector(
                 health: &health,
                 lines: &lines,
             };
-            read.take(m, &mut records, &mut positions, &mut undecodable_total);
+            read.take(
+                m,
+                &mut records,
+                &mut positions,
+                &mut undecodable_total,
+                &mut fence,
+            );
             // Whatever else is already fetched joins the batch; never wait for more.
             while records.len() < max_batch {
                 match stream.next().now_or_never() {
-                    Some(Some(m)) => {
-                        read.take(m, &mut records, &mut positions, &mut undecodable_total)
-                    }
+                    Some(Some(m)) => read.take(
+                        m,
+                        &mut records,
+                        &mut positions,
+                        &mut undecodable_total,
+                        &mut fence,
+                    ),
                     _ => break,
                 }
             }
@@ -192,17 +205,36 @@ impl Read<'_> {
         records: &mut Vec<flashsale_proto::EventRecord>,
         positions: &mut BTreeMap<i32, i64>,
         undecodable: &mut u64,
+        fence: &mut flashsale_proto::EpochFence,
     ) {
         match m {
             Ok(msg) => {
                 let next = positions.entry(msg.partition()).or_insert(0);
                 *next = (*next).max(msg.offset() + 1);
-                // One Kafka record holds the events of one applied batch of commands.
+                let epoch = msg.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == flashsale_proto::EPOCH_HEADER)
+                        .and_then(|h| h.value)
+                        .and_then(flashsale_proto::parse_epoch)
+                });
+                // One Kafka record holds the events of one applied batch of commands of
+                // this partition (events partition = command partition).
+                let mut batch: Vec<flashsale_proto::EventRecord> = Vec::new();
                 match msg
                     .payload()
-                    .map(|bytes| flashsale_proto::decode_many(bytes, records))
+                    .map(|bytes| flashsale_proto::decode_many(bytes, &mut batch))
                 {
-                    Some(Ok(())) => {}
+                    Some(Ok(())) if !fence.admit(msg.partition() as u32, epoch) => {
+                        if self.lines.check("fenced").is_some() {
+                            tracing::info!(
+                                partition = msg.partition(),
+                                epoch,
+                                dropped_so_far = fence.dropped(),
+                                "dropped an event record of a replaced engine (older owner epoch: fenced)"
+                            );
+                        }
+                    }
+                    Some(Ok(())) => records.append(&mut batch),
                     Some(Err(e)) => {
                         *undecodable += 1;
                         tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event record skipped");
