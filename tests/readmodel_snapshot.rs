@@ -323,8 +323,16 @@ async fn a_gateway_starts_from_a_snapshot_replays_only_the_tail_and_skips_a_bad_
     })
     .await;
     let mut done = Done::default();
-    traffic(&base_a, "a", 60, &mut done).await;
-    // At least two snapshots (the corruption step falls back to the older one).
+    // At least two snapshots (the corruption step falls back to the older one): one
+    // after the first half of the traffic, another after the second (a snapshot is
+    // taken when events arrive, at most once a second).
+    traffic(&base_a, "a", 30, &mut done).await;
+    eventually("gateway A wrote a snapshot", 120, || async {
+        (!snapshot_files(&snaps).is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    traffic(&base_a, "a2", 30, &mut done).await;
     eventually("gateway A wrote two snapshots", 120, || async {
         (snapshot_files(&snaps).len() >= 2).then_some(())
     })
