@@ -68,11 +68,11 @@ fn command(i: u64) -> Option<Command> {
     if i == 777 {
         return None;
     }
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         return Some(Command::Tick);
     }
     Some(Command::Reserve {
-        sku: sku(if i % 3 == 0 { "COLD" } else { "HOT" }),
+        sku: sku(if i.is_multiple_of(3) { "COLD" } else { "HOT" }),
         user: UserId::parse(&format!("user-{}", i % 900)).unwrap(),
         quantity: 1,
     })
