@@ -684,12 +684,7 @@ async fn ticker_loop(bus: Arc<EmbeddedBus>, shared: Arc<Vec<PartitionShared>>) {
                 // Probe: a tick written straight to the writer, past the refusal.
                 if sh.last_tick.load(Ordering::Acquire) + WRITE_RETRY_MS <= now {
                     sh.last_tick.store(now, Ordering::Release);
-                    let tick = CommandRecord {
-                        request_id: RequestId(0),
-                        reply_to: NO_REPLY,
-                        idempotency_key: None,
-                        command: Command::Tick,
-                    };
+                    let tick = CommandRecord::tick();
                     let _ = bus.writers[p].try_send(WriterMsg::Append(encode(&tick), None));
                 }
                 continue;
@@ -699,12 +694,7 @@ async fn ticker_loop(bus: Arc<EmbeddedBus>, shared: Arc<Vec<PartitionShared>>) {
                 continue;
             }
             sh.last_tick.store(now, Ordering::Release);
-            let tick = CommandRecord {
-                request_id: RequestId(0),
-                reply_to: NO_REPLY,
-                idempotency_key: None,
-                command: Command::Tick,
-            };
+            let tick = CommandRecord::tick();
             // A full queue means commands are flowing, and each of them expires due holds.
             let _ = bus.send(p as u32, tick).await;
         }

@@ -971,12 +971,7 @@ impl Core {
             if let Some(o) = self.owned.get_mut(&p) {
                 o.last_tick = now;
             }
-            let tick = CommandRecord {
-                request_id: RequestId(0),
-                reply_to: NO_REPLY,
-                idempotency_key: None,
-                command: Command::Tick,
-            };
+            let tick = CommandRecord::tick();
             let topic = self.opts.topics.commands.clone();
             // Not tracked for commits: a lost tick is followed by another.
             let ack = Arc::new(BatchAck::default());
@@ -1593,12 +1588,7 @@ impl Core {
     /// engine is told to stop meanwhile.
     fn claim(&mut self, parts: &[u32]) -> Option<BTreeMap<u32, u64>> {
         let topic = self.opts.topics.commands.clone();
-        let payload = encode(&CommandRecord {
-            request_id: RequestId(0),
-            reply_to: NO_REPLY,
-            idempotency_key: None,
-            command: Command::Tick,
-        });
+        let payload = encode(&CommandRecord::tick());
         let mut acks = Vec::new();
         for &p in parts {
             if !self.owned.contains_key(&p) {

@@ -19,6 +19,19 @@ pub struct CommandRecord {
 /// Nobody waits for the reply of a record with this `reply_to` (ticks, replays).
 pub const NO_REPLY: u32 = u32::MAX;
 
+impl CommandRecord {
+    /// A tick: advances log time (expiries); nobody waits for its reply. Also what an
+    /// undecodable record is applied as.
+    pub fn tick() -> Self {
+        CommandRecord {
+            request_id: RequestId(0),
+            reply_to: NO_REPLY,
+            idempotency_key: None,
+            command: Command::Tick,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Configure the products of one sale that live on this partition.

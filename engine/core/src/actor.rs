@@ -87,12 +87,7 @@ impl PartitionActor {
             Err(e) => {
                 tracing::warn!(partition = self.partition(), offset = rec.offset, error = %e, "undecodable command record; applied as a tick");
                 out.undecodable += 1;
-                CommandRecord {
-                    request_id: RequestId(0),
-                    reply_to: NO_REPLY,
-                    idempotency_key: None,
-                    command: Command::Tick,
-                }
+                CommandRecord::tick()
             }
         };
         self.events_buf.clear();
@@ -151,12 +146,8 @@ impl PartitionActor {
             if rec.offset < self.state.next_offset() {
                 continue;
             }
-            let record: CommandRecord = decode(&rec.payload).unwrap_or(CommandRecord {
-                request_id: RequestId(0),
-                reply_to: NO_REPLY,
-                idempotency_key: None,
-                command: Command::Tick,
-            });
+            let record: CommandRecord =
+                decode(&rec.payload).unwrap_or_else(|_| CommandRecord::tick());
             self.events_buf.clear();
             let _ = self
                 .state
