@@ -46,7 +46,7 @@
 //! partition state per partition not owned, the kept outputs, and applying every
 //! partition's commands once more.
 //!
-//! **Fast detection, incremental rebalancing**: a short group session (1 s by
+//! **Fast detection, incremental rebalancing**: a short group session (600 ms by
 //! default, `--session-timeout-ms`; the broker's `group.min.session.timeout.ms` must
 //! allow it) and `cooperative-sticky` assignment, so only the partitions that move
 //! are revoked and the survivor keeps serving its own during the rebalance. No static

@@ -62,8 +62,8 @@
 #   transaction.state.log.replication.factor=3, transaction.state.log.min.isr=2
 #   (share.coordinator.state.topic the same); unclean.leader.election.enable=false.
 #   Fast failure detection for loopback tests (Kafka default in parentheses):
-#   broker.heartbeat.interval.ms=500 (2000) and broker.session.timeout.ms=3000 (9000):
-#     the active controller fences a broker ~3 s after its last heartbeat, which moves
+#   broker.heartbeat.interval.ms=500 (2000) and broker.session.timeout.ms=2500 (9000):
+#     the active controller fences a broker ~2.5 s after its last heartbeat, which moves
 #     the leadership of its partitions and drops it from their ISRs (acks=all writes
 #     go on with the 2 others);
 #   controller.quorum.fetch.timeout.ms=1000 (2000), controller.quorum.election.timeout.ms
@@ -431,7 +431,7 @@ log.retention.hours=24
 log.segment.bytes=67108864
 # fast failure detection on loopback (Kafka's defaults: 2000, 9000, 2000, 1000, 30000, 300)
 broker.heartbeat.interval.ms=500
-broker.session.timeout.ms=3000
+broker.session.timeout.ms=2500
 controller.quorum.fetch.timeout.ms=1000
 controller.quorum.election.timeout.ms=500
 replica.lag.time.max.ms=10000

@@ -457,13 +457,16 @@ pub struct EngineTuning {
     pub max_batch: usize,
     /// Group session in ms: an engine silent this long (killed, paused, cut off) is
     /// declared dead and its partitions move to the others. Short, for a fast
-    /// failover; the broker's `group.min.session.timeout.ms` must allow it
-    /// (ops/kafka/start.sh sets 500).
-    #[arg(long, env = "FLASHSALE_SESSION_TIMEOUT_MS", default_value_t = 1000,
+    /// failover: a kill -9 costs the dead engine's SKUs about this plus ~100 ms
+    /// (measured: 600 → worst window 0.7 s, 1000 → 1.3 s; README "Failover"). The
+    /// heartbeat thread is librdkafka's own, so a busy engine still heartbeats; raise
+    /// it on a machine whose processes stall for longer. The broker's
+    /// `group.min.session.timeout.ms` must allow it (ops/kafka/start.sh sets 500).
+    #[arg(long, env = "FLASHSALE_SESSION_TIMEOUT_MS", default_value_t = 600,
           value_parser = clap::value_parser!(u32).range(500..=300_000))]
     pub session_timeout_ms: u32,
     /// Heartbeat to the group every this many ms (at most a third of the session).
-    #[arg(long, env = "FLASHSALE_HEARTBEAT_INTERVAL_MS", default_value_t = 250,
+    #[arg(long, env = "FLASHSALE_HEARTBEAT_INTERVAL_MS", default_value_t = 150,
           value_parser = clap::value_parser!(u32).range(50..=100_000))]
     pub heartbeat_interval_ms: u32,
     /// Standby copies: each engine follows the commands of the partitions it does not
