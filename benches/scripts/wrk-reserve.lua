@@ -4,6 +4,10 @@
 -- FLASHSALE_WRK_SKU by a new userId ("<FLASHSALE_WRK_TAG>-<thread>-<n>"), so no user
 -- ever meets its limit; answers are counted by status.
 -- FLASHSALE_WRK_MODE=get: the URL given to wrk, unchanged (/health, availability).
+-- FLASHSALE_WRK_MODE=retry: the same POST /api/v1/reservations for FLASHSALE_WRK_SKU by
+-- one user (FLASHSALE_WRK_TAG) again and again, as a buyer retrying on a sold-out SKU:
+-- a static request, so wrk runs no Lua per request (the same generator cost as `get`,
+-- which makes the two rates comparable).
 --
 -- done() prints one line for the script to parse:
 --   wrk-result requests=N duration_us=D p50_us=X p99_us=Y s201=N non201=N errors=N
@@ -17,6 +21,14 @@ function setup(thread)
 	thread:set("tid", next_id)
 	next_id = next_id + 1
 	table.insert(threads, thread)
+end
+
+if mode == "retry" then
+	wrk.method = "POST"
+	wrk.path = "/api/v1/reservations"
+	wrk.headers["Content-Type"] = "application/json"
+	wrk.body = string.format('{"userId":"%s","skuId":"%s","quantity":1}',
+		os.getenv("FLASHSALE_WRK_TAG") or "wrk", os.getenv("FLASHSALE_WRK_SKU") or "SKU")
 end
 
 if mode == "reserve" then

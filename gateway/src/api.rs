@@ -524,14 +524,25 @@ async fn list_products(State(app): State<AppState>) -> Result<Json<Value>, ApiEr
 async fn availability(
     State(app): State<AppState>,
     sku: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let (raw, sku) = sku_param(sku)?;
-    let Some(p) = app.read.product(&sku) else {
+    let now = now_ms();
+    let Some(body) = app
+        .read
+        .with_product(&sku, |p| crate::json::product_json_bytes(p, now))
+    else {
         app.dispatcher
             .check_readable(app.dispatcher.partition_of(&sku))?;
         return Err(ApiError::product_not_found(&raw));
     };
-    Ok(Json(product_json(&p, now_ms())))
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn create_sale(

@@ -388,11 +388,80 @@ impl ApiError {
     }
 }
 
+/// [`ApiError::body`] serialized straight to bytes (no `Value` map built per error): the
+/// same fields in the same order. Errors are most of a crowd's answers (sold out, shed).
+fn error_body_bytes(err: &ApiError, path: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct View<'a> {
+        timestamp: String,
+        status: u16,
+        error: &'a str,
+        message: &'a str,
+        path: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        details: Option<&'a Value>,
+    }
+    let view = View {
+        timestamp: crate::time::rfc3339_now(),
+        status: err.status.as_u16(),
+        error: err.payload.title,
+        message: &err.payload.message,
+        path,
+        details: err.payload.details.as_ref(),
+    };
+    let mut out = Vec::with_capacity(256);
+    // Strings, numbers and a Value: serializing into a Vec cannot fail.
+    serde_json::to_writer(&mut out, &view).expect("an error body serializes");
+    out
+}
+
 fn error_response(err: &ApiError, path: &str) -> Response {
-    let mut res = (err.status, axum::Json(err.body(path))).into_response();
+    let mut res = (
+        err.status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        error_body_bytes(err, path),
+    )
+        .into_response();
     if let Some(s) = err.payload.retry_after_s {
         res.headers_mut()
             .insert("retry-after", HeaderValue::from(s));
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale_proto::{Rejection, SkuId};
+
+    /// The bytes an error is answered with are [`ApiError::body`] (timestamp aside: the
+    /// clock moves between the two), key order included.
+    #[test]
+    fn error_bytes_are_the_error_body() {
+        let sold_out = ApiError::from_rejection(&Rejection::OutOfStock {
+            sku: SkuId::parse("SKU-1").unwrap(),
+            requested: 1,
+            available: 0,
+        });
+        let errors = [
+            sold_out,
+            ApiError::shed("the node is at its in-flight limit"),
+            ApiError::bad_request("userId", "is required"),
+        ];
+        for e in errors {
+            let bytes = error_body_bytes(&e, "/api/v1/reservations");
+            let mut got: Value = serde_json::from_slice(&bytes).unwrap();
+            let mut want = e.body("/api/v1/reservations");
+            let got_keys: Vec<String> = got.as_object().unwrap().keys().cloned().collect();
+            let want_keys: Vec<String> = want.as_object().unwrap().keys().cloned().collect();
+            assert_eq!(got_keys, want_keys);
+            assert!(crate::time::parse_time(got["timestamp"].as_str().unwrap()).is_ok());
+            got["timestamp"] = Value::Null;
+            want["timestamp"] = Value::Null;
+            assert_eq!(got, want);
+        }
+    }
 }

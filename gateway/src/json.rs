@@ -190,6 +190,48 @@ pub fn discount_percentage(base: Cents, flash: Cents) -> u64 {
     ((2 * num + base.0 as u128) / (2 * base.0 as u128)) as u64
 }
 
+/// [`product_json`]'s document, serialized straight from the entry (no
+/// `serde_json::Value` tree, no copies of its strings): the availability read's body.
+/// Same fields in the same order, so the same bytes.
+pub fn product_json_bytes(p: &ProductEntry, now: UnixMs) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct View<'a> {
+        sku_id: &'a str,
+        name: &'a str,
+        description: &'a str,
+        category: &'a str,
+        base_price: f64,
+        flash_sale_price: f64,
+        discount_percentage: u64,
+        available_count: u64,
+        total_inventory: u64,
+        is_available: bool,
+        is_active: bool,
+        image_url: &'a str,
+    }
+    let active = p.starts_at <= now && now < p.ends_at;
+    let available = p.available();
+    let view = View {
+        sku_id: p.spec.sku.as_str(),
+        name: &p.spec.name,
+        description: &p.spec.description,
+        category: &p.spec.category,
+        base_price: p.spec.base_price.0 as f64 / 100.0,
+        flash_sale_price: p.spec.flash_sale_price.0 as f64 / 100.0,
+        discount_percentage: discount_percentage(p.spec.base_price, p.spec.flash_sale_price),
+        available_count: available,
+        total_inventory: p.spec.total_inventory,
+        is_available: active && available > 0,
+        is_active: active,
+        image_url: &p.spec.image_url,
+    };
+    let mut out = Vec::with_capacity(256 + p.spec.description.len());
+    // Serializing plain fields into a Vec cannot fail.
+    serde_json::to_writer(&mut out, &view).expect("a product view serializes");
+    out
+}
+
 pub fn product_json(p: &ProductEntry, now: UnixMs) -> Value {
     let active = p.starts_at <= now && now < p.ends_at;
     let available = p.available();
@@ -252,6 +294,40 @@ mod tests {
         assert_eq!(discount_percentage(Cents(129_999), Cents(99_999)), 23);
         assert_eq!(discount_percentage(Cents(100), Cents(50)), 50);
         assert_eq!(discount_percentage(Cents(0), Cents(0)), 0);
+    }
+
+    #[test]
+    fn product_bytes_are_product_json() {
+        let spec = ProductSpec {
+            sku: SkuId::parse("SKU-1").unwrap(),
+            name: "Phone \"X\"".into(),
+            description: "déjà vu\n".into(),
+            category: "Phones".into(),
+            base_price: Cents(100_000),
+            flash_sale_price: Cents(79_999),
+            total_inventory: 10,
+            per_user_limit: 1,
+            image_url: "https://x/y.png".into(),
+        };
+        let mut p = ProductEntry {
+            spec,
+            sale_id: SaleId(7),
+            starts_at: 1_000,
+            ends_at: 2_000,
+            held: 3,
+            sold: 2,
+            paused: false,
+        };
+        for (now, sold) in [(1_500, 2), (500, 2), (2_000, 2), (1_500, 7)] {
+            p.sold = sold;
+            let v = product_json(&p, now);
+            let bytes = product_json_bytes(&p, now);
+            assert_eq!(
+                String::from_utf8(bytes).unwrap(),
+                v.to_string(),
+                "now {now}, sold {sold}"
+            );
+        }
     }
 
     #[test]

@@ -81,6 +81,13 @@ impl ReadModel {
         self.metrics.readmodel_lookup(r.is_some());
         r
     }
+    /// `f` of the product, read in place (no copy of its strings): the availability
+    /// read's path, the hottest read of a sale.
+    pub fn with_product<R>(&self, sku: &SkuId, f: impl FnOnce(&ProductEntry) -> R) -> Option<R> {
+        let r = self.products.get(sku).map(|p| f(&p));
+        self.metrics.readmodel_lookup(r.is_some());
+        r
+    }
     pub fn products(&self) -> Vec<ProductEntry> {
         let mut v: Vec<ProductEntry> = self.products.iter().map(|e| e.value().clone()).collect();
         v.sort_by(|a, b| a.spec.sku.cmp(&b.spec.sku));
