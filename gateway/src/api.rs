@@ -297,10 +297,7 @@ async fn reserve(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, ApiError> {
     let bytes = body_bytes(body)?;
-    let b = Body::parse(&bytes)?;
-    let user = b.user_id("userId")?;
-    let sku = b.sku_id("skuId")?;
-    let quantity = b.int("quantity", 1, u64::from(MAX_QUANTITY), None)? as u32;
+    let (user, sku, quantity) = parse_hold(&bytes)?;
     let key = idempotency_key(headers)?;
     app.rate_limit(&user)?;
     if key.is_none() {
