@@ -275,3 +275,34 @@ pub async fn create_topics(
     tokio::task::spawn_blocking(move || topics::create(&brokers, &spec)).await??;
     Ok(())
 }
+
+/// The acknowledged holds of a load run through a fault, checked the way every Kafka
+/// fault test checks them: no reservation id handed out twice, and at most one live
+/// (not cancelled) hold per user and SKU. `created` maps an attempt to the reservation
+/// id it was acknowledged with, `cancelled` holds the attempts whose cancel was
+/// acknowledged, and `attempt` names an attempt's user and SKU. Returns the live holds
+/// per SKU, for the test to hold against its stock.
+pub fn live_holds(
+    created: &std::collections::BTreeMap<usize, String>,
+    cancelled: &std::collections::HashSet<usize>,
+    attempt: impl Fn(usize) -> (String, String),
+) -> std::collections::HashMap<String, u64> {
+    use std::collections::{HashMap, HashSet};
+    let ids: HashSet<&String> = created.values().collect();
+    assert_eq!(
+        ids.len(),
+        created.len(),
+        "a reservation id handed out twice"
+    );
+    let mut live: HashMap<String, u64> = HashMap::new();
+    let mut per_user: HashMap<(String, String), u64> = HashMap::new();
+    for i in created.keys().filter(|i| !cancelled.contains(i)) {
+        let (user, sku) = attempt(*i);
+        *live.entry(sku.clone()).or_default() += 1;
+        *per_user.entry((user, sku)).or_default() += 1;
+    }
+    if let Some(((user, sku), n)) = per_user.iter().find(|(_, n)| **n > 1) {
+        panic!("{user} holds {n} units of {sku} (limit 1)");
+    }
+    live
+}
