@@ -573,28 +573,34 @@ mod tests {
     use flashsale_proto::*;
     use flashsale_runtime::metrics::Metrics;
 
+    /// A sale of one product, `sku`, with `total_inventory` units (both fixtures').
+    fn sale_of(sku: &SkuId, total_inventory: u64) -> SaleConfig {
+        SaleConfig {
+            sale: SaleMeta {
+                sale_id: SaleId(7),
+                name: "s".into(),
+                starts_at: 1,
+                ends_at: 10_000_000,
+                reservation_ttl_s: 120,
+                all_skus: vec![sku.clone()],
+            },
+            products: vec![ProductSpec {
+                sku: sku.clone(),
+                name: "n".into(),
+                description: String::new(),
+                category: String::new(),
+                base_price: Cents(100),
+                flash_sale_price: Cents(50),
+                total_inventory,
+                per_user_limit: 2,
+                image_url: String::new(),
+            }],
+        }
+    }
+
     fn model() -> ReadModel {
         let read = ReadModel::new(2, Arc::new(Metrics::new()));
         let sku = SkuId::parse("SKU-1").unwrap();
-        let sale = SaleMeta {
-            sale_id: SaleId(7),
-            name: "s".into(),
-            starts_at: 1,
-            ends_at: 10_000_000,
-            reservation_ttl_s: 120,
-            all_skus: vec![sku.clone()],
-        };
-        let spec = ProductSpec {
-            sku: sku.clone(),
-            name: "n".into(),
-            description: String::new(),
-            category: String::new(),
-            base_price: Cents(100),
-            flash_sale_price: Cents(50),
-            total_inventory: 10,
-            per_user_limit: 2,
-            image_url: String::new(),
-        };
         let view = ReservationView {
             id: ReservationId {
                 partition: 1,
@@ -612,10 +618,7 @@ mod tests {
             offset: 0,
             log_time: 5,
             events: vec![
-                Event::SaleConfigured(SaleConfig {
-                    sale,
-                    products: vec![spec],
-                }),
+                Event::SaleConfigured(sale_of(&sku, 10)),
                 Event::Reservation(view),
                 Event::Inventory {
                     sku,
@@ -664,25 +667,6 @@ mod tests {
     /// prunes and an early end, one command offset per record.
     fn log() -> Vec<EventRecord> {
         let sku = SkuId::parse("SKU-1").unwrap();
-        let sale = SaleMeta {
-            sale_id: SaleId(7),
-            name: "s".into(),
-            starts_at: 1,
-            ends_at: 10_000_000,
-            reservation_ttl_s: 120,
-            all_skus: vec![sku.clone()],
-        };
-        let spec = ProductSpec {
-            sku: sku.clone(),
-            name: "n".into(),
-            description: String::new(),
-            category: String::new(),
-            base_price: Cents(100),
-            flash_sale_price: Cents(50),
-            total_inventory: 1_000,
-            per_user_limit: 2,
-            image_url: String::new(),
-        };
         let view = |n: u64, status| ReservationView {
             id: ReservationId {
                 partition: 0,
@@ -695,10 +679,7 @@ mod tests {
             created_at: n,
             expires_at: n + 120_000,
         };
-        let mut out = vec![vec![Event::SaleConfigured(SaleConfig {
-            sale: sale.clone(),
-            products: vec![spec],
-        })]];
+        let mut out = vec![vec![Event::SaleConfigured(sale_of(&sku, 1_000))]];
         let (mut held, mut sold, mut ended) = (0u64, 0u64, Vec::new());
         for o in 1..300u64 {
             let mut ev = Vec::new();
