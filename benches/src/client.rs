@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use crate::contract::{CheckoutRequest, CreateSale, ReserveRequest, SaleView, API_BASE};
 use crate::error::BenchError;
 use crate::stats::Outcome;
+use crate::wire::Wire;
 
 /// Checks that `url` is `http://` on a loopback address and returns it without a
 /// trailing slash.
@@ -60,11 +62,13 @@ impl CallResult {
     }
 }
 
-/// The API client: one pooled `reqwest::Client` (HTTP/1.1 keep-alive) and the base URL.
-/// Cheap to clone.
+/// The API client: the measured requests (reserve, availability, checkout) on the
+/// harness's own keep-alive connections ([`Wire`]), set-up and admin calls on a pooled
+/// `reqwest::Client`, and the base URL. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
+    wire: Arc<Wire>,
     base: String,
     admin_token: String,
 }
@@ -89,8 +93,10 @@ impl ApiClient {
             .no_proxy()
             .build()
             .map_err(|e| BenchError::Setup(format!("http client: {e}")))?;
+        let wire = Arc::new(Wire::new(&base, timeout)?);
         Ok(Self {
             http,
+            wire,
             base,
             admin_token: admin_token.to_owned(),
         })
@@ -132,6 +138,23 @@ impl ApiClient {
         }
     }
 
+    /// A measured request on the harness's own connections.
+    async fn send_wire(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        expected: &[u16],
+    ) -> (Outcome, bytes::Bytes) {
+        match self.wire.call(method, path, body).await {
+            Err(e) => (e.outcome(), bytes::Bytes::new()),
+            Ok(a) => (
+                Outcome::classify(a.status, expected, &a.body, a.retry_after),
+                a.body,
+            ),
+        }
+    }
+
     /// `GET path` once, for the start-up wait: the status, or why there was none, in
     /// words a person acts on ("connection refused", "timed out", …).
     pub async fn probe(&self, path: &str) -> Result<u16, String> {
@@ -149,9 +172,7 @@ impl ApiClient {
 
     /// `GET /health`: the server's static handler.
     pub async fn health(&self) -> Outcome {
-        self.send(self.http.get(format!("{}/health", self.base)), &[200])
-            .await
-            .0
+        self.send_wire("GET", "/health", None, &[200]).await.0
     }
 
     /// `GET /ready`: 200 once the server can decide (flashsale: every partition owned and
@@ -164,11 +185,14 @@ impl ApiClient {
 
     /// `POST /api/v1/reservations`.
     pub async fn reserve(&self, req: &ReserveRequest) -> CallResult {
+        let Ok(json) = serde_json::to_vec(req) else {
+            return CallResult::outcome(Outcome::Error(Cow::Borrowed("request encoding")));
+        };
         let (outcome, body) = self
-            .send(
-                self.http
-                    .post(format!("{}{API_BASE}/reservations", self.base))
-                    .json(req),
+            .send_wire(
+                "POST",
+                &format!("{API_BASE}/reservations"),
+                Some(&json),
                 &[201],
             )
             .await;
@@ -192,11 +216,10 @@ impl ApiClient {
 
     /// `GET /api/v1/products/{skuId}/availability`.
     pub async fn availability(&self, sku_id: &str) -> Outcome {
-        self.send(
-            self.http.get(format!(
-                "{}{API_BASE}/products/{sku_id}/availability",
-                self.base
-            )),
+        self.send_wire(
+            "GET",
+            &format!("{API_BASE}/products/{sku_id}/availability"),
+            None,
             &[200],
         )
         .await
@@ -205,10 +228,13 @@ impl ApiClient {
 
     /// `POST /api/v1/orders/checkout` (201 for a new order, 200 for a repeat).
     pub async fn checkout(&self, req: &CheckoutRequest) -> Outcome {
-        self.send(
-            self.http
-                .post(format!("{}{API_BASE}/orders/checkout", self.base))
-                .json(req),
+        let Ok(json) = serde_json::to_vec(req) else {
+            return Outcome::Error(Cow::Borrowed("request encoding"));
+        };
+        self.send_wire(
+            "POST",
+            &format!("{API_BASE}/orders/checkout"),
+            Some(&json),
             &[200, 201],
         )
         .await

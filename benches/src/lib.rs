@@ -49,5 +49,6 @@ pub mod schedule;
 pub mod side_by_side;
 pub mod stats;
 pub mod verify;
+pub mod wire;
 
 pub use error::BenchError;

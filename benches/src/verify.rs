@@ -6,7 +6,7 @@
 //! tests feed them made-up records. Nothing here panics on a violation: a broken server is
 //! the thing being measured, and the report lists what it broke.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +28,10 @@ pub struct Expected {
 /// acknowledged unit is still held or sold at the end.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
-    per_sku: BTreeMap<String, i64>,
-    per_user_sku: BTreeMap<(String, String), i64>,
+    // Hash maps: a grant is recorded on the collector's hot path (a sorted map's string
+    // comparisons were 8 % of the harness's CPU); the checks sort what they report.
+    per_sku: HashMap<String, i64>,
+    per_user_sku: HashMap<(String, String), i64>,
     /// Acknowledged reservations.
     pub reservations: u64,
 }
@@ -97,7 +99,9 @@ pub fn check_ledger(expected: &[Expected], ledger: &Ledger) -> Vec<Violation> {
     let by_sku: BTreeMap<&str, &Expected> =
         expected.iter().map(|e| (e.sku_id.as_str(), e)).collect();
     let mut out = Vec::new();
-    for (sku, &units) in &ledger.per_sku {
+    let mut per_sku: Vec<_> = ledger.per_sku.iter().collect();
+    per_sku.sort_unstable();
+    for (sku, &units) in per_sku {
         match by_sku.get(sku.as_str()) {
             None => out.push(Violation {
                 kind: ViolationKind::UnknownSku,
@@ -117,9 +121,19 @@ pub fn check_ledger(expected: &[Expected], ledger: &Ledger) -> Vec<Violation> {
             Some(_) => {}
         }
     }
-    for ((user, sku), &units) in &ledger.per_user_sku {
+    let mut over: Vec<_> = ledger
+        .per_user_sku
+        .iter()
+        .filter(|((_, sku), &units)| {
+            by_sku
+                .get(sku.as_str())
+                .is_some_and(|e| units > i64::from(e.per_user_limit))
+        })
+        .collect();
+    over.sort_unstable();
+    for ((user, sku), &units) in over {
         if let Some(e) = by_sku.get(sku.as_str()) {
-            if units > i64::from(e.per_user_limit) {
+            {
                 out.push(Violation {
                     kind: ViolationKind::UserOverLimit,
                     sku_id: sku.clone(),

@@ -1,0 +1,308 @@
+//! The measured requests' transport: keep-alive HTTP/1.1 connections of its own, one
+//! request at a time on each, answers read with `httparse`.
+//!
+//! Why not `reqwest` for these: on a 2-core box the harness shares the CPU with the
+//! server it measures, and reqwest's pool, its per-connection task and the channels
+//! between them cost ~56 µs of CPU per request — as much as the server's hold. The
+//! overload scenario offers twice the node's capacity, so that cost took the CPU the node
+//! needed to answer the excess with 503s. Here a request is one `write` of a prepared
+//! buffer and one or two `read`s on a connection the request owns while it runs (no
+//! task, no channel); setup and admin calls still go through reqwest.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::error::BenchError;
+use crate::stats::Outcome;
+
+/// Largest answer head (status line and headers) accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// Largest answer body accepted (the API's bodies are well under 1 KiB).
+const MAX_BODY: usize = 1024 * 1024;
+/// Headers parsed per answer, at most.
+const MAX_HEADERS: usize = 32;
+/// Initial read buffer of a connection.
+const READ_BUF: usize = 4096;
+
+/// One kept-alive connection and its read buffer.
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// The request being written (reused between requests).
+    out: Vec<u8>,
+}
+
+/// A pool of idle connections to one loopback address. A request takes a connection (or
+/// opens one), and puts it back only after a complete answer that did not say
+/// `Connection: close`; anything else drops it. The harness's in-flight cap bounds how
+/// many exist.
+#[derive(Debug)]
+pub struct Wire {
+    addr: SocketAddr,
+    host: String,
+    idle: Mutex<Vec<Conn>>,
+    timeout: Duration,
+}
+
+/// A parsed answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: bool,
+    pub body: Bytes,
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    Connect,
+    Timeout,
+    Transport(&'static str),
+}
+
+impl WireError {
+    pub fn outcome(&self) -> Outcome {
+        Outcome::Error(Cow::Borrowed(match self {
+            WireError::Connect => "connect",
+            WireError::Timeout => "timeout",
+            WireError::Transport(what) => what,
+        }))
+    }
+}
+
+impl Wire {
+    /// A pool for `base` (`http://host:port`, already checked to be loopback).
+    pub fn new(base: &str, timeout: Duration) -> Result<Self, BenchError> {
+        let hostport = base
+            .strip_prefix("http://")
+            .unwrap_or(base)
+            .trim_end_matches('/');
+        let addr = resolve(hostport)
+            .ok_or_else(|| BenchError::Target(format!("{base}: cannot resolve the address")))?;
+        Ok(Self {
+            addr,
+            host: hostport.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            timeout,
+        })
+    }
+
+    /// Sends `method path` (with a JSON `body` when given) and reads the answer, within
+    /// the per-request timeout.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Answer, WireError> {
+        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match conn {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        let answer =
+            tokio::time::timeout(self.timeout, self.exchange(&mut conn, method, path, body))
+                .await
+                .map_err(|_| WireError::Timeout)??;
+        if answer.1 {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
+        Ok(answer.0)
+    }
+
+    async fn connect(&self) -> Result<Conn, WireError> {
+        let stream = tokio::time::timeout(
+            self.timeout.min(Duration::from_secs(5)),
+            TcpStream::connect(self.addr),
+        )
+        .await
+        .map_err(|_| WireError::Timeout)?
+        .map_err(|_| WireError::Connect)?;
+        stream.set_nodelay(true).map_err(|_| WireError::Connect)?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(READ_BUF),
+            out: Vec::with_capacity(512),
+        })
+    }
+
+    /// One request and its answer; the flag says whether the connection can be reused.
+    async fn exchange(
+        &self,
+        conn: &mut Conn,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(Answer, bool), WireError> {
+        write_request(&mut conn.out, method, path, &self.host, body);
+        conn.stream
+            .write_all(&conn.out)
+            .await
+            .map_err(|_| WireError::Transport("transport"))?;
+        conn.buf.clear();
+        loop {
+            if let Some(done) = parse_answer(&mut conn.buf, method == "HEAD")? {
+                return Ok(done);
+            }
+            if conn.buf.capacity() - conn.buf.len() < 1024 {
+                conn.buf.reserve(READ_BUF);
+            }
+            let n = conn
+                .stream
+                .read_buf(&mut conn.buf)
+                .await
+                .map_err(|_| WireError::Transport("transport"))?;
+            if n == 0 {
+                return Err(WireError::Transport("connection closed"));
+            }
+        }
+    }
+}
+
+fn resolve(hostport: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    let hostport = if let Some(port) = hostport.strip_prefix("localhost:") {
+        Cow::Owned(format!("127.0.0.1:{port}"))
+    } else {
+        Cow::Borrowed(hostport)
+    };
+    hostport.to_socket_addrs().ok()?.next()
+}
+
+/// Writes an HTTP/1.1 request into `out` (cleared first).
+fn write_request(out: &mut Vec<u8>, method: &str, path: &str, host: &str, body: Option<&[u8]>) {
+    use std::io::Write as _;
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
+    if let Some(b) = body {
+        let _ = write!(
+            out,
+            "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            b.len()
+        );
+        out.extend_from_slice(b);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Parses a complete answer out of `buf`: `None` while more bytes are needed. Only
+/// `Content-Length` framing is read (the API's answers all have one); a chunked answer
+/// is a transport error, not a silent misread.
+fn parse_answer(buf: &mut BytesMut, head_only: bool) -> Result<Option<(Answer, bool)>, WireError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(WireError::Transport("answer head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(WireError::Transport("malformed answer")),
+    };
+    let status = resp.code.unwrap_or(0);
+    let mut content_length = 0usize;
+    let mut retry_after = false;
+    let mut keep_alive = resp.version == Some(1);
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            content_length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or(WireError::Transport("malformed answer"))?;
+        } else if h.name.eq_ignore_ascii_case("retry-after") {
+            retry_after = true;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            keep_alive = !h.value.eq_ignore_ascii_case(b"close");
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(WireError::Transport("chunked answer"));
+        }
+    }
+    if head_only || status == 204 || status == 304 {
+        content_length = 0;
+    }
+    if content_length > MAX_BODY {
+        return Err(WireError::Transport("answer body too large"));
+    }
+    if buf.len() < head_len + content_length {
+        return Ok(None);
+    }
+    buf.advance(head_len);
+    let body = buf.split_to(content_length).freeze();
+    // Bytes past the answer mean the server sent something unasked: do not reuse.
+    let reuse = keep_alive && buf.is_empty();
+    Ok(Some((
+        Answer {
+            status,
+            retry_after,
+            body,
+        },
+        reuse,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> Result<Option<(Answer, bool)>, WireError> {
+        let mut buf = BytesMut::from(bytes);
+        parse_answer(&mut buf, false)
+    }
+
+    #[test]
+    fn a_request_is_written_with_its_length() {
+        let mut out = Vec::new();
+        write_request(&mut out, "POST", "/a", "127.0.0.1:1", Some(b"{\"x\":1}"));
+        assert_eq!(
+            out,
+            b"POST /a HTTP/1.1\r\nhost: 127.0.0.1:1\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"x\":1}"
+        );
+        write_request(&mut out, "GET", "/b", "h", None);
+        assert_eq!(out, b"GET /b HTTP/1.1\r\nhost: h\r\n\r\n");
+    }
+
+    #[test]
+    fn answers_are_framed_by_content_length() {
+        let full =
+            b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}";
+        for cut in 0..full.len() {
+            assert!(parse(&full[..cut]).unwrap().is_none(), "cut at {cut}");
+        }
+        let (a, reuse) = parse(full).unwrap().unwrap();
+        assert_eq!(
+            (a.status, a.retry_after, &a.body[..], reuse),
+            (503, true, &b"{}"[..], true)
+        );
+
+        let (a, reuse) =
+            parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 0\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!((a.status, a.retry_after, reuse), (200, false, false));
+        // Extra bytes after the answer: the connection is not reused.
+        let (_, reuse) = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\nX")
+            .unwrap()
+            .unwrap();
+        assert!(!reuse);
+    }
+
+    #[test]
+    fn broken_answers_are_errors() {
+        assert!(parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
+        assert!(parse(b"garbage\r\n\r\n").is_err());
+        assert!(parse(&vec![b'a'; MAX_HEAD + 1]).is_err());
+    }
+}
