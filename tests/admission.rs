@@ -159,8 +159,8 @@ async fn wait_available(s: &TestServer, sku: &str, units: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn past_the_limits_every_answer_is_an_api_answer_and_shed_ones_leave_no_trace() {
     let s = TestServer::start_with(Mode::Embedded, |a| {
-        a.max_in_flight = 4;
-        a.max_in_flight_per_partition = 2;
+        a.max_in_flight = Some(4);
+        a.max_in_flight_per_partition = Some(2);
     })
     .await
     .expect("embedded");

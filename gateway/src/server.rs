@@ -32,6 +32,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,6 +98,25 @@ impl Draining {
     pub fn wait_owned(self) -> impl Future<Output = ()> + Send + 'static {
         self.0.cancelled_owned()
     }
+}
+
+/// Connections waiting in the kernel for `accept`, at most (the kernel caps it at
+/// `net.core.somaxconn`). tokio's `TcpListener::bind` asks for 1,024: a crowd opening
+/// connections faster than a busy node accepts them overflowed that queue, and every
+/// dropped SYN is retried by the client only after a second (the 1 s tails of the
+/// crowd benchmarks, counted as `ListenOverflows` by `nstat`).
+pub const LISTEN_BACKLOG: u32 = 8_192;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's `bind`).
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves `app` on `listener` with `limits` until `shutdown` resolves, then drains
@@ -277,4 +297,22 @@ fn refuse(stream: TcpStream, refusing: &Arc<Semaphore>) {
         })
         .await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_listener_accepts_and_keeps_its_address_reusable() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        drop((server, client, l));
+        // SO_REUSEADDR: the port binds again at once although a connection of it is in
+        // TIME_WAIT (a restarted node keeps its --listen address).
+        bind(addr).unwrap();
+    }
 }

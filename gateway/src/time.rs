@@ -12,8 +12,22 @@ pub fn rfc3339(ms: UnixMs) -> String {
         .to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+/// Now, to the second, as RFC 3339 (the error bodies' `timestamp`). Formatted once per
+/// second per thread: every answer of a sold-out or shed crowd carries one.
 pub fn rfc3339_now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = Utc::now();
+    let secs = now.timestamp();
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            *text = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+        }
+        text.clone()
+    })
 }
 
 pub fn parse_time(s: &str) -> Result<UnixMs, String> {
@@ -27,4 +41,25 @@ pub fn parse_time(s: &str) -> Result<UnixMs, String> {
         return Err("must be after 1970-01-01T00:00:00Z".into());
     }
     Ok(ms as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cached_timestamp_follows_the_clock() {
+        for _ in 0..3 {
+            let before = Utc::now().timestamp();
+            let got = rfc3339_now();
+            let after = Utc::now().timestamp();
+            let t = DateTime::parse_from_rfc3339(&got).unwrap().timestamp();
+            assert!(
+                (before..=after).contains(&t),
+                "{got} not within [{before}, {after}]"
+            );
+            assert!(got.ends_with('Z') && got.len() == 20, "{got}");
+            std::thread::sleep(std::time::Duration::from_millis(600));
+        }
+    }
 }

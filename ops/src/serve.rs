@@ -14,6 +14,22 @@ use flashsale_gateway::dispatch::{DispatchConfig, Dispatcher, Pending};
 use flashsale_gateway::readmodel::ReadModel;
 use flashsale_gateway::{json, sales};
 use flashsale_proto::{Cents, ProductSpec, SaleId, SaleMeta, SkuId};
+
+/// Embedded admission defaults (`--max-in-flight-per-partition`, `--max-in-flight`):
+/// measured under 2× overload, README "The 10:00 crowd". 8 partitions × 128.
+pub const EMBEDDED_MAX_IN_FLIGHT_PER_PARTITION: usize = 128;
+pub const EMBEDDED_MAX_IN_FLIGHT: usize = 1_024;
+
+/// The embedded node's admission limits (whole node, per partition): the flags, or the
+/// embedded defaults.
+pub fn admission(args: &ServeArgs) -> (usize, usize) {
+    (
+        args.max_in_flight.unwrap_or(EMBEDDED_MAX_IN_FLIGHT).max(1),
+        args.max_in_flight_per_partition
+            .unwrap_or(EMBEDDED_MAX_IN_FLIGHT_PER_PARTITION)
+            .max(1),
+    )
+}
 use flashsale_runtime::metrics::Metrics;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -118,8 +134,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             gateway_id: args.gateway_id,
             // 0 is allowed: every request that is not answered at once gets 503 (tests use it).
             reply_deadline: Duration::from_millis(args.reply_deadline_ms),
-            max_in_flight: args.max_in_flight.max(1),
-            max_in_flight_per_partition: args.max_in_flight_per_partition.max(1),
+            max_in_flight: admission(&args).0,
+            max_in_flight_per_partition: admission(&args).1,
         },
     );
     let app = AppInner::new(
@@ -135,14 +151,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             },
         },
     );
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another server using it? pass --listen",
-                args.listen
-            )
-        })?;
+    let listener = flashsale_gateway::server::bind(args.listen).with_context(|| {
+        format!(
+            "cannot listen on {}; is another server using it? pass --listen",
+            args.listen
+        )
+    })?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(app.clone());

@@ -55,6 +55,11 @@ pub struct GatewayParams {
     pub http: crate::cli::HttpArgs,
 }
 
+/// `serve --kafka`'s admission defaults (the `gateway` command's, too): a command takes
+/// four broker hops, so a rate needs ~8× the commands in flight of embedded mode.
+pub const KAFKA_MAX_IN_FLIGHT: usize = 4_096;
+pub const KAFKA_MAX_IN_FLIGHT_PER_PARTITION: usize = 1_024;
+
 impl From<&crate::cli::ServeArgs> for GatewayParams {
     fn from(a: &crate::cli::ServeArgs) -> Self {
         GatewayParams {
@@ -62,8 +67,10 @@ impl From<&crate::cli::ServeArgs> for GatewayParams {
             admin_token: a.admin_token.clone(),
             gateway_id: a.gateway_id,
             reply_deadline_ms: a.reply_deadline_ms,
-            max_in_flight: a.max_in_flight,
-            max_in_flight_per_partition: a.max_in_flight_per_partition,
+            max_in_flight: a.max_in_flight.unwrap_or(KAFKA_MAX_IN_FLIGHT),
+            max_in_flight_per_partition: a
+                .max_in_flight_per_partition
+                .unwrap_or(KAFKA_MAX_IN_FLIGHT_PER_PARTITION),
             rate_limit_per_user: a.rate_limit_per_user,
             rate_limit_burst: a.rate_limit_burst,
             demo: a.demo,
@@ -239,14 +246,12 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             },
         },
     );
-    let listener = tokio::net::TcpListener::bind(gw.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another server using it? pass --listen",
-                gw.listen
-            )
-        })?;
+    let listener = flashsale_gateway::server::bind(gw.listen).with_context(|| {
+        format!(
+            "cannot listen on {}; is another server using it? pass --listen",
+            gw.listen
+        )
+    })?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(app.clone());
