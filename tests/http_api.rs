@@ -754,7 +754,16 @@ async fn unrecoverable_engine_is_503_with_retry_after() {
     let running = flashsale_ops::start(args).await.unwrap();
     let base = format!("http://{}", running.addr);
     let c = client();
-    let ready = call(&c, &base, Method::GET, "/ready", None, &[]).await;
+    // Partition 0 is "recovering" until its recovery gives up: wait (bounded) until
+    // /ready names it failed, so the answers below are the failed partition's.
+    let mut ready = call(&c, &base, Method::GET, "/ready", None, &[]).await;
+    for _ in 0..100 {
+        if ready.body.to_string().contains("failedPartitions") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        ready = call(&c, &base, Method::GET, "/ready", None, &[]).await;
+    }
     assert_error(&ready, 503, "Service Unavailable");
     // Partitions fail alone: a SKU of the failed partition 0 gets 503 (a SKU of a
     // healthy partition would get that partition's real answer).
