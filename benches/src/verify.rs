@@ -121,30 +121,23 @@ pub fn check_ledger(expected: &[Expected], ledger: &Ledger) -> Vec<Violation> {
             Some(_) => {}
         }
     }
+    // (user, sku, units, limit) of every user over a SKU's limit, sorted for the report.
     let mut over: Vec<_> = ledger
         .per_user_sku
         .iter()
-        .filter(|((_, sku), &units)| {
-            by_sku
-                .get(sku.as_str())
-                .is_some_and(|e| units > i64::from(e.per_user_limit))
+        .filter_map(|((user, sku), &units)| {
+            let limit = by_sku.get(sku.as_str())?.per_user_limit;
+            (units > i64::from(limit)).then_some((user, sku, units, limit))
         })
         .collect();
     over.sort_unstable();
-    for ((user, sku), &units) in over {
-        if let Some(e) = by_sku.get(sku.as_str()) {
-            {
-                out.push(Violation {
-                    kind: ViolationKind::UserOverLimit,
-                    sku_id: sku.clone(),
-                    user_id: Some(user.clone()),
-                    message: format!(
-                        "user holds {units} units, perUserLimit {}",
-                        e.per_user_limit
-                    ),
-                });
-            }
-        }
+    for (user, sku, units, limit) in over {
+        out.push(Violation {
+            kind: ViolationKind::UserOverLimit,
+            sku_id: sku.clone(),
+            user_id: Some(user.clone()),
+            message: format!("user holds {units} units, perUserLimit {limit}"),
+        });
     }
     out
 }

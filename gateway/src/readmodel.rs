@@ -7,17 +7,17 @@
 //! reply applied early (read-your-writes) is never overwritten by an older event.
 
 use dashmap::DashMap;
+use flashsale_core::State;
+use flashsale_proto::*;
+use flashsale_runtime::metrics::Metrics;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// The read model's maps. foldhash instead of the default SipHash: every request looks
 /// keys up here (SipHash was ~1 % of a sold-out attempt's CPU), and its per-process
 /// random seed still keeps keys chosen by buyers (user ids) from being aimed at one
 /// bucket.
 type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
-use flashsale_core::State;
-use flashsale_proto::*;
-use flashsale_runtime::metrics::Metrics;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProductEntry {

@@ -593,7 +593,7 @@ pub struct GatewayArgs {
     /// Admission: most commands awaiting a reply at once, all partitions together;
     /// past it, 503 + Retry-After at once, nothing done. Sized from the latency target,
     /// not from memory: a deeper queue only makes every buyer wait longer.
-    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = 4_096)]
+    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = crate::kafka::KAFKA_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// Admission per partition: most commands of one partition awaiting a reply; past
     /// it, 503 + Retry-After at once. One hot SKU cannot take the whole node's budget
@@ -603,7 +603,7 @@ pub struct GatewayArgs {
     #[arg(
         long,
         env = "FLASHSALE_MAX_IN_FLIGHT_PER_PARTITION",
-        default_value_t = 1_024
+        default_value_t = crate::kafka::KAFKA_MAX_IN_FLIGHT_PER_PARTITION
     )]
     pub max_in_flight_per_partition: usize,
     /// Reservation attempts per second per userId (0 turns the limit off).

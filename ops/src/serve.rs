@@ -14,6 +14,11 @@ use flashsale_gateway::dispatch::{DispatchConfig, Dispatcher, Pending};
 use flashsale_gateway::readmodel::ReadModel;
 use flashsale_gateway::{json, sales};
 use flashsale_proto::{Cents, ProductSpec, SaleId, SaleMeta, SkuId};
+use flashsale_runtime::metrics::Metrics;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Embedded admission defaults (`--max-in-flight-per-partition`, `--max-in-flight`):
 /// measured under 2× overload, README "The 10:00 crowd". 8 partitions × 128.
@@ -30,11 +35,13 @@ pub fn admission(args: &ServeArgs) -> (usize, usize) {
             .max(1),
     )
 }
-use flashsale_runtime::metrics::Metrics;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+
+/// A listener on `addr` (the node's `--listen`), with an error that says what to do.
+pub fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    flashsale_gateway::server::bind(addr).with_context(|| {
+        format!("cannot listen on {addr}; is another server using it? pass --listen")
+    })
+}
 
 /// In-process output of the engine actors: events to the read model, then replies to
 /// waiting requests, so a client that got its reply reads its own write.
@@ -127,6 +134,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         output,
         metrics.clone(),
     )?;
+    let (max_in_flight, max_in_flight_per_partition) = admission(&args);
     let dispatcher = Dispatcher::new(
         node.bus(),
         pending,
@@ -134,8 +142,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             gateway_id: args.gateway_id,
             // 0 is allowed: every request that is not answered at once gets 503 (tests use it).
             reply_deadline: Duration::from_millis(args.reply_deadline_ms),
-            max_in_flight: admission(&args).0,
-            max_in_flight_per_partition: admission(&args).1,
+            max_in_flight,
+            max_in_flight_per_partition,
         },
     );
     let app = AppInner::new(
@@ -151,12 +159,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             },
         },
     );
-    let listener = flashsale_gateway::server::bind(args.listen).with_context(|| {
-        format!(
-            "cannot listen on {}; is another server using it? pass --listen",
-            args.listen
-        )
-    })?;
+    let listener = listen(args.listen)?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(app.clone());

@@ -246,12 +246,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             },
         },
     );
-    let listener = flashsale_gateway::server::bind(gw.listen).with_context(|| {
-        format!(
-            "cannot listen on {}; is another server using it? pass --listen",
-            gw.listen
-        )
-    })?;
+    let listener = crate::serve::listen(gw.listen)?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(app.clone());
