@@ -212,11 +212,11 @@ pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
     })
 }
 
-/// Did reading the body fail because tower-http's body timeout fired?
+/// Did reading the body fail because the body-read timeout fired?
 fn body_timed_out(e: &BytesRejection) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
-        if c.is::<tower_http::timeout::TimeoutError>() {
+        if c.is::<crate::body_timeout::BodyTimedOut>() {
             return true;
         }
         cause = c.source();
@@ -273,36 +273,70 @@ fn reservation_result(result: &ApiError) -> &'static str {
     }
 }
 
+/// The `Idempotency-Key` header alone, checked: the reservation handler does not copy
+/// the whole header map (a sold-out crowd's every attempt would pay for it). A bad key
+/// is answered only after the body is read and parsed, keeping API.md's error order.
+pub(crate) struct IdempotencyKey(Result<Option<String>, ApiError>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(IdempotencyKey(idempotency_key(&parts.headers)))
+    }
+}
+
+/// Why a hold was not made: an API error, or "Out of Stock", whose answer is
+/// rendered once per SKU, stock and second ([`crate::error::out_of_stock_response`]):
+/// most of a flash crowd gets it.
+enum NotHeld {
+    OutOfStock(Rejection),
+    Api(ApiError),
+}
+
+impl From<ApiError> for NotHeld {
+    fn from(e: ApiError) -> Self {
+        NotHeld::Api(e)
+    }
+}
+
+/// The only path [`create_reservation`] answers on (axum matches it exactly).
+const RESERVATIONS_PATH: &str = "/api/v1/reservations";
+
 async fn create_reservation(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    key: IdempotencyKey,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let result = reserve(&app, &headers, body).await;
+    let result = reserve(&app, key, body).await;
     let label = match &result {
         Ok(_) => "ok",
-        Err(e) => reservation_result(e),
+        Err(NotHeld::OutOfStock(_)) => "out_of_stock",
+        Err(NotHeld::Api(e)) => reservation_result(e),
     };
     app.metrics.reservation(label, started.elapsed());
     match result {
         Ok(v) => created(v),
-        Err(e) => e.into_response(),
+        Err(NotHeld::OutOfStock(r)) => crate::error::out_of_stock_response(&r, RESERVATIONS_PATH),
+        Err(NotHeld::Api(e)) => e.into_response(),
     }
 }
 
 async fn reserve(
     app: &AppInner,
-    headers: &HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Value, ApiError> {
+) -> Result<Value, NotHeld> {
     let bytes = body_bytes(body)?;
     let (user, sku, quantity) = parse_hold(&bytes)?;
-    let key = idempotency_key(headers)?;
+    let key = key?;
     app.rate_limit(&user)?;
     if key.is_none() {
         if let Some(sold_out) = app.read.refuse_sold_out(&user, &sku, quantity, now_ms()) {
-            return Err(ApiError::from_rejection(&sold_out));
+            return Err(NotHeld::OutOfStock(sold_out));
         }
     }
     let partition = app.dispatcher.partition_of(&sku);
@@ -323,8 +357,9 @@ async fn reserve(
             app.read.upsert_reservation(&reservation, rec.offset);
             Ok(reservation_json(&reservation, now_ms()))
         }
-        Reply::Rejected(r) => Err(ApiError::from_rejection(&r)),
-        other => Err(unexpected(other)),
+        Reply::Rejected(r @ Rejection::OutOfStock { .. }) => Err(NotHeld::OutOfStock(r)),
+        Reply::Rejected(r) => Err(ApiError::from_rejection(&r).into()),
+        other => Err(unexpected(other).into()),
     }
 }
 

@@ -329,7 +329,8 @@ pub async fn render_errors(mut req: Request, next: Next) -> Response {
         None => next.run(req).await,
     };
     let status = res.status();
-    if status.is_client_error() || status.is_server_error() {
+    let rendered = res.extensions().get::<Rendered>().is_some();
+    if (status.is_client_error() || status.is_server_error()) && !rendered {
         let payload = res.extensions_mut().remove::<ErrorPayload>();
         let err = match payload {
             Some(p) => ApiError { status, payload: p },
@@ -390,7 +391,52 @@ impl ApiError {
 
 /// [`ApiError::body`] serialized straight to bytes (no `Value` map built per error): the
 /// same fields in the same order. Errors are most of a crowd's answers (sold out, shed).
+/// Marks a response whose error body is already the API's (see
+/// [`out_of_stock_response`]): [`render_errors`] leaves it as it is.
+#[derive(Clone, Copy)]
+struct Rendered;
+
+/// 409 "Out of Stock" for `rejection` (an [`Rejection::OutOfStock`]), answered on
+/// `path`. The body is the one [`render_errors`] would write, rendered once per
+/// worker thread for each SKU, requested and available quantity and second, then
+/// shared: the attempts of a sold-out crowd repeat the same refusal thousands of
+/// times a second, and rendering it (message, details, JSON) was a fifth of what one
+/// cost (issue 12, the sold-out crowd at about the cost of a read). One entry per
+/// thread: the crowd is on the hot SKU; another refusal renders and takes the slot.
+pub fn out_of_stock_response(rejection: &Rejection, path: &'static str) -> Response {
+    type Slot = Option<(Rejection, &'static str, i64, bytes::Bytes)>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Slot> = const { std::cell::RefCell::new(None) };
+    }
+    let now = chrono::Utc::now().timestamp();
+    let body = LAST.with_borrow_mut(|slot| match slot {
+        Some((r, p, s, body)) if *s == now && *p == path && r == rejection => body.clone(),
+        _ => {
+            let (secs, timestamp) = crate::time::rfc3339_now_with_secs();
+            let err = ApiError::from_rejection(rejection);
+            let body = bytes::Bytes::from(error_body_bytes_at(&err, path, timestamp));
+            *slot = Some((rejection.clone(), path, secs, body.clone()));
+            body
+        }
+    });
+    let mut res = (
+        StatusCode::CONFLICT,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    res.extensions_mut().insert(Rendered);
+    res
+}
+
 fn error_body_bytes(err: &ApiError, path: &str) -> Vec<u8> {
+    error_body_bytes_at(err, path, crate::time::rfc3339_now())
+}
+
+fn error_body_bytes_at(err: &ApiError, path: &str, timestamp: String) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct View<'a> {
         timestamp: String,
@@ -402,7 +448,7 @@ fn error_body_bytes(err: &ApiError, path: &str) -> Vec<u8> {
         details: Option<&'a Value>,
     }
     let view = View {
-        timestamp: crate::time::rfc3339_now(),
+        timestamp,
         status: err.status.as_u16(),
         error: err.payload.title,
         message: &err.payload.message,
@@ -462,6 +508,43 @@ mod tests {
             got["timestamp"] = Value::Null;
             want["timestamp"] = Value::Null;
             assert_eq!(got, want);
+        }
+    }
+
+    /// The shared "Out of Stock" answer is the body `render_errors` writes for the same
+    /// rejection (timestamp aside), marked so it is not rendered again, and a change in
+    /// SKU or stock never reuses the previous answer.
+    #[tokio::test]
+    async fn the_shared_out_of_stock_answer_is_the_rendered_one() {
+        async fn body_of(res: Response) -> Value {
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+            assert!(crate::time::parse_time(v["timestamp"].as_str().unwrap()).is_ok());
+            v["timestamp"] = Value::Null;
+            v
+        }
+        let path = "/api/v1/reservations";
+        let cases = [
+            ("SKU-1", 1, 0),
+            ("SKU-1", 1, 0),
+            ("SKU-1", 2, 1),
+            ("SKU-2", 2, 1),
+        ];
+        for (sku, requested, available) in cases {
+            let r = Rejection::OutOfStock {
+                sku: SkuId::parse(sku).unwrap(),
+                requested,
+                available,
+            };
+            let res = out_of_stock_response(&r, path);
+            assert_eq!(res.status(), StatusCode::CONFLICT);
+            assert!(res.extensions().get::<Rendered>().is_some());
+            assert_eq!(res.headers()["content-type"], "application/json");
+            let mut want = ApiError::from_rejection(&r).body(path);
+            want["timestamp"] = Value::Null;
+            assert_eq!(body_of(res).await, want, "{sku} {requested} {available}");
         }
     }
 }

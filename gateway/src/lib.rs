@@ -30,6 +30,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod body_timeout;
 pub mod console;
 pub mod controls;
 pub mod dispatch;

@@ -6,8 +6,9 @@
 //!   runs whenever hyper waits for a request head: from the moment a connection opens,
 //!   and again from the end of each response, so it is also the **idle keep-alive
 //!   timeout**. A silent, half-sent or idle connection is closed when it fires.
-//! - **Body-read timeout**: tower-http's `RequestBodyTimeoutLayer`: a body that stalls
-//!   (no bytes) that long fails to read, the handler answers 408 with the API's error
+//! - **Body-read timeout**: [`crate::body_timeout`] (tower-http's `TimeoutBody`, with
+//!   the timer armed only when a read waits): a body that stalls (no bytes) that long
+//!   fails to read, the handler answers 408 with the API's error
 //!   body (`api::body_bytes`), and hyper closes the connection (the body was not read
 //!   to its end). Like nginx's `client_body_timeout`, it times each wait for more
 //!   bytes, not the whole body (which is at most 64 KiB anyway).
@@ -24,6 +25,7 @@
 //!   `GracefulShutdown`) for at most `drain`, then close whatever is still open, so a
 //!   slow client never holds back the final snapshots.
 
+use crate::body_timeout::TimedBody;
 use crate::error::ApiError;
 use axum::http::StatusCode;
 use axum::Router;
@@ -39,7 +41,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// hyper's own limit on a request head (request line + headers), and so on the
 /// memory a connection's head can take. Past it hyper answers a bare 431.
@@ -131,7 +132,9 @@ pub async fn serve(
     let draining = Draining::default();
     let service = tower::ServiceBuilder::new()
         .layer(axum::Extension(draining.clone()))
-        .layer(RequestBodyTimeoutLayer::new(limits.body_read_timeout))
+        .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+            req.map(|b| TimedBody::new(b, limits.body_read_timeout))
+        })
         .service(app);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())

@@ -15,6 +15,11 @@ pub fn rfc3339(ms: UnixMs) -> String {
 /// Now, to the second, as RFC 3339 (the error bodies' `timestamp`). Formatted once per
 /// second per thread: every answer of a sold-out or shed crowd carries one.
 pub fn rfc3339_now() -> String {
+    rfc3339_now_with_secs().1
+}
+
+/// [`rfc3339_now`] and the unix second it names.
+pub fn rfc3339_now_with_secs() -> (i64, String) {
     thread_local! {
         static LAST: std::cell::RefCell<(i64, String)> =
             const { std::cell::RefCell::new((i64::MIN, String::new())) };
@@ -26,7 +31,7 @@ pub fn rfc3339_now() -> String {
             *at = secs;
             *text = now.to_rfc3339_opts(SecondsFormat::Secs, true);
         }
-        text.clone()
+        (secs, text.clone())
     })
 }
 
