@@ -2,12 +2,14 @@
 # benches/scripts/read-ceiling.sh - what a read and a refused attempt cost, against the
 # HTTP ceiling of the same binary (issue 11 "Reads", issue 12 "the sold-out crowd").
 #
-# Usage: benches/scripts/read-ceiling.sh [--rounds N] [--secs S] [--bin PATH]
+# Usage: benches/scripts/read-ceiling.sh [--rounds N] [--secs S] [--bin PATH] [--kafka]
 #   --rounds N  alternating rounds [3]
 #   --secs S    seconds per wrk run [8]
 #   --bin PATH  the flashsale binary [$CARGO_TARGET_DIR/release/flashsale, built if missing]
+#   --kafka     serve in Kafka mode (`serve --kafka`, fresh topics under a new prefix) on
+#               the broker of .services.env (`make services-up`) instead of embedded
 #
-# Starts one embedded server (a temporary data dir, 127.0.0.1:${FLASHSALE_BENCH_PORT:-18800},
+# Starts one server (embedded: a temporary data dir; 127.0.0.1:${FLASHSALE_BENCH_PORT:-18800},
 # per-user rate limit off), creates a sale of one SKU of 1 unit and holds it, then per
 # round runs `wrk -t2 -c64` on, in turn:
 #   health   GET /health (the HTTP ceiling of the binary)
@@ -18,12 +20,15 @@
 #            Out of Stock
 # and prints requests/s and the server's CPU µs per request (from /proc), then the
 # medians, and the medians of the per-round ratios avail/health and soldout/avail (the
-# figures to quote: this box drifts by ±15 % between rounds). Run it on an idle machine.
+# figures to quote: this box drifts by ±15 % between rounds), and of the CPU ratio
+# (availability µs / sold-out µs: the rate ratio with wrk's share of the two cores
+# taken out). Run it on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROUNDS=3 SECS=8 BIN=
+ROUNDS=3 SECS=8 BIN= KAFKA=
 while (($#)); do
 	case $1 in
+	--kafka) KAFKA=1; shift ;;
 	--rounds) ROUNDS=$2; shift 2 ;;
 	--secs) SECS=$2; shift 2 ;;
 	--bin) BIN=$2; shift 2 ;;
@@ -39,14 +44,26 @@ if [[ -z $BIN ]]; then
 fi
 PORT=${FLASHSALE_BENCH_PORT:-18800} TOKEN=read-ceiling SKU=SOLDOUT
 DATA=$(mktemp -d)
-FLASHSALE_RATE_LIMIT_PER_USER=0 "$BIN" serve --embedded --data-dir "$DATA" --partitions 8 \
+if [[ -n $KAFKA ]]; then
+	# Read, not exported: the server is given the broker by flag.
+	BROKERS=$( (set +u; [[ -f .services.env ]] && . ./.services.env; echo "${FLASHSALE_KAFKA:-}"))
+	[[ -n $BROKERS ]] || { echo "read-ceiling: --kafka needs FLASHSALE_KAFKA in .services.env: run make services-up" >&2; exit 2; }
+	MODE=(--kafka "$BROKERS" --prefix "read-ceiling-$(date +%s)-$$.")
+else
+	MODE=(--embedded --data-dir "$DATA")
+fi
+echo "read-ceiling: serve ${MODE[*]}"
+FLASHSALE_RATE_LIMIT_PER_USER=0 "$BIN" serve "${MODE[@]}" --partitions 8 \
 	--listen "127.0.0.1:$PORT" --admin-token "$TOKEN" --log warn >"$DATA.log" 2>&1 &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA" "$DATA.log"' EXIT
 for _ in $(seq 300); do
 	[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/ready") == 200 ]] && break
+	kill -0 $PID 2>/dev/null || { echo "read-ceiling: the server stopped:" >&2; tail -5 "$DATA.log" >&2; exit 1; }
 	sleep 0.2
 done
+[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/ready") == 200 ]] ||
+	{ echo "read-ceiling: the server was not ready within 60 s:" >&2; tail -5 "$DATA.log" >&2; exit 1; }
 now=$(date -u -d '-1 sec' +%Y-%m-%dT%H:%M:%SZ) end=$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)
 curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
 	-d "{\"name\":\"read ceiling\",\"startsAt\":\"$now\",\"endsAt\":\"$end\",\"reservationTtlSeconds\":3600,\"products\":[{\"skuId\":\"$SKU\",\"name\":\"Hot\",\"description\":\"d\",\"category\":\"Bench\",\"basePrice\":100.0,\"flashSalePrice\":79.99,\"totalInventory\":1,\"perUserLimit\":1,\"imageUrl\":\"\"}]}" \
@@ -55,7 +72,7 @@ curl -sf -o /dev/null -H 'Content-Type: application/json' \
 	-d "{\"userId\":\"first\",\"skuId\":\"$SKU\",\"quantity\":1}" "http://127.0.0.1:$PORT/api/v1/reservations"
 LUA=benches/scripts/wrk-reserve.lua
 declare -A RATE CPU
-RATIO_AH= RATIO_SA=
+RATIO_AH= RATIO_SA= RATIO_CPU=
 one() { # name, env mode, url
 	local c0 c1 out n
 	c0=$(awk '{print $14+$15}' /proc/$PID/stat)
@@ -79,8 +96,11 @@ for r in $(seq "$ROUNDS"); do
 	set -- ${RATE[soldout]} && s=${!#}
 	RATIO_AH+="$(awk -v a="$a" -v h="$h" 'BEGIN {printf "%.3f", a/h}') "
 	RATIO_SA+="$(awk -v a="$a" -v s="$s" 'BEGIN {printf "%.3f", s/a}') "
+	set -- ${CPU[avail]} && a=${!#}
+	set -- ${CPU[soldout]} && s=${!#}
+	RATIO_CPU+="$(awk -v a="$a" -v s="$s" 'BEGIN {printf "%.3f", a/s}') "
 done
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 h=$(median "${RATE[health]}") a=$(median "${RATE[avail]}") s=$(median "${RATE[soldout]}")
 echo "medians of $ROUNDS: health $h/s ($(median "${CPU[health]}") µs), availability $a/s ($(median "${CPU[avail]}") µs), sold-out attempts $s/s ($(median "${CPU[soldout]}") µs)"
-echo "median of the per-round ratios (each round's three runs back to back, so slow drift cancels): availability / health $(median "$RATIO_AH")x; sold-out attempts / availability $(median "$RATIO_SA")x"
+echo "median of the per-round ratios (each round's three runs back to back, so slow drift cancels): availability / health $(median "$RATIO_AH")x; sold-out attempts / availability $(median "$RATIO_SA")x; CPU per availability read / per sold-out attempt $(median "$RATIO_CPU")x"
