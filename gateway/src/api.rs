@@ -142,7 +142,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/reservations", post(create_reservation))
+        .route(RESERVATIONS_PATH, post(create_reservation))
         .route(
             "/api/v1/reservations/{reservation_id}",
             get(get_reservation).delete(cancel_reservation),
@@ -302,7 +302,8 @@ impl From<ApiError> for NotHeld {
     }
 }
 
-/// The only path [`create_reservation`] answers on (axum matches it exactly).
+/// The path of [`create_reservation`]'s route, and so the `path` of its error bodies
+/// (axum matches it exactly).
 const RESERVATIONS_PATH: &str = "/api/v1/reservations";
 
 async fn create_reservation(
