@@ -94,7 +94,7 @@ use flashsale_proto::*;
 use flashsale_runtime::bus::EngineReadiness;
 use flashsale_runtime::kafka::{
     base_config, producer_config, record_time_ms, Delivery, KafkaHealth, QuietContext,
-    ADMIN_TIMEOUT, STATS_INTERVAL_MS,
+    ADMIN_TIMEOUT, FETCH_WAIT_MAX_MS, STATS_INTERVAL_MS,
 };
 use flashsale_runtime::metrics::Metrics;
 use flashsale_runtime::now_ms;
@@ -245,7 +245,7 @@ pub fn start(
             .set("enable.auto.offset.store", "false")
             // Never skip records silently: a standby copy with a hole would be wrong.
             .set("auto.offset.reset", "error")
-            .set("fetch.wait.max.ms", "5")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
             .set("fetch.error.backoff.ms", "50")
             .create_with_context(quiet.clone())
             .context("cannot create the engine's standby consumer")?;
@@ -298,7 +298,7 @@ pub fn start(
             opts.heartbeat_interval_ms.to_string(),
         )
         .set("max.poll.interval.ms", "300000")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .set("fetch.error.backoff.ms", "50")
         // For the partition-lag gauge and the broker's health (see `EngineContext::stats`).
         .set("statistics.interval.ms", STATS_INTERVAL_MS)

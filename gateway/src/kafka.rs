@@ -23,7 +23,7 @@ use flashsale_proto::*;
 use flashsale_runtime::bus::{EngineReadiness, PartitionStatus};
 use flashsale_runtime::kafka::{
     base_config, producer_config, watermarks, Delivery, KafkaHealth, QuietContext,
-    STATS_INTERVAL_MS,
+    FETCH_WAIT_MAX_MS, STATS_INTERVAL_MS,
 };
 use flashsale_runtime::patience::QUIET_EVERY;
 use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
@@ -247,8 +247,8 @@ impl Follower {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // The reply wait is the user's latency: never let the broker hold a fetch.
-        .set("fetch.wait.max.ms", "5")
+        // The broker answers as soon as a reply is there; the wait only paces idle polls.
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .set("fetch.error.backoff.ms", "50")
         .set("statistics.interval.ms", STATS_INTERVAL_MS)
         .create_with_context(QuietContext::new(opts.health.clone()))

@@ -72,6 +72,18 @@ pub fn producer_config(
     c
 }
 
+/// How long a consumer lets the broker hold a fetch that finds no new record
+/// (`fetch.wait.max.ms`). The broker answers a fetch as soon as one byte is there
+/// (`fetch.min.bytes` stays 1), so while records flow this adds no latency: it only
+/// sets how often an idle consumer asks again. At 5 ms (the setting before) the three
+/// consumers of one idle `serve --kafka` kept the broker at half a core (517 ticks of
+/// its CPU per 10 s, against 31 at 500 ms and 47 with no client at all) and took that
+/// CPU from the node during a sale. Not longer: librdkafka sends a partition's first
+/// fetch only after the broker's fetch in flight returns, so a partition an engine (or
+/// a projector) is newly given may wait this long before its first records (issue
+/// 13's failover budget of 1 s).
+pub const FETCH_WAIT_MAX_MS: &str = "100";
+
 /// How often a client with a [`QuietContext`] reports its statistics (the broker
 /// states [`KafkaHealth`] reads).
 pub const STATS_INTERVAL_MS: &str = "1000";
