@@ -2,7 +2,7 @@
 # ops/services-up.sh - start the real services the tests need, on 127.0.0.1, no Docker:
 # PostgreSQL 15 first (ops/postgres/start.sh), then Apache Kafka 4.x (ops/kafka/start.sh):
 # one broker, or with FLASHSALE_KAFKA_BROKERS=3 a 3-broker KRaft cluster (one JVM each,
-# 512m heap, replication factor 3, min.insync.replicas 2).
+# 384m heap, replication factor 3, min.insync.replicas 2).
 #
 # Usage: ops/services-up.sh [--help]
 #        FLASHSALE_KAFKA_BROKERS=3 ops/services-up.sh   (or: FLASHSALE_KAFKA_BROKERS=3 make services-up)
