@@ -93,8 +93,8 @@ use flashsale_core::{snapshot, LogRecord, State};
 use flashsale_proto::*;
 use flashsale_runtime::bus::EngineReadiness;
 use flashsale_runtime::kafka::{
-    base_config, producer_config, record_time_ms, Delivery, KafkaHealth, QuietContext,
-    ADMIN_TIMEOUT, FETCH_WAIT_MAX_MS, STATS_INTERVAL_MS,
+    consumer_config, producer_config, record_time_ms, Delivery, KafkaHealth, QuietContext,
+    ADMIN_TIMEOUT, STATS_INTERVAL_MS,
 };
 use flashsale_runtime::metrics::Metrics;
 use flashsale_runtime::now_ms;
@@ -239,16 +239,16 @@ pub fn start(
     // Standby copies follow the partitions this engine does not own with a consumer of
     // their own, outside the group (assigned by hand, commits nothing).
     let standby_consumer = if opts.standby_window > 0 {
-        let c: BaseConsumer<QuietContext> = base_config(&opts.brokers, "flashsale-engine-standby")
-            .set("group.id", format!("{}-standby", opts.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // Never skip records silently: a standby copy with a hole would be wrong.
-            .set("auto.offset.reset", "error")
-            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
-            .set("fetch.error.backoff.ms", "50")
-            .create_with_context(quiet.clone())
-            .context("cannot create the engine's standby consumer")?;
+        let c: BaseConsumer<QuietContext> =
+            consumer_config(&opts.brokers, "flashsale-engine-standby")
+                .set("group.id", format!("{}-standby", opts.group_id))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                // Never skip records silently: a standby copy with a hole would be wrong.
+                .set("auto.offset.reset", "error")
+                .set("fetch.error.backoff.ms", "50")
+                .create_with_context(quiet.clone())
+                .context("cannot create the engine's standby consumer")?;
         Some(c)
     } else {
         None
@@ -280,7 +280,7 @@ pub fn start(
         stop: Arc::new(AtomicBool::new(false)),
     };
     let stop = core.stop.clone();
-    let consumer: BaseConsumer<EngineContext> = base_config(&opts.brokers, "flashsale-engine")
+    let consumer: BaseConsumer<EngineContext> = consumer_config(&opts.brokers, "flashsale-engine")
         .set("group.id", &opts.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -298,7 +298,6 @@ pub fn start(
             opts.heartbeat_interval_ms.to_string(),
         )
         .set("max.poll.interval.ms", "300000")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .set("fetch.error.backoff.ms", "50")
         // For the partition-lag gauge and the broker's health (see `EngineContext::stats`).
         .set("statistics.interval.ms", STATS_INTERVAL_MS)

@@ -22,8 +22,8 @@ use anyhow::Context;
 use flashsale_proto::*;
 use flashsale_runtime::bus::{EngineReadiness, PartitionStatus};
 use flashsale_runtime::kafka::{
-    base_config, producer_config, watermarks, Delivery, KafkaHealth, QuietContext,
-    FETCH_WAIT_MAX_MS, STATS_INTERVAL_MS,
+    consumer_config, producer_config, watermarks, Delivery, KafkaHealth, QuietContext,
+    STATS_INTERVAL_MS,
 };
 use flashsale_runtime::patience::QUIET_EVERY;
 use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
@@ -234,7 +234,7 @@ impl Follower {
             opts.replies_partitions,
             opts.replies_partitions - 1
         );
-        let consumer: BaseConsumer<QuietContext> = base_config(
+        let consumer: BaseConsumer<QuietContext> = consumer_config(
             &opts.brokers,
             &format!("flashsale-gateway-{}", opts.gateway_id),
         )
@@ -247,8 +247,6 @@ impl Follower {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // The broker answers as soon as a reply is there; the wait only paces idle polls.
-        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .set("fetch.error.backoff.ms", "50")
         .set("statistics.interval.ms", STATS_INTERVAL_MS)
         .create_with_context(QuietContext::new(opts.health.clone()))

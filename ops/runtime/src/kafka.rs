@@ -77,12 +77,21 @@ pub fn producer_config(
 /// (`fetch.min.bytes` stays 1), so while records flow this adds no latency: it only
 /// sets how often an idle consumer asks again. At 5 ms (the setting before) the three
 /// consumers of one idle `serve --kafka` kept the broker at half a core (517 ticks of
-/// its CPU per 10 s, against 31 at 500 ms and 47 with no client at all) and took that
-/// CPU from the node during a sale. Not longer: librdkafka sends a partition's first
-/// fetch only after the broker's fetch in flight returns, so a partition an engine (or
-/// a projector) is newly given may wait this long before its first records (issue
-/// 13's failover budget of 1 s).
-pub const FETCH_WAIT_MAX_MS: &str = "100";
+/// its CPU per 10 s, against 42 at 100 ms and 23-47 with no client at all) and took
+/// that CPU from the node during a sale. Not longer: librdkafka sends a partition's
+/// first fetch only after the broker's fetch in flight returns, so a partition an
+/// engine (or a projector) is newly given may wait this long before its first records
+/// (issue 13's failover budget of 1 s).
+const FETCH_WAIT_MAX_MS: &str = "100";
+
+/// [`base_config`] for a consumer that follows a topic's records (the engine, its
+/// standby copies, a gateway's follower, the projector): idle fetches paced by
+/// [`FETCH_WAIT_MAX_MS`].
+pub fn consumer_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut c = base_config(brokers, client_id);
+    c.set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
+    c
+}
 
 /// How often a client with a [`QuietContext`] reports its statistics (the broker
 /// states [`KafkaHealth`] reads).

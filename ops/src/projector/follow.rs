@@ -12,7 +12,7 @@
 //! every partition, and the offset rows they lock make all but the first copy a no-op.
 
 use super::{Projector, ProjectorConfig};
-use flashsale_runtime::kafka::{KafkaHealth, QuietContext, FETCH_WAIT_MAX_MS, STATS_INTERVAL_MS};
+use flashsale_runtime::kafka::{KafkaHealth, QuietContext, STATS_INTERVAL_MS};
 use flashsale_runtime::patience::{Quiet, QUIET_EVERY};
 use flashsale_runtime::pg::{PgError, Pool, Retry};
 use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
@@ -61,16 +61,13 @@ pub async fn run_projector(
     let health = KafkaHealth::new("the projector", config.kafka_bootstrap.clone());
     let lines = LogLimiter::new(QUIET_EVERY);
     let consumer: Arc<StreamConsumer<QuietContext>> = Arc::new(
-        flashsale_runtime::kafka::base_config(&config.kafka_bootstrap, "flashsale-projector")
+        flashsale_runtime::kafka::consumer_config(&config.kafka_bootstrap, "flashsale-projector")
             // Needed by librdkafka; never used to commit (positions live in Postgres).
             .set("group.id", "flashsale-projector")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            // An order must be in Postgres within 1 s of its 201: the broker answers as
-            // soon as its event is there; the wait only paces idle polls.
-            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
             .set("statistics.interval.ms", STATS_INTERVAL_MS)
             .create_with_context(QuietContext::new(health.clone()))
             .map_err(|e| anyhow::anyhow!("cannot create the projector's Kafka consumer: {e}"))?,
