@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::SaleView;
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What the harness configured for one SKU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
@@ -30,8 +32,9 @@ pub struct Expected {
 pub struct Ledger {
     // Hash maps: a grant is recorded on the collector's hot path (a sorted map's string
     // comparisons were 8 % of the harness's CPU); the checks sort what they report.
-    per_sku: HashMap<String, i64>,
-    per_user_sku: HashMap<(String, String), i64>,
+    // foldhash, not SipHash: the keys are the harness's own ids, not hostile input.
+    per_sku: FastMap<String, i64>,
+    per_user_sku: FastMap<(String, String), i64>,
     /// Acknowledged reservations.
     pub reservations: u64,
 }
