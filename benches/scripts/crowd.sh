@@ -22,8 +22,9 @@
 # Every report is kept in DIR as <mode>-<scenario>.json / .txt; the table at the end is
 # read from them, with the harness's own verdict (a run whose harness lagged is marked
 # "spoiled"). Exits 1 if any run found a correctness violation (oversell, a user over
-# its limit), 2 if a run could not be done. About 3 minutes per mode. Run it on an idle machine (`uptime`): the harness
-# shares the cores with the node (and the broker), so a busy box measures itself.
+# its limit), 2 if a server or a run could not be started. About 3 minutes per mode.
+# Run it on an idle machine (`uptime`): the harness shares the cores with the node (and
+# the broker), so a busy box measures itself.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODES=embedded,kafka FLASH_RUNS=2 OUT= BIN= BENCH=
@@ -82,12 +83,12 @@ start_server() { # mode, log name
 	PID=$!
 	for _ in $(seq 600); do
 		[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/ready") == 200 ]] && return 0
-		kill -0 "$PID" 2>/dev/null || { echo "crowd: the $mode server stopped:" >&2; tail -5 "$OUT/$2.log" >&2; exit 1; }
+		kill -0 "$PID" 2>/dev/null || { echo "crowd: the $mode server stopped:" >&2; tail -5 "$OUT/$2.log" >&2; exit 2; }
 		sleep 0.2
 	done
 	echo "crowd: the $mode server was not ready within 120 s:" >&2
 	tail -5 "$OUT/$2.log" >&2
-	exit 1
+	exit 2
 }
 run() { # report name, harness arguments...
 	local name=$1 rc=0
@@ -106,7 +107,7 @@ run() { # report name, harness arguments...
 	if ((rc >= 2)); then
 		echo "could not run (exit $rc):" >&2
 		tail -5 "$OUT/$name.txt" >&2
-		exit 1
+		exit 2
 	fi
 	grep -m1 '^verdict' "$OUT/$name.txt" >&2 || echo "done" >&2
 }

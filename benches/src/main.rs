@@ -1,18 +1,18 @@
 //! `flashsale-bench`: parses the command line, builds the runtime, runs, exits with
 //! 0 (clean), 1 (correctness violations) or 2 (the run could not be done).
 
-/// mimalloc, as the server uses: the harness allocates small, short-lived buffers per
-/// request (bodies, ids, samples), and glibc's malloc/free were ~6 % of its CPU at
-/// 8,000 requests/s (`perf`); the harness shares the cores with the node it measures.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 use flashsale_bench::cli::{
     compare_command, run_command, side_by_side_command, Cli, Command, EXIT_FAILED,
 };
+
+/// mimalloc, as the server uses: the harness allocates small, short-lived buffers per
+/// request (bodies, ids, samples), and glibc's malloc/free were ~6 % of its CPU at
+/// 8,000 requests/s (`perf`); the harness shares the cores with the node it measures.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
