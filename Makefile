@@ -7,8 +7,8 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-run: ## the embedded server with a demo sale on http://127.0.0.1:8080
-	cargo run --release --bin flashsale -- serve --demo
+run: ## the embedded server with a demo sale on http://127.0.0.1:8080 (flags of serve: ARGS='--admin-token s3cret')
+	cargo run --release --bin flashsale -- serve --demo $(ARGS)
 
 test: ## the whole suite: installs what is missing, starts Kafka + Postgres, tests, stops them
 	bash ops/test.sh

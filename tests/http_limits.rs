@@ -16,7 +16,7 @@
 //! Timeouts are set to 1 s by flags so the tests are quick; every wait is bounded by a
 //! generous deadline (a hang fails the test), and no test asserts how long anything took.
 
-use flashsale_ops::cli::ServeArgs;
+use flashsale_ops::config::ServeConfig;
 use flashsale_tests::kafka::{self, Proc};
 use flashsale_tests::reqwest::{Method, StatusCode};
 use flashsale_tests::serde_json::{json, Value};
@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 /// Bound on every wait for something the server must do by itself.
 const GENEROUS: Duration = Duration::from_secs(60);
 
-fn short_timeouts(a: &mut ServeArgs) {
+fn short_timeouts(a: &mut ServeConfig) {
     a.http.http_header_timeout_secs = 1;
     a.http.http_body_timeout_secs = 1;
     a.http.shutdown_drain_secs = 1;
@@ -111,7 +111,7 @@ fn assert_error_body(body: &Value, status: u16, title: &str) {
     assert!(body["path"].is_string(), "{body}");
 }
 
-async fn start(mode: Mode, tweak: impl FnOnce(&mut ServeArgs)) -> Option<TestServer> {
+async fn start(mode: Mode, tweak: impl FnOnce(&mut ServeConfig)) -> Option<TestServer> {
     TestServer::start_with(mode, tweak).await
 }
 

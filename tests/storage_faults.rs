@@ -37,7 +37,7 @@ impl Rng {
     }
 }
 
-fn args(data: &Path) -> flashsale_ops::cli::ServeArgs {
+fn args(data: &Path) -> flashsale_ops::config::ServeConfig {
     let mut a = serve_args(data.to_path_buf());
     a.partitions = PARTITIONS;
     a.ready_with_failed_partitions = true;

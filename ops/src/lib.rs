@@ -8,6 +8,7 @@
 //!   once (`flashsale projector`, and a sidecar of `serve --kafka`), and `migrate`.
 //! - [`operator`]: the operators' CLI: `replay`, `audit`, `snapshot`.
 //! - [`cli`]: the command line (one clap struct per subcommand, every flag with an env var).
+//! - [`config`]: the typed configuration of each process, built by [`cli`] or by hand.
 //!
 //! The service scripts (Kafka, Postgres, Redis on loopback), dashboards and the compose
 //! file live beside this crate in `ops/`; the plumbing every process shares is
@@ -20,6 +21,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cli;
+pub mod config;
 pub mod kafka;
 pub mod operator;
 pub mod projector;

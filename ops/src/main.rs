@@ -40,22 +40,27 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(cmd) => {
-                flashsale_ops::kafka::cli::serve_command(cmd, shutdown_signal()).await
+                flashsale_ops::kafka::cli::serve_command(cmd.into(), shutdown_signal()).await
             }
             Command::Topics(args) => flashsale_ops::kafka::cli::topics_command(args).await,
             Command::Engine(args) => {
-                flashsale_ops::kafka::cli::engine_command(args, shutdown_signal()).await
+                flashsale_ops::kafka::cli::engine_command(args.into(), shutdown_signal()).await
             }
             Command::Gateway(args) => {
-                flashsale_ops::kafka::cli::gateway_command(args, shutdown_signal()).await
+                flashsale_ops::kafka::cli::gateway_command(args.into(), shutdown_signal()).await
             }
             Command::Replay(args) => flashsale_ops::operator::replay_command(args).await,
             Command::Audit(args) => flashsale_ops::operator::audit_command(args).await,
             Command::Snapshot(args) => flashsale_ops::operator::snapshot_command(args).await,
             Command::Migrate(args) => flashsale_ops::projector::cli::migrate_command(args).await,
             Command::PartitionOf(args) => flashsale_ops::cli::partition_of_command(args),
+            Command::ConfigReference => {
+                print!("{}", flashsale_ops::cli::reference::render());
+                Ok(())
+            }
             Command::Projector(args) => {
-                flashsale_ops::projector::cli::projector_command(args, shutdown_signal()).await
+                flashsale_ops::projector::cli::projector_command(args.into(), shutdown_signal())
+                    .await
             }
         }
     });

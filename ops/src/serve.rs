@@ -4,7 +4,7 @@
 //! and each applied batch comes back through [`LocalOutput`]: events to the read
 //! model first, then replies to the requests waiting for them (read-your-writes).
 
-use crate::cli::ServeArgs;
+use crate::config::ServeConfig;
 use anyhow::Context;
 use flashsale_core::actor::{Applied, SnapshotPolicy};
 use flashsale_core::State;
@@ -27,7 +27,7 @@ pub const EMBEDDED_MAX_IN_FLIGHT: usize = 1_024;
 
 /// The embedded node's admission limits (whole node, per partition): the flags, or the
 /// embedded defaults.
-pub fn admission(args: &ServeArgs) -> (usize, usize) {
+pub fn admission(args: &ServeConfig) -> (usize, usize) {
     (
         args.max_in_flight.unwrap_or(EMBEDDED_MAX_IN_FLIGHT).max(1),
         args.max_in_flight_per_partition
@@ -104,7 +104,8 @@ pub(crate) fn random_token() -> String {
 /// Starts the embedded server: binds `args.listen` (port 0 picks one), opens the data
 /// directory, recovers in the background, serves at once (`/ready` says when the
 /// engine has caught up).
-pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+pub async fn start(args: ServeConfig) -> anyhow::Result<Running> {
+    args.validate()?;
     let admin_token = args
         .admin_token
         .clone()
@@ -202,7 +203,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
 }
 
 /// Runs the embedded server until `shutdown` resolves.
-pub async fn serve(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(args: ServeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let generated = args.admin_token.as_deref().is_none_or(str::is_empty);
     let (data_dir, partitions) = (args.data_dir.clone(), args.partitions);
     let running = start(args).await?;

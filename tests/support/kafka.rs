@@ -6,7 +6,7 @@
 //! Kafka-mode tests skip with a message, unless `FLASHSALE_REQUIRE_SERVICES=1`, which
 //! turns the skip into a failure (CI sets it, so a missing broker cannot pass as green).
 
-use flashsale_ops::cli::{EngineTuning, ReadModelSnapshotArgs, ServeArgs, ServeKafkaArgs};
+use flashsale_ops::config::{EngineGroupConfig, KafkaServeConfig, ServeConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -118,35 +118,30 @@ pub async fn fresh_postgres(url: &str, id: &str) -> anyhow::Result<String> {
 
 /// Kafka flags of a test server: fresh topics (prefix `flashsale-test-<id>.`), its own
 /// engine group, Postgres in a fresh schema.
-pub async fn serve_kafka_args(svc: &Services) -> anyhow::Result<ServeKafkaArgs> {
+pub async fn serve_kafka_args(svc: &Services) -> anyhow::Result<KafkaServeConfig> {
     let id = unique_id();
     let postgres = match &svc.postgres {
         Some(url) => Some(fresh_postgres(url, &id).await?),
         None => None,
     };
-    Ok(ServeKafkaArgs {
-        kafka: Some(svc.kafka.clone()),
-        embedded: false,
-        mode_reason: String::new(),
+    Ok(KafkaServeConfig {
         postgres,
         pg_pool_size: 4,
         topic_prefix: format!("flashsale-test-{id}."),
         replies_partitions: 2,
-        linger_ms: 1,
-        engine: EngineTuning {
+        engine: EngineGroupConfig {
             engine_group: format!("flashsale-test-{id}-engine"),
-            max_batch: 4096,
             session_timeout_ms: 1000,
             heartbeat_interval_ms: 250,
-            standby_window: 10_000,
+            ..EngineGroupConfig::default()
         },
-        readmodel: ReadModelSnapshotArgs::default(),
+        ..KafkaServeConfig::new(svc.kafka.clone())
     })
 }
 
 /// `serve --kafka` in this process, on fresh topics.
 pub async fn start_in_process(
-    args: ServeArgs,
+    args: ServeConfig,
     svc: &Services,
 ) -> anyhow::Result<flashsale_ops::Running> {
     let kafka = serve_kafka_args(svc).await?;

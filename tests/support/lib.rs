@@ -7,7 +7,7 @@
 //! them (see `make services-up`).
 
 use anyhow::Context;
-use flashsale_ops::cli::ServeArgs;
+use flashsale_ops::config::ServeConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -27,29 +27,21 @@ pub enum Mode {
     Kafka,
 }
 
-/// Serve flags as a test wants them: loopback, port 0, a fresh data dir, a known token,
-/// the per-user rate limit off (tests that check it turn it on).
-pub fn serve_args(data_dir: PathBuf) -> ServeArgs {
-    ServeArgs {
+/// A server's config as a test wants it: loopback, port 0, a fresh data dir, a known
+/// token, the per-user rate limit off (tests that check it turn it on), 4 partitions,
+/// admission and queues wide open; the rest the flags' defaults.
+pub fn serve_args(data_dir: PathBuf) -> ServeConfig {
+    ServeConfig {
         listen: "127.0.0.1:0".parse().expect("valid addr"),
         admin_token: Some(TOKEN.into()),
         data_dir,
         partitions: 4,
-        demo: false,
-        gateway_id: 0,
         reply_deadline_ms: 5000,
         max_in_flight: Some(20_000),
         max_in_flight_per_partition: Some(20_000),
         queue_depth: 16_384,
-        ready_with_failed_partitions: false,
         rate_limit_per_user: 0,
-        rate_limit_burst: 10,
-        snapshot_every_commands: 50_000,
-        snapshot_every_secs: 30,
-        keep_snapshots: 3,
-        retention_secs: flashsale_ops::cli::DEFAULT_RETENTION_SECS,
-        snapshot_reserve_mb: 64,
-        http: Default::default(),
+        ..ServeConfig::default()
     }
 }
 
@@ -90,7 +82,10 @@ pub fn client() -> reqwest::Client {
 impl TestServer {
     /// Starts a server in `mode` with `tweak` applied to the default flags. Returns
     /// `None` (after saying why) when that mode's services are not configured.
-    pub async fn start_with(mode: Mode, tweak: impl FnOnce(&mut ServeArgs)) -> Option<TestServer> {
+    pub async fn start_with(
+        mode: Mode,
+        tweak: impl FnOnce(&mut ServeConfig),
+    ) -> Option<TestServer> {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args = serve_args(dir.path().join("data"));
         tweak(&mut args);

@@ -2,7 +2,10 @@
 
 use super::topics::{self, TopicSpec};
 use super::{Extras, GatewayParams, KafkaParams};
-use crate::cli::{EngineArgs, GatewayArgs, ServeCmd, TopicsAction, TopicsArgs};
+use crate::cli::{TopicsAction, TopicsArgs};
+use crate::config::{
+    EngineConfig, GatewayConfig, KafkaServeConfig, ServeCommandConfig, ServeConfig,
+};
 use anyhow::Context;
 use flashsale_engine::actor::SnapshotPolicy;
 use flashsale_engine::kafka::EngineOptions;
@@ -101,22 +104,23 @@ fn state_place(postgres: Option<&str>, data_dir: &Path) -> String {
 }
 
 pub async fn engine_command(
-    args: EngineArgs,
+    args: EngineConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    args.validate()?;
     tracing::info!(
         "engine, Kafka mode; brokers {}, topics {}*, {}",
-        args.kafka.kafka,
-        args.kafka.topic_prefix,
-        state_place(args.pg.postgres.as_deref(), &args.data_dir)
+        args.kafka,
+        args.topic_prefix,
+        state_place(args.postgres.as_deref(), &args.data_dir)
     );
-    let store = match &args.pg.postgres {
-        Some(url) => super::postgres::snapshot_store(url, args.pg.pg_pool_size).await?,
+    let store = match &args.postgres {
+        Some(url) => super::postgres::snapshot_store(url, args.pg_pool_size).await?,
         None => file_store(&args.data_dir)?,
     };
     let opts = EngineOptions {
-        brokers: args.kafka.kafka.clone(),
-        topics: Topics::with_prefix(&args.kafka.topic_prefix),
+        brokers: args.kafka.clone(),
+        topics: Topics::with_prefix(&args.topic_prefix),
         group_id: args.engine.engine_group.clone(),
         snapshot: snapshot_policy(
             args.snapshot_every_commands,
@@ -126,10 +130,7 @@ pub async fn engine_command(
         keep_snapshots: args.keep_snapshots.max(1),
         max_batch: args.engine.max_batch,
         session_timeout_ms: args.engine.session_timeout_ms,
-        heartbeat_interval_ms: args
-            .engine
-            .heartbeat_interval_ms
-            .min(args.engine.session_timeout_ms / 3),
+        heartbeat_interval_ms: args.engine.heartbeat_ms(),
         standby_window: args.engine.standby_window as usize,
         linger_ms: args.linger_ms,
     };
@@ -137,15 +138,15 @@ pub async fn engine_command(
 }
 
 pub async fn gateway_command(
-    args: GatewayArgs,
+    args: GatewayConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    args.validate()?;
     tracing::info!(
         "gateway, Kafka mode; brokers {}, topics {}*, orders {}",
-        args.kafka.kafka,
-        args.kafka.topic_prefix,
+        args.kafka,
+        args.topic_prefix,
         match args
-            .pg
             .postgres
             .as_deref()
             .map(flashsale_runtime::pg::parse_url)
@@ -169,16 +170,16 @@ pub async fn gateway_command(
         http: args.http.clone(),
     };
     let k = KafkaParams {
-        brokers: args.kafka.kafka.clone(),
-        topics: Topics::with_prefix(&args.kafka.topic_prefix),
+        brokers: args.kafka.clone(),
+        topics: Topics::with_prefix(&args.topic_prefix),
         linger_ms: args.linger_ms,
     };
     let mut extras = Extras::default();
-    if let Some(url) = &args.pg.postgres {
-        extras.orders = Some(super::postgres::order_source(url, args.pg.pg_pool_size).await?);
+    if let Some(url) = &args.postgres {
+        extras.orders = Some(super::postgres::order_source(url, args.pg_pool_size).await?);
     }
     extras.readmodel_snapshots = Some((
-        readmodel_place(args.pg.postgres.as_deref(), &args.data_dir).await?,
+        readmodel_place(args.postgres.as_deref(), &args.data_dir).await?,
         args.readmodel.policy(),
     ));
     super::serve(gw, k, extras, "gateway", shutdown).await
@@ -187,29 +188,34 @@ pub async fn gateway_command(
 /// `serve`: embedded without `--kafka`, else engine + gateway (+ projector with
 /// `--postgres`) in one process.
 pub async fn serve_command(
-    cmd: ServeCmd,
+    cmd: ServeCommandConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let ServeCmd { args, kafka } = cmd;
-    let reason = if kafka.mode_reason.is_empty() {
-        if kafka.kafka.is_some() {
+    cmd.validate()?;
+    let ServeCommandConfig {
+        node: args,
+        kafka,
+        mode_reason,
+    } = cmd;
+    let reason = if mode_reason.is_empty() {
+        if kafka.is_some() {
             "Kafka mode"
         } else {
             "embedded mode"
         }
     } else {
-        kafka.mode_reason.as_str()
+        mode_reason.as_str()
     };
-    if kafka.kafka.is_none() {
+    let Some(kafka) = kafka else {
         tracing::info!(
             "{reason}; command log and snapshots in {}",
             args.data_dir.display()
         );
         return crate::serve::serve(args, shutdown).await;
-    }
+    };
     tracing::info!(
         "{reason}; brokers {}, topics {}*, {}",
-        kafka.kafka.as_deref().unwrap_or(""),
+        kafka.kafka,
         kafka.topic_prefix,
         state_place(kafka.postgres.as_deref(), &args.data_dir)
     );
@@ -220,13 +226,12 @@ pub async fn serve_command(
 
 /// The pieces of `serve --kafka` (tests start them in-process with [`node::start`]).
 pub async fn serve_parts(
-    args: &crate::cli::ServeArgs,
-    kafka: &crate::cli::ServeKafkaArgs,
+    args: &ServeConfig,
+    kafka: &KafkaServeConfig,
 ) -> anyhow::Result<(GatewayParams, KafkaParams, Extras)> {
-    let brokers = kafka
-        .kafka
-        .clone()
-        .context("serve in Kafka mode needs --kafka")?;
+    args.validate()?;
+    kafka.validate()?;
+    let brokers = kafka.kafka.clone();
     let topics = Topics::with_prefix(&kafka.topic_prefix);
     let store = match &kafka.postgres {
         Some(url) => super::postgres::snapshot_store(url, kafka.pg_pool_size).await?,
@@ -244,10 +249,7 @@ pub async fn serve_parts(
         keep_snapshots: args.keep_snapshots.max(1),
         max_batch: kafka.engine.max_batch,
         session_timeout_ms: kafka.engine.session_timeout_ms,
-        heartbeat_interval_ms: kafka
-            .engine
-            .heartbeat_interval_ms
-            .min(kafka.engine.session_timeout_ms / 3),
+        heartbeat_interval_ms: kafka.engine.heartbeat_ms(),
         standby_window: kafka.engine.standby_window as usize,
         // Its records are whole applied batches: lingering would only add latency
         // (`--linger-ms` is the gateway's command producer).

@@ -52,7 +52,7 @@ pub struct GatewayParams {
     pub rate_limit_burst: u32,
     pub demo: bool,
     /// Timeouts, connection limit and drain of the HTTP server.
-    pub http: crate::cli::HttpArgs,
+    pub http: crate::config::HttpConfig,
 }
 
 /// `serve --kafka`'s admission defaults (the `gateway` command's, too): a command takes
@@ -60,8 +60,8 @@ pub struct GatewayParams {
 pub const KAFKA_MAX_IN_FLIGHT: usize = 4_096;
 pub const KAFKA_MAX_IN_FLIGHT_PER_PARTITION: usize = 1_024;
 
-impl From<&crate::cli::ServeArgs> for GatewayParams {
-    fn from(a: &crate::cli::ServeArgs) -> Self {
+impl From<&crate::config::ServeConfig> for GatewayParams {
+    fn from(a: &crate::config::ServeConfig) -> Self {
         GatewayParams {
             listen: a.listen,
             admin_token: a.admin_token.clone(),

@@ -1,7 +1,8 @@
 //! `flashsale migrate` and `flashsale projector`.
 
 use super::{run_projector, ProjectorConfig};
-use crate::cli::{MigrateArgs, ProjectorArgs};
+use crate::cli::MigrateArgs;
+use crate::config::ProjectorCmdConfig;
 use flashsale_runtime::pg::{connect_checked, migrate, Retry, Wait, MIGRATIONS};
 use std::future::Future;
 
@@ -36,10 +37,11 @@ pub async fn migrate_command(args: MigrateArgs) -> anyhow::Result<()> {
 /// `flashsale projector --kafka B --postgres URL`: migrates (waiting for Postgres if it
 /// is not up yet), then follows the events topic until `shutdown`.
 pub async fn projector_command(
-    args: ProjectorArgs,
+    args: ProjectorCmdConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    if let Ok((_, target)) = flashsale_runtime::pg::parse_url(&args.pg.postgres) {
+    args.validate()?;
+    if let Ok((_, target)) = flashsale_runtime::pg::parse_url(&args.postgres) {
         tracing::info!(
             "projector, Kafka mode; events from {}events at {}, orders into {target}",
             args.topic_prefix,
@@ -49,7 +51,7 @@ pub async fn projector_command(
     let mut shutdown = std::pin::pin!(shutdown);
     let pool = tokio::select! {
         _ = &mut shutdown => return Ok(()),
-        p = connect_checked(&args.pg.postgres, args.pg.pg_pool_size, Wait::Forever) => p?,
+        p = connect_checked(&args.postgres, args.pg_pool_size, Wait::Forever) => p?,
     };
     tokio::select! {
         _ = &mut shutdown => return Ok(()),

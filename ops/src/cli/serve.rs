@@ -1,0 +1,335 @@
+//! The flags of `serve` (both modes): the HTTP node, the embedded log, `--kafka` and
+//! what it adds, and their conversion into [`crate::config`].
+
+use super::{H_ADMISSION, H_SERVER, H_SERVE_KAFKA, H_SNAPSHOTS};
+use crate::config::{
+    EngineGroupConfig, HttpConfig, KafkaServeConfig, ReadModelSnapshotConfig, ServeCommandConfig,
+    ServeConfig,
+};
+pub use crate::config::{DEFAULT_RETENTION_SECS, MAX_RETENTION_SECS};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// `serve`'s own flags: the HTTP node and, embedded, the log and snapshots.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address for the HTTP API.
+    #[arg(long, env = "FLASHSALE_LISTEN", default_value = "127.0.0.1:8080", help_heading = H_SERVER)]
+    pub listen: SocketAddr,
+    /// Bearer token for /api/v1/admin/*. Without one, a random token is generated and printed at start.
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true, help_heading = H_SERVER)]
+    pub admin_token: Option<String>,
+    /// Directory for the command log and snapshots (embedded mode). Created if missing.
+    #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data", help_heading = H_SERVER)]
+    pub data_dir: PathBuf,
+    /// Number of partitions (engine actors). Fixed for the life of a data directory.
+    #[arg(long, env = "FLASHSALE_PARTITIONS", default_value_t = 8, help_heading = H_SERVER)]
+    pub partitions: u32,
+    /// Create a demo sale of a few products opening now (only when no products exist yet).
+    #[arg(long, env = "FLASHSALE_DEMO", help_heading = H_SERVER)]
+    pub demo: bool,
+    /// This gateway's id: the partition of the replies topic it reads.
+    #[arg(long, env = "FLASHSALE_GATEWAY_ID", default_value_t = 0, help_heading = H_SERVER)]
+    pub gateway_id: u32,
+    /// How long a request waits for the engine's reply before answering 503.
+    #[arg(long, env = "FLASHSALE_REPLY_DEADLINE_MS", default_value_t = 2000, help_heading = H_ADMISSION)]
+    pub reply_deadline_ms: u64,
+    /// Admission: most commands awaiting a reply at once, all partitions together;
+    /// past it, 503 + Retry-After at once, nothing done. Sized from the latency target,
+    /// not from memory [default: 1024 embedded (8 partitions × 128), 4096 with --kafka].
+    /// A deeper queue only makes every buyer wait longer.
+    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", help_heading = H_ADMISSION)]
+    pub max_in_flight: Option<usize>,
+    /// Admission per partition: most commands of one partition awaiting a reply; past
+    /// it, 503 + Retry-After at once. One hot SKU cannot take the whole node's budget
+    /// from the other products of the sale. Sized from the latency target by
+    /// measurement (docs/performance.md, "The 10:00 crowd") [default: 128 embedded, 1024 with
+    /// --kafka]. Embedded, one partition answers 10,000–16,000 holds/s on 2 cores, so
+    /// 128 waiting commands are ~10 ms of queue; at twice the node's capacity 128 kept
+    /// the admitted p99 near 100 ms where 1,024 let it reach 0.4–0.9 s. With --kafka a
+    /// command takes four broker hops (~10 ms under load), so the same rate needs ~8×
+    /// the commands in flight: 128 there turned most of a 10,000/s flash crowd away.
+    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT_PER_PARTITION", help_heading = H_ADMISSION)]
+    pub max_in_flight_per_partition: Option<usize>,
+    /// Commands queued per partition in the embedded log's writer before new ones get
+    /// 503 (a backstop behind --max-in-flight-per-partition; the writer commits up to
+    /// 4,096 records per fsync).
+    #[arg(long, env = "FLASHSALE_QUEUE_DEPTH", default_value_t = 4_096, help_heading = H_ADMISSION)]
+    pub queue_depth: usize,
+    /// Report ready (`/ready` 200) while some partitions failed recovery and stay down
+    /// (the others serve either way, and `/ready` names the failed ones). Off: a node
+    /// with a failed partition answers `/ready` 503, so a load balancer skips it.
+    #[arg(
+        long,
+        env = "FLASHSALE_READY_WITH_FAILED_PARTITIONS",
+        default_value_t = false, help_heading = H_SERVER)]
+    pub ready_with_failed_partitions: bool,
+    /// Reservation attempts per second per userId (0 turns the limit off).
+    #[arg(long, env = "FLASHSALE_RATE_LIMIT_PER_USER", default_value_t = 5, help_heading = H_ADMISSION)]
+    pub rate_limit_per_user: u32,
+    /// Burst of reservation attempts allowed per userId.
+    #[arg(long, env = "FLASHSALE_RATE_LIMIT_BURST", default_value_t = 10, help_heading = H_ADMISSION)]
+    pub rate_limit_burst: u32,
+    /// Snapshot a partition after this many commands...
+    #[arg(
+        long,
+        env = "FLASHSALE_SNAPSHOT_EVERY_COMMANDS",
+        default_value_t = 50_000, help_heading = H_SNAPSHOTS)]
+    pub snapshot_every_commands: u64,
+    /// ...or after this many seconds of log time, whichever comes first.
+    #[arg(long, env = "FLASHSALE_SNAPSHOT_EVERY_SECS", default_value_t = 30, help_heading = H_SNAPSHOTS)]
+    pub snapshot_every_secs: u64,
+    /// Snapshots kept per partition.
+    #[arg(long, env = "FLASHSALE_KEEP_SNAPSHOTS", default_value_t = 3, help_heading = H_SNAPSHOTS)]
+    pub keep_snapshots: usize,
+    /// Seconds of log time that expired and cancelled reservations (and idempotency
+    /// keys) are remembered after they end (a cancelled hold at least until its
+    /// expiresAt); then they are pruned from the engine's state, its snapshots and the
+    /// read model, and a GET answers 404 as for an unknown id. Orders are never
+    /// pruned. 1-2592000 (30 days).
+    #[arg(long, env = "FLASHSALE_RETENTION_SECS", default_value_t = DEFAULT_RETENTION_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_RETENTION_SECS), help_heading = H_SNAPSHOTS)]
+    pub retention_secs: u64,
+    /// Free space (MiB) a snapshot must leave on the data directory's file system for
+    /// the command log; a snapshot that would leave less is skipped (with a warning and
+    /// the `flashsale_snapshots_skipped_total` metric) and tried again later.
+    #[arg(long, env = "FLASHSALE_SNAPSHOT_RESERVE_MB", default_value_t = 64, help_heading = H_SNAPSHOTS)]
+    pub snapshot_reserve_mb: u64,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// The HTTP server's timeouts and limits: the same flags on `serve` (both modes) and
+/// `gateway`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP timeouts and limits")]
+pub struct HttpArgs {
+    /// Seconds a client has to send a complete request head (request line and
+    /// headers), counted from when its connection opens and again from the end of each
+    /// response. A silent, half-sent or idle keep-alive connection is closed when it
+    /// runs out, so it cannot hold a connection slot: this is also the idle keep-alive
+    /// timeout (hyper times both with one clock).
+    #[arg(long, env = "FLASHSALE_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a request body may stall (no bytes arriving) before the request is
+    /// answered 408 Request Timeout and its connection closed.
+    #[arg(long, env = "FLASHSALE_HTTP_BODY_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_body_timeout_secs: u64,
+    /// Most HTTP connections open at once. A connection past it is answered at once
+    /// with 503 + Retry-After (the API's error body) and closed, never left waiting.
+    /// Keep it below the process's open-file limit (`ulimit -n`), with room for the
+    /// log, snapshot and Kafka files.
+    #[arg(long, env = "FLASHSALE_HTTP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections: u64,
+    /// On SIGTERM, how long requests in flight may take to finish before their
+    /// connections are closed; then the final snapshots are written and the process
+    /// exits 0.
+    #[arg(long, env = "FLASHSALE_SHUTDOWN_DRAIN_SECS", default_value_t = 10)]
+    pub shutdown_drain_secs: u64,
+}
+
+impl From<HttpArgs> for HttpConfig {
+    fn from(a: HttpArgs) -> Self {
+        HttpConfig {
+            http_header_timeout_secs: a.http_header_timeout_secs,
+            http_body_timeout_secs: a.http_body_timeout_secs,
+            http_max_connections: a.http_max_connections,
+            shutdown_drain_secs: a.shutdown_drain_secs,
+        }
+    }
+}
+
+/// `serve`: the embedded server, or with `--kafka` engine + gateway + projector in one
+/// process against Kafka (and Postgres).
+#[derive(Debug, Clone, Args)]
+pub struct ServeCmd {
+    #[command(flatten)]
+    pub args: ServeArgs,
+    #[command(flatten)]
+    pub kafka: ServeKafkaArgs,
+}
+
+/// Kafka mode of `serve`. Without `--kafka`, serve runs embedded.
+#[derive(Debug, Clone, Args)]
+pub struct ServeKafkaArgs {
+    /// Kafka bootstrap servers, host:port[,host:port]. Set: Kafka mode (missing topics are created with --partitions).
+    #[arg(long, env = "FLASHSALE_KAFKA", value_parser = flashsale_runtime::kafka::bootstrap_arg, help_heading = H_SERVE_KAFKA)]
+    pub kafka: Option<String>,
+    /// Run embedded (log and snapshots in --data-dir) even when FLASHSALE_KAFKA or
+    /// FLASHSALE_POSTGRES are set in the environment, e.g. by `.services.env`.
+    #[arg(long, env = "FLASHSALE_EMBEDDED", help_heading = H_SERVE_KAFKA)]
+    pub embedded: bool,
+    /// Why this mode was chosen (set by [`Cli::resolve`]; not a flag).
+    #[arg(skip)]
+    pub mode_reason: String,
+    /// Postgres URL (Kafka mode): snapshots, and orders written by the projector. Without it, snapshots go to --data-dir and orders are served from memory.
+    #[arg(
+        long,
+        env = "FLASHSALE_POSTGRES",
+        hide_env_values = true,
+        requires = "kafka", help_heading = H_SERVE_KAFKA)]
+    pub postgres: Option<String>,
+    /// Most connections this process opens to Postgres.
+    #[arg(long, env = "FLASHSALE_PG_POOL_SIZE", default_value_t = 8, help_heading = H_SERVE_KAFKA)]
+    pub pg_pool_size: usize,
+    /// Prefix of the topic names (<prefix>commands, <prefix>events, <prefix>replies).
+    #[arg(
+        long = "topic-prefix",
+        visible_alias = "prefix",
+        env = "FLASHSALE_TOPIC_PREFIX",
+        default_value = "flashsale.", help_heading = H_SERVE_KAFKA)]
+    pub topic_prefix: String,
+    /// Partitions of the replies topic when serve creates it (gateway ids 0..N-1).
+    #[arg(long, env = "FLASHSALE_REPLIES_PARTITIONS", default_value_t = 4, help_heading = H_SERVE_KAFKA)]
+    pub replies_partitions: u32,
+    /// Linger of the gateway's command producer in ms: commands are batched into one
+    /// produce request for at most this long. 1 measured best on a 2-core box (side by
+    /// side at 64 connections: 0 costs ~40 % more CPU per hold in produce requests, 2
+    /// adds ~1 ms to an idle request). The engine's producer
+    /// does not linger: each of its records is a whole applied batch already.
+    /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
+    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 1, help_heading = H_SERVE_KAFKA)]
+    pub linger_ms: u32,
+    #[command(flatten)]
+    pub engine: EngineTuning,
+    #[command(flatten)]
+    pub readmodel: ReadModelSnapshotArgs,
+}
+
+/// When a Kafka-mode gateway snapshots its read model (to Postgres with --postgres,
+/// else to files under --data-dir/readmodel), so that it, or any gateway of the same
+/// topics, starts from the newest snapshot instead of replaying the whole events topic.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Read-model snapshots (Kafka mode)")]
+pub struct ReadModelSnapshotArgs {
+    /// Snapshot the read model after this many event records applied... (0: never by
+    /// count). Written in the background; the events follow never waits for it.
+    #[arg(
+        long,
+        env = "FLASHSALE_READMODEL_SNAPSHOT_EVERY_EVENTS",
+        default_value_t = 100_000
+    )]
+    pub readmodel_snapshot_every_events: u64,
+    /// ...or after this many seconds with at least one event applied (0: never by
+    /// time). Both 0: this gateway writes no snapshots (it still starts from one).
+    #[arg(
+        long,
+        env = "FLASHSALE_READMODEL_SNAPSHOT_EVERY_SECS",
+        default_value_t = 60
+    )]
+    pub readmodel_snapshot_every_secs: u64,
+}
+
+impl From<ReadModelSnapshotArgs> for ReadModelSnapshotConfig {
+    fn from(a: ReadModelSnapshotArgs) -> Self {
+        ReadModelSnapshotConfig {
+            readmodel_snapshot_every_events: a.readmodel_snapshot_every_events,
+            readmodel_snapshot_every_secs: a.readmodel_snapshot_every_secs,
+        }
+    }
+}
+
+/// The engine's consumer-group settings.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Engine group (Kafka mode)")]
+pub struct EngineTuning {
+    /// Consumer group shared by the engines of one deployment.
+    #[arg(
+        long,
+        env = "FLASHSALE_ENGINE_GROUP",
+        default_value = "flashsale-engine"
+    )]
+    pub engine_group: String,
+    /// Most command records applied as one batch.
+    #[arg(long, env = "FLASHSALE_MAX_BATCH", default_value_t = 4096)]
+    pub max_batch: usize,
+    /// Group session in ms: an engine silent this long (killed, paused, cut off) is
+    /// declared dead and its partitions move to the others. Short, for a fast
+    /// failover: a kill -9 costs the dead engine's SKUs about this plus ~100 ms
+    /// (measured: 600 → worst window 0.7 s, 1000 → 1.3 s; docs/performance.md). The
+    /// heartbeat thread is librdkafka's own, so a busy engine still heartbeats; raise
+    /// it on a machine whose processes stall for longer. The broker's
+    /// `group.min.session.timeout.ms` must allow it (ops/kafka/start.sh sets 500).
+    #[arg(long, env = "FLASHSALE_SESSION_TIMEOUT_MS", default_value_t = 600,
+          value_parser = clap::value_parser!(u32).range(500..=300_000))]
+    pub session_timeout_ms: u32,
+    /// Heartbeat to the group every this many ms (at most a third of the session).
+    #[arg(long, env = "FLASHSALE_HEARTBEAT_INTERVAL_MS", default_value_t = 150,
+          value_parser = clap::value_parser!(u32).range(50..=100_000))]
+    pub heartbeat_interval_ms: u32,
+    /// Standby copies: each engine follows the commands of the partitions it does not
+    /// own and keeps their state warm, so a takeover is a catch-up of a few records
+    /// instead of a snapshot load and replay. The value is how many of the latest
+    /// records' outputs each copy keeps (re-produced at a takeover from the committed
+    /// offset on; it must exceed what a partition takes between two commits of its
+    /// owner, ~100 ms of load, or a takeover falls back to the snapshot). Cost: one
+    /// partition state per partition not owned (the same memory as its owner's) plus
+    /// those outputs (a few hundred bytes a record: a few MB a partition at 10,000), and
+    /// applying every partition's commands once more. 0: no standby copies (a takeover
+    /// loads the newest snapshot and replays).
+    #[arg(long, env = "FLASHSALE_STANDBY_WINDOW", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub standby_window: u64,
+}
+
+impl From<EngineTuning> for EngineGroupConfig {
+    fn from(a: EngineTuning) -> Self {
+        EngineGroupConfig {
+            engine_group: a.engine_group,
+            max_batch: a.max_batch,
+            session_timeout_ms: a.session_timeout_ms,
+            heartbeat_interval_ms: a.heartbeat_interval_ms,
+            standby_window: a.standby_window,
+        }
+    }
+}
+
+impl From<ServeArgs> for ServeConfig {
+    fn from(a: ServeArgs) -> Self {
+        ServeConfig {
+            listen: a.listen,
+            admin_token: a.admin_token,
+            data_dir: a.data_dir,
+            partitions: a.partitions,
+            demo: a.demo,
+            gateway_id: a.gateway_id,
+            reply_deadline_ms: a.reply_deadline_ms,
+            max_in_flight: a.max_in_flight,
+            max_in_flight_per_partition: a.max_in_flight_per_partition,
+            queue_depth: a.queue_depth,
+            ready_with_failed_partitions: a.ready_with_failed_partitions,
+            rate_limit_per_user: a.rate_limit_per_user,
+            rate_limit_burst: a.rate_limit_burst,
+            snapshot_every_commands: a.snapshot_every_commands,
+            snapshot_every_secs: a.snapshot_every_secs,
+            keep_snapshots: a.keep_snapshots,
+            retention_secs: a.retention_secs,
+            snapshot_reserve_mb: a.snapshot_reserve_mb,
+            http: a.http.into(),
+        }
+    }
+}
+
+impl From<ServeCmd> for ServeCommandConfig {
+    /// Kafka mode when `--kafka` (or FLASHSALE_KAFKA) is left after
+    /// [`super::Cli::resolve`].
+    fn from(cmd: ServeCmd) -> Self {
+        let ServeCmd { args, kafka: k } = cmd;
+        let kafka = k.kafka.map(|brokers| KafkaServeConfig {
+            kafka: brokers,
+            postgres: k.postgres,
+            pg_pool_size: k.pg_pool_size,
+            topic_prefix: k.topic_prefix,
+            replies_partitions: k.replies_partitions,
+            linger_ms: k.linger_ms,
+            engine: k.engine.into(),
+            readmodel: k.readmodel.into(),
+        });
+        ServeCommandConfig {
+            node: args.into(),
+            kafka,
+            mode_reason: k.mode_reason,
+        }
+    }
+}
