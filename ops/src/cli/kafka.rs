@@ -108,8 +108,6 @@ pub enum TopicsAction {
 
 #[derive(Debug, Clone, Args)]
 pub struct TopicsCreateArgs {
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
     /// Partitions of commands and events: the number of engine actors. Fixed for the life of the topics.
     #[arg(long, env = "FLASHSALE_PARTITIONS", default_value_t = 8)]
     pub partitions: u32,
@@ -125,6 +123,9 @@ pub struct TopicsCreateArgs {
     /// Print the result as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    // Last: its help heading ("Kafka") applies to what follows it.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 #[derive(Debug, Clone, Args)]

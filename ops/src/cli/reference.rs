@@ -50,7 +50,7 @@ fn section(out: &mut String, path: &str, cmd: &clap::Command, global: &[String])
         .filter(|a| !a.is_hide_set())
         .collect();
     if !own.is_empty() || cmd.get_subcommands().next().is_none() {
-        let _ = writeln!(out, "\n## `{path}`\n");
+        let _ = writeln!(out, "## `{path}`\n");
         if let Some(about) = cmd.get_about() {
             let _ = writeln!(out, "{}\n", one_line(&about.to_string()));
         }
@@ -113,12 +113,14 @@ fn table<'a>(out: &mut String, args: impl Iterator<Item = &'a Arg>) {
     out.push('\n');
 }
 
-/// A help text on one table line: paragraphs joined, `|` escaped.
+/// A help text on one table line: paragraphs joined, `|`, `<` and `>` escaped.
 fn one_line(text: &str) -> String {
     text.split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
         .replace('|', "\\|")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 const HEADER: &str = "# Configuration reference
