@@ -1,21 +1,61 @@
 //! The embedded command log: one append-only file per partition, with offsets and log
 //! time, synced to disk before anything is applied (and so before any reply).
 //!
-//! Record layout (little endian): `len: u32` (payload bytes), `crc: u32` (CRC-32 of the
-//! 16 header bytes that follow and the payload), `offset: u64`, `log_time_ms: u64`,
-//! `payload`. Opening a log scans it and checks every record. A bad record with no
-//! valid record anywhere after it is a torn tail (the last batch, interrupted by a
-//! crash: never synced, so never acknowledged): it is copied aside to
-//! `pNNN.log.torn-<byte position>` and cut. A bad record followed by valid data is
-//! corruption: [`LogError::Corrupt`], nothing is cut, and the partition stays down
-//! until an operator decides (README, "Storage faults").
+//! Record layout, version 2 (little endian; what this version writes):
 //!
-//! Recovery past damage: every record carries its offset and a checksum over offset,
-//! time and payload, so a reader can resynchronise after a bad stretch: the first byte
-//! position after it where a record passes its checksum, with an offset that fits
-//! (at least the missing one, at most one per 24 bytes skipped), starts the valid rest
-//! of the log. Those offsets, and only those, are trusted after the damage. When a
-//! valid snapshot covers every offset the damage made unreadable
+//! | bytes | field |
+//! |---|---|
+//! | 4 | `tag_len`: payload length (at most [`MAX_RECORD_BYTES`]) with the format version (2) in the top byte |
+//! | 4 | `body_crc`: CRC-32 of the payload |
+//! | 8 | `offset` |
+//! | 8 | `log_time_ms` |
+//! | 4 | `head_crc`: CRC-32 of the 24 header bytes before it |
+//! | n | payload |
+//! | 4 | trailer: the payload length again |
+//! | 4 | trailer: CRC-32 of that length and the offset |
+//!
+//! Version 1 (written before; still read, and appended to in version 2): `len: u32`
+//! (top byte 0), `crc: u32` (of offset, time and payload), `offset: u64`,
+//! `log_time_ms: u64`, payload. The top byte of the first word tells them apart.
+//!
+//! Opening a log scans it and checks every record. The question at the tail is
+//! whether a bad last record was ever acknowledged: a batch is acknowledged only after
+//! `fdatasync` returned, so an acknowledged record is on disk in full, while a write
+//! interrupted by a crash leaves the file short of the record's end. Version 2 records
+//! carry their length twice, each copy protected by its own checksum (the header's
+//! and the trailer's), so one damaged stretch cannot hide how long the record is:
+//!
+//! - **Torn tail** — neither copy shows the last record complete (a valid header
+//!   whose record runs past the end of the file, or no valid header and no valid
+//!   trailer at the distance its length says): never synced, never acknowledged. It
+//!   is copied aside to `pNNN.log.torn-<byte position>` and cut.
+//! - **Damaged last record** — the record is on disk in full but fails a check (a
+//!   flipped byte, a bad sector): it may have been acknowledged, so it is never cut.
+//!   It is damage like any other: [`LogError::Corrupt`], the partition stays down
+//!   unless a snapshot covers it (below).
+//! - A bad record followed by valid data is corruption: [`LogError::Corrupt`].
+//!
+//! Why this and not a separate record of the durable offset: that record would need a
+//! second `fdatasync` per group commit (halving the commit rate on most disks) or
+//! would lag one batch behind, leaving the newest batch, the one at risk, unprotected.
+//! The length copies cost 12 bytes per record in the same write and sync.
+//!
+//! Version-1 records have one unprotected length: a bad last version-1 record counts
+//! as complete (damage) when that length fits in the file and its offset field is the
+//! expected one; a flip in its length field still reads as a torn tail. Logs written
+//! since version 2 do not have that gap from their first new record on. Downgrading to
+//! a binary that predates version 2 is not supported: it would read version-2
+//! records as a torn tail.
+//!
+//! Lost writes (a log shorter than its newest snapshot, a deleted log file) cannot be
+//! seen in the log itself; recovery ([`crate::recovery`]) checks for them.
+//!
+//! Recovery past damage: every record carries its offset and checksums over all its
+//! bytes, so a reader can resynchronise after a bad stretch: the first byte position
+//! after it where a record passes its checks, with an offset that fits (at least the
+//! missing one, at most one per 24 bytes skipped), starts the valid rest of the log.
+//! Those offsets, and only those, are trusted after the damage. When a valid snapshot
+//! covers every offset the damage made unreadable
 //! ([`PartitionLog::open_past_damage`]), the partition is rebuilt from that snapshot
 //! and the records after it; the damaged file is never modified (the bad bytes are
 //! also copied to `pNNN.log.damaged-<byte position>`), and reads below the first
@@ -28,7 +68,18 @@ use std::path::{Path, PathBuf};
 
 /// Largest payload accepted in one record (a command is far smaller).
 pub const MAX_RECORD_BYTES: u32 = 1 << 20;
-const HEADER: usize = 24;
+/// Header of a version-1 record, and the smallest record of either version.
+const V1_HEADER: usize = 24;
+/// Header of a version-2 record.
+const V2_HEADER: usize = 28;
+/// Trailer of a version-2 record.
+const TRAILER: usize = 8;
+/// The format version in the top byte of a version-2 record's first word.
+const V2_TAG: u32 = 2 << 24;
+/// Mask of the length in a record's first word.
+const LEN_MASK: u32 = 0x00FF_FFFF;
+/// Bytes a version-2 record adds to its payload.
+pub const RECORD_OVERHEAD: usize = V2_HEADER + TRAILER;
 
 pub use flashsale_core::LogRecord;
 
@@ -44,7 +95,7 @@ pub enum LogError {
     },
     #[error("record of {0} bytes is over the {MAX_RECORD_BYTES} byte limit")]
     TooLarge(usize),
-    #[error("partition {partition}'s log {path} is corrupt at byte {position} (record offset {offset}): {reason}, and valid records follow it, so this is not a torn tail; nothing was cut. Diagnose with `flashsale replay --partition {partition}` and `flashsale snapshot verify --partition {partition}`; to recover, see the README's \"Storage faults\" section")]
+    #[error("partition {partition}'s log {path} is corrupt at byte {position} (record offset {offset}): {reason}, and {evidence}, so this is not a torn tail; nothing was cut. Diagnose with `flashsale snapshot verify --partition {partition}` and `flashsale audit`; to recover, see docs/operations.md, \"Storage damage and recovery\"")]
     Corrupt {
         partition: u32,
         path: PathBuf,
@@ -53,6 +104,9 @@ pub enum LogError {
         /// Its byte position in the file.
         position: u64,
         reason: &'static str,
+        /// Why it is not a torn tail: valid records follow it, or it is the last
+        /// record and is on disk in full.
+        evidence: &'static str,
         /// The first valid record after the damage (offset), if the reader could
         /// resynchronise: records `offset..resume_offset` are unreadable.
         resume_offset: Option<u64>,
@@ -246,32 +300,56 @@ impl PartitionLog {
             let expected = positions.len() as u64;
             let (reason, ahead) = match read_record(&mut reader).map_err(io_err)? {
                 Read::End => break,
-                Read::Record(rec) if rec.offset == expected => {
+                Read::Record(rec, size) if rec.offset == expected => {
                     positions.push(pos);
                     last_time = rec.log_time;
-                    pos += (HEADER + rec.payload.len()) as u64;
+                    pos += size as u64;
                     continue;
                 }
                 // A valid record whose offset is ahead: records are missing before
                 // it (a stretch cut out on record boundaries), and it is itself the
                 // first one after the gap.
-                Read::Record(rec) if rec.offset > expected => ("records missing", Some(rec.offset)),
-                Read::Record(_) => ("record out of sequence", None),
+                Read::Record(rec, _) if rec.offset > expected => {
+                    ("records missing", Some(rec.offset))
+                }
+                Read::Record(..) => ("record out of sequence", None),
                 Read::Bad(reason) => (reason, None),
             };
-            let found = match ahead {
-                Some(offset) => Some((0, offset)),
+            let (found, evidence) = match ahead {
+                Some(offset) => (Some((0, offset)), FOLLOWED),
                 None => {
                     // Torn tail or corruption? Look for a valid record after the bad one.
                     let mut tail = Vec::with_capacity((len - pos) as usize);
                     let mut f = file.try_clone().map_err(io_err)?;
                     f.seek(SeekFrom::Start(pos)).map_err(io_err)?;
                     f.read_to_end(&mut tail).map_err(io_err)?;
-                    first_valid_record(&tail, expected)
+                    match first_valid_record(&tail, expected) {
+                        Some(found) => (Some(found), FOLLOWED),
+                        // Nothing valid after it: the last record. Was it written in
+                        // full (so maybe acknowledged)?
+                        None => match complete_record_len(&tail, expected) {
+                            None => break, // no: a torn tail
+                            // Exactly the rest of the file: the log resumes after it.
+                            Some(n) if n == tail.len() => {
+                                (Some((n as u64, expected + 1)), COMPLETE)
+                            }
+                            // A complete record and more bad bytes after it: how many
+                            // offsets they held is unknown.
+                            Some(_) => (None, COMPLETE),
+                        },
+                    }
                 }
             };
             let Some((skip, resume_offset)) = found else {
-                break; // nothing valid after it: a torn tail
+                return Err(LogError::Corrupt {
+                    partition,
+                    path,
+                    offset: expected,
+                    position: pos,
+                    reason,
+                    evidence,
+                    resume_offset: None,
+                });
             };
             if covered.is_none_or(|n| resume_offset > n) {
                 return Err(LogError::Corrupt {
@@ -280,6 +358,7 @@ impl PartitionLog {
                     offset: expected,
                     position: pos,
                     reason,
+                    evidence,
                     resume_offset: Some(resume_offset),
                 });
             }
@@ -367,7 +446,7 @@ impl PartitionLog {
             source,
         };
         let time = self.last_time.max(now_ms);
-        let mut buf = Vec::with_capacity(payloads.iter().map(|p| p.len() + HEADER).sum());
+        let mut buf = Vec::with_capacity(payloads.iter().map(|p| p.len() + RECORD_OVERHEAD).sum());
         let mut out = Vec::with_capacity(payloads.len());
         let first = self.next_offset();
         let mut pos = self.end_pos;
@@ -378,7 +457,7 @@ impl PartitionLog {
             }
             encode_record(&mut buf, offset, time, &payload);
             positions.push(pos);
-            pos += (HEADER + payload.len()) as u64;
+            pos += (RECORD_OVERHEAD + payload.len()) as u64;
             out.push(LogRecord {
                 offset,
                 log_time: time,
@@ -454,7 +533,7 @@ impl Iterator for LogReader {
             return None;
         }
         match read_record(&mut self.inner) {
-            Ok(Read::Record(r)) => {
+            Ok(Read::Record(r, _)) => {
                 self.next += 1;
                 Some(Ok(r))
             }
@@ -467,21 +546,55 @@ impl Iterator for LogReader {
     }
 }
 
+/// Why a bad record is not a torn tail (the `evidence` of [`LogError::Corrupt`]).
+const FOLLOWED: &str = "valid records follow it";
+const COMPLETE: &str = "it is the last record and is on disk in full (its length is confirmed by a checksummed copy), so it was synced and may have been acknowledged";
+
+/// Appends one version-2 record to `buf`.
 fn encode_record(buf: &mut Vec<u8>, offset: u64, time: UnixMs, payload: &[u8]) {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&offset.to_le_bytes());
-    h.update(&time.to_le_bytes());
-    h.update(payload);
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&h.finalize().to_le_bytes());
+    let len = payload.len() as u32;
+    let start = buf.len();
+    buf.extend_from_slice(&(V2_TAG | len).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     buf.extend_from_slice(&offset.to_le_bytes());
     buf.extend_from_slice(&time.to_le_bytes());
+    let head_crc = crc32fast::hash(&buf[start..]);
+    buf.extend_from_slice(&head_crc.to_le_bytes());
     buf.extend_from_slice(payload);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&trailer_crc(len, offset).to_le_bytes());
+}
+
+/// The trailer's checksum: of the payload length and the record's offset, so a
+/// trailer is only valid at the end of the record it belongs to.
+fn trailer_crc(len: u32, offset: u64) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&offset.to_le_bytes());
+    h.finalize()
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// A version-2 header that passes its checksum: the payload length.
+fn valid_v2_header(head: &[u8]) -> Option<u32> {
+    let word = u32_at(head, 0);
+    (head.len() >= V2_HEADER
+        && word & !LEN_MASK == V2_TAG
+        && crc32fast::hash(&head[..24]) == u32_at(head, 24))
+    .then_some(word & LEN_MASK)
 }
 
 /// What [`read_record`] found.
 enum Read {
-    Record(LogRecord),
+    /// A valid record and its size in the file.
+    Record(LogRecord, usize),
     /// Clean end of the file.
     End,
     /// A record that is cut short or fails its checks.
@@ -489,16 +602,16 @@ enum Read {
 }
 
 /// The first byte position of `tail` (the bytes from a bad record on) after the first,
-/// holding a record that passes its checksum and can follow the last good record: its
-/// offset is at least `expected` and at most one per `HEADER` bytes skipped past it (a
-/// record is never shorter). Returns (position, its offset). A torn tail has none; a
-/// flipped byte in the middle of a log has the rest of the log after it.
+/// holding a record that passes its checks and can follow the last good record: its
+/// offset is at least `expected` and at most one per 24 bytes (the smallest record)
+/// skipped past it. Returns (position, its offset). A torn tail has none; a flipped
+/// byte in the middle of a log has the rest of the log after it.
 fn first_valid_record(tail: &[u8], expected: u64) -> Option<(u64, u64)> {
     (1..tail.len()).find_map(|start| {
         let mut r = &tail[start..];
-        let most = expected + (start / HEADER) as u64;
+        let most = expected + (start / V1_HEADER) as u64;
         match read_record(&mut r) {
-            Ok(Read::Record(rec)) if rec.offset >= expected && rec.offset <= most => {
+            Ok(Read::Record(rec, _)) if rec.offset >= expected && rec.offset <= most => {
                 Some((start as u64, rec.offset))
             }
             _ => None,
@@ -506,36 +619,115 @@ fn first_valid_record(tail: &[u8], expected: u64) -> Option<(u64, u64)> {
     })
 }
 
-/// Reads one record.
+/// `tail` is a bad stretch that runs to the end of the file, starting where the record
+/// at offset `expected` should be, with no valid record in it. If that record is on
+/// disk in full, its size (damage: it may have been acknowledged); `None` if nothing
+/// shows it complete (a torn tail: a write cut short by a crash).
+///
+/// Version 2: the header, if it passes its checksum, gives the length; otherwise a
+/// trailer that passes its checksum for this offset, at the distance its length says
+/// from the start, does. Version 1: the length field, if the offset field is the
+/// expected one and the record fits in the file.
+fn complete_record_len(tail: &[u8], expected: u64) -> Option<usize> {
+    if let Some(len) = tail.get(..V2_HEADER).and_then(valid_v2_header) {
+        let n = V2_HEADER + len as usize + TRAILER;
+        return (n <= tail.len()).then_some(n);
+    }
+    // The trailer of the record: its length field sits at V2_HEADER + len.
+    let trailer = (V2_HEADER..=tail.len().saturating_sub(TRAILER)).find(|&t| {
+        let len = u32_at(tail, t);
+        len as usize == t - V2_HEADER
+            && len <= MAX_RECORD_BYTES
+            && u32_at(tail, t + 4) == trailer_crc(len, expected)
+    });
+    if let Some(t) = trailer {
+        return Some(t + TRAILER);
+    }
+    if tail.len() >= V1_HEADER && u32_at(tail, 0) & !LEN_MASK == 0 {
+        let len = u32_at(tail, 0) as usize;
+        let n = V1_HEADER + len;
+        if len > 0 && u64_at(tail, 8) == expected && n <= tail.len() {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// Reads one record, of either version.
 fn read_record(r: &mut impl io::Read) -> io::Result<Read> {
-    let mut head = [0u8; HEADER];
-    match read_full(r, &mut head)? {
+    let mut head = [0u8; V2_HEADER];
+    match read_full(r, &mut head[..V1_HEADER])? {
         0 => return Ok(Read::End),
-        n if n < HEADER => return Ok(Read::Bad("record header cut short")),
+        n if n < V1_HEADER => return Ok(Read::Bad("record header cut short")),
         _ => {}
     }
-    let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
-    let offset = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-    let log_time = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
-    if len > MAX_RECORD_BYTES {
-        return Ok(Read::Bad("record length over the limit"));
+    let word = u32_at(&head, 0);
+    let offset = u64_at(&head, 8);
+    let log_time = u64_at(&head, 16);
+    match word & !LEN_MASK {
+        0 => {
+            // Version 1.
+            let len = word;
+            let crc = u32_at(&head, 4);
+            if len > MAX_RECORD_BYTES {
+                return Ok(Read::Bad("record length over the limit"));
+            }
+            let mut payload = vec![0u8; len as usize];
+            if read_full(r, &mut payload)? < payload.len() {
+                return Ok(Read::Bad("record payload cut short"));
+            }
+            let mut h = crc32fast::Hasher::new();
+            h.update(&head[8..24]);
+            h.update(&payload);
+            if h.finalize() != crc {
+                return Ok(Read::Bad("record checksum mismatch"));
+            }
+            let size = V1_HEADER + payload.len();
+            Ok(Read::Record(
+                LogRecord {
+                    offset,
+                    log_time,
+                    payload,
+                },
+                size,
+            ))
+        }
+        V2_TAG => {
+            if read_full(r, &mut head[V1_HEADER..])? < V2_HEADER - V1_HEADER {
+                return Ok(Read::Bad("record header cut short"));
+            }
+            let Some(len) = valid_v2_header(&head) else {
+                return Ok(Read::Bad("record header checksum mismatch"));
+            };
+            if len > MAX_RECORD_BYTES {
+                return Ok(Read::Bad("record length over the limit"));
+            }
+            let mut payload = vec![0u8; len as usize];
+            if read_full(r, &mut payload)? < payload.len() {
+                return Ok(Read::Bad("record payload cut short"));
+            }
+            if crc32fast::hash(&payload) != u32_at(&head, 4) {
+                return Ok(Read::Bad("record checksum mismatch"));
+            }
+            let mut trailer = [0u8; TRAILER];
+            if read_full(r, &mut trailer)? < TRAILER {
+                return Ok(Read::Bad("record trailer cut short"));
+            }
+            if u32_at(&trailer, 0) != len || u32_at(&trailer, 4) != trailer_crc(len, offset) {
+                return Ok(Read::Bad("record trailer mismatch"));
+            }
+            let size = V2_HEADER + payload.len() + TRAILER;
+            Ok(Read::Record(
+                LogRecord {
+                    offset,
+                    log_time,
+                    payload,
+                },
+                size,
+            ))
+        }
+        _ => Ok(Read::Bad("unknown record format")),
     }
-    let mut payload = vec![0u8; len as usize];
-    if read_full(r, &mut payload)? < payload.len() {
-        return Ok(Read::Bad("record payload cut short"));
-    }
-    let mut h = crc32fast::Hasher::new();
-    h.update(&head[8..24]);
-    h.update(&payload);
-    if h.finalize() != crc {
-        return Ok(Read::Bad("record checksum mismatch"));
-    }
-    Ok(Read::Record(LogRecord {
-        offset,
-        log_time,
-        payload,
-    }))
 }
 
 fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -581,20 +773,111 @@ mod tests {
         assert!(log.reader_from(4).is_err());
     }
 
+    /// Every byte of the last record flipped: it is on disk in full, so it may have
+    /// been acknowledged: never cut, corruption (accepted only past a snapshot that
+    /// covers it). Every cut inside it: a torn tail, cut.
     #[test]
-    fn a_bad_last_record_is_a_torn_tail_and_is_cut() {
+    fn a_damaged_last_record_is_corruption_and_a_short_one_is_torn() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = PartitionLog::open(dir.path(), 0).unwrap();
         log.append(vec![b"one".to_vec()], 1).unwrap();
-        log.append(vec![b"two".to_vec()], 2).unwrap();
+        log.append(vec![b"two and more".to_vec(), b"three".to_vec()], 2)
+            .unwrap();
         drop(log);
         let path = log_path(dir.path(), 0);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
+        let original = std::fs::read(&path).unwrap();
+        let last = starts(&original)[2];
+        for at in last..original.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bytes = original.clone();
+                bytes[at] ^= bit;
+                std::fs::write(&path, &bytes).unwrap();
+                match PartitionLog::open(dir.path(), 0) {
+                    Err(LogError::Corrupt {
+                        offset: 2,
+                        position,
+                        evidence: COMPLETE,
+                        resume_offset: Some(3),
+                        ..
+                    }) => assert_eq!(position, last as u64),
+                    other => panic!("byte {at} ^ {bit}: expected corruption, got {other:?}"),
+                }
+                assert_eq!(std::fs::read(&path).unwrap(), bytes, "byte {at}: file changed");
+                // A snapshot that covers it: recovered past, appended after.
+                let mut log = PartitionLog::open_past_damage(dir.path(), 0, 3).unwrap();
+                assert_eq!((log.first_offset(), log.next_offset()), (3, 3));
+                assert_eq!(log.truncated_bytes(), 0);
+                log.append(vec![b"four".to_vec()], 3).unwrap();
+                drop(log);
+                let log = PartitionLog::open_past_damage(dir.path(), 0, 3).unwrap();
+                let rest: Vec<_> = log.reader_from(3).unwrap().map(|r| r.unwrap()).collect();
+                assert_eq!(rest.len(), 1);
+                assert_eq!(rest[0].payload, b"four");
+                assert!(PartitionLog::open_past_damage(dir.path(), 0, 2).is_err());
+            }
+        }
+        for cut in last..original.len() {
+            std::fs::write(&path, &original[..cut]).unwrap();
+            let log = PartitionLog::open(dir.path(), 0).unwrap();
+            assert_eq!(log.next_offset(), 2, "cut at {cut}");
+            assert_eq!(log.truncated_bytes(), (cut - last) as u64);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), last as u64);
+        }
+        // A write whose room was allocated but never filled (zeros): torn too.
+        let mut bytes = original[..last].to_vec();
+        bytes.resize(original.len(), 0);
+        std::fs::write(&path, &bytes).unwrap();
         let log = PartitionLog::open(dir.path(), 0).unwrap();
-        assert_eq!(log.next_offset(), 1);
+        assert_eq!(log.next_offset(), 2);
+    }
+
+    /// A version-1 record, as logs were written before version 2.
+    fn encode_v1(buf: &mut Vec<u8>, offset: u64, time: UnixMs, payload: &[u8]) {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&offset.to_le_bytes());
+        h.update(&time.to_le_bytes());
+        h.update(payload);
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&h.finalize().to_le_bytes());
+        buf.extend_from_slice(&offset.to_le_bytes());
+        buf.extend_from_slice(&time.to_le_bytes());
+        buf.extend_from_slice(payload);
+    }
+
+    #[test]
+    fn version_1_logs_are_read_and_appended_to_in_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_path(dir.path(), 0);
+        let mut v1 = Vec::new();
+        for o in 0..3u64 {
+            encode_v1(&mut v1, o, 10 + o, &[o as u8; 40]);
+        }
+        std::fs::write(&path, &v1).unwrap();
+        let mut log = PartitionLog::open(dir.path(), 0).unwrap();
+        assert_eq!((log.next_offset(), log.last_time()), (3, 12));
+        log.append(vec![b"new".to_vec()], 20).unwrap();
+        drop(log);
+        let log = PartitionLog::open(dir.path(), 0).unwrap();
+        let all: Vec<_> = log.reader_from(0).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[2].payload, vec![2u8; 40]);
+        assert_eq!(all[3].payload, b"new");
+        drop(log);
+        // A damaged last version-1 record whose length fits: corruption; cut short: torn.
+        let mut bytes = v1.clone();
+        let last = bytes.len() - 10;
+        bytes[last] ^= 4;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            PartitionLog::open(dir.path(), 0),
+            Err(LogError::Corrupt {
+                offset: 2,
+                evidence: COMPLETE,
+                ..
+            })
+        ));
+        std::fs::write(&path, &v1[..v1.len() - 10]).unwrap();
+        assert_eq!(PartitionLog::open(dir.path(), 0).unwrap().next_offset(), 2);
     }
 
     #[test]
@@ -625,7 +908,7 @@ mod tests {
         let path = log_path(dir.path(), 0);
         let original = std::fs::read(&path).unwrap();
         // every byte of every record but the last: corruption, never a cut
-        let last_start = original.len() - (HEADER + 29);
+        let last_start = original.len() - (RECORD_OVERHEAD + 29);
         for at in (0..last_start).step_by(7) {
             let mut bytes = original.clone();
             bytes[at] ^= 0x40;
@@ -664,7 +947,7 @@ mod tests {
         let mut pos = 0;
         while pos < bytes.len() {
             out.push(pos);
-            pos += HEADER + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+            pos += RECORD_OVERHEAD + (u32_at(bytes, pos) & LEN_MASK) as usize;
         }
         out
     }
