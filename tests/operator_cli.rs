@@ -284,7 +284,14 @@ async fn embedded_replay_audit_and_corrupt_snapshot() {
         data.display().to_string(),
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("FAILED"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("FAILED"), "{out}");
+    // ... and the file an operator moves away, not just its id (issue 35)
+    assert!(
+        out.contains(&newest.display().to_string()),
+        "verify names the snapshot's file {}: {out}",
+        newest.display()
+    );
     // --verify: the snapshot path and the full replay agree
     let o = flashsale(&[
         "replay".into(),

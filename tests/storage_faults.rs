@@ -102,14 +102,15 @@ fn log_of(data: &Path, p: u32) -> PathBuf {
 }
 
 /// Byte position of every record of a well-formed log, in offset order (the layout of
-/// engine/src/log.rs: `len: u32`, `crc: u32`, `offset: u64`, `time: u64`, payload).
+/// engine/src/log.rs, version 2: a 28-byte header starting with the payload length
+/// (version in the top byte), the payload, an 8-byte trailer).
 fn record_starts(log: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();
     let mut pos = 0;
-    while pos + 24 <= log.len() {
+    while pos + 36 <= log.len() {
         out.push(pos);
-        let len = u32::from_le_bytes(log[pos..pos + 4].try_into().unwrap()) as usize;
-        pos += 24 + len;
+        let len = u32::from_le_bytes(log[pos..pos + 4].try_into().unwrap()) & 0xFF_FFFF;
+        pos += 36 + len as usize;
     }
     assert_eq!(pos, log.len(), "a well-formed log");
     out
@@ -135,21 +136,74 @@ fn damaged_copies(data: &Path, p: u32) -> Vec<PathBuf> {
         .collect()
 }
 
-/// `flashsale snapshot verify --partition p` on a data directory.
-fn verify(data: &Path, p: u32) -> std::process::Output {
+/// `flashsale <args> --data-dir <data>` (embedded mode whatever the environment says).
+fn tool(data: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(flashsale_bin())
-        .args([
-            "snapshot",
-            "verify",
-            "--partition",
-            &p.to_string(),
-            "--data-dir",
-        ])
+        .args(args)
+        .arg("--data-dir")
         .arg(data)
         .env_remove("FLASHSALE_KAFKA")
         .env_remove("FLASHSALE_POSTGRES")
         .output()
         .expect("run flashsale")
+}
+
+/// `flashsale snapshot verify --partition p` on a data directory.
+fn verify(data: &Path, p: u32) -> std::process::Output {
+    tool(data, &["snapshot", "verify", "--partition", &p.to_string()])
+}
+
+/// `flashsale audit --json` on a data directory: its exit code and, per damaged
+/// partition, what it says. Every partition must be in its report.
+fn audit_verdict(data: &Path, what: &str) -> (Option<i32>, BTreeMap<u32, String>) {
+    let o = tool(data, &["audit", "--json", "--quiet"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: audit prints JSON ({e}): {} / {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    assert_eq!(
+        v["partitions"].as_array().map(Vec::len),
+        Some(PARTITIONS as usize),
+        "{what}: audit reports every partition: {v}"
+    );
+    let damaged = v["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["partition"].as_u64().unwrap() as u32,
+                d["damage"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (o.status.code(), damaged)
+}
+
+/// What `/ready` says about each failed partition.
+async fn failed_errors(base: &str) -> BTreeMap<u32, String> {
+    let a = call(&client(), base, Method::GET, "/ready", None, &[]).await;
+    let body = if a.status == StatusCode::OK {
+        a.body.clone()
+    } else {
+        a.body["details"].clone()
+    };
+    body["failedPartitions"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|f| {
+                    (
+                        f["partition"].as_u64().unwrap() as u32,
+                        f["error"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Builds a sale with holds, orders and cancels on every partition in two runs, each
@@ -249,11 +303,32 @@ async fn check(
     want_failed: &BTreeSet<u32>,
     what: &str,
 ) {
+    // The tools' verdict (read only, before the server touches anything) ...
+    let (code, damaged) = audit_verdict(data, what);
     let running = flashsale_ops::start(args(data)).await.unwrap();
     let base = format!("http://{}", running.addr);
     let c = client();
     let failed = settled(&base).await;
     assert_eq!(&failed, want_failed, "{what}: failed partitions");
+    // ... is the server's: the same partitions, in the same words.
+    assert_eq!(
+        damaged.keys().copied().collect::<BTreeSet<u32>>(),
+        failed,
+        "{what}: audit's damaged partitions are the server's failed ones: {damaged:?}"
+    );
+    assert_eq!(
+        code,
+        Some(if failed.is_empty() { 0 } else { 1 }),
+        "{what}: audit's exit code"
+    );
+    let errors = failed_errors(&base).await;
+    for (p, said) in &damaged {
+        assert!(
+            errors[p].contains(said.as_str()),
+            "{what}: audit says what the server says about p{p}:\n server: {}\n audit: {said}",
+            errors[p]
+        );
+    }
     for (rid, (sku, p, status)) in &acked.holds {
         let g = call(
             &c,
@@ -366,9 +441,8 @@ async fn storage_faults_lose_nothing_acknowledged_and_fail_one_partition_alone()
     for p in 0..PARTITIONS {
         let one: BTreeSet<u32> = [p].into();
         // flipped bytes in the log: never a silent cut. The newest snapshot covers
-        // the whole log, so damage with valid records after it is recovered from
-        // that snapshot; damage to the last record leaves the log shorter than the
-        // snapshot says: corruption, the partition stays down.
+        // the whole log, so damage anywhere (the last record included: it is on disk
+        // in full, so it is damage, not a torn tail) is recovered from that snapshot.
         let starts = record_starts(&std::fs::read(log_of(&pristine, p)).unwrap());
         let last_start = *starts.last().unwrap();
         for _ in 0..4 {
@@ -378,12 +452,11 @@ async fn storage_faults_lose_nothing_acknowledged_and_fail_one_partition_alone()
             let at = rng.below(bytes.len() as u64) as usize;
             bytes[at] ^= 1 << rng.below(8);
             std::fs::write(&log, &bytes).unwrap();
-            let in_last = at >= last_start;
             check(
                 &run,
                 &acked,
                 &skus,
-                if in_last { &one } else { &none },
+                &none,
                 &format!("log p{p} byte {at} flipped (last record from {last_start})"),
             )
             .await;
@@ -393,13 +466,11 @@ async fn storage_faults_lose_nothing_acknowledged_and_fail_one_partition_alone()
                 &bytes[..],
                 "log p{p} byte {at}: the damaged file was changed (only appended to)"
             );
-            if !in_last {
-                assert_eq!(
-                    damaged_copies(&run, p).len(),
-                    1,
-                    "log p{p} byte {at}: the damaged bytes are kept aside"
-                );
-            }
+            assert_eq!(
+                damaged_copies(&run, p).len(),
+                1,
+                "log p{p} byte {at}: the damaged bytes are kept aside"
+            );
         }
         // Damage the newest snapshot does not cover: without it (removed), only the
         // older one is left. Before its offset: recovered from it; after it: down.
@@ -415,6 +486,8 @@ async fn storage_faults_lose_nothing_acknowledged_and_fail_one_partition_alone()
                 starts[covered + rng.below((starts.len() - covered - 1) as u64) as usize] + 8,
                 true,
             ),
+            // The last record, which no snapshot covers now (as after a kill -9).
+            (last_start + 8, true),
         ] {
             fresh();
             // Every snapshot but the oldest goes.
@@ -461,7 +534,7 @@ async fn storage_faults_lose_nothing_acknowledged_and_fail_one_partition_alone()
                 assert!(
                     text.contains(&format!("corrupt at byte {}", at - 8))
                         && text.contains(&format!("p{p:03}.log"))
-                        && text.contains("README"),
+                        && text.contains("docs/operations.md"),
                     "{what}: /ready names the file, the byte and what to do: {text}"
                 );
                 running.stop().await.unwrap();
@@ -513,6 +586,47 @@ async fn storage_faults_lose_nothing_acknowledged_and_fail_one_partition_alone()
             cut,
             "the damaged log was changed on disk"
         );
+        if p == 0 {
+            // Issue 27: after a clean stop (the final snapshot covers the whole log),
+            // 20 bytes cut off the log, or the log deleted: records are lost. The
+            // server refuses the partition (and creates nothing in place of a missing
+            // log); every tool says so and exits 1; verify names the snapshot's file.
+            for (what, delete) in [("log p0 cut by 20 bytes", false), ("log p0 deleted", true)] {
+                fresh();
+                let log = log_of(&run, p);
+                if delete {
+                    std::fs::remove_file(&log).unwrap();
+                } else {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&log)
+                        .unwrap()
+                        .set_len(len - 20)
+                        .unwrap();
+                }
+                check(&run, &acked, &skus, &one, what).await;
+                assert_eq!(log.exists(), !delete, "{what}: nothing created in its place");
+                let replay = tool(&run, &["replay", "--partition", "0", "--quiet"]);
+                assert_eq!(
+                    replay.status.code(),
+                    Some(1),
+                    "{what}: replay: {}",
+                    String::from_utf8_lossy(&replay.stderr)
+                );
+                assert!(
+                    String::from_utf8_lossy(&replay.stderr).contains("refused"),
+                    "{what}: replay names the refusal"
+                );
+                let o = verify(&run, p);
+                let out = String::from_utf8_lossy(&o.stdout).into_owned();
+                assert_eq!(o.status.code(), Some(1), "{what}: verify: {out}");
+                let newest = snapshots_of(&run, p).last().unwrap().display().to_string();
+                assert!(
+                    out.contains("REFUSED") && out.contains(&newest),
+                    "{what}: verify names the damage and the snapshot file {newest}: {out}"
+                );
+            }
+        }
         // flipped bytes and a cut in each snapshot: refused, full replay, all there
         for snap in snapshots_of(&pristine, p) {
             let name = snap.file_name().unwrap().to_owned();

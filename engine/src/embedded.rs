@@ -10,9 +10,10 @@
 //! by a second copy of the state that follows the same records on its own thread
 //! ([`crate::snapshotter`]), so taking one never stops the actor.
 
-use crate::log::{LogError, LogRecord, PartitionLog};
+use crate::log::{LogRecord, PartitionLog};
+use crate::recovery::{load_partition, Access};
 use crate::snapshotter::Snapshotter;
-use crate::store::{load_newest_valid, FileSnapshotStore, SnapshotStore};
+use crate::store::{FileSnapshotStore, SnapshotStore};
 use crate::trace;
 use anyhow::Context;
 use flashsale_core::actor::{Applied, PartitionActor, SnapshotPolicy};
@@ -364,7 +365,7 @@ impl EmbeddedNode {
                         partitions = opts.partitions,
                         failed = ?failed,
                         ready = bus.is_ready(),
-                        "recovery done; some partitions failed and stay down (see /ready; README, \"Storage faults\")"
+                        "recovery done; some partitions failed and stay down (see /ready; docs/operations.md, \"Storage damage and recovery\")"
                     );
                 }
             });
@@ -423,6 +424,16 @@ fn prepare_data_dir(dir: &Path, partitions: u32) -> anyhow::Result<std::fs::File
             );
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Every partition's log is created with the directory, before the file
+            // that marks it created: from then on a missing log is a lost file
+            // (crate::recovery), never recreated empty.
+            for p in 0..partitions {
+                PartitionLog::open(&dir.join("log"), p)
+                    .with_context(|| format!("cannot create the log of partition {p}"))?;
+            }
+            std::fs::File::open(dir.join("log"))
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot sync {}/log", dir.display()))?;
             let meta = serde_json::json!({"format": DATA_FORMAT, "partitions": partitions});
             std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta)?)
                 .with_context(|| format!("cannot write {}", meta_path.display()))?;
@@ -432,71 +443,9 @@ fn prepare_data_dir(dir: &Path, partitions: u32) -> anyhow::Result<std::fs::File
     Ok(lock)
 }
 
-/// Opens a partition's log for recovery. Corruption (not a torn tail) is accepted only
-/// when `snapshot` (the newest valid one) covers every offset the damage made
-/// unreadable: then the damaged bytes are copied aside, the file is left as it is, and
-/// recovery goes on from the snapshot. Otherwise the error names the file, the byte
-/// position, the lost offsets and what to do.
-fn open_log(
-    log_dir: &Path,
-    partition: u32,
-    snapshot: Option<&crate::store::SnapshotInfo>,
-) -> anyhow::Result<PartitionLog> {
-    let (offset, resume_offset, first) = match PartitionLog::open_uncut(log_dir, partition) {
-        Err(
-            e @ LogError::Corrupt {
-                offset,
-                resume_offset,
-                ..
-            },
-        ) => (offset, resume_offset, e),
-        other => return Ok(other?),
-    };
-    let lost = match resume_offset {
-        Some(r) => format!("offsets {offset}..{} cannot be read", r.saturating_sub(1)),
-        None => format!("offsets from {offset} cannot be read"),
-    };
-    let Some(info) = snapshot else {
-        anyhow::bail!("{first}. No valid snapshot covers the damage ({lost}), so the partition cannot be rebuilt past it and stays down");
-    };
-    match PartitionLog::open_past_damage(log_dir, partition, info.offset) {
-        Ok(log) => {
-            let aside = log.keep_damage_aside()?;
-            for (d, file) in log.damage().iter().zip(&aside) {
-                tracing::error!(
-                    partition,
-                    file = %log.path().display(),
-                    byte = d.position,
-                    lost_offsets = %format!("{}..{}", d.offset, d.resume_offset.saturating_sub(1)),
-                    reason = d.reason,
-                    snapshot = %info.id,
-                    damaged_bytes_copied_to = %file.display(),
-                    "the command log is damaged (not a torn tail) where snapshot {} already covers it: recovering from that snapshot and the valid records after the damage; the log file is left as it is (README, \"Storage faults\")",
-                    info.id
-                );
-            }
-            Ok(log)
-        }
-        Err(LogError::Corrupt {
-            offset: o,
-            position: p,
-            resume_offset: r,
-            ..
-        }) => anyhow::bail!(
-            "partition {partition}'s log {} is corrupt at byte {p} (record offset {o}; {}), and the newest valid snapshot {} covers only offsets below {}: the records between cannot be rebuilt, so the partition stays down; nothing was cut. Diagnose with `flashsale replay --partition {partition}` and `flashsale snapshot verify --partition {partition}`; to recover, see the README's \"Storage faults\" section",
-            crate::log::log_path(log_dir, partition).display(),
-            match r {
-                Some(r) => format!("offsets {o}..{} cannot be read", r.saturating_sub(1)),
-                None => format!("offsets from {o} cannot be read"),
-            },
-            info.id,
-            info.offset
-        ),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Newest valid snapshot + replay of the log after it.
+/// Newest valid snapshot + replay of the log after it. Which snapshot, and whether the
+/// partition may serve at all, is [`crate::recovery::load_partition`]'s verdict, the
+/// same the operators' tools reach.
 pub fn recover(
     log_dir: &Path,
     partition: u32,
@@ -504,37 +453,41 @@ pub fn recover(
     metrics: &Metrics,
     policy: SnapshotPolicy,
 ) -> anyhow::Result<(PartitionLog, PartitionActor, RecoveryReport)> {
-    let (found, rejected) = load_newest_valid(store, partition)?;
-    for r in &rejected {
+    let loaded = load_partition(log_dir, partition, store, Access::Server)?;
+    for r in &loaded.rejected {
         metrics.snapshot_rejected();
         tracing::warn!(partition, snapshot = %r.info.id, error = %r.error, "snapshot refused; falling back to an older one");
     }
-    let covering = found.as_ref().map(|(info, _)| info);
-    let log = open_log(log_dir, partition, covering)?;
-    let (snapshot_offset, state) = match found {
-        Some((info, state)) if info.offset <= log.next_offset() => {
+    if let Some((info, _)) = &loaded.snapshot {
+        let aside = loaded.log.keep_damage_aside()?;
+        for (d, file) in loaded.damage().iter().zip(&aside) {
+            tracing::error!(
+                partition,
+                file = %loaded.log.path().display(),
+                byte = d.position,
+                lost_offsets = %format!("{}..{}", d.offset, d.resume_offset.saturating_sub(1)),
+                reason = d.reason,
+                snapshot = %info.id,
+                damaged_bytes_copied_to = %file.display(),
+                "the command log is damaged (not a torn tail) where snapshot {} already covers it: recovering from that snapshot and the valid records after the damage; the log file is left as it is (docs/operations.md, \"Storage damage and recovery\")",
+                info.id
+            );
+        }
+    }
+    let rejected = loaded.rejected;
+    let log = loaded.log;
+    let (snapshot_offset, state) = match loaded.snapshot {
+        Some((info, state)) => {
             metrics.snapshot_at(partition, info.taken_at);
             (Some(info.offset), state)
         }
-        Some((info, _)) => anyhow::bail!(
-            "snapshot {} covers offset {} but the log of partition {partition} ({}) ends at {}{}: the log lost records, so this is corruption and nothing was cut. Diagnose with `flashsale replay --partition {partition}` and `flashsale snapshot verify --partition {partition}`; to recover, see the README's \"Storage faults\" section",
-            info.id,
-            info.offset,
-            crate::log::log_path(log_dir, partition).display(),
-            log.next_offset(),
-            if log.truncated_bytes() > 0 {
-                format!(" (a bad record at the end of the file, {} bytes)", log.truncated_bytes())
-            } else {
-                String::new()
-            }
-        ),
         None => {
             metrics.snapshot_at(partition, now_ms());
             (None, State::new(partition as u16))
         }
     };
     if log.truncated_bytes() > 0 {
-        tracing::warn!(partition, bytes = log.truncated_bytes(), at = log.next_offset(), "cutting a torn tail (a write interrupted by a crash, never acknowledged); its bytes are kept in pNNN.log.torn-<position>");
+        tracing::warn!(partition, bytes = log.truncated_bytes(), at = log.next_offset(), "cutting a torn tail (a write cut short by a crash: the record is not on disk in full, so it was never synced or acknowledged); its bytes are kept in pNNN.log.torn-<position>");
     }
     let mut log = log;
     log.cut_torn_tail()?;

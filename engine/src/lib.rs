@@ -7,6 +7,8 @@
 //!   records while holds are due, and a background snapshotter ([`snapshotter`]: a
 //!   copy of the state that follows the same records and writes the snapshots).
 //! - [`log`]: the embedded command log (one checksummed append-only file per partition).
+//! - [`recovery`]: the one loader of a partition's snapshot and log, shared by the
+//!   server's recovery and the operators' tools, so both reach the same verdict.
 //! - [`kafka`]: Kafka mode's consumer-group host: one actor per assigned partition of
 //!   `commands`, recovered from the newest usable snapshot and the log, replies and
 //!   events produced, offsets committed after the broker acknowledged them.
@@ -27,6 +29,7 @@ pub mod embedded;
 pub mod kafka;
 pub mod log;
 pub mod pg;
+pub mod recovery;
 pub mod snapshotter;
 pub mod store;
 pub mod trace;

@@ -57,6 +57,11 @@ pub trait SnapshotStore: Send + Sync + 'static {
     fn load(&self, info: &SnapshotInfo) -> Result<Vec<u8>, StoreError>;
     /// Keeps the newest `keep` snapshots of the partition.
     fn prune(&self, partition: u32, keep: usize) -> Result<(), StoreError>;
+    /// Where the snapshot is kept, for an operator who has to move it away: the file
+    /// of the file store; the id elsewhere.
+    fn location(&self, info: &SnapshotInfo) -> String {
+        info.id.clone()
+    }
 }
 
 pub fn snapshot_id(partition: u32, offset: u64) -> String {
@@ -242,6 +247,12 @@ impl SnapshotStore for FileSnapshotStore {
         }
         Ok(())
     }
+
+    fn location(&self, info: &SnapshotInfo) -> String {
+        self.file(info.partition, info.offset, info.taken_at)
+            .display()
+            .to_string()
+    }
 }
 
 fn header_checksum(bytes: &[u8]) -> u32 {
@@ -265,30 +276,44 @@ pub type Loaded = (Option<(SnapshotInfo, State)>, Vec<Rejected>);
 /// Loads the newest snapshot that decodes and passes every invariant, falling back to
 /// older ones. Returns it (if any) and every newer snapshot that was refused.
 pub fn load_newest_valid(store: &dyn SnapshotStore, partition: u32) -> Result<Loaded, StoreError> {
+    load_newest_valid_where(store, partition, |_| true)
+}
+
+/// [`load_newest_valid`] among the snapshots `admit` accepts (the operators' tools:
+/// those before a point in time); the others are neither loaded nor reported.
+pub fn load_newest_valid_where(
+    store: &dyn SnapshotStore,
+    partition: u32,
+    admit: impl Fn(&SnapshotInfo) -> bool,
+) -> Result<Loaded, StoreError> {
     let mut rejected = Vec::new();
     for info in store.list(partition)? {
-        let result = store
-            .load(&info)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| snapshot::decode(&bytes).map_err(|e: SnapshotError| e.to_string()));
-        match result {
-            Ok(state)
-                if state.partition() as u32 == partition && state.next_offset() == info.offset =>
-            {
-                return Ok((Some((info, state)), rejected));
-            }
-            Ok(state) => rejected.push(Rejected {
-                error: format!(
-                    "snapshot holds partition {} at offset {}, not what its name says",
-                    state.partition(),
-                    state.next_offset()
-                ),
-                info,
-            }),
+        if !admit(&info) {
+            continue;
+        }
+        match load_valid(store, &info) {
+            Ok(state) => return Ok((Some((info, state)), rejected)),
             Err(error) => rejected.push(Rejected { info, error }),
         }
     }
     Ok((None, rejected))
+}
+
+/// Loads one snapshot: it must decode (checksum, invariants) and hold what its name
+/// says (partition, offset). The error says why not.
+pub fn load_valid(store: &dyn SnapshotStore, info: &SnapshotInfo) -> Result<State, String> {
+    let state = store
+        .load(info)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| snapshot::decode(&bytes).map_err(|e: SnapshotError| e.to_string()))?;
+    if u32::from(state.partition()) != info.partition || state.next_offset() != info.offset {
+        return Err(format!(
+            "snapshot holds partition {} at offset {}, not what its name says",
+            state.partition(),
+            state.next_offset()
+        ));
+    }
+    Ok(state)
 }
 
 /// Encodes `state`, saves it and prunes to the newest `keep`: the background snapshot

@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use flashsale_core::LogRecord;
 use flashsale_engine::actor::{PartitionActor, SnapshotPolicy};
-use flashsale_engine::store::{SnapshotInfo, SnapshotStore};
+use flashsale_engine::store::{load_valid, SnapshotInfo, SnapshotStore};
 use flashsale_engine::{check_state, snapshot, State};
 use flashsale_gateway::time::rfc3339;
 use flashsale_proto::*;
@@ -27,6 +27,15 @@ use std::collections::BTreeMap;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ProblemsFound(pub String);
+
+/// The server refuses the partition: its verdict, from the loader it shares with the
+/// tools (`flashsale_engine::recovery`).
+#[derive(Debug, thiserror::Error)]
+#[error("partition {partition} is refused by the server (it stays down): {why}")]
+pub struct Refused {
+    pub partition: u32,
+    pub why: String,
+}
 
 type ExitCode = Result<(), ProblemsFound>;
 #[allow(non_snake_case)]
@@ -79,7 +88,8 @@ pub struct ReplayArgs {
   flashsale audit --data-dir ./data
   flashsale audit --kafka 127.0.0.1:19092 \\
       --postgres postgres://postgres@127.0.0.1:15432/flashsale --json
-Exit status: 0 when every invariant holds, 1 when any is broken (each violation is listed), 2 when the audit could not run.")]
+Every partition is reported; one the server would refuse (damaged storage: the same verdict, from the same code) is listed with the damage.
+Exit status: 0 when every partition is served and every invariant holds, 1 when any partition is damaged or any invariant broken (each is listed), 2 when the audit could not run.")]
 pub struct AuditArgs {
     #[command(flatten)]
     pub source: SourceArgs,
@@ -107,9 +117,10 @@ pub enum SnapshotCommand {
     /// One snapshot decoded: header and per-SKU stock.
     #[command(after_help = "Examples:\n  flashsale snapshot show p3@120000")]
     Show(SnapshotShowArgs),
-    /// Decode every snapshot (or one) and check its checksum and invariants.
+    /// Decode every snapshot (or one), check its checksum and invariants, and check the
+    /// log beside them as the server does.
     #[command(
-        after_help = "Examples:\n  flashsale snapshot verify\n  flashsale snapshot verify --partition 3\nExit status 1 when any snapshot fails."
+        after_help = "Examples:\n  flashsale snapshot verify\n  flashsale snapshot verify --partition 3\nEach snapshot is listed with its file; then, per partition, where the server starts it or why it refuses it.\nExit status 1 when any snapshot fails or the server would refuse a partition."
     )]
     Verify(SnapshotListArgs),
 }
@@ -211,13 +222,14 @@ fn replay_into(
     Ok(applied)
 }
 
-/// Newest snapshot that decodes, passes the invariants and lies before `stop`;
-/// refused ones are named in the notes.
+/// Newest snapshot that decodes, passes the invariants, holds what its name says (the
+/// server's own check, `load_valid`), lies before `stop` and covers any damage (at
+/// or past `first`, the oldest readable offset); refused ones are named in the notes.
 fn pick_snapshot(
     store: &dyn SnapshotStore,
     partition: u32,
     stop: Stop,
-    log_end: u64,
+    (first, log_end): (u64, u64),
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Option<(SnapshotInfo, State)>> {
     for info in store.list(partition)? {
@@ -225,7 +237,8 @@ fn pick_snapshot(
             continue;
         }
         if info.offset > log_end {
-            // Not this log's: it covers records the log never had (a topic deleted and
+            // Kafka mode (embedded: the server's verdict refuses such a partition): not
+            // this log's, it covers records the log never had (a topic deleted and
             // recreated, or another deployment's snapshot in the same store).
             notes.push(format!(
                 "snapshot {} covers up to offset {} but partition {partition}'s log ends at {log_end}: it was taken from another log (a recreated topic or another deployment); ignored",
@@ -233,16 +246,19 @@ fn pick_snapshot(
             ));
             continue;
         }
-        match store
-            .load(&info)
-            .map_err(|e| e.to_string())
-            .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string()))
-        {
+        if info.offset < first {
+            continue;
+        }
+        match load_valid(store, &info) {
             Ok(state) => return Ok(Some((info, state))),
-            Err(e) => notes.push(format!(
-                "snapshot {} refused ({e}); falling back to the one before",
-                info.id
-            )),
+            Err(e) => {
+                let prefix = format!("snapshot {} refused", info.id);
+                if !notes.iter().any(|n| n.starts_with(&prefix)) {
+                    notes.push(format!(
+                        "{prefix} ({e}); falling back to the one before"
+                    ));
+                }
+            }
         }
     }
     Ok(None)
@@ -256,6 +272,11 @@ fn rebuild(
     stop: Stop,
     quiet: bool,
 ) -> anyhow::Result<Rebuilt> {
+    // The server's verdict first: a partition it refuses is refused here, with its words.
+    let verdict = src
+        .log
+        .verdict(partition)
+        .map_err(|why| Refused { partition, why })?;
     let (first, end) = src.log.bounds(partition)?;
     if let Stop::Offset(o) = stop {
         if o >= end {
@@ -266,7 +287,10 @@ fn rebuild(
             bail!("--to-offset {o} is past the end of partition {partition}'s log ({last}); leave --to-offset out to replay to the end");
         }
     }
-    let mut notes = Vec::new();
+    let mut notes = verdict
+        .as_ref()
+        .map(|v| v.notes.clone())
+        .unwrap_or_default();
     let (state, started_from) = if let Some(id) = from_snapshot {
         let info = src
             .store
@@ -298,7 +322,18 @@ fn rebuild(
         }
         (s, format!("offset {off}"))
     } else {
-        match pick_snapshot(src.store.as_ref(), partition, stop, end, &mut notes)? {
+        let chosen = match verdict {
+            // Where the server starts (the same snapshot, loaded by the same code).
+            Some(v) if matches!(stop, Stop::End) => v.snapshot,
+            _ => pick_snapshot(
+                src.store.as_ref(),
+                partition,
+                stop,
+                (first, end),
+                &mut notes,
+            )?,
+        };
+        match chosen {
             Some((info, state)) => (state, format!("snapshot {}", info.id)),
             None => {
                 if first > 0 {
@@ -435,14 +470,25 @@ fn replay_blocking(args: &ReplayArgs, src: &mut Sources, stop: Stop) -> anyhow::
             src.log.partitions().saturating_sub(1)
         );
     }
-    let rebuilt = rebuild(
+    let rebuilt = match rebuild(
         src,
         p,
         args.from_snapshot.as_deref(),
         args.from_offset,
         stop,
         args.quiet,
-    )?;
+    ) {
+        Ok(r) => r,
+        Err(e) => match e.downcast::<Refused>() {
+            Ok(refused) => {
+                if args.json {
+                    print_json(&json!({"partition": p, "source": src.describe, "refused": refused.why}));
+                }
+                return Ok(Err(ProblemsFound(refused.to_string())));
+            }
+            Err(e) => return Err(e),
+        },
+    };
     for n in &rebuilt.notes {
         eprintln!("note: {n}");
     }
@@ -509,7 +555,8 @@ fn verify_point(src: &mut Sources, p: u32, stop: Stop, quiet: bool) -> anyhow::R
         bail!("--verify needs the log from offset 0, but partition {p} starts at {first} (older records are no longer retained)");
     }
     let mut notes = Vec::new();
-    let Some((info, snap_state)) = pick_snapshot(src.store.as_ref(), p, stop, end, &mut notes)?
+    let Some((info, snap_state)) =
+        pick_snapshot(src.store.as_ref(), p, stop, (first, end), &mut notes)?
     else {
         return Ok(
             json!({"identical": true, "result": "no snapshot before this point: there is only one way to rebuild it", "notes": notes}),
@@ -576,9 +623,23 @@ async fn audit_inner(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let (mut report, states) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut partitions = Vec::new();
         let mut violations = Vec::new();
+        let mut damaged = Vec::new();
         let mut states = Vec::new();
+        // Every partition, whatever happens to the others: one the server refuses (or
+        // that cannot be rebuilt) is reported and the audit goes on.
         for p in 0..src.log.partitions() {
-            let r = rebuild(&mut src, p, None, None, Stop::End, quiet)?;
+            let r = match rebuild(&mut src, p, None, None, Stop::End, quiet) {
+                Ok(r) => r,
+                Err(e) => {
+                    let why = match e.downcast_ref::<Refused>() {
+                        Some(r) => r.why.clone(),
+                        None => format!("cannot be rebuilt: {e:#}"),
+                    };
+                    partitions.push(json!({"partition": p, "refused": why}));
+                    damaged.push(json!({"partition": p, "damage": why}));
+                    continue;
+                }
+            };
             for v in check_state(&r.state) {
                 violations.push(json!({"partition": p, "violation": v.to_string()}));
             }
@@ -588,7 +649,7 @@ async fn audit_inner(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 "liveReservations": s.live_reservations(), "notes": r.notes}));
             states.push(r.state);
         }
-        Ok((json!({"source": src.describe, "partitions": partitions, "violations": violations}), (states, src.pool)))
+        Ok((json!({"source": src.describe, "partitions": partitions, "violations": violations, "damaged": damaged}), (states, src.pool)))
     })
     .await??;
     let (states, pool) = states;
@@ -605,6 +666,7 @@ async fn audit_inner(args: AuditArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let violations = report["violations"].as_array().cloned().unwrap_or_default();
+    let damaged = report["damaged"].as_array().cloned().unwrap_or_default();
     if args.json {
         print_json(&report);
     } else {
@@ -620,6 +682,13 @@ async fn audit_inner(args: AuditArgs) -> anyhow::Result<ExitCode> {
             "live",
         ]);
         for p in report["partitions"].as_array().into_iter().flatten() {
+            if p.get("refused").is_some() {
+                t.add_row(vec![
+                    p["partition"].to_string(),
+                    "REFUSED: damaged (below)".to_string(),
+                ]);
+                continue;
+            }
             t.add_row(vec![
                 p["partition"].to_string(),
                 p["startedFrom"].as_str().unwrap_or("").to_string(),
@@ -654,8 +723,20 @@ async fn audit_inner(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        if violations.is_empty() {
+        for d in &damaged {
+            println!(
+                "DAMAGED: partition {}: {}",
+                d["partition"],
+                d["damage"].as_str().unwrap_or("")
+            );
+        }
+        if violations.is_empty() && damaged.is_empty() {
             println!("clean: every invariant holds");
+        } else if violations.is_empty() {
+            println!(
+                "{} partition(s) damaged (the server keeps them down); every invariant holds in the others",
+                damaged.len()
+            );
         } else {
             println!("{} violation(s):", violations.len());
             for v in &violations {
@@ -663,12 +744,13 @@ async fn audit_inner(args: AuditArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if violations.is_empty() {
+    Ok(if violations.is_empty() && damaged.is_empty() {
         EXIT_OK()
     } else {
         Err(ProblemsFound(format!(
-            "audit found {} violation(s)",
-            violations.len()
+            "audit found {} violation(s) and {} damaged partition(s)",
+            violations.len(),
+            damaged.len()
         )))
     })
 }
@@ -818,13 +900,15 @@ pub async fn snapshot_command(args: SnapshotArgs) -> anyhow::Result<()> {
 async fn snapshot_inner(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         SnapshotCommand::List(a) => {
-            let src = a.source.open().await?;
-            tokio::task::spawn_blocking(move || snapshot_list(&src, a.partition, a.json, false))
-                .await?
+            let mut src = a.source.open().await?;
+            tokio::task::spawn_blocking(move || {
+                snapshot_list(&mut src, a.partition, a.json, false)
+            })
+            .await?
         }
         SnapshotCommand::Verify(a) => {
-            let src = a.source.open().await?;
-            tokio::task::spawn_blocking(move || snapshot_list(&src, a.partition, a.json, true))
+            let mut src = a.source.open().await?;
+            tokio::task::spawn_blocking(move || snapshot_list(&mut src, a.partition, a.json, true))
                 .await?
         }
         SnapshotCommand::Show(a) => {
@@ -842,7 +926,7 @@ fn parse_snapshot_id(id: &str) -> anyhow::Result<u32> {
 }
 
 fn snapshot_list(
-    src: &Sources,
+    src: &mut Sources,
     partition: Option<u32>,
     as_json: bool,
     verify: bool,
@@ -865,14 +949,11 @@ fn snapshot_list(
         for info in src.store.list(p)? {
             let mut row = json!({"id": info.id, "partition": info.partition, "offset": info.offset,
                 "takenAt": rfc3339(info.taken_at), "ageSeconds": now.saturating_sub(info.taken_at) / 1000,
-                "sizeBytes": info.size_bytes, "checksum": format!("{:08x}", info.checksum)});
+                "sizeBytes": info.size_bytes, "checksum": format!("{:08x}", info.checksum),
+                "file": src.store.location(&info)});
             if verify {
-                let result = src
-                    .store
-                    .load(&info)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string()));
-                match result {
+                // The server's own check (checksum, invariants, name).
+                match load_valid(src.store.as_ref(), &info) {
                     Ok(s) => {
                         row["verify"] = json!(format!(
                             "ok: {}, {} ({} ended, kept {} s), {} pruned so far",
@@ -892,15 +973,31 @@ fn snapshot_list(
             rows.push(row);
         }
     }
-    // The log beside the snapshots: damage, and whether a snapshot covers it.
+    // The log beside the snapshots, through the server's own loader: whether the
+    // server serves the partition (from which snapshot, past which damage) or refuses it.
     let mut logs = Vec::new();
+    let mut refused = 0;
     if verify {
         for p in &parts_checked {
-            if let Some((down, why)) = src.log.diagnose(*p)? {
-                if down {
-                    failed += 1;
+            match src.log.verdict(*p) {
+                Err(why) => {
+                    refused += 1;
+                    logs.push(json!({"partition": p, "partitionDown": true, "log": format!("REFUSED: the server keeps partition {p} down: {why}")}));
                 }
-                logs.push(json!({"partition": p, "partitionDown": down, "log": why}));
+                Ok(Some(v)) => {
+                    for n in v.notes {
+                        logs.push(json!({"partition": p, "partitionDown": false, "log": n}));
+                    }
+                    let start = match (&v.snapshot, &v.snapshot_location) {
+                        (Some((info, _)), Some(file)) => {
+                            format!("snapshot {} ({file})", info.id)
+                        }
+                        (Some((info, _)), None) => format!("snapshot {}", info.id),
+                        _ => "offset 0 (no valid snapshot)".to_string(),
+                    };
+                    logs.push(json!({"partition": p, "partitionDown": false, "log": format!("ok: the server starts partition {p} from {start}")}));
+                }
+                Ok(None) => {}
             }
         }
     }
@@ -928,6 +1025,7 @@ fn snapshot_list(
         ];
         if verify {
             header.push("verify");
+            header.push("file");
         }
         t.set_header(header);
         for r in &rows {
@@ -942,6 +1040,7 @@ fn snapshot_list(
             ];
             if verify {
                 cells.push(r["verify"].as_str().unwrap_or("").to_string());
+                cells.push(r["file"].as_str().unwrap_or("").to_string());
             }
             t.add_row(cells);
         }
@@ -957,11 +1056,11 @@ fn snapshot_list(
             );
         }
     }
-    Ok(if failed == 0 {
+    Ok(if failed == 0 && refused == 0 {
         EXIT_OK()
     } else {
         Err(ProblemsFound(format!(
-            "{failed} snapshot(s) failed verification"
+            "{failed} snapshot(s) failed verification, {refused} partition(s) refused by the server"
         )))
     })
 }

@@ -3,8 +3,10 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use flashsale_engine::log::{LogError, LogRecord, PartitionLog};
-use flashsale_engine::store::{load_newest_valid, FileSnapshotStore, SnapshotStore};
+use flashsale_engine::log::{LogRecord, PartitionLog};
+use flashsale_engine::recovery::{load_partition, Access};
+use flashsale_engine::store::{FileSnapshotStore, SnapshotInfo, SnapshotStore};
+use flashsale_engine::State;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,11 +50,25 @@ pub trait CommandLog: Send {
         from: u64,
         f: &mut dyn FnMut(LogRecord) -> bool,
     ) -> anyhow::Result<()>;
-    /// Damage found in the partition's log and what it means for recovery, if any:
-    /// (the partition stays down, explanation). `None`: nothing to report.
-    fn diagnose(&self, _partition: u32) -> anyhow::Result<Option<(bool, String)>> {
+    /// The server's verdict on the partition, reached by the server's own loader
+    /// (`flashsale_engine::recovery`): `Ok(Some(..))` where it starts and what it
+    /// found; `Err(why)`: it refuses the partition (it stays down), `why` naming the
+    /// file and the damage. `Ok(None)`: no such verdict for this log (Kafka mode: an
+    /// engine decides per assignment, from the topic and the snapshot store).
+    fn verdict(&mut self, _partition: u32) -> Result<Option<Verdict>, String> {
         Ok(None)
     }
+}
+
+/// Where the server starts a partition, and what it found on the way.
+#[derive(Debug)]
+pub struct Verdict {
+    /// The snapshot it starts from (none: offset 0).
+    pub snapshot: Option<(SnapshotInfo, State)>,
+    /// Where that snapshot is kept (its file).
+    pub snapshot_location: Option<String>,
+    /// Refused snapshots, damage recovered past, a torn tail to cut.
+    pub notes: Vec<String>,
 }
 
 pub struct Sources {
@@ -178,19 +194,13 @@ impl SourceArgs {
     }
 }
 
-/// The embedded log files of a data directory.
+/// The embedded log files of a data directory, opened through the server's own loader.
 pub struct EmbeddedLog {
     dir: PathBuf,
     partitions: u32,
-    /// Partitions whose damage was already explained on stderr.
-    noted: std::sync::Mutex<std::collections::BTreeSet<u32>>,
-}
-
-/// What a partition's damaged log means: readable past the damage (a valid snapshot
-/// covers it, as the server's recovery decides) or not.
-enum Damaged {
-    Recoverable(PartitionLog, String),
-    Down(String),
+    store: FileSnapshotStore,
+    /// Logs opened so far (each scanned once), by partition.
+    opened: std::collections::BTreeMap<u32, PartitionLog>,
 }
 
 impl EmbeddedLog {
@@ -206,89 +216,37 @@ impl EmbeddedLog {
             .and_then(|v| v.as_u64())
             .context("flashsale.json has no partition count")? as u32;
         Ok(EmbeddedLog {
+            store: FileSnapshotStore::new(dir.join("snapshots")),
             dir,
             partitions,
-            noted: Default::default(),
+            opened: Default::default(),
         })
     }
-    fn open_partition(&self, partition: u32) -> anyhow::Result<PartitionLog> {
+
+    fn check_partition(&self, partition: u32) -> anyhow::Result<()> {
         if partition >= self.partitions {
             bail!(
                 "unknown partition {partition}: this data directory has partitions 0-{}",
                 self.partitions - 1
             );
         }
-        match self.open_damaged(partition)? {
-            None => Ok(PartitionLog::open_read_only(
-                &self.dir.join("log"),
-                partition,
-            )?),
-            Some(Damaged::Recoverable(log, why)) => {
-                let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
-                if noted.insert(partition) {
-                    eprintln!("{why}");
-                }
-                Ok(log)
-            }
-            Some(Damaged::Down(why)) => bail!(why),
-        }
+        Ok(())
     }
 
-    /// `None` for a log without damage (a torn tail is not damage); otherwise what the
-    /// server's recovery would do with it.
-    fn open_damaged(&self, partition: u32) -> anyhow::Result<Option<Damaged>> {
-        let dir = self.dir.join("log");
-        let (offset, position, resume, first) = match PartitionLog::open_read_only(&dir, partition)
-        {
-            Err(
-                e @ LogError::Corrupt {
-                    offset,
-                    position,
-                    resume_offset,
-                    ..
-                },
-            ) => (offset, position, resume_offset, e),
-            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e.into()),
-            Ok(_) => return Ok(None),
-        };
-        let lost = match resume {
-            Some(r) => format!("offsets {offset}..{} cannot be read", r.saturating_sub(1)),
-            None => format!("offsets from {offset} cannot be read"),
-        };
-        let store = FileSnapshotStore::new(self.dir.join("snapshots"));
-        let (found, _) = load_newest_valid(&store, partition)?;
-        let Some((info, _)) = found else {
-            return Ok(Some(Damaged::Down(format!(
-                "{first}. {lost} and no valid snapshot covers them: the server keeps partition {partition} down"
-            ))));
-        };
-        match PartitionLog::open_read_only_past_damage(&dir, partition, info.offset) {
-            Ok(log) => {
-                let why = format!(
-                    "partition {partition}'s log {} is damaged at byte {position} ({lost}), but valid snapshot {} covers offsets below {}: the server recovers it from that snapshot and the {} valid records after it, leaving the file as it is and copying the damaged bytes aside (README, \"Storage faults\")",
-                    log.path().display(),
-                    info.id,
-                    info.offset,
-                    log.next_offset().saturating_sub(info.offset)
-                );
-                Ok(Some(Damaged::Recoverable(log, why)))
-            }
-            Err(LogError::Corrupt {
-                offset: o,
-                position: p,
-                resume_offset: r,
-                ..
-            }) => Ok(Some(Damaged::Down(format!(
-                "partition {partition}'s log is corrupt at byte {p} (record offset {o}; records up to offset {} cannot be read) and the newest valid snapshot {} covers only offsets below {}: the server keeps partition {partition} down (README, \"Storage faults\")",
-                r.map_or("the end".to_string(), |r| r.saturating_sub(1).to_string()),
-                info.id,
-                info.offset
-            )))),
-            Err(e) => Err(e.into()),
+    /// The partition's log as the server would open it; the server's refusal is the
+    /// error.
+    fn log(&mut self, partition: u32) -> anyhow::Result<&PartitionLog> {
+        self.check_partition(partition)?;
+        if !self.opened.contains_key(&partition) {
+            let loaded = load_partition(
+                &self.dir.join("log"),
+                partition,
+                &self.store,
+                Access::ReadOnly,
+            )?;
+            self.opened.insert(partition, loaded.log);
         }
+        Ok(&self.opened[&partition])
     }
 }
 
@@ -297,7 +255,7 @@ impl CommandLog for EmbeddedLog {
         self.partitions
     }
     fn bounds(&mut self, partition: u32) -> anyhow::Result<(u64, u64)> {
-        let log = self.open_partition(partition)?;
+        let log = self.log(partition)?;
         Ok((log.first_offset(), log.next_offset()))
     }
     fn scan(
@@ -306,7 +264,7 @@ impl CommandLog for EmbeddedLog {
         from: u64,
         f: &mut dyn FnMut(LogRecord) -> bool,
     ) -> anyhow::Result<()> {
-        let log = self.open_partition(partition)?;
+        let log = self.log(partition)?;
         for rec in log.reader_from(from)? {
             if !f(rec?) {
                 break;
@@ -314,12 +272,23 @@ impl CommandLog for EmbeddedLog {
         }
         Ok(())
     }
-    fn diagnose(&self, partition: u32) -> anyhow::Result<Option<(bool, String)>> {
-        Ok(match self.open_damaged(partition)? {
-            None => None,
-            Some(Damaged::Recoverable(_, why)) => Some((false, why)),
-            Some(Damaged::Down(why)) => Some((true, why)),
-        })
+    fn verdict(&mut self, partition: u32) -> Result<Option<Verdict>, String> {
+        self.check_partition(partition)
+            .map_err(|e| e.to_string())?;
+        let loaded = load_partition(
+            &self.dir.join("log"),
+            partition,
+            &self.store,
+            Access::ReadOnly,
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        let notes = loaded.notes();
+        self.opened.insert(partition, loaded.log);
+        Ok(Some(Verdict {
+            snapshot: loaded.snapshot,
+            snapshot_location: loaded.snapshot_location,
+            notes,
+        }))
     }
 }
 
