@@ -384,8 +384,10 @@ async fn a_damaged_last_record_after_kill9_is_refused_and_the_tools_agree() {
                 &server.base,
                 Method::POST,
                 "/api/v1/orders/checkout",
-                Some(json!({"reservationId": rid, "paymentTransactionId": "pay-alice",
-                            "paymentMethod": "WALLET", "shippingAddress": "1 Crash Rd"})),
+                Some(
+                    json!({"reservationId": rid, "paymentTransactionId": "pay-alice",
+                            "paymentMethod": "WALLET", "shippingAddress": "1 Crash Rd"}),
+                ),
                 &[],
             )
             .await;
@@ -411,7 +413,11 @@ async fn a_damaged_last_record_after_kill9_is_refused_and_the_tools_agree() {
             let cut: Vec<u8> = bytes[last..last + 40].to_vec();
             bytes.extend_from_slice(&cut);
         } else {
-            let at = if from_end == 0 { last + 9 } else { len - from_end };
+            let at = if from_end == 0 {
+                last + 9
+            } else {
+                len - from_end
+            };
             bytes[at] ^= 0x20;
         }
         std::fs::write(&log, &bytes).unwrap();
@@ -438,9 +444,16 @@ async fn a_damaged_last_record_after_kill9_is_refused_and_the_tools_agree() {
             &[],
         )
         .await;
-        assert_ne!(bob.status, StatusCode::CREATED, "{case}: the unit was sold twice");
+        assert_ne!(
+            bob.status,
+            StatusCode::CREATED,
+            "{case}: the unit was sold twice"
+        );
         let replay = tool(&data, &["replay", "--partition", &p.to_string(), "--quiet"]);
-        let verify = tool(&data, &["snapshot", "verify", "--partition", &p.to_string()]);
+        let verify = tool(
+            &data,
+            &["snapshot", "verify", "--partition", &p.to_string()],
+        );
         let verify_out = String::from_utf8_lossy(&verify.stdout).into_owned();
         drop(server);
         if torn {
@@ -480,15 +493,30 @@ async fn a_damaged_last_record_after_kill9_is_refused_and_the_tools_agree() {
             error.contains(said),
             "{case}: audit says what the server says:\n server: {error}\n audit: {said}"
         );
-        assert_eq!(report["partitions"].as_array().unwrap().len(), 4, "{case}: every partition reported");
+        assert_eq!(
+            report["partitions"].as_array().unwrap().len(),
+            4,
+            "{case}: every partition reported"
+        );
         assert_eq!(replay.status.code(), Some(1), "{case}: replay exits 1");
         assert!(
             String::from_utf8_lossy(&replay.stderr).contains(said),
             "{case}: replay names the damage"
         );
-        assert_eq!(verify.status.code(), Some(1), "{case}: verify: {verify_out}");
-        assert!(verify_out.contains("REFUSED") && verify_out.contains(said), "{case}: {verify_out}");
+        assert_eq!(
+            verify.status.code(),
+            Some(1),
+            "{case}: verify: {verify_out}"
+        );
+        assert!(
+            verify_out.contains("REFUSED") && verify_out.contains(said),
+            "{case}: {verify_out}"
+        );
         // The file was left as it was.
-        assert_eq!(std::fs::read(&log).unwrap(), bytes, "{case}: the log was changed");
+        assert_eq!(
+            std::fs::read(&log).unwrap(),
+            bytes,
+            "{case}: the log was changed"
+        );
     }
 }

@@ -605,7 +605,11 @@ async fn storage_faults_lose_nothing_acknowledged_and_fail_one_partition_alone()
                         .unwrap();
                 }
                 check(&run, &acked, &skus, &one, what).await;
-                assert_eq!(log.exists(), !delete, "{what}: nothing created in its place");
+                assert_eq!(
+                    log.exists(),
+                    !delete,
+                    "{what}: nothing created in its place"
+                );
                 let replay = tool(&run, &["replay", "--partition", "0", "--quiet"]);
                 assert_eq!(
                     replay.status.code(),

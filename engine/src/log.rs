@@ -802,7 +802,11 @@ mod tests {
                     }) => assert_eq!(position, last as u64),
                     other => panic!("byte {at} ^ {bit}: expected corruption, got {other:?}"),
                 }
-                assert_eq!(std::fs::read(&path).unwrap(), bytes, "byte {at}: file changed");
+                assert_eq!(
+                    std::fs::read(&path).unwrap(),
+                    bytes,
+                    "byte {at}: file changed"
+                );
                 // A snapshot that covers it: recovered past, appended after.
                 let mut log = PartitionLog::open_past_damage(dir.path(), 0, 3).unwrap();
                 assert_eq!((log.first_offset(), log.next_offset()), (3, 3));

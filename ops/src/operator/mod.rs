@@ -254,9 +254,7 @@ fn pick_snapshot(
             Err(e) => {
                 let prefix = format!("snapshot {} refused", info.id);
                 if !notes.iter().any(|n| n.starts_with(&prefix)) {
-                    notes.push(format!(
-                        "{prefix} ({e}); falling back to the one before"
-                    ));
+                    notes.push(format!("{prefix} ({e}); falling back to the one before"));
                 }
             }
         }
@@ -482,7 +480,9 @@ fn replay_blocking(args: &ReplayArgs, src: &mut Sources, stop: Stop) -> anyhow::
         Err(e) => match e.downcast::<Refused>() {
             Ok(refused) => {
                 if args.json {
-                    print_json(&json!({"partition": p, "source": src.describe, "refused": refused.why}));
+                    print_json(
+                        &json!({"partition": p, "source": src.describe, "refused": refused.why}),
+                    );
                 }
                 return Ok(Err(ProblemsFound(refused.to_string())));
             }
@@ -901,10 +901,8 @@ async fn snapshot_inner(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         SnapshotCommand::List(a) => {
             let mut src = a.source.open().await?;
-            tokio::task::spawn_blocking(move || {
-                snapshot_list(&mut src, a.partition, a.json, false)
-            })
-            .await?
+            tokio::task::spawn_blocking(move || snapshot_list(&mut src, a.partition, a.json, false))
+                .await?
         }
         SnapshotCommand::Verify(a) => {
             let mut src = a.source.open().await?;

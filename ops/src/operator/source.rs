@@ -273,8 +273,7 @@ impl CommandLog for EmbeddedLog {
         Ok(())
     }
     fn verdict(&mut self, partition: u32) -> Result<Option<Verdict>, String> {
-        self.check_partition(partition)
-            .map_err(|e| e.to_string())?;
+        self.check_partition(partition).map_err(|e| e.to_string())?;
         let loaded = load_partition(
             &self.dir.join("log"),
             partition,
