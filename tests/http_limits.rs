@@ -4,7 +4,9 @@
 //!
 //! - a silent connection, a half-sent request head and an idle keep-alive connection
 //!   are closed by the server;
-//! - a request body that stops arriving gets 408 with the API's error body;
+//! - a request body that stops arriving gets 408 with the API's error body, and so does
+//!   one that keeps trickling past the whole-body deadline;
+//! - a declared `Content-Length` over the body limit gets 413 at once, without the body;
 //! - at the connection limit a new client gets an immediate 503 + `Retry-After` with
 //!   the API's error body (never a hang), and is served again once connections free;
 //! - heads past our limits get 431 / 414 with the API's body and `X-Request-Id`; the
@@ -209,6 +211,103 @@ async fn stalled_body_gets_408_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_body_gets_408_kafka() {
     stalled_body_gets_408(Mode::Kafka).await;
+}
+
+/// A body that never stalls (a byte every 200 ms, far inside a 60 s per-read timeout)
+/// but never ends either is cut off by the whole-body deadline (1 s): 408 with the
+/// API's body, and the connection closed. Before the deadline existed, such a body held
+/// its request and connection for as long as the client liked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_body_gets_408_at_its_deadline() {
+    let s = start(Mode::Embedded, |a| {
+        a.http.http_body_timeout_secs = 60;
+        a.http.http_body_deadline_secs = 1;
+    })
+    .await
+    .expect("embedded starts");
+    let c = TcpStream::connect(addr_of(&s)).await.unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    wr.write_all(
+        b"POST /api/v1/reservations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Request-Id: trickle-1\r\nContent-Length: 60000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    // One byte every 200 ms, for at most GENEROUS; stops when the server closes.
+    let trickle = tokio::spawn(async move {
+        let mut sent = 0u32;
+        while sent < 300 && wr.write_all(b" ").await.is_ok() {
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = tokio::time::timeout(GENEROUS, async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the trickled request was never cut off");
+    trickle.abort();
+    let r = Raw::parse(&out);
+    assert_eq!(r.status, 408, "{r:?}");
+    assert_error_body(&r.json(), 408, "Request Timeout");
+    assert_eq!(
+        r.headers.get("x-request-id").map(String::as_str),
+        Some("trickle-1")
+    );
+    assert_eq!(one_request(&addr_of(&s), "/health").await.status, 200);
+    s.stop().await;
+}
+
+/// A `Content-Length` over 64 KiB is refused with 413 before any of the body is read
+/// (the client sends none here): never a wait for a body that is refused anyway, which
+/// used to end in the body timeout's 408. The body timeout is long (60 s), so only the
+/// immediate answer can pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_oversized_body_gets_413_at_once() {
+    let s = start(Mode::Embedded, |a| {
+        a.http.http_body_timeout_secs = 60;
+        a.http.http_body_deadline_secs = 60;
+    })
+    .await
+    .expect("embedded starts");
+    for path in ["/api/v1/reservations", "/api/v1/admin/sales", "/health"] {
+        let mut c = TcpStream::connect(addr_of(&s)).await.unwrap();
+        c.write_all(
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Request-Id: big-1\r\nContent-Length: 10000000\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        // The server answers and closes on its own (Connection: close); a 408 after
+        // 60 s would come too late for GENEROUS anyway.
+        let r = Raw::parse(&read_until_closed(&mut c).await);
+        assert_eq!(r.status, 413, "{path}: {r:?}");
+        assert_error_body(&r.json(), 413, "Payload Too Large");
+        assert_eq!(r.json()["path"], json!(path));
+        assert_eq!(r.headers.get("connection").map(String::as_str), Some("close"));
+        assert_eq!(
+            r.headers.get("x-request-id").map(String::as_str),
+            Some("big-1")
+        );
+    }
+    // Exactly at the limit, a declared length is read as usual (here: a bad body).
+    let mut c = TcpStream::connect(addr_of(&s)).await.unwrap();
+    let body = " ".repeat(64 * 1024);
+    c.write_all(
+        format!("POST /api/v1/reservations HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r = Raw::parse(&read_until_closed(&mut c).await);
+    assert_eq!(r.status, 400, "{r:?}");
+    s.stop().await;
 }
 
 // ---------------------------------------------------------------------------------

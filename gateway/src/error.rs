@@ -190,7 +190,7 @@ impl ApiError {
             ),
             408 => (
                 "Request Timeout",
-                "The request body stopped arriving; send the request again",
+                "The request body stopped arriving or took too long; send the request again",
             ),
             413 => ("Payload Too Large", "Request body is over 64 KiB"),
             414 => (
@@ -309,23 +309,54 @@ pub const REQUEST_ID: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestIdValue(pub HeaderValue);
 
-/// Stamps `X-Request-Id` (echoing a sane client value, else a new ULID) and renders
-/// the error body of every 4xx/5xx response.
+/// Longest client `X-Request-Id` (docs/api.md): 1 to this many visible ASCII characters.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// A client `X-Request-Id` the API echoes: 1-128 visible ASCII characters (`!`..`~`).
+pub fn valid_request_id(v: &HeaderValue) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID_CHARS
+        && v.as_bytes().iter().all(|b| (0x21..0x7f).contains(b))
+}
+
+/// Stamps `X-Request-Id` (the client's, echoed, else a new ULID) and renders the error
+/// body of every 4xx/5xx response. Checks of the request head come first, before any
+/// handler: 414 / 431 for a head past our limits, 413 at once for a declared
+/// `Content-Length` over the body limit (nothing of the body is read), 400 for a
+/// client `X-Request-Id` that is not 1-128 visible ASCII characters (answered with a
+/// generated id).
 pub async fn render_errors(mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    let rid = req
-        .headers()
-        .get(REQUEST_ID)
-        .filter(|v| {
-            !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| (0x21..0x7f).contains(b))
-        })
+    let given = req.headers().get(REQUEST_ID);
+    let bad_rid = given.is_some_and(|v| !valid_request_id(v));
+    let rid = given
+        .filter(|_| !bad_rid)
         .cloned()
         .unwrap_or_else(|| {
             HeaderValue::from_str(&ulid::Ulid::new().to_string()).expect("ulid is ascii")
         });
     req.extensions_mut().insert(RequestIdValue(rid.clone()));
-    let mut res = match head_too_large(&req) {
-        Some(e) => e.into_response(),
+    let refused = head_too_large(&req)
+        .or_else(|| declared_body_too_large(&req))
+        .or_else(|| {
+            bad_rid.then(|| {
+                ApiError::bad_request(
+                    "X-Request-Id",
+                    "must be 1-128 visible ASCII characters (! to ~)",
+                )
+            })
+        });
+    let mut res = match refused {
+        Some(e) => {
+            let close = e.status == StatusCode::PAYLOAD_TOO_LARGE;
+            let mut res = e.into_response();
+            if close {
+                // The body is left unread: tell the client this connection ends here.
+                res.headers_mut()
+                    .insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
+        }
         None => next.run(req).await,
     };
     let status = res.status();
@@ -367,6 +398,20 @@ fn head_too_large(req: &Request) -> Option<ApiError> {
         .sum();
     (line + headers > MAX_HEAD_BYTES)
         .then(|| ApiError::from_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
+}
+
+/// 413 for a request whose `Content-Length` is over the body limit: answered at once,
+/// without waiting for a body that is refused whatever it holds.
+fn declared_body_too_large(req: &Request) -> Option<ApiError> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()?;
+    (declared > crate::api::MAX_BODY_BYTES as u64)
+        .then(|| ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE))
 }
 
 impl ApiError {

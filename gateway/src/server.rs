@@ -6,12 +6,15 @@
 //!   runs whenever hyper waits for a request head: from the moment a connection opens,
 //!   and again from the end of each response, so it is also the **idle keep-alive
 //!   timeout**. A silent, half-sent or idle connection is closed when it fires.
-//! - **Body-read timeout**: [`crate::body_timeout`] (tower-http's `TimeoutBody`, with
-//!   the timer armed only when a read waits): a body that stalls (no bytes) that long
-//!   fails to read, the handler answers 408 with the API's error
-//!   body (`api::body_bytes`), and hyper closes the connection (the body was not read
-//!   to its end). Like nginx's `client_body_timeout`, it times each wait for more
-//!   bytes, not the whole body (which is at most 64 KiB anyway).
+//! - **Body-read timeout and body deadline**: [`crate::body_timeout`] (tower-http's
+//!   `TimeoutBody`, with the timer armed only when a read waits): a body that stalls
+//!   (no bytes) for the timeout, or is still incomplete at its deadline (counted from
+//!   its first wait, so a body trickled a byte at a time cannot hold a connection for
+//!   days), fails to read; the handler answers 408 with the API's error body
+//!   (`api::body_bytes`), and hyper closes the connection (the body was not read to
+//!   its end).
+//! - **Declared body size**: a `Content-Length` over the body limit is answered 413 at
+//!   once, before any of the body is read (`error::render_errors`).
 //! - **Connection limit**: hyper has none, so this loop counts connections; past
 //!   `max_connections`, a new connection is answered at once with 503, `Retry-After`
 //!   and the API's error body, and closed. Refusals are bounded too
@@ -61,6 +64,9 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Longest wait for more bytes of a request body before answering 408.
     pub body_read_timeout: Duration,
+    /// Longest a request body may take as a whole, from its first wait, before
+    /// answering 408.
+    pub body_deadline: Duration,
     /// Most connections open at once; past it, 503 at once.
     pub max_connections: usize,
     /// On shutdown, how long requests in flight may take before their connections are
@@ -73,6 +79,7 @@ impl Default for HttpLimits {
         HttpLimits {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(10),
+            body_deadline: Duration::from_secs(30),
             max_connections: 10_000,
             drain: Duration::from_secs(10),
         }
@@ -133,7 +140,7 @@ pub async fn serve(
     let service = tower::ServiceBuilder::new()
         .layer(axum::Extension(draining.clone()))
         .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
-            req.map(|b| TimedBody::new(b, limits.body_read_timeout))
+            req.map(|b| TimedBody::new(b, limits.body_read_timeout, limits.body_deadline))
         })
         .service(app);
     let mut http = http1::Builder::new();

@@ -96,6 +96,7 @@ fn brokers_ok(brokers: &str) -> Result<(), Invalid> {
 pub struct HttpConfig {
     pub http_header_timeout_secs: u64,
     pub http_body_timeout_secs: u64,
+    pub http_body_deadline_secs: u64,
     pub http_max_connections: u64,
     pub shutdown_drain_secs: u64,
 }
@@ -105,6 +106,7 @@ impl Default for HttpConfig {
         HttpConfig {
             http_header_timeout_secs: 30,
             http_body_timeout_secs: 10,
+            http_body_deadline_secs: 30,
             http_max_connections: 10_000,
             shutdown_drain_secs: 10,
         }
@@ -115,6 +117,7 @@ impl HttpConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         at_least_1(self.http_header_timeout_secs, "--http-header-timeout-secs")?;
         at_least_1(self.http_body_timeout_secs, "--http-body-timeout-secs")?;
+        at_least_1(self.http_body_deadline_secs, "--http-body-deadline-secs")?;
         at_least_1(self.http_max_connections, "--http-max-connections")
     }
 
@@ -123,6 +126,7 @@ impl HttpConfig {
         flashsale_gateway::server::HttpLimits {
             header_read_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
             body_read_timeout: Duration::from_secs(self.http_body_timeout_secs.max(1)),
+            body_deadline: Duration::from_secs(self.http_body_deadline_secs.max(1)),
             max_connections: usize::try_from(self.http_max_connections)
                 .unwrap_or(usize::MAX)
                 .max(1),

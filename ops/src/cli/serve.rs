@@ -116,6 +116,11 @@ pub struct HttpArgs {
     /// answered 408 Request Timeout and its connection closed.
     #[arg(long, env = "FLASHSALE_HTTP_BODY_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_body_timeout_secs: u64,
+    /// Seconds a whole request body may take, counted from the first wait for its
+    /// bytes; past it the request is answered 408 Request Timeout and its connection
+    /// closed, however steadily the bytes trickle in.
+    #[arg(long, env = "FLASHSALE_HTTP_BODY_DEADLINE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_body_deadline_secs: u64,
     /// Most HTTP connections open at once. A connection past it is answered at once
     /// with 503 + Retry-After (the API's error body) and closed, never left waiting.
     /// Keep it below the process's open-file limit (`ulimit -n`), with room for the
@@ -134,6 +139,7 @@ impl From<HttpArgs> for HttpConfig {
         HttpConfig {
             http_header_timeout_secs: a.http_header_timeout_secs,
             http_body_timeout_secs: a.http_body_timeout_secs,
+            http_body_deadline_secs: a.http_body_deadline_secs,
             http_max_connections: a.http_max_connections,
             shutdown_drain_secs: a.shutdown_drain_secs,
         }
