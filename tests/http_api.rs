@@ -303,6 +303,15 @@ async fn not_found_rows(s: &TestServer) {
         .get("/api/v1/products/NO-SUCH-PRODUCT-XYZ/availability")
         .await;
     assert_error(&a, 404, "Product Not Found");
+    // an invalid skuId in a path is 400 naming it (as in a body), not 404
+    for path in [
+        "/api/v1/products/bad%20sku/availability",
+        &format!("/api/v1/products/{}/availability", "S".repeat(65)),
+    ] {
+        let a = s.get(path).await;
+        assert_error(&a, 400, "Bad Request");
+        assert_eq!(a.body["details"]["field"], "skuId", "{path}: {}", a.body);
+    }
 
     let fake = "res_01HQZZZZZZZZZZZZZZZZZZZZZZ000";
     for a in [
@@ -565,6 +574,16 @@ async fn admin_sale_rules(s: &TestServer) {
             json!({"name": "S", "startsAt": "yesterday", "endsAt": time_in(10), "products": [product(&other)]}),
             "startsAt",
         ),
+        // a leap second is refused rather than taken as the next second (which would
+        // answer `+10000-01-01T00:00:00Z` for this one)
+        (
+            json!({"name": "S", "startsAt": time_in(-1), "endsAt": "9999-12-31T23:59:60Z", "products": [product(&other)]}),
+            "endsAt",
+        ),
+        (
+            json!({"name": "S", "startsAt": "1969-12-31T23:59:59Z", "endsAt": time_in(10), "products": [product(&other)]}),
+            "startsAt",
+        ),
         (
             sale(vec![
                 json!({"skuId": other, "name": "P", "basePrice": 5.0, "flashSalePrice": 6.0, "totalInventory": 3}),
@@ -601,6 +620,16 @@ async fn admin_sale_rules(s: &TestServer) {
         assert_error(&a, 400, "Bad Request");
         assert_eq!(a.body["details"]["field"], field, "{}", a.body);
     }
+    // the last time the API takes is answered as it was sent
+    let last = unique_sku("LAST");
+    let a = s
+        .admin_post(
+            "/api/v1/admin/sales",
+            json!({"name": "S", "startsAt": time_in(-1), "endsAt": "9999-12-31T23:59:59Z", "products": [product(&last)]}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["endsAt"], "9999-12-31T23:59:59Z");
 }
 
 async fn operations_endpoints(s: &TestServer) {
@@ -621,6 +650,23 @@ async fn operations_endpoints(s: &TestServer) {
         .call(Method::GET, "/nope", None, &[("x-request-id", "err-7")])
         .await;
     assert_eq!(e.headers["x-request-id"], "err-7");
+    // the longest id, every visible ASCII character: echoed as sent
+    let longest: String = (b'!'..=b'~').map(char::from).cycle().take(128).collect();
+    let a = s
+        .call(Method::GET, "/health", None, &[("x-request-id", &longest)])
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["x-request-id"], longest.as_str());
+    // any other id is 400 naming the header, answered with a generated id
+    for bad in ["a b", &"x".repeat(129), "a\tb"] {
+        let a = s
+            .call(Method::GET, "/health", None, &[("x-request-id", bad)])
+            .await;
+        assert_error(&a, 400, "Bad Request");
+        assert_eq!(a.body["details"]["field"], "X-Request-Id", "{}", a.body);
+        let rid = a.headers["x-request-id"].to_str().unwrap();
+        assert!(rid != bad && !rid.is_empty(), "{rid}");
+    }
 
     let sku = unique_sku("MET");
     s.create_sale(&[(&sku, 1, 1)], 120, -1).await;

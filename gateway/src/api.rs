@@ -232,13 +232,13 @@ pub(crate) fn path_param(
         .map_err(|e| ApiError::bad_request(name, e.body_text()))
 }
 
-/// A `{skuId}` path parameter: the raw text and the parsed id, or 404 "Product Not
-/// Found" naming it.
+/// A `{skuId}` path parameter: the raw text and the parsed id, or 400 naming the field
+/// when it is not a valid `skuId` (1-64 of `[A-Za-z0-9_.:@-]`, as in a body).
 pub(crate) fn sku_param(
     p: Result<Path<String>, PathRejection>,
 ) -> Result<(String, SkuId), ApiError> {
     let raw = path_param(p, "skuId")?;
-    let sku = SkuId::parse(&raw).map_err(|_| ApiError::product_not_found(&raw))?;
+    let sku = SkuId::parse(&raw).map_err(|e| ApiError::bad_request("skuId", e.to_string()))?;
     Ok((raw, sku))
 }
 

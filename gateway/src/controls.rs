@@ -94,13 +94,20 @@ pub fn admin_product_json(p: &ProductEntry) -> Value {
     })
 }
 
-/// Sends one product control and answers with the product's figures after it.
-async fn control(app: &AppState, raw_sku: &str, command: Command) -> Result<Json<Value>, ApiError> {
-    let sku = SkuId::parse(raw_sku).map_err(|_| ApiError::product_not_found(raw_sku))?;
-    if app.read.product(&sku).is_none() {
+/// Sends one product control and answers with the product's figures after it. The
+/// engine's "invalid" refusal of a control names `field` (the body's field it comes
+/// from: an inventory change that would take the total past its maximum).
+async fn control(
+    app: &AppState,
+    raw_sku: &str,
+    sku: &SkuId,
+    command: Command,
+    field: &str,
+) -> Result<Json<Value>, ApiError> {
+    if app.read.product(sku).is_none() {
         return Err(ApiError::product_not_found(raw_sku));
     }
-    let partition = app.dispatcher.partition_of(&sku);
+    let partition = app.dispatcher.partition_of(sku);
     let rec = app.dispatcher.call(partition, command, None).await?;
     match rec.reply {
         Reply::ProductControlled(f) => {
@@ -109,6 +116,9 @@ async fn control(app: &AppState, raw_sku: &str, command: Command) -> Result<Json
                 .apply_figures(&f)
                 .ok_or_else(|| ApiError::product_not_found(raw_sku))?;
             Ok(Json(admin_product_json(&p)))
+        }
+        Reply::Rejected(Rejection::Invalid { reason }) => {
+            Err(ApiError::bad_request(field, reason))
         }
         Reply::Rejected(r) => Err(ApiError::from_rejection(&r)),
         other => Err(unexpected(other)),
@@ -124,7 +134,7 @@ pub async fn adjust_inventory(
 ) -> Result<Json<Value>, ApiError> {
     let bytes = body_bytes(body)?;
     app.authorize(&headers)?;
-    let raw = path_param(sku, "skuId")?;
+    let (raw, sku) = sku_param(sku)?;
     let b = Body::parse(&bytes)?;
     let limit = MAX_INVENTORY as i64;
     let delta = match b.0.get("delta") {
@@ -141,15 +151,11 @@ pub async fn adjust_inventory(
         },
         Some(_) => return Err(ApiError::bad_request("delta", "must be an integer")),
     };
-    control(
-        &app,
-        &raw,
-        Command::AdjustInventory {
-            sku: SkuId::parse(&raw).map_err(|_| ApiError::product_not_found(&raw))?,
-            delta,
-        },
-    )
-    .await
+    let command = Command::AdjustInventory {
+        sku: sku.clone(),
+        delta,
+    };
+    control(&app, &raw, &sku, command, "delta").await
 }
 
 /// `POST /api/v1/admin/products/{skuId}/pause`.
@@ -160,7 +166,8 @@ pub async fn pause_product(
 ) -> Result<Json<Value>, ApiError> {
     app.authorize(&headers)?;
     let (raw, sku) = sku_param(sku)?;
-    control(&app, &raw, Command::PauseProduct { sku }).await
+    let command = Command::PauseProduct { sku: sku.clone() };
+    control(&app, &raw, &sku, command, "skuId").await
 }
 
 /// `POST /api/v1/admin/products/{skuId}/resume`.
@@ -171,7 +178,8 @@ pub async fn resume_product(
 ) -> Result<Json<Value>, ApiError> {
     app.authorize(&headers)?;
     let (raw, sku) = sku_param(sku)?;
-    control(&app, &raw, Command::ResumeProduct { sku }).await
+    let command = Command::ResumeProduct { sku: sku.clone() };
+    control(&app, &raw, &sku, command, "skuId").await
 }
 
 /// `POST /api/v1/admin/sales/{saleId}/end`: `endsAt` = now on every partition of the

@@ -35,15 +35,30 @@ pub fn rfc3339_now_with_secs() -> (i64, String) {
     })
 }
 
+/// The first instant the API does not take or write: 10000-01-01T00:00:00Z (RFC 3339
+/// has four-digit years).
+pub const END_OF_TIME_MS: UnixMs = 253_402_300_800_000;
+
+/// An API time: RFC 3339 in UTC (`Z`), from 1970-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59.999Z, milliseconds kept (finer digits are dropped). A leap
+/// second (`:60`) is refused: unix time has none, and taking it as the next second
+/// would answer a time the client never sent (`9999-12-31T23:59:60Z` would come back
+/// as `+10000-01-01T00:00:00Z`).
 pub fn parse_time(s: &str) -> Result<UnixMs, String> {
     let bad = || "must be an RFC 3339 UTC time ending in Z, e.g. 2025-01-15T10:00:00Z".to_string();
     if !(s.ends_with('Z') || s.ends_with('z')) {
         return Err(bad());
     }
     let t = DateTime::parse_from_rfc3339(s).map_err(|_| bad())?;
+    if t.timestamp_subsec_nanos() >= 1_000_000_000 {
+        return Err("must not be a leap second (seconds 00-59)".into());
+    }
     let ms = t.timestamp_millis();
     if ms < 0 {
         return Err("must be after 1970-01-01T00:00:00Z".into());
+    }
+    if ms as u64 >= END_OF_TIME_MS {
+        return Err("must be before 10000-01-01T00:00:00Z".into());
     }
     Ok(ms as u64)
 }
@@ -51,6 +66,28 @@ pub fn parse_time(s: &str) -> Result<UnixMs, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_outside_the_api_range_are_refused() {
+        for ok in [
+            "1970-01-01T00:00:00Z",
+            "2025-01-15T10:00:00.5Z",
+            "9999-12-31T23:59:59.999Z",
+        ] {
+            let ms = parse_time(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(parse_time(&rfc3339(ms)), Ok(ms), "{ok} round-trips");
+            assert!(rfc3339(ms).starts_with(&ok[..19]), "{ok} -> {}", rfc3339(ms));
+        }
+        for bad in [
+            "9999-12-31T23:59:60Z",
+            "2016-12-31T23:59:60Z",
+            "1969-12-31T23:59:59Z",
+            "2025-01-15T10:00:00+01:00",
+            "2025-01-15",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad} is refused");
+        }
+    }
 
     #[test]
     fn the_cached_timestamp_follows_the_clock() {
