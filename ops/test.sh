@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: install what is missing, start real Kafka + Postgres on 127.0.0.1,
 # build the `flashsale` binary (the crash tests run it as a child process), run every
-# test of the workspace, and always stop the services again.
+# test of the workspace, then check the HTTP contract with Schemathesis against
+# `serve --demo` (ops/contract.sh), and always stop the services again.
 # Usage: ops/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +20,5 @@ set +a
 export FLASHSALE_REQUIRE_SERVICES=1
 cargo build --bin flashsale
 cargo test --workspace --no-fail-fast "$@"
+# The HTTP contract (schemas/openapi.yaml), checked against the server by Schemathesis.
+bash ops/contract.sh
