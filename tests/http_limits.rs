@@ -290,7 +290,10 @@ async fn declared_oversized_body_gets_413_at_once() {
         assert_eq!(r.status, 413, "{path}: {r:?}");
         assert_error_body(&r.json(), 413, "Payload Too Large");
         assert_eq!(r.json()["path"], json!(path));
-        assert_eq!(r.headers.get("connection").map(String::as_str), Some("close"));
+        assert_eq!(
+            r.headers.get("connection").map(String::as_str),
+            Some("close")
+        );
         assert_eq!(
             r.headers.get("x-request-id").map(String::as_str),
             Some("big-1")

@@ -147,7 +147,9 @@ fn every_error_the_server_sends_is_in_the_spec() {
         },
     ];
     let mut errors: Vec<ApiError> = rejections.iter().map(ApiError::from_rejection).collect();
-    for status in [400, 401, 404, 405, 408, 413, 414, 422, 429, 431, 503, 415, 500] {
+    for status in [
+        400, 401, 404, 405, 408, 413, 414, 422, 429, 431, 503, 415, 500,
+    ] {
         errors.push(ApiError::from_status(
             axum::http::StatusCode::from_u16(status).unwrap(),
         ));
@@ -157,7 +159,10 @@ fn every_error_the_server_sends_is_in_the_spec() {
     errors.push(ApiError::unauthorized());
     for e in errors {
         let status = u64::from(e.status.as_u16());
-        assert!(statuses.contains(&status), "status {status} is not in ErrorBody");
+        assert!(
+            statuses.contains(&status),
+            "status {status} is not in ErrorBody"
+        );
         assert!(
             titles.contains(&e.payload.title),
             "title {:?} ({status}) is not in ErrorBody",

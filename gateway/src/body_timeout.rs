@@ -25,7 +25,9 @@ use tokio::time::{Instant, Sleep};
 /// The error a body read fails with when no bytes came for the timeout, or the whole
 /// body did not arrive by its deadline (`api::body_bytes` answers it with 408).
 #[derive(Debug, thiserror::Error)]
-#[error("the request body stopped arriving (body-read timeout) or took longer than the body deadline")]
+#[error(
+    "the request body stopped arriving (body-read timeout) or took longer than the body deadline"
+)]
 pub struct BodyTimedOut;
 
 /// `inner`, failing with [`BodyTimedOut`] when a read waits longer than `timeout`, or

@@ -117,9 +117,7 @@ async fn control(
                 .ok_or_else(|| ApiError::product_not_found(raw_sku))?;
             Ok(Json(admin_product_json(&p)))
         }
-        Reply::Rejected(Rejection::Invalid { reason }) => {
-            Err(ApiError::bad_request(field, reason))
-        }
+        Reply::Rejected(Rejection::Invalid { reason }) => Err(ApiError::bad_request(field, reason)),
         Reply::Rejected(r) => Err(ApiError::from_rejection(&r)),
         other => Err(unexpected(other)),
     }

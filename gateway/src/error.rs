@@ -329,12 +329,9 @@ pub async fn render_errors(mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let given = req.headers().get(REQUEST_ID);
     let bad_rid = given.is_some_and(|v| !valid_request_id(v));
-    let rid = given
-        .filter(|_| !bad_rid)
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&ulid::Ulid::new().to_string()).expect("ulid is ascii")
-        });
+    let rid = given.filter(|_| !bad_rid).cloned().unwrap_or_else(|| {
+        HeaderValue::from_str(&ulid::Ulid::new().to_string()).expect("ulid is ascii")
+    });
     req.extensions_mut().insert(RequestIdValue(rid.clone()));
     let refused = head_too_large(&req)
         .or_else(|| declared_body_too_large(&req))
@@ -346,17 +343,13 @@ pub async fn render_errors(mut req: Request, next: Next) -> Response {
                 )
             })
         });
+    // A body refused before it is read is left unread: the connection ends with this
+    // answer, and the client is told so.
+    let close = refused
+        .as_ref()
+        .is_some_and(|e| e.status == StatusCode::PAYLOAD_TOO_LARGE);
     let mut res = match refused {
-        Some(e) => {
-            let close = e.status == StatusCode::PAYLOAD_TOO_LARGE;
-            let mut res = e.into_response();
-            if close {
-                // The body is left unread: tell the client this connection ends here.
-                res.headers_mut()
-                    .insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            res
-        }
+        Some(e) => e.into_response(),
         None => next.run(req).await,
     };
     let status = res.status();
@@ -371,6 +364,12 @@ pub async fn render_errors(mut req: Request, next: Next) -> Response {
         res = error_response(&err, &path);
     }
     res.headers_mut().insert(REQUEST_ID, rid);
+    if close {
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
     res
 }
 

@@ -76,7 +76,11 @@ mod tests {
         ] {
             let ms = parse_time(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert_eq!(parse_time(&rfc3339(ms)), Ok(ms), "{ok} round-trips");
-            assert!(rfc3339(ms).starts_with(&ok[..19]), "{ok} -> {}", rfc3339(ms));
+            assert!(
+                rfc3339(ms).starts_with(&ok[..19]),
+                "{ok} -> {}",
+                rfc3339(ms)
+            );
         }
         for bad in [
             "9999-12-31T23:59:60Z",
