@@ -536,17 +536,15 @@ async fn a_console_opened_later_shows_the_history_axes_and_health() {
     let labels = page
         .wait_for(
             "y labels of the big product's stock",
-            "(() => { const axes = document.querySelectorAll('#chart-stock .u-axis'); \
-               const y = axes[1]; if (!y) return null; \
-               const t = [...y.querySelectorAll('.u-value')].map(e => e.textContent); \
-               return t.some(x => x.endsWith('M')) ? t : null; })()",
+            "(() => { const l = window.flashsaleConsole.yLabels('stock'); \
+               return l && l.some(x => x.text.endsWith('M')) ? l : null; })()",
         )
         .await;
     for l in labels.as_array().unwrap() {
-        let l = l.as_str().unwrap();
+        let text = l["text"].as_str().unwrap();
         assert!(
-            !l.contains(',') && l.len() <= 6,
-            "a y label is short and has no thousands separator: {labels}"
+            !text.contains(',') && text.len() <= 6 && l["fits"] == true,
+            "every y label is short, has no thousands separator and fits its axis: {labels}"
         );
     }
     // The hot product on its own scale: its stock, not the sum with 10M.
