@@ -852,10 +852,6 @@ impl Core {
         });
     }
 
-    /// Enqueues one record in the producer, waiting while its queue is full (records
-    /// wait there until the broker takes them, so a full queue is a long outage or a
-    /// slow broker: a retry cures it). `epoch`: the [`EPOCH_HEADER`] of an output.
-    #[allow(clippy::too_many_arguments)]
     /// A reply for a gateway id past the replies partitions this engine knows: the
     /// topic may have grown since it started (`flashsale topics grow`). Reads the count
     /// again, at most once a second, through the producer's own client, so the
@@ -898,6 +894,10 @@ impl Core {
         }
     }
 
+    /// Enqueues one record in the producer, waiting while its queue is full (records
+    /// wait there until the broker takes them, so a full queue is a long outage or a
+    /// slow broker: a retry cures it). `epoch`: the [`EPOCH_HEADER`] of an output.
+    #[allow(clippy::too_many_arguments)]
     fn produce(
         &self,
         topic: &str,
