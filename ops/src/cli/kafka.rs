@@ -109,7 +109,7 @@ pub enum TopicsAction {
     /// it is keyed by gateway id, not SKU. Running engines learn the new count when the
     /// first reply for a new gateway id comes. Kafka cannot take partitions away.
     #[command(
-        after_help = "Examples:\n  flashsale topics grow --kafka 127.0.0.1:19092 --replies-partitions 8\n  # then start the new gateways\n  flashsale gateway --kafka 127.0.0.1:19092 --gateway-id 4 --admin-token \"$TOKEN\""
+        after_help = "Examples:\n  flashsale topics grow --kafka 127.0.0.1:19092 --replies-partitions 8\n  # then start the new gateways\n  flashsale gateway --kafka 127.0.0.1:19092 --gateway-id 4 --admin-token s3cret"
     )]
     Grow(TopicsGrowArgs),
 }
