@@ -551,3 +551,70 @@ async fn a_typo_a_busy_data_dir_and_a_partition_mismatch_say_what_to_do() {
         &["was created with 4 partitions", "start with --partitions 4"],
     );
 }
+
+/// A reader that stops early (`flashsale audit --json | true`) must not make any
+/// command panic: each JSON-printing command, its stdout a pipe whose reading end is
+/// already closed (what `| true` does, without the race of `true` exiting before or
+/// after the write), exits 0 without a panic message.
+#[tokio::test]
+async fn every_cli_exits_cleanly_when_its_reader_is_gone() {
+    let (dir, sku) = data_dir_with_a_sale().await;
+    let data = dir.path().to_str().unwrap();
+    let p = partition_of(&sku, "4").to_string();
+    let commands: [&[&str]; 6] = [
+        &["audit", "--data-dir", data, "--json"],
+        &["audit", "--data-dir", data],
+        &[
+            "replay",
+            "--data-dir",
+            data,
+            "--partition",
+            &p,
+            "--json",
+            "--quiet",
+        ],
+        &["snapshot", "list", "--data-dir", data, "--json"],
+        &["snapshot", "verify", "--data-dir", data, "--json"],
+        &["partition-of", "SKU-1", "--json"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let o = base_command(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run flashsale");
+        let err = stderr(&o);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "flashsale {args:?} with its reader gone: {err}"
+        );
+        assert_eq!(o.status.code(), Some(0), "flashsale {args:?}: {err}");
+    }
+}
+
+/// A port in use is refused before any partition starts: one "cannot listen" line,
+/// exit 2, and no ERROR about partitions stopped half-way (nothing to alarm an
+/// operator grepping for ERROR).
+#[test]
+fn a_port_in_use_is_one_line_and_no_partition_errors() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let listen = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let o = flashsale(&[
+        "serve",
+        "--embedded",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]);
+    assert_fails(&o, 2, &["cannot listen on", "Address already in use"]);
+    let err = stderr(&o);
+    assert!(
+        !err.contains("ERROR") && !err.contains("panicked") && !err.contains("partition"),
+        "{err}"
+    );
+}

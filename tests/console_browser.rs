@@ -7,7 +7,12 @@
 //! holds are made through the API and matches `GET …/availability` each time;
 //! "Pause" (its confirmation accepted) pauses the product, and a reservation is then
 //! refused with 409. A screenshot is saved as `$CARGO_TARGET_TMPDIR/console.png` (its
-//! path is printed). Without `chromium` on PATH the test skips with a line, unless
+//! path is printed).
+//!
+//! A page opened after the fact shows what happened before it opened (the history the
+//! server keeps), its y axes read "10M" for a 10-million-unit sale (not a clipped
+//! "0,000"), and its health strip says ready, with a warning colour while buyers get
+//! 429s. Without `chromium` on PATH the test skips with a line, unless
 //! FLASHSALE_REQUIRE_SERVICES=1 (or FLASHSALE_REQUIRE_BROWSER=1), where it fails.
 
 use anyhow::{bail, Context};
@@ -393,7 +398,7 @@ async fn console_in_headless_chromium() {
     // A screenshot for people to look at (let the charts draw a few points first).
     page.wait_for(
         "a few chart points",
-        "document.querySelectorAll('.uplot').length === 3",
+        "document.querySelectorAll('.uplot').length === 4",
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -407,6 +412,225 @@ async fn console_in_headless_chromium() {
     println!("console screenshot: {}", png.display());
     eprintln!("console screenshot: {}", png.display());
 
+    drop(page);
+    drop(browser);
+    s.stop().await;
+}
+
+/// The first event of the console's stream (history included).
+async fn first_event(s: &TestServer) -> Value {
+    let mut res = s
+        .client
+        .get(format!("{}/api/v1/admin/stream", s.base))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(end) = buf.find("\n\n") {
+            let data: String = buf[..end]
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            return serde_json::from_str(&data).expect("a JSON event");
+        }
+    }
+    panic!("the stream ended before its first event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_opened_later_shows_the_history_axes_and_health() {
+    let Some(chromium) = on_path("chromium") else {
+        assert!(
+            !browser_required(),
+            "chromium is not on PATH but FLASHSALE_REQUIRE_SERVICES=1 / FLASHSALE_REQUIRE_BROWSER=1"
+        );
+        eprintln!("a_console_opened_later_shows_the_history_axes_and_health: skipped: chromium is not on PATH");
+        return;
+    };
+    // The per-user rate limit on (1/s, burst 2), for 429s.
+    let s = TestServer::start_with(Mode::Embedded, |a| {
+        a.rate_limit_per_user = 1;
+        a.rate_limit_burst = 2;
+    })
+    .await
+    .expect("embedded mode always starts");
+    let hot = "HISTORY-HOT-SKU-WITH-A-RATHER-LONG-IDENTIFIER-0001";
+    s.create_sale(&[(hot, 2_000, 1)], 120, -1).await;
+    s.create_sale(&[("HISTORY-BIG", 10_000_000, 1)], 120, -1)
+        .await;
+    // Holds before any console is open.
+    for i in 0..5 {
+        let a = s.reserve(&format!("early-user-{i}"), hot, 1).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+    // The server's history has the holds (a point a second) before the page opens.
+    let before = eventually("history with the early holds", 60, || async {
+        let ev = first_event(&s).await;
+        let held = ev["history"]["products"][hot]["held"].as_array()?.clone();
+        (held.iter().any(|v| v.as_u64() == Some(5)) && ev["history"]["t"].as_array()?.len() >= 3)
+            .then_some(ev)
+    })
+    .await;
+    let first_t = before["history"]["t"][0].as_u64().unwrap();
+    assert!(before["health"]["ready"] == true, "{}", before["health"]);
+    assert_eq!(before["health"]["partitions"], 4);
+
+    let browser = Browser::launch(&chromium).await.expect("chromium starts");
+    let page = Page::connect(&browser.page_url().await.expect("a page"))
+        .await
+        .expect("DevTools session");
+    page.call(
+        "Page.navigate",
+        json!({"url": format!("{}/console", s.base)}),
+    )
+    .await
+    .expect("navigate");
+    page.wait_for(
+        "the token form",
+        "document.readyState === 'complete' && !!document.querySelector('#token') && !document.querySelector('#login').hidden",
+    )
+    .await;
+    page.eval(&format!(
+        "document.querySelector('#token').value = {}; document.querySelector('#connect').click(); true",
+        json!(TOKEN)
+    ))
+    .await;
+
+    // History from before the page opened: the page's first point is the server's.
+    let t0 = page
+        .wait_for(
+            "the history",
+            "(() => { const h = window.flashsaleConsole.history; return h.t.length >= 3 ? h.t[0] : null; })()",
+        )
+        .await;
+    assert!(
+        t0.as_f64().unwrap() * 1000.0 <= first_t as f64 + 1.0,
+        "the page starts at the server's first point ({first_t} ms), not at its own opening: {t0}"
+    );
+    let held_then = page
+        .eval(&format!(
+            "window.flashsaleConsole.history.products[{}].held.filter(v => v === 5).length",
+            json!(hot)
+        ))
+        .await;
+    assert!(held_then.as_u64().unwrap() >= 1, "{held_then}");
+
+    // Axes: any magnitude with SI suffixes; the big sale reads 10M, never "0,000".
+    assert_eq!(
+        page.eval("window.flashsaleConsole.si(10000000)").await,
+        "10M"
+    );
+    assert_eq!(page.eval("window.flashsaleConsole.si(1500)").await, "1.5k");
+    assert_eq!(page.eval("window.flashsaleConsole.si(2.5e9)").await, "2.5G");
+    assert_eq!(page.eval("window.flashsaleConsole.si(7)").await, "7");
+    page.eval(
+        "(() => { const sel = document.querySelector('#view'); \
+           const o = [...sel.options].find(o => o.value.startsWith('sku:HISTORY-BIG')); \
+           sel.value = o.value; sel.dispatchEvent(new Event('change')); return true; })()",
+    )
+    .await;
+    let labels = page
+        .wait_for(
+            "y labels of the big product's stock",
+            "(() => { const l = window.flashsaleConsole.yLabels('stock'); \
+               return l && l.some(x => x.text.endsWith('M')) ? l : null; })()",
+        )
+        .await;
+    for l in labels.as_array().unwrap() {
+        let text = l["text"].as_str().unwrap();
+        assert!(
+            !text.contains(',') && text.len() <= 6 && l["fits"] == true,
+            "every y label is short, has no thousands separator and fits its axis: {labels}"
+        );
+    }
+    // The hot product on its own scale: its stock, not the sum with 10M.
+    page.eval(&format!(
+        "(() => {{ const sel = document.querySelector('#view'); sel.value = {}; \
+           sel.dispatchEvent(new Event('change')); return true; }})()",
+        json!(format!("sku:{hot}"))
+    ))
+    .await;
+    page.wait_for(
+        "the hot product's legend",
+        "document.querySelector('#legend-stock').textContent.includes('available 1,995')",
+    )
+    .await;
+    assert!(
+        !page
+            .eval("document.querySelector('#legend-stock').textContent")
+            .await
+            .as_str()
+            .unwrap()
+            .contains("--"),
+        "legends show values without hovering"
+    );
+
+    // Health strip: ready and the partition count; 5xx and partitions in green.
+    let tile = |key: &str| {
+        format!(
+            "(() => {{ const t = document.querySelector('#health .tile[data-key=\"{key}\"]'); \
+               return t ? [t.dataset.level, t.textContent] : null; }})()"
+        )
+    };
+    let ready = page.wait_for("the ready tile", &tile("ready")).await;
+    assert_eq!(ready[0], "ok", "{ready}");
+    assert!(
+        ready[1].as_str().unwrap().contains("ready")
+            && ready[1].as_str().unwrap().contains("4 partitions"),
+        "{ready}"
+    );
+    for key in ["down", "blocked", "errors"] {
+        assert_eq!(page.eval(&tile(key)).await[0], "ok", "{key}");
+    }
+    assert!(page
+        .eval("document.querySelector('#lag').textContent")
+        .await
+        .as_str()
+        .unwrap()
+        .contains("over 4 partitions"));
+    // 429s (one user past the per-user limit) while the test watches: the tile warns.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let (client, base, stop) = (s.client.clone(), s.base.clone(), stop.clone());
+        tokio::spawn(async move {
+            for i in 0..1200 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let _ = client
+                    .post(format!("{base}/api/v1/reservations"))
+                    .json(&json!({"userId": "eager-user", "skuId": "HISTORY-BIG", "quantity": 1}))
+                    .header("idempotency-key", format!("eager-{i}"))
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let warned = page
+        .wait_for(
+            "the 429 tile in a warning colour",
+            &format!(
+                "(() => {{ const t = {}; return t && t[0] === 'warn' ? t : null; }})()",
+                tile("rate-limited")
+            ),
+        )
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = hammer.await;
+    assert!(warned[1].as_str().unwrap().contains("/s"), "{warned}");
+
+    // Nothing sideways at 1280 px, even with the long SKU id.
+    assert_eq!(
+        page.eval("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+            .await,
+        true,
+        "the page scrolls sideways at 1280 px"
+    );
     drop(page);
     drop(browser);
     s.stop().await;

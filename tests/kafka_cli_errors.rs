@@ -177,3 +177,152 @@ fn a_host_name_that_does_not_resolve_is_waited_for_and_named() {
         dir.path(),
     );
 }
+
+/// Runs `flashsale ARGS` to its end (at most 60 s, then killed: a failure).
+fn run_bounded(args: &[String], log: &Path) -> (Option<i32>, String) {
+    let mut child = base_command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("spawn flashsale");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("flashsale {args:?} still runs after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (status, std::fs::read_to_string(log).unwrap_or_default())
+}
+
+/// Gateways scale past the replies partitions of `topics create` without new topics:
+/// a gateway id past the count is refused, saying to grow the topic; `topics grow`
+/// adds the partition while the engine runs; the new gateway then starts and its
+/// buyers get their holds (the running engine learns the new count by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_grow_adds_a_gateway_to_a_running_deployment() {
+    use flashsale_tests::kafka::{create_topics, services_or_skip, unique_id, Proc};
+    let Some(svc) = services_or_skip("topics grow") else {
+        return;
+    };
+    let id = unique_id();
+    let prefix = format!("flashsale-test-{id}.");
+    create_topics(&svc.kafka, &prefix, 2, 1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let common = |cmd: &str| -> Vec<String> {
+        [cmd, "--kafka", &svc.kafka, "--topic-prefix", &prefix]
+            .map(String::from)
+            .to_vec()
+    };
+    let gateway = |gid: u32, port: u16| -> Vec<String> {
+        let mut g = common("gateway");
+        g.extend(
+            [
+                "--gateway-id",
+                &gid.to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-token",
+                TOKEN,
+                "--rate-limit-per-user",
+                "0",
+            ]
+            .map(String::from),
+        );
+        g
+    };
+    let mut engine = common("engine");
+    engine.extend(
+        [
+            "--engine-group",
+            &format!("flashsale-test-{id}-engine"),
+            "--data-dir",
+            dir.path().join("engine").to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let mut engine = Proc::spawn("engine", &engine, dir.path()).unwrap();
+    let (p0, p1) = (free_port(), free_port());
+    let _g0 = Proc::spawn("gateway-0", &gateway(0, p0), dir.path()).unwrap();
+    let client = client();
+    let (b0, b1) = (
+        format!("http://127.0.0.1:{p0}"),
+        format!("http://127.0.0.1:{p1}"),
+    );
+    wait_ready(&client, &b0).await;
+    let sku = unique_sku("GROW");
+    create_sale(&client, &b0, &[(&sku, 10, 1)], 600, -1).await;
+    let hold = |base: String, user: &'static str| {
+        let (client, sku) = (client.clone(), sku.clone());
+        async move {
+            let body = serde_json::json!({"userId": user, "skuId": sku, "quantity": 1});
+            eventually(&format!("a hold for {user} through {base}"), 60, || {
+                let (client, base, body) = (client.clone(), base.clone(), body.clone());
+                async move {
+                    let a = call(
+                        &client,
+                        &base,
+                        reqwest::Method::POST,
+                        "/api/v1/reservations",
+                        Some(body),
+                        &[],
+                    )
+                    .await;
+                    (a.status == reqwest::StatusCode::CREATED).then_some(a.body)
+                }
+            })
+            .await
+        }
+    };
+    hold(b0.clone(), "grow-u0").await;
+
+    // Gateway id 1 has no replies partition yet: refused at once, saying what to do.
+    let (code, err) = run_bounded(&gateway(1, p1), &dir.path().join("g1-refused.log"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--gateway-id 1 has no partition") && err.contains("flashsale topics grow"),
+        "{err}"
+    );
+
+    // Grow replies to 2 while the engine and gateway 0 run; again: unchanged.
+    let grow = |n: &str| {
+        let mut a = common("topics");
+        a.insert(1, "grow".into());
+        a.extend(["--replies-partitions", n, "--json"].map(String::from));
+        base_command(&a.iter().map(String::as_str).collect::<Vec<_>>())
+            .output()
+            .expect("run topics grow")
+    };
+    let o = grow("2");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(
+        (
+            v["partitionsBefore"].as_u64(),
+            v["partitions"].as_u64(),
+            v["status"].as_str()
+        ),
+        (Some(1), Some(2), Some("grown")),
+        "{v}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&grow("2").stdout).expect("JSON");
+    assert_eq!(v["status"], "unchanged", "{v}");
+    assert_fails(&grow("1"), 2, &["cannot take partitions away"]);
+
+    // The new gateway starts and its buyers get holds from the engine that was running.
+    let _g1 = Proc::spawn("gateway-1", &gateway(1, p1), dir.path()).unwrap();
+    wait_ready(&client, &b1).await;
+    let held = hold(b1.clone(), "grow-u1").await;
+    assert!(held["reservationId"].is_string(), "{held}");
+    assert!(engine.is_running(), "the engine kept running");
+    let elog = std::fs::read_to_string(dir.path().join("engine.log")).unwrap_or_default();
+    assert!(
+        elog.contains("the replies topic has more partitions now"),
+        "{elog}"
+    );
+}

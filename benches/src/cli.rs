@@ -322,6 +322,11 @@ pub struct RunArgs {
         help_heading = "Client"
     )]
     pub sku_prefix: String,
+    /// Leave the sales the run creates (the measured sale and its warm-up sale) open.
+    /// By default each is deleted (never touched) or ended when the run is over, so
+    /// no bench sale stays ACTIVE for 24 hours.
+    #[arg(long, env = "FLASHSALE_BENCH_KEEP_SALES", help_heading = "Client")]
+    pub keep_sales: bool,
 
     /// Write the JSON report here.
     #[arg(long, env = "FLASHSALE_BENCH_JSON_OUT", help_heading = "Output")]
@@ -520,6 +525,7 @@ impl RunArgs {
                 self.read_ceiling_secs.min(60.0),
             )),
             ready_wait: Duration::from_secs_f64(self.wait_ready_secs.clamp(0.0, 600.0)),
+            keep_sales: self.keep_sales,
         }
     }
 

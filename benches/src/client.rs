@@ -312,6 +312,55 @@ impl ApiClient {
         }
         serde_json::from_str(&body).map_err(|e| BenchError::Setup(format!("sale figures: {e}")))
     }
+
+    /// Takes a sale the run created off the server: `DELETE` while no reservation ever
+    /// touched it, else `POST …/end` (a touched sale cannot be deleted; ended, it takes
+    /// no new holds and its live ones run out). Says which was done.
+    pub async fn retire_sale(&self, sale_id: &str) -> Result<Retired, String> {
+        let url = format!("{}{API_BASE}/admin/sales/{sale_id}", self.base);
+        let status = |r: Result<reqwest::Response, reqwest::Error>| match r {
+            Ok(resp) => Ok(resp.status().as_u16()),
+            Err(e) => Err(describe(&e)),
+        };
+        let deleted = status(
+            self.http
+                .delete(&url)
+                .bearer_auth(&self.admin_token)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await,
+        )?;
+        if deleted == 200 || deleted == 204 {
+            return Ok(Retired::Deleted);
+        }
+        let ended = status(
+            self.http
+                .post(format!("{url}/end"))
+                .bearer_auth(&self.admin_token)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await,
+        )?;
+        match ended {
+            200 => Ok(Retired::Ended),
+            // A target without the admin controls (the baseline server).
+            404 | 405 if deleted == 404 || deleted == 405 => Ok(Retired::Unsupported),
+            s => Err(format!(
+                "DELETE answered {deleted}, POST …/end answered {s}"
+            )),
+        }
+    }
+}
+
+/// What [`ApiClient::retire_sale`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retired {
+    /// Removed (no reservation had touched it).
+    Deleted,
+    /// Ended now.
+    Ended,
+    /// The target has neither `DELETE` nor `…/end` for sales: left as it is.
+    Unsupported,
 }
 
 /// A transport error in a few words: the innermost I/O error's kind when there is one

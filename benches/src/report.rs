@@ -232,6 +232,11 @@ pub fn ms(v: f64) -> String {
 /// reads) held at the rate offered.
 pub fn verdict(r: &Report, slo_p99_ms: f64, max_failure_share: f64) -> Verdict {
     let mut v = verdict_core(r, slo_p99_ms, max_failure_share);
+    if r.find_max.is_none() && r.violations.is_empty() {
+        if let Some(c) = &r.crowd {
+            crowd_verdict(&mut v, c, r.scenario.scenario.flash_crowd_ms);
+        }
+    }
     if let Some(h) = r.harness.as_ref().filter(|h| h.spoiled) {
         v.text.push_str(&format!(
             " (harness lag p99 {} ms: figures spoiled)",
@@ -239,6 +244,40 @@ pub fn verdict(r: &Report, slo_p99_ms: f64, max_failure_share: f64) -> Verdict {
         ));
     }
     v
+}
+
+/// The crowd's own clause: its buyers arrived in `window_ms`, not spread over the
+/// run, so the rate the server met is buyers / window (a 10,000-buyer crowd in 300 ms
+/// is 33,333/s, though the run's average offered rate may read 1,000/s). A crowd with
+/// buyers left unanswered does not hold; its admitted p99 is judged like the run's.
+fn crowd_verdict(v: &mut Verdict, c: &CrowdReport, window_ms: u64) {
+    if c.buyers == 0 || window_ms == 0 {
+        return;
+    }
+    let rate = c.buyers as f64 / (window_ms as f64 / 1000.0);
+    let p99 = c.admitted_latency_ms.p99;
+    let mut text = format!(
+        "; the crowd: {} buyers in {} ms ({}/s): {} held, {} refused (409), {} told to retry",
+        thousands(c.buyers as f64),
+        thousands(window_ms as f64),
+        thousands(rate),
+        thousands(c.held as f64),
+        thousands(c.decided_409 as f64),
+        thousands(c.shed_with_retry_after as f64),
+    );
+    if c.not_answered > 0 {
+        text.push_str(&format!(
+            ", {} not answered",
+            thousands(c.not_answered as f64)
+        ));
+        v.held = false;
+    }
+    text.push_str(&format!(", admitted p99 {} ms", ms(p99)));
+    if p99 > v.slo_p99_ms {
+        text.push_str(&format!(" > SLO {} ms", ms(v.slo_p99_ms)));
+        v.held = false;
+    }
+    v.text.push_str(&text);
 }
 
 fn verdict_core(r: &Report, slo: f64, max_fail: f64) -> Verdict {
@@ -826,6 +865,57 @@ pub(crate) mod tests {
         assert!(verdict(&r, 50.0, 0.5)
             .text
             .starts_with("FAILED: 1 correctness violation "));
+    }
+
+    #[test]
+    fn a_crowd_verdict_speaks_of_the_crowd_s_rate_and_window() {
+        let mut r = sample_report();
+        r.violations.clear();
+        r.harness = None;
+        r.scenario.scenario.duration_secs = 10.0;
+        r.scenario.scenario.flash_crowd_ms = 300;
+        let mut op = OpReport::empty();
+        op.sent = 10_000;
+        op.ok = 10_000;
+        op.goodput_per_s = 1_000.0;
+        op.admitted_latency_ms.p99 = 18.0;
+        r.operations.insert("reserve".into(), op);
+        let mut crowd = CrowdReport {
+            buyers: 10_000,
+            held: 2_000,
+            decided_409: 7_000,
+            shed_with_retry_after: 1_000,
+            not_answered: 0,
+            every_buyer_answered: true,
+            admitted_latency_ms: LatencySummary {
+                p99: 20.0,
+                ..LatencySummary::default()
+            },
+            shed_latency_ms: LatencySummary::default(),
+            hot_sku_units: 2_000,
+            hot_units_held: 2_000,
+            sold_out_after_ms: Some(250.0),
+            others_admitted_latency_ms: LatencySummary::default(),
+        };
+        r.crowd = Some(crowd.clone());
+        let v = verdict(&r, 50.0, 0.5);
+        assert!(v.held, "{}", v.text);
+        assert!(
+            v.text.contains("the crowd: 10,000 buyers in 300 ms (33,333/s): 2,000 held, 7,000 refused (409), 1,000 told to retry, admitted p99 20 ms"),
+            "{}",
+            v.text
+        );
+        crowd.not_answered = 5;
+        crowd.admitted_latency_ms.p99 = 80.0;
+        r.crowd = Some(crowd);
+        let v = verdict(&r, 50.0, 0.5);
+        assert!(!v.held);
+        assert!(
+            v.text
+                .ends_with(", 5 not answered, admitted p99 80 ms > SLO 50 ms"),
+            "{}",
+            v.text
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout_at};
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, Retired};
 use crate::contract::{rfc3339, CheckoutRequest, CreateSale, NewProduct, ReserveRequest, SaleView};
 use crate::error::BenchError;
 use crate::report::{
@@ -71,6 +71,9 @@ pub struct RunOptions {
     pub read_ceiling: Option<(u32, f64)>,
     /// Longest wait for the target to answer `/ready` (or `/health`) before giving up.
     pub ready_wait: Duration,
+    /// Leave the sales the run created as they are (`--keep-sales`); by default they
+    /// are deleted or ended when the run is over.
+    pub keep_sales: bool,
 }
 
 /// Admin figures at one moment of the measured phase.
@@ -291,6 +294,8 @@ pub async fn run(
         .await?;
     let skus = Arc::new(sku_ids.clone());
 
+    let mut created = vec![sale_id.clone()];
+
     if scenario.warmup_secs > 0.0 {
         // Warm-up writes go to a sale of their own so they do not touch measured stock;
         // reads go to the measured products (reads change nothing).
@@ -298,7 +303,7 @@ pub async fn run(
         let warm_skus: Vec<String> = (0..scenario.products)
             .map(|i| format!("{}{run_id}-W{i:03}", opts.sku_prefix))
             .collect();
-        client
+        let warm = client
             .create_sale(&sale_body(
                 &format!("flashsale-bench {run_id} warm-up"),
                 &warm_skus,
@@ -306,7 +311,14 @@ pub async fn run(
                 1_000_000,
                 scenario.reservation_ttl_secs,
             ))
-            .await?;
+            .await;
+        match warm {
+            Ok(id) => created.push(id),
+            Err(e) => {
+                retire_sales(client, opts, &created).await;
+                return Err(e);
+            }
+        }
         let _ = run_phase(
             client,
             opts,
@@ -349,6 +361,8 @@ pub async fn run(
         }
         _ => None,
     };
+
+    retire_sales(client, opts, &created).await;
 
     // Throughput over the measured window, stretched to the last answer when the server
     // fell behind its schedule.
@@ -407,6 +421,27 @@ pub async fn run(
         extras,
         charts,
     })
+}
+
+/// Deletes or ends the sales a run created (each run creates its own, so none would be
+/// left ACTIVE for 24 hours), unless `--keep-sales`. A failure is a warning: the
+/// figures are already taken.
+async fn retire_sales(client: &ApiClient, opts: &RunOptions, sale_ids: &[String]) {
+    if opts.keep_sales {
+        eprintln!(
+            "kept the run's sales (--keep-sales): {}; end them with POST /api/v1/admin/sales/{{saleId}}/end",
+            sale_ids.join(", ")
+        );
+        return;
+    }
+    for id in sale_ids {
+        match client.retire_sale(id).await {
+            Ok(Retired::Deleted) => eprintln!("sale {id}: deleted (--keep-sales keeps it)"),
+            Ok(Retired::Ended) => eprintln!("sale {id}: ended (--keep-sales keeps it open)"),
+            Ok(Retired::Unsupported) => {}
+            Err(e) => eprintln!("warning: sale {id} is still open: {e}; end it with POST /api/v1/admin/sales/{id}/end"),
+        }
+    }
 }
 
 /// A unique, short, id-safe run id: ms since the epoch in hex plus 16 random bits.

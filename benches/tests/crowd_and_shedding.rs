@@ -39,6 +39,7 @@ fn options() -> RunOptions {
         sku_prefix: "C-".into(),
         read_ceiling: None,
         ready_wait: Duration::from_secs(5),
+        keep_sales: false,
     }
 }
 

@@ -55,6 +55,7 @@ fn options() -> RunOptions {
         sku_prefix: "T-".into(),
         read_ceiling: Some((4, 0.2)),
         ready_wait: Duration::from_secs(5),
+        keep_sales: false,
     }
 }
 

@@ -274,6 +274,7 @@ pub fn start(
         to_commit: BTreeMap::new(),
         last_commit: Instant::now(),
         warned_reply_to: false,
+        replies_checked_at: None,
         ticks: BTreeMap::new(),
         health,
         lines: LogLimiter::new(QUIET_EVERY),
@@ -545,6 +546,8 @@ struct Core {
     to_commit: BTreeMap<u32, u64>,
     last_commit: Instant,
     warned_reply_to: bool,
+    /// When the replies topic's partition count was last read again (`topics grow`).
+    replies_checked_at: Option<Instant>,
     /// The last tick produced per partition, while it awaits its ack: no other is
     /// produced meanwhile, so an outage does not pile ticks up in the producer.
     ticks: BTreeMap<u32, Arc<BatchAck>>,
@@ -816,6 +819,9 @@ impl Core {
         let mut by_gateway: BTreeMap<u32, BatchEncoder> = BTreeMap::new();
         for (to, reply) in &applied.replies {
             if *to >= self.replies_partitions {
+                self.refresh_replies_partitions();
+            }
+            if *to >= self.replies_partitions {
                 if !self.warned_reply_to {
                     self.warned_reply_to = true;
                     tracing::warn!(
@@ -844,6 +850,48 @@ impl Core {
             next_offset: after,
             ack,
         });
+    }
+
+    /// A reply for a gateway id past the replies partitions this engine knows: the
+    /// topic may have grown since it started (`flashsale topics grow`). Reads the count
+    /// again, at most once a second, through the producer's own client, so the
+    /// producer's metadata knows the new partitions before anything is produced to
+    /// them (producing to a partition it does not know fails).
+    fn refresh_replies_partitions(&mut self) {
+        if self
+            .replies_checked_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.replies_checked_at = Some(Instant::now());
+        let topic = self.opts.topics.replies.clone();
+        match self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic.as_str()), Duration::from_secs(5))
+        {
+            Ok(md) => {
+                let n = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map_or(0, |t| t.partitions().len() as u32);
+                if n > self.replies_partitions {
+                    tracing::info!(
+                        topic = %topic,
+                        before = self.replies_partitions,
+                        partitions = n,
+                        "the replies topic has more partitions now (topics grow)"
+                    );
+                    self.replies_partitions = n;
+                    self.warned_reply_to = false;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic = %topic, error = %e, "cannot read the replies topic's partition count")
+            }
+        }
     }
 
     /// Enqueues one record in the producer, waiting while its queue is full (records

@@ -228,7 +228,7 @@ impl Follower {
     ) -> anyhow::Result<Follower> {
         anyhow::ensure!(
             opts.gateway_id < opts.replies_partitions,
-            "--gateway-id {} has no partition in {} ({} partitions: ids 0-{}); recreate the topics with more --replies-partitions",
+            "--gateway-id {} has no partition in {} ({} partitions: ids 0-{}); add partitions with `flashsale topics grow --replies-partitions N` (running deployments too)",
             opts.gateway_id,
             opts.topics.replies,
             opts.replies_partitions,

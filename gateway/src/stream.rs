@@ -17,13 +17,23 @@
 //!   applied (the wiring probes the ends, [`spawn_log_end_probe`]); in embedded mode the
 //!   engine's own count of records written but not applied.
 //!
+//! History: every gateway records one point a second ([`spawn_recorder`]) in a ring
+//! of [`HISTORY_POINTS`] (16 minutes): per sale and per product (the first
+//! [`MAX_PRODUCT_SERIES`]) stock and holds per second, this node's reservations per
+//! second by result, p50/p99 of every attempt and of the holds alone, and its health
+//! (ready, partitions down or write-blocked, engine lag per partition). The first
+//! event of a stream carries the whole ring under `history`, each later one the points
+//! added since, so a console opened at 10:01 shows 10:00.
+//!
 //! Bounded: at most [`MAX_STREAMS`] streams at once (503 past that), at most
-//! [`MAX_SALES`] sales per event, and every stream ends when the server shuts down
-//! ([`Streams::close`]), so an open console never holds a graceful stop back.
+//! [`MAX_SALES`] sales per event, [`HISTORY_POINTS`] points of at most [`MAX_SALES`]
+//! sales and [`MAX_PRODUCT_SERIES`] products each, and every stream ends when the
+//! server shuts down ([`Streams::close`]), so an open console never holds a graceful
+//! stop back.
 
 use crate::api::AppState;
 use crate::error::ApiError;
-use crate::readmodel::ProductEntry;
+use crate::readmodel::{ProductEntry, SaleEntry};
 use crate::time::{now_ms, rfc3339};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -33,7 +43,7 @@ use dashmap::DashMap;
 use flashsale_proto::{Event, EventRecord, ReservationStatus, SaleId, SkuId};
 use flashsale_runtime::metrics::LatencyWindow;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +57,10 @@ pub const MAX_SALES: usize = 20;
 pub const EVENT_EVERY: Duration = Duration::from_secs(1);
 /// A probed log end older than this is not used (the probe is failing).
 const LOG_ENDS_FRESH_FOR: Duration = Duration::from_secs(5);
+/// Points of history kept (one a second): 16 minutes.
+pub const HISTORY_POINTS: usize = 960;
+/// Products with a history of their own: the first ones of the sales shown.
+pub const MAX_PRODUCT_SERIES: usize = 64;
 
 /// Per product, what the events said happened, counted since this process started.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +171,7 @@ pub struct Streams {
     permits: Arc<Semaphore>,
     closed: watch::Sender<bool>,
     log_ends: Mutex<Option<(Vec<u64>, Instant)>>,
+    history: Mutex<History>,
 }
 
 impl Default for Streams {
@@ -165,6 +180,7 @@ impl Default for Streams {
             permits: Arc::new(Semaphore::new(MAX_STREAMS)),
             closed: watch::Sender::new(false),
             log_ends: Mutex::new(None),
+            history: Mutex::new(History::default()),
         }
     }
 }
@@ -182,6 +198,14 @@ impl Streams {
     /// The newest end offset of each `commands` partition (Kafka mode's lag probe).
     pub fn set_log_ends(&self, ends: Vec<u64>) {
         *self.log_ends.lock().unwrap_or_else(|p| p.into_inner()) = Some((ends, Instant::now()));
+    }
+    /// Points recorded so far (at most [`HISTORY_POINTS`]).
+    pub fn history_len(&self) -> usize {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .points
+            .len()
     }
     fn fresh_log_ends(&self) -> Option<Vec<u64>> {
         let g = self.log_ends.lock().unwrap_or_else(|p| p.into_inner());
@@ -203,9 +227,12 @@ where
         let mut every = tokio::time::interval(EVENT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned = false;
+        let mut tick = 0u64;
         loop {
             every.tick().await;
-            if app.streams.open() == 0 {
+            tick += 1;
+            // Every second while a console watches; every 5 s for the history.
+            if app.streams.open() == 0 && !tick.is_multiple_of(5) {
                 continue;
             }
             let probe = probe.clone();
@@ -254,6 +281,7 @@ pub async fn admin_stream(State(app): State<AppState>, headers: HeaderMap) -> Re
         closed,
         prev: None,
         every: None,
+        sent_through: None,
     };
     let events = futures::stream::unfold(state, |mut st| async move {
         match &mut st.every {
@@ -274,7 +302,10 @@ pub async fn admin_stream(State(app): State<AppState>, headers: HeaderMap) -> Re
             return None;
         }
         let sample = Sample::take(&st.app);
-        let body = render(&st.app, &sample, st.prev.as_ref());
+        let mut body = render(&st.app, &sample, st.prev.as_ref());
+        let (history, through) = st.app.streams.history_since(st.sent_through);
+        body["history"] = history;
+        st.sent_through = through.or(st.sent_through);
         st.prev = Some(sample);
         Some((
             Ok::<_, Infallible>(SseEvent::default().data(body.to_string())),
@@ -295,6 +326,8 @@ struct StreamState {
     closed: watch::Receiver<bool>,
     prev: Option<Sample>,
     every: Option<tokio::time::Interval>,
+    /// Time of the newest history point sent.
+    sent_through: Option<u64>,
 }
 
 /// The cumulative figures at one moment; an event shows the difference of two.
@@ -304,6 +337,7 @@ struct Sample {
     reservations: Vec<(&'static str, u64)>,
     orders: Vec<(&'static str, u64)>,
     latency: LatencyWindow,
+    latency_ok: LatencyWindow,
 }
 
 impl Sample {
@@ -320,6 +354,7 @@ impl Sample {
             reservations: app.metrics.reservation_counts(),
             orders: app.metrics.order_counts(),
             latency: app.metrics.latency_window(),
+            latency_ok: app.metrics.latency_ok_window(),
         }
     }
 }
@@ -357,31 +392,8 @@ fn render(app: &AppState, now: &Sample, prev: Option<&Sample>) -> Value {
     // No previous sample (the first event): every rate is 0 (`before` = now).
     let secs = prev.map_or(0.0, |p| now.at.duration_since(p.at).as_secs_f64());
 
-    // Sales and their products, from the read model.
-    let mut by_sale: BTreeMap<SaleId, Vec<ProductEntry>> = BTreeMap::new();
-    for p in app.read.products() {
-        by_sale.entry(p.sale_id).or_default().push(p);
-    }
-    let mut sales: Vec<_> = by_sale
-        .into_iter()
-        .filter_map(|(id, products)| app.read.sale(&id).map(|(s, _)| (s, products)))
-        .collect();
-    // Active first, then upcoming, then ended; newest start first within each.
-    let phase = |starts: u64, ends: u64| {
-        if t >= starts && t < ends {
-            0
-        } else if t < starts {
-            1
-        } else {
-            2
-        }
-    };
-    sales.sort_by(|(a, _), (b, _)| {
-        phase(a.meta.starts_at, a.meta.ends_at)
-            .cmp(&phase(b.meta.starts_at, b.meta.ends_at))
-            .then(b.meta.starts_at.cmp(&a.meta.starts_at))
-            .then(a.meta.sale_id.cmp(&b.meta.sale_id))
-    });
+    let sales = ordered_sales(app, t);
+    let phase = |starts: u64, ends: u64| phase(t, starts, ends);
     let omitted = sales.len().saturating_sub(MAX_SALES);
     let sales: Vec<Value> = sales
         .into_iter()
@@ -449,10 +461,16 @@ fn render(app: &AppState, now: &Sample, prev: Option<&Sample>) -> Value {
 
     // This node's own requests.
     let window = prev.map(|p| now.latency.since(&p.latency));
+    let window_ok = prev.map(|p| now.latency_ok.since(&p.latency_ok));
     let latency = json!({
         "p50": round_ms(window.as_ref().and_then(|w| w.quantile_ms(0.50))),
         "p99": round_ms(window.as_ref().and_then(|w| w.quantile_ms(0.99))),
         "count": window.as_ref().map_or(0, LatencyWindow::count),
+        "held": {
+            "p50": round_ms(window_ok.as_ref().and_then(|w| w.quantile_ms(0.50))),
+            "p99": round_ms(window_ok.as_ref().and_then(|w| w.quantile_ms(0.99))),
+            "count": window_ok.as_ref().map_or(0, LatencyWindow::count),
+        },
     });
     let node = json!({
         "scope": "this gateway's own requests (refusals never reach the log, so other gateways cannot see them)",
@@ -464,7 +482,66 @@ fn render(app: &AppState, now: &Sample, prev: Option<&Sample>) -> Value {
     });
 
     // Engine lag per partition.
-    let (lags, source): (Vec<(u32, u64)>, &str) = match app.streams.fresh_log_ends() {
+    let (lags, source) = lags(app);
+    let lag = json!({
+        "source": source,
+        "max": lags.iter().map(|(_, l)| *l).max().unwrap_or(0),
+        "partitions": lags.iter().map(|(p, l)| json!({"partition": p, "lag": l})).collect::<Vec<_>>(),
+    });
+    let h = health(app);
+    let health = json!({
+        "ready": h.ready,
+        "partitions": app.dispatcher.partitions(),
+        "down": h.down,
+        "writeBlocked": h.blocked,
+    });
+
+    json!({
+        "time": rfc3339(t),
+        "intervalMs": (secs * 1000.0).round() as u64,
+        "sales": sales,
+        "salesOmitted": omitted,
+        "node": node,
+        "engineLag": lag,
+        "health": health,
+    })
+}
+
+/// Active first, then upcoming, then ended (0, 1, 2).
+fn phase(t: u64, starts: u64, ends: u64) -> u8 {
+    if t >= starts && t < ends {
+        0
+    } else if t < starts {
+        1
+    } else {
+        2
+    }
+}
+
+/// Sales with their products, from the read model: active first, then upcoming, then
+/// ended; newest start first within each.
+fn ordered_sales(app: &AppState, t: u64) -> Vec<(SaleEntry, Vec<ProductEntry>)> {
+    let mut by_sale: BTreeMap<SaleId, Vec<ProductEntry>> = BTreeMap::new();
+    for p in app.read.products() {
+        by_sale.entry(p.sale_id).or_default().push(p);
+    }
+    let mut sales: Vec<_> = by_sale
+        .into_iter()
+        .filter_map(|(id, products)| app.read.sale(&id).map(|(s, _)| (s, products)))
+        .collect();
+    sales.sort_by(|(a, _), (b, _)| {
+        phase(t, a.meta.starts_at, a.meta.ends_at)
+            .cmp(&phase(t, b.meta.starts_at, b.meta.ends_at))
+            .then(b.meta.starts_at.cmp(&a.meta.starts_at))
+            .then(a.meta.sale_id.cmp(&b.meta.sale_id))
+    });
+    sales
+}
+
+/// Engine lag of every partition of the node (0 for one with no figure yet), and
+/// where it comes from: the `commands` topic's ends (Kafka mode) or the engine.
+fn lags(app: &AppState) -> (Vec<(u32, u64)>, &'static str) {
+    match app.streams.fresh_log_ends() {
         Some(ends) => (
             ends.iter()
                 .enumerate()
@@ -475,21 +552,340 @@ fn render(app: &AppState, now: &Sample, prev: Option<&Sample>) -> Value {
                 .collect(),
             "log",
         ),
-        None => (app.metrics.partition_lags().into_iter().collect(), "engine"),
-    };
-    let lag = json!({
-        "source": source,
-        "max": lags.iter().map(|(_, l)| *l).max().unwrap_or(0),
-        "partitions": lags.iter().map(|(p, l)| json!({"partition": p, "lag": l})).collect::<Vec<_>>(),
-    });
+        None => {
+            let known = app.metrics.partition_lags();
+            (
+                (0..app.dispatcher.partitions())
+                    .map(|p| (p, known.get(&p).copied().unwrap_or(0)))
+                    .collect(),
+                "engine",
+            )
+        }
+    }
+}
 
+/// The node's health as `/ready` sees it.
+struct Health {
+    ready: bool,
+    down: u32,
+    blocked: u32,
+}
+
+fn health(app: &AppState) -> Health {
+    use crate::dispatch::PartitionStatus as S;
+    let (mut down, mut blocked) = (0, 0);
+    for p in 0..app.dispatcher.partitions() {
+        match app.dispatcher.partition_status(p) {
+            S::Failed(_) => down += 1,
+            S::WriteBlocked(_) => blocked += 1,
+            S::Live | S::Recovering => {}
+        }
+    }
+    Health {
+        ready: app.dispatcher.is_ready() && blocked == 0,
+        down,
+        blocked,
+    }
+}
+
+// ------------------------------------------------------------------ history
+
+/// One second of the console's charts.
+#[derive(Debug, Clone, PartialEq)]
+struct Point {
+    t_ms: u64,
+    node: NodePoint,
+    sales: Vec<SalePoint>,
+    products: Vec<ProductPoint>,
+}
+
+/// This node in one second: reservations per second by result, latency, health.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct NodePoint {
+    ok: f64,
+    out_of_stock: f64,
+    /// Other 409/404/400 decisions (limit, not active, unknown product, bad input).
+    refused: f64,
+    shed: f64,
+    rate_limited: f64,
+    /// 5xx answers that were not shed (not ready, partition down, no reply in time,
+    /// internal errors): reservations and checkouts.
+    errors: f64,
+    orders: f64,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    held_p50: Option<f64>,
+    held_p99: Option<f64>,
+    ready: bool,
+    down: u32,
+    blocked: u32,
+    lags: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SalePoint {
+    id: SaleId,
+    available: u64,
+    held: u64,
+    sold: u64,
+    reserved: f64,
+    confirmed: f64,
+    expired: f64,
+    cancelled: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ProductPoint {
+    sku: SkuId,
+    available: u64,
+    held: u64,
+    sold: u64,
+    reserved: f64,
+    confirmed: f64,
+    expired: f64,
+    cancelled: f64,
+}
+
+/// The ring of points, newest last.
+#[derive(Debug, Default)]
+struct History {
+    points: VecDeque<Point>,
+}
+
+impl History {
+    fn push(&mut self, p: Point) {
+        if self.points.back().is_some_and(|last| last.t_ms >= p.t_ms) {
+            return; // the clock stepped back: keep the series in time order
+        }
+        if self.points.len() == HISTORY_POINTS {
+            self.points.pop_front();
+        }
+        self.points.push_back(p);
+    }
+}
+
+impl Streams {
+    fn record(&self, p: Point) {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(p);
+    }
+    /// The points newer than `after` (all with `None`) as columns, and the time of the
+    /// newest of them.
+    fn history_since(&self, after: Option<u64>) -> (Value, Option<u64>) {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let start = after.map_or(0, |a| h.points.partition_point(|p| p.t_ms <= a));
+        let points: Vec<&Point> = h.points.range(start..).collect();
+        (columns(&points), points.last().map(|p| p.t_ms))
+    }
+}
+
+/// Points as columns (one array per series, `null` where a sale or product did not
+/// exist yet), the shape the console's charts take:
+/// `{"t": [ms…], "node": {"ok": […], …}, "sales": {id: {"available": […], …}},
+/// "products": {sku: {…}}}`.
+fn columns(points: &[&Point]) -> Value {
+    let n = points.len();
+    let col = |f: &dyn Fn(&Point) -> Value| -> Value {
+        Value::Array(points.iter().map(|p| f(p)).collect())
+    };
+    let r2 = |v: f64| json!((v * 100.0).round() / 100.0);
+    let node = json!({
+        "ok": col(&|p| r2(p.node.ok)),
+        "outOfStock": col(&|p| r2(p.node.out_of_stock)),
+        "refused": col(&|p| r2(p.node.refused)),
+        "shed": col(&|p| r2(p.node.shed)),
+        "rateLimited": col(&|p| r2(p.node.rate_limited)),
+        "errors": col(&|p| r2(p.node.errors)),
+        "orders": col(&|p| r2(p.node.orders)),
+        "p50": col(&|p| round_ms(p.node.p50)),
+        "p99": col(&|p| round_ms(p.node.p99)),
+        "heldP50": col(&|p| round_ms(p.node.held_p50)),
+        "heldP99": col(&|p| round_ms(p.node.held_p99)),
+        "ready": col(&|p| json!(p.node.ready)),
+        "down": col(&|p| json!(p.node.down)),
+        "writeBlocked": col(&|p| json!(p.node.blocked)),
+        "lagMax": col(&|p| json!(p.node.lags.iter().copied().max().unwrap_or(0))),
+        "lags": col(&|p| json!(p.node.lags)),
+    });
+    // Series of each sale and product, in order of first appearance.
+    let mut sales: Vec<(SaleId, Map<String, Value>)> = Vec::new();
+    let mut products: Vec<(SkuId, Map<String, Value>)> = Vec::new();
+    let blank = |keys: &[&str]| -> Map<String, Value> {
+        keys.iter()
+            .map(|k| ((*k).to_string(), Value::Array(vec![Value::Null; n])))
+            .collect()
+    };
+    const SALE_KEYS: [&str; 7] = [
+        "available",
+        "held",
+        "sold",
+        "reserved",
+        "confirmed",
+        "expired",
+        "cancelled",
+    ];
+    let set = |m: &mut Map<String, Value>, k: &str, i: usize, v: Value| {
+        if let Some(Value::Array(a)) = m.get_mut(k) {
+            a[i] = v;
+        }
+    };
+    for (i, p) in points.iter().enumerate() {
+        for s in &p.sales {
+            let at = match sales.iter().position(|(id, _)| *id == s.id) {
+                Some(at) => at,
+                None => {
+                    sales.push((s.id, blank(&SALE_KEYS)));
+                    sales.len() - 1
+                }
+            };
+            let m = &mut sales[at].1;
+            set(m, "available", i, json!(s.available));
+            set(m, "held", i, json!(s.held));
+            set(m, "sold", i, json!(s.sold));
+            set(m, "reserved", i, r2(s.reserved));
+            set(m, "confirmed", i, r2(s.confirmed));
+            set(m, "expired", i, r2(s.expired));
+            set(m, "cancelled", i, r2(s.cancelled));
+        }
+        for q in &p.products {
+            let at = match products.iter().position(|(sku, _)| *sku == q.sku) {
+                Some(at) => at,
+                None => {
+                    products.push((q.sku.clone(), blank(&SALE_KEYS)));
+                    products.len() - 1
+                }
+            };
+            let m = &mut products[at].1;
+            set(m, "available", i, json!(q.available));
+            set(m, "held", i, json!(q.held));
+            set(m, "sold", i, json!(q.sold));
+            set(m, "reserved", i, r2(q.reserved));
+            set(m, "confirmed", i, r2(q.confirmed));
+            set(m, "expired", i, r2(q.expired));
+            set(m, "cancelled", i, r2(q.cancelled));
+        }
+    }
     json!({
-        "time": rfc3339(t),
-        "intervalMs": (secs * 1000.0).round() as u64,
-        "sales": sales,
-        "salesOmitted": omitted,
+        "t": col(&|p| json!(p.t_ms)),
         "node": node,
-        "engineLag": lag,
+        "sales": sales.into_iter().map(|(id, m)| (id.to_string(), Value::Object(m))).collect::<Map<String, Value>>(),
+        "products": products.into_iter().map(|(sku, m)| (sku.as_str().to_string(), Value::Object(m))).collect::<Map<String, Value>>(),
+    })
+}
+
+/// One point from two samples a second apart.
+fn point(app: &AppState, now: &Sample, prev: &Sample, t: u64) -> Point {
+    let secs = now.at.duration_since(prev.at).as_secs_f64();
+    let diff = |now: &[(&'static str, u64)], then: &[(&'static str, u64)], names: &[&str]| {
+        let n: u64 = now
+            .iter()
+            .zip(then)
+            .filter(|((name, _), _)| names.contains(name))
+            .map(|((_, a), (_, b))| a.saturating_sub(*b))
+            .sum();
+        rate(n, secs)
+    };
+    let (r, rp) = (&now.reservations, &prev.reservations);
+    let latency = now.latency.since(&prev.latency);
+    let held = now.latency_ok.since(&prev.latency_ok);
+    let h = health(app);
+    let node = NodePoint {
+        ok: diff(r, rp, &["ok"]),
+        out_of_stock: diff(r, rp, &["out_of_stock"]),
+        refused: diff(
+            r,
+            rp,
+            &[
+                "limit_exceeded",
+                "sale_not_active",
+                "not_found",
+                "idempotency_key_reused",
+                "invalid",
+            ],
+        ),
+        shed: diff(r, rp, &["shed"]),
+        rate_limited: diff(r, rp, &["rate_limited"]),
+        errors: diff(r, rp, &["unavailable", "other"])
+            + diff(&now.orders, &prev.orders, &["unavailable"]),
+        orders: diff(&now.orders, &prev.orders, &["created"]),
+        p50: latency.quantile_ms(0.50),
+        p99: latency.quantile_ms(0.99),
+        held_p50: held.quantile_ms(0.50),
+        held_p99: held.quantile_ms(0.99),
+        ready: h.ready,
+        down: h.down,
+        blocked: h.blocked,
+        lags: lags(app).0.into_iter().map(|(_, l)| l).collect(),
+    };
+    let mut sales = Vec::new();
+    let mut products = Vec::new();
+    for (sale, list) in ordered_sales(app, t).into_iter().take(MAX_SALES) {
+        let mut sp = SalePoint {
+            id: sale.meta.sale_id,
+            available: 0,
+            held: 0,
+            sold: 0,
+            reserved: 0.0,
+            confirmed: 0.0,
+            expired: 0.0,
+            cancelled: 0.0,
+        };
+        for p in &list {
+            let a = now.activity.get(&p.spec.sku).copied().unwrap_or_default();
+            let b = prev.activity.get(&p.spec.sku).copied().unwrap_or(a);
+            let r = |x: u64, y: u64| rate(x.saturating_sub(y), secs);
+            sp.available += p.available();
+            sp.held += p.held;
+            sp.sold += p.sold;
+            sp.reserved += r(a.reserved, b.reserved);
+            sp.confirmed += r(a.confirmed, b.confirmed);
+            sp.expired += r(a.expired, b.expired);
+            sp.cancelled += r(a.cancelled, b.cancelled);
+            if products.len() < MAX_PRODUCT_SERIES {
+                products.push(ProductPoint {
+                    sku: p.spec.sku.clone(),
+                    available: p.available(),
+                    held: p.held,
+                    sold: p.sold,
+                    reserved: r(a.reserved, b.reserved),
+                    confirmed: r(a.confirmed, b.confirmed),
+                    expired: r(a.expired, b.expired),
+                    cancelled: r(a.cancelled, b.cancelled),
+                });
+            }
+        }
+        sales.push(sp);
+    }
+    Point {
+        t_ms: t,
+        node,
+        sales,
+        products,
+    }
+}
+
+/// Records one history point a second from now on, whether or not a console is
+/// open, until the server shuts down ([`Streams::close`]) or the task is aborted.
+pub fn spawn_recorder(app: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut closed = app.streams.closed.subscribe();
+        let mut every = tokio::time::interval(EVENT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prev: Option<Sample> = None;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = closed.wait_for(|c| *c) => return,
+            }
+            let now = Sample::take(&app);
+            if let Some(before) = &prev {
+                let p = point(&app, &now, before, now_ms());
+                app.streams.record(p);
+            }
+            prev = Some(now);
+        }
     })
 }
 

@@ -9,6 +9,7 @@ use flashsale_ops::cli::{Cli, Command};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    exit_quietly_when_stdout_closes();
     let cli = Cli::parse_resolved();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,6 +82,37 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// A reader that stops early (`flashsale audit --json | head -1`, `… | true`) closes
+/// stdout under us. Rust ignores SIGPIPE, so the next `println!` fails with EPIPE and
+/// std panics ("failed printing to stdout: Broken pipe"). That is not a failure of
+/// the command: whoever wanted the output has all they wanted. For the whole binary,
+/// once: such a panic, on any thread, ends the process at once with status 0 and no
+/// message, like `yes | head`. Any other failure to write stdout (a full disk) exits 2
+/// with one line; every other panic goes to the default hook.
+fn exit_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // std's wording (library/std/src/io/stdio.rs, `print_to`), stable since 1.0.
+        if let Some(why) = msg.strip_prefix("failed printing to stdout: ") {
+            // EPIPE is 32 on Linux, macOS and the BSDs.
+            let epipe = std::io::Error::from_raw_os_error(32).to_string();
+            let broken_pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe).to_string();
+            if why == epipe || why == broken_pipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to stdout: {why}");
+            std::process::exit(2);
+        }
+        default(info);
+    }));
 }
 
 /// The `service.name` of this process's traces.

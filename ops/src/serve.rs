@@ -118,6 +118,10 @@ pub async fn start(args: ServeConfig) -> anyhow::Result<Running> {
         read: read.clone(),
         pending: pending.clone(),
     });
+    // Bind before the engine starts: a port in use is refused here, before any
+    // partition recovers, so the operator reads one line ("cannot listen …") and no
+    // ERROR about partitions stopped half-way.
+    let listener = listen(args.listen)?;
     let node = EmbeddedNode::start(
         EmbeddedOptions {
             data_dir: args.data_dir.clone(),
@@ -160,7 +164,6 @@ pub async fn start(args: ServeConfig) -> anyhow::Result<Running> {
             },
         },
     );
-    let listener = listen(args.listen)?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(app.clone());
@@ -174,6 +177,7 @@ pub async fn start(args: ServeConfig) -> anyhow::Result<Running> {
             }
         })
     };
+    let recorder = flashsale_gateway::stream::spawn_recorder(app.clone());
     if args.demo {
         let app = app.clone();
         tokio::spawn(async move { create_demo_sale(&app).await });
@@ -190,6 +194,7 @@ pub async fn start(args: ServeConfig) -> anyhow::Result<Running> {
         })
         .await;
         housekeeping.abort();
+        recorder.abort();
         node.shutdown().await;
         Ok(())
     });

@@ -95,6 +95,9 @@ pub struct Metrics {
     partitions_write_blocked: Gauge,
     /// Reservation latencies again, in fine buckets the console reads back.
     latency_fine: LatencyBuckets,
+    /// The latencies of reservations that got a hold (`ok`) alone: the console shows
+    /// them apart, as a crowd's cheap refusals would hide them.
+    latency_ok: LatencyBuckets,
     /// The newest engine lag per partition this process owns (what
     /// `flashsale_engine_partition_lag` shows), for the console.
     lags: Mutex<BTreeMap<u32, u64>>,
@@ -251,6 +254,7 @@ impl Metrics {
             partitions_failed,
             partitions_write_blocked,
             latency_fine: LatencyBuckets::default(),
+            latency_ok: LatencyBuckets::default(),
             lags: Mutex::new(BTreeMap::new()),
         }
     }
@@ -272,6 +276,9 @@ impl Metrics {
         }
         self.reservation_latency.observe(latency.as_secs_f64());
         self.latency_fine.observe(latency);
+        if result == "ok" {
+            self.latency_ok.observe(latency);
+        }
     }
     pub fn order(&self, result: &'static str) {
         debug_assert!(
@@ -312,6 +319,10 @@ impl Metrics {
     /// of two of these is the window between them ([`LatencyWindow::quantile_ms`]).
     pub fn latency_window(&self) -> LatencyWindow {
         self.latency_fine.snapshot()
+    }
+    /// [`Metrics::latency_window`] of the reservations that got a hold only.
+    pub fn latency_ok_window(&self) -> LatencyWindow {
+        self.latency_ok.snapshot()
     }
     /// `flashsale_inventory_stockout_total` so far.
     pub fn stockouts(&self) -> u64 {
@@ -534,6 +545,11 @@ mod tests {
         }
         let w = m.latency_window().since(&before);
         assert_eq!(w.count(), 100);
+        // A refusal counts in the window of every attempt, not in that of holds.
+        let ok_before = m.latency_ok_window();
+        m.reservation("out_of_stock", Duration::from_millis(1));
+        assert_eq!(m.latency_ok_window().since(&ok_before).count(), 0);
+        assert_eq!(m.latency_ok_window().count(), 150);
         let p50 = w.quantile_ms(0.5).unwrap();
         let p99 = w.quantile_ms(0.99).unwrap();
         assert!((0.85..1.2).contains(&p50), "p50 {p50}");

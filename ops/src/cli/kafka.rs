@@ -104,6 +104,27 @@ pub enum TopicsAction {
         after_help = "Examples:\n  flashsale topics create --kafka 127.0.0.1:19092 --partitions 8\n  flashsale topics create --kafka kafka-1:9092,kafka-2:9092 \\\n      --partitions 32 --replies-partitions 16 --replication-factor 3 \\\n      --min-insync-replicas 2"
     )]
     Create(TopicsCreateArgs),
+    /// Add partitions to <prefix>replies, so more gateways can start (--gateway-id
+    /// 0..N-1), with the deployment running and without new topics. Only replies grows:
+    /// it is keyed by gateway id, not SKU. Running engines learn the new count when the
+    /// first reply for a new gateway id comes. Kafka cannot take partitions away.
+    #[command(
+        after_help = "Examples:\n  flashsale topics grow --kafka 127.0.0.1:19092 --replies-partitions 8\n  # then start the new gateways\n  flashsale gateway --kafka 127.0.0.1:19092 --gateway-id 4 --admin-token s3cret"
+    )]
+    Grow(TopicsGrowArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopicsGrowArgs {
+    /// Partitions replies should have: gateway ids 0..N-1 can start.
+    #[arg(long, env = "FLASHSALE_REPLIES_PARTITIONS")]
+    pub replies_partitions: u32,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    // Last: its help heading ("Kafka") applies to what follows it.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 #[derive(Debug, Clone, Args)]

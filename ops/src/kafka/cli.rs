@@ -1,4 +1,4 @@
-//! The Kafka-mode subcommands: `topics create`, `engine`, `gateway`, `serve --kafka`.
+//! The Kafka-mode subcommands: `topics create`/`grow`, `engine`, `gateway`, `serve --kafka`.
 
 use super::topics::{self, TopicSpec};
 use super::{Extras, GatewayParams, KafkaParams};
@@ -41,6 +41,35 @@ pub async fn topics_command(args: TopicsArgs) -> anyhow::Result<()> {
                         o.topic, o.partitions, o.replication_factor, o.status
                     );
                 }
+            }
+            Ok(())
+        }
+        TopicsAction::Grow(a) => {
+            let (brokers, names, n) = (
+                a.kafka.kafka.clone(),
+                Topics::with_prefix(&a.kafka.topic_prefix),
+                a.replies_partitions,
+            );
+            let o = tokio::task::spawn_blocking(move || topics::grow(&brokers, &names, n))
+                .await
+                .context("growing the replies topic panicked")??;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            } else if o.status == "grown" {
+                println!(
+                    "{}: {} -> {} partitions; gateway ids 0-{} can start",
+                    o.topic,
+                    o.partitions_before,
+                    o.partitions,
+                    o.partitions - 1
+                );
+            } else {
+                println!(
+                    "{}: already {} partitions; gateway ids 0-{} can start",
+                    o.topic,
+                    o.partitions,
+                    o.partitions - 1
+                );
             }
             Ok(())
         }

@@ -272,6 +272,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         let app = app.clone();
         tokio::spawn(async move { crate::serve::create_demo_sale(&app).await });
     }
+    background.push(flashsale_gateway::stream::spawn_recorder(app.clone()));
     background.push(flashsale_gateway::stream::spawn_log_end_probe(
         app.clone(),
         command_ends(k.brokers.clone(), k.topics.commands.clone(), partitions),

@@ -1,4 +1,4 @@
-//! The topics of Kafka mode and `flashsale topics create`.
+//! The topics of Kafka mode, `flashsale topics create` and `flashsale topics grow`.
 //!
 //! | topic | partitions | key | retention | why |
 //! |---|---|---|---|---|
@@ -20,7 +20,7 @@ use anyhow::Context;
 use flashsale_proto::Topics;
 use flashsale_runtime::kafka::{base_config, count_partitions, QuietContext, ADMIN_TIMEOUT};
 pub use flashsale_runtime::kafka::{check, partition_counts};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -246,6 +246,92 @@ pub fn create(brokers: &str, spec: &TopicSpec) -> anyhow::Result<Vec<TopicOutcom
             .cmp(&names.iter().position(|n| *n == b.topic))
     });
     Ok(outcomes)
+}
+
+/// Most partitions `topics grow` gives `replies` (gateway ids 0..N-1): far more
+/// gateways than any deployment runs, and a bound on a mistyped number.
+pub const MAX_REPLIES_PARTITIONS: u32 = 1024;
+
+/// What `grow` did to `replies`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrowOutcome {
+    pub topic: String,
+    pub partitions_before: u32,
+    pub partitions: u32,
+    /// `grown` or `unchanged` (it had that many already).
+    pub status: &'static str,
+}
+
+/// Adds partitions to `replies` (blocking; call it off the async runtime) so gateway
+/// ids up to `replies_partitions - 1` can start, without new topics and with the
+/// deployment running. Only `replies` grows: it is keyed by gateway id, not SKU, so
+/// no record changes partition; `commands` and `events` are keyed by SKU and their
+/// count is fixed for the life of the log. Running engines learn the new count when
+/// the first reply for a new gateway id comes (engine/src/kafka.rs); gateways already
+/// running keep their partition. Shrinking is refused (Kafka cannot).
+pub fn grow(
+    brokers: &str,
+    topics: &Topics,
+    replies_partitions: u32,
+) -> anyhow::Result<GrowOutcome> {
+    anyhow::ensure!(
+        (1..=MAX_REPLIES_PARTITIONS).contains(&replies_partitions),
+        "--replies-partitions must be 1-{MAX_REPLIES_PARTITIONS}"
+    );
+    let name = topics.replies.as_str();
+    let Some(have) = partition_counts(brokers, &[name])?[0] else {
+        anyhow::bail!(
+            "topic {name} does not exist; create the topics first: flashsale topics create --replies-partitions {replies_partitions}"
+        );
+    };
+    let outcome = |status| GrowOutcome {
+        topic: name.to_string(),
+        partitions_before: have,
+        partitions: replies_partitions.max(have),
+        status,
+    };
+    if have == replies_partitions {
+        return Ok(outcome("unchanged"));
+    }
+    anyhow::ensure!(
+        have < replies_partitions,
+        "topic {name} has {have} partitions; Kafka cannot take partitions away (gateway ids 0-{} can start already)",
+        have - 1
+    );
+    let admin: AdminClient<QuietContext> = base_config(brokers, "flashsale-admin")
+        .create_with_context(QuietContext::default())
+        .context("cannot create a Kafka admin client")?;
+    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let more = NewPartitions::new(name, replies_partitions as usize);
+    // Blocking: the admin future is completed by librdkafka's own thread.
+    let results = futures::executor::block_on(admin.create_partitions([&more], &opts))
+        .context("add partitions")?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            // Another `grow` got there first: fine if the count is now what we want.
+            Err((_, RDKafkaErrorCode::InvalidPartitions)) => {
+                let now = partition_counts(brokers, &[name])?[0];
+                anyhow::ensure!(
+                    now == Some(replies_partitions),
+                    "cannot grow topic {name} to {replies_partitions} partitions: it has {now:?}"
+                );
+            }
+            Err((_, code)) => {
+                anyhow::bail!("cannot grow topic {name} to {replies_partitions} partitions: {code}")
+            }
+        }
+    }
+    wait_visible(
+        brokers,
+        &[PlannedTopic {
+            name: name.to_string(),
+            partitions: replies_partitions,
+            configs: Vec::new(),
+        }],
+    )?;
+    Ok(outcome("grown"))
 }
 
 /// How many brokers the cluster has (from metadata).
