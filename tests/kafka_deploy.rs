@@ -92,15 +92,15 @@ impl Deployment {
         };
         let mut p = vec!["projector".to_string()];
         p.extend(self.common());
-        self.procs = vec![
+        let mut procs = vec![
             Proc::spawn(&format!("{tag}-engine"), &e, dir).unwrap(),
             Proc::spawn(&format!("{tag}-gateway"), &gateway(0, self.port), dir).unwrap(),
             Proc::spawn(&format!("{tag}-projector"), &p, dir).unwrap(),
         ];
         if let Some(port2) = self.port2 {
-            self.procs
-                .push(Proc::spawn(&format!("{tag}-gateway1"), &gateway(1, port2), dir).unwrap());
+            procs.push(Proc::spawn(&format!("{tag}-gateway1"), &gateway(1, port2), dir).unwrap());
         }
+        self.procs = procs;
     }
     fn stop(&mut self) {
         for p in &mut self.procs {
