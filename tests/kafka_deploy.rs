@@ -341,7 +341,7 @@ async fn kept_apart(
     assert_eq!(list.status, StatusCode::OK, "{}", list.body);
     let text = list.body.to_string();
     assert_eq!(
-        text.matches(SHARED_SKU).count(),
+        text.matches(&format!("\"skuId\":\"{SHARED_SKU}\"")).count(),
         1,
         "{base}: one product: {text}"
     );
