@@ -177,9 +177,8 @@ pub async fn gateway_command(
     };
     let mut extras = Extras::default();
     if let Some(url) = &args.postgres {
-        extras.order_history = Some(
-            super::postgres::order_history(url, args.pg_pool_size, &k.topics.events).await?,
-        );
+        extras.order_history =
+            Some(super::postgres::order_history(url, args.pg_pool_size, &k.topics.events).await?);
     }
     extras.readmodel_snapshots = Some((
         readmodel_place(args.postgres.as_deref(), &args.data_dir).await?,
