@@ -633,10 +633,20 @@ async fn admin_sale_rules(s: &TestServer) {
 }
 
 async fn operations_endpoints(s: &TestServer) {
-    for path in ["/health", "/actuator/health", "/ready"] {
+    for path in ["/health", "/actuator/health"] {
         let a = s.get(path).await;
         assert_eq!(a.status, StatusCode::OK, "{path}");
         assert_eq!(a.body, json!({"status": "UP"}));
+    }
+    // Readiness for reads (/ready) and for writes (/ready?writes): both, when ready.
+    for path in ["/ready", "/ready?writes"] {
+        let a = s.get(path).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            a.body,
+            json!({"status": "UP", "reads": "UP", "writes": "UP"}),
+            "{path}"
+        );
     }
     // X-Request-Id: echoed when given, generated otherwise
     let a = s

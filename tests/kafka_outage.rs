@@ -9,9 +9,10 @@
 //! 2. **A 60 s outage under a bounded load**: a few hundred holds over several SKUs,
 //!    before, during and after the outage (each retried with its `Idempotency-Key`
 //!    while it gets 503; never a 500), checkouts before and after, reads of existing
-//!    holds during it. Afterwards every process still runs (none exited), every
-//!    acknowledged hold is readable, availability matches the holds, every order is
-//!    projected (exactly one per user), `flashsale audit` is clean, and each process's
+//!    holds during it, and `/ready` 200 (reads) while `/ready?writes` is 503.
+//!    Afterwards every process still runs (none exited), every acknowledged hold is
+//!    readable, availability matches the holds, every order is projected (exactly
+//!    one per user), `flashsale audit` is clean, and each process's
 //!    stderr during the outage holds a bounded number of lines (a few, not 10-20 a
 //!    second).
 //!
@@ -495,6 +496,34 @@ async fn processes_started_before_the_broker_and_a_60s_outage_under_load() {
     assert!(
         post.headers.contains_key("retry-after"),
         "503 without Retry-After"
+    );
+    // Issue 28: reads are served, so `/ready` (reads) stays 200 and a load balancer
+    // keeps the gateway; `/ready?writes` says writes are not taken.
+    let ready_reads = call(&client, &gw, Method::GET, "/ready", None, &[]).await;
+    assert_eq!(
+        ready_reads.status,
+        StatusCode::OK,
+        "/ready during the outage: {}",
+        ready_reads.body
+    );
+    assert_eq!(
+        ready_reads.body["reads"],
+        json!("UP"),
+        "{}",
+        ready_reads.body
+    );
+    assert_eq!(
+        ready_reads.body["writes"],
+        json!("DOWN"),
+        "{}",
+        ready_reads.body
+    );
+    let ready_writes = call(&client, &gw, Method::GET, "/ready?writes", None, &[]).await;
+    assert_eq!(
+        ready_writes.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/ready?writes during the outage: {}",
+        ready_writes.body
     );
     let left = OUTAGE.saturating_sub(outage_started.elapsed());
     tokio::time::sleep(left).await;

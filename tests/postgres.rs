@@ -505,6 +505,9 @@ async fn a_snapshot_that_fails_the_invariants_is_never_loaded() {
 // projector
 // ----------------------------------------------------------------------------------------
 
+/// The log of deployment `events-test` (events topic name / topic id).
+const LOG_A: &str = "events-test/AAAAAAAAAAAAAAAAAAAAAA";
+
 /// A partition's events as the engine emits them: configure, reserve, check out.
 fn engine_events(
     partition: u16,
@@ -571,7 +574,7 @@ fn engine_events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applying_the_same_batch_twice_writes_each_row_once() {
     let Some(db) = Db::fresh().await else { return };
-    let projector = Projector::new(db.pool.clone(), "events-test");
+    let projector = Projector::new(db.pool.clone(), "events-test").with_log_id(LOG_A);
     let (records, orders) = engine_events(0, 6, 4);
     let first = projector
         .apply_at(&records, &[(0, 42)])
@@ -640,7 +643,7 @@ async fn applying_the_same_batch_twice_writes_each_row_once() {
     }
 
     // The orders read back as the engine made them, newest first per user.
-    let reads = PgOrders::new(db.pool.clone());
+    let reads = PgOrders::new(db.pool.clone(), "events-test");
     for o in &orders {
         assert_eq!(reads.order(&o.order_id).await.unwrap().as_ref(), Some(o));
     }
@@ -836,5 +839,107 @@ async fn sale_drop_and_reconfigure_are_projected_in_log_order() {
             .await,
         2
     );
+    db.drop().await;
+}
+
+/// Issue 28: two deployments (topic prefixes) on one database, with the same SKUs, the
+/// same user ids and even the same order ids: every row is kept per log, and each
+/// deployment's order reads answer its own rows only, including those of its earlier
+/// (recreated) logs; rows of no known log are nobody's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployments_on_one_database_keep_their_rows_apart() {
+    let Some(db) = Db::fresh().await else { return };
+    let a = Projector::new(db.pool.clone(), "shopa.events").with_log_id("shopa.events/A1");
+    let b = Projector::new(db.pool.clone(), "shopb.events").with_log_id("shopb.events/B1");
+    let (a_records, a_orders) = engine_events(0, 6, 4);
+    // B: the same commands, fewer of them, and its own shipping address, so the same
+    // order ids carry different rows.
+    let (mut b_records, _) = engine_events(0, 4, 2);
+    let mut b_orders = Vec::new();
+    for rec in &mut b_records {
+        for ev in &mut rec.events {
+            if let Event::OrderCreated(o) = ev {
+                o.shipping_address = "B's street".into();
+                b_orders.push(o.clone());
+            }
+        }
+    }
+    a.apply_at(&a_records, &[(0, 10)]).await.unwrap();
+    b.apply_at(&b_records, &[(0, 7)]).await.unwrap();
+    // The same SKU twice: one row per deployment, each with its own counters.
+    assert_eq!(
+        db.count("SELECT count(*) FROM products WHERE sku = 'SKU-A'")
+            .await,
+        2
+    );
+    assert_eq!(
+        db.count("SELECT sold FROM products WHERE sku = 'SKU-A' AND log_id = 'shopa.events/A1'")
+            .await,
+        4
+    );
+    assert_eq!(
+        db.count("SELECT sold FROM products WHERE sku = 'SKU-A' AND log_id = 'shopb.events/B1'")
+            .await,
+        2
+    );
+    assert_eq!(db.count("SELECT count(*) FROM sales").await, 2);
+    assert_eq!(db.count("SELECT count(*) FROM reservations").await, 10);
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, 6);
+    assert_eq!(a.positions().await.unwrap().get(&0), Some(&10));
+    assert_eq!(b.positions().await.unwrap().get(&0), Some(&7));
+
+    let (ra, rb) = (
+        PgOrders::new(db.pool.clone(), "shopa.events"),
+        PgOrders::new(db.pool.clone(), "shopb.events"),
+    );
+    for o in &a_orders {
+        assert_eq!(ra.order(&o.order_id).await.unwrap().as_ref(), Some(o));
+    }
+    for o in &b_orders {
+        assert_eq!(rb.order(&o.order_id).await.unwrap().as_ref(), Some(o));
+        assert_eq!(o.shipping_address, "B's street");
+    }
+    for u in ["user0", "user1"] {
+        let of_a = ra.orders_of(&user(u)).await.unwrap();
+        let of_b = rb.orders_of(&user(u)).await.unwrap();
+        assert!(!of_a.is_empty() && !of_b.is_empty(), "{u} bought in both");
+        assert!(
+            of_a.iter().all(|o| o.shipping_address == "1 Main St"),
+            "{of_a:?}"
+        );
+        assert!(
+            of_b.iter().all(|o| o.shipping_address == "B's street"),
+            "{of_b:?}"
+        );
+    }
+    // user2 bought in A only.
+    assert!(!ra.orders_of(&user("user2")).await.unwrap().is_empty());
+    assert!(rb.orders_of(&user("user2")).await.unwrap().is_empty());
+
+    // A's topics recreated: a new log of the same deployment. Its orders join A's
+    // reads (history); B still sees none of them.
+    let a2 = Projector::new(db.pool.clone(), "shopa.events").with_log_id("shopa.events/A2");
+    let (a2_records, a2_orders) = engine_events(1, 2, 2);
+    let r = a2.apply_at(&a2_records, &[(1, 3)]).await.unwrap();
+    assert_eq!(r.skipped, 0, "a new log starts from its own offsets");
+    for o in &a2_orders {
+        assert_eq!(ra.order(&o.order_id).await.unwrap().as_ref(), Some(o));
+        assert_eq!(rb.order(&o.order_id).await.unwrap(), None);
+    }
+    assert_eq!(
+        ra.orders_of(&user("user0")).await.unwrap().len(),
+        a_orders
+            .iter()
+            .chain(&a2_orders)
+            .filter(|o| o.user.as_str() == "user0")
+            .count()
+    );
+    // Rows of no known log (projected before log ids existed) are nobody's.
+    let unknown = Projector::new(db.pool.clone(), "shopa.events");
+    let (c_records, c_orders) = engine_events(2, 2, 1);
+    unknown.apply(&c_records).await.unwrap();
+    for r in [&ra, &rb] {
+        assert_eq!(r.order(&c_orders[0].order_id).await.unwrap(), None);
+    }
     db.drop().await;
 }

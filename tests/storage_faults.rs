@@ -791,7 +791,8 @@ async fn a_full_disk_refuses_holds_and_recovers_by_itself() {
     // retry, and /ready names it then.
     let mut blocked = false;
     for i in 400..460 {
-        let ready = call(&c, &base, Method::GET, "/ready", None, &[]).await;
+        // Reads are still served (plain /ready stays 200); writes are not.
+        let ready = call(&c, &base, Method::GET, "/ready?writes", None, &[]).await;
         if ready.status == StatusCode::SERVICE_UNAVAILABLE
             && ready.body["details"]
                 .get("writeBlockedPartitions")

@@ -396,7 +396,15 @@ async fn get_reservation(
 ) -> Result<Json<Value>, ApiError> {
     let raw = path_param(id, "reservationId")?;
     let id = reservation_id(&raw)?;
-    let Some(v) = app.read.reservation(&id) else {
+    let found = match app.read.reservation(&id) {
+        Some(v) => Some(v),
+        None => {
+            // Held through another gateway a moment ago? (Kafka mode: read-your-writes.)
+            app.orders.catch_up(u32::from(id.partition)).await?;
+            app.read.reservation(&id)
+        }
+    };
+    let Some(v) = found else {
         if u32::from(id.partition) < app.dispatcher.partitions() {
             app.dispatcher.check_readable(u32::from(id.partition))?;
         }
@@ -743,18 +751,38 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "UP"}))
 }
 
-async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// `GET /ready`: can this node serve reads (every partition's data loaded)? For a
+/// load balancer's read pool; 200 through a Kafka outage or a full disk, when reads
+/// are served and writes are refused. `GET /ready?writes`: can it take writes too?
+/// The body says both (`reads`, `writes`: "UP" or "DOWN") and why not.
+async fn ready(
+    State(app): State<AppState>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
     use crate::dispatch::PartitionStatus as S;
+    let for_writes = q.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "writes" || kv.starts_with("writes="))
+    });
     let (mut failed, mut blocked, mut recovering) = (Vec::new(), Vec::new(), Vec::new());
+    let mut reasons: Vec<String> = Vec::new();
     for p in 0..app.dispatcher.partitions() {
         match app.dispatcher.partition_status(p) {
             S::Live => {}
             S::Recovering => recovering.push(p),
-            S::Failed(e) => failed.push(json!({"partition": p, "error": e})),
+            S::Failed(e) => {
+                if !reasons.contains(&e) {
+                    reasons.push(e.clone());
+                }
+                failed.push(json!({"partition": p, "error": e}));
+            }
             S::WriteBlocked(e) => blocked.push(json!({"partition": p, "error": e})),
         }
     }
-    let mut body = json!({"status": "UP"});
+    let reads = failed.is_empty() && recovering.is_empty();
+    let writes = reads && blocked.is_empty() && app.dispatcher.is_ready();
+    let up = |b: bool| if b { "UP" } else { "DOWN" };
+    let mut body = json!({"status": "UP", "reads": up(reads), "writes": up(writes)});
     if !failed.is_empty() {
         body["failedPartitions"] = json!(failed);
     }
@@ -764,15 +792,18 @@ async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     if !recovering.is_empty() {
         body["recoveringPartitions"] = json!(recovering);
     }
-    if app.dispatcher.is_ready() && blocked.is_empty() {
+    if (!for_writes && reads) || writes {
         Ok(Json(body))
     } else {
-        let message = if !failed.is_empty() {
-            "Some partitions failed recovery and are down (see details.failedPartitions); README, \"Storage faults\", says how to recover"
-        } else if !blocked.is_empty() {
-            "Some partitions cannot write their command log (disk full?); they retry by themselves"
+        let message = if reasons.len() == 1 && failed.len() as u32 == app.dispatcher.partitions() {
+            // One cause for the whole node (a topic recreated, in Kafka mode).
+            reasons[0].clone()
+        } else if !failed.is_empty() {
+            "Some partitions failed recovery and are down (see details.failedPartitions); README, \"Storage faults\", says how to recover".to_string()
+        } else if !recovering.is_empty() || !app.dispatcher.is_ready() {
+            "Not every partition is owned and caught up yet".to_string()
         } else {
-            "Not every partition is owned and caught up yet"
+            "Some partitions cannot write their command log now (disk full, or the Kafka cluster unreachable); reads are served and writing is retried by itself".to_string()
         };
         body["status"] = json!("DOWN");
         Err(ApiError::unavailable_with(message, body))

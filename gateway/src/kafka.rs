@@ -14,8 +14,21 @@
 //! [`PartitionStatus::WriteBlocked`]) and reads are served from the read model; a
 //! command already queued fails after [`COMMAND_DELIVERY_TIMEOUT`] (its request was
 //! answered 503 at its deadline). Both clients come back by themselves.
+//!
+//! **Topics recreated.** The follower knows the identity (name + Kafka topic id,
+//! `flashsale_runtime::kafka_id`) of the three topics it started with, and asks the
+//! broker again every [`IDENTITY_EVERY`], at once when a partition's offsets go
+//! backwards (a new topic starts at 0), and soon after an output is dropped as fenced
+//! (a new log's owner epochs start low). When one was deleted or recreated, the state
+//! it holds is of a log that is gone: it stops applying anything, forgets the read
+//! model, says so in one ERROR line naming each topic with its old and new id, and
+//! every read and write answers 503 with that reason, as `/ready` does. With
+//! `--adopt-new-topics`, once `commands` and `events` both exist under new ids (with
+//! the same partition counts), it follows the new log from its start instead: the
+//! read model is rebuilt from the new `events`, writes go to the new `commands`.
 
 use crate::dispatch::{BusError, BusFuture, CommandBus, Pending};
+use crate::kafka_reads::{LogStatus, Progress};
 use crate::readmodel::{Mark, ReadModel};
 use crate::snapshot::{self, Snapshots, Trigger};
 use anyhow::Context;
@@ -25,6 +38,7 @@ use flashsale_runtime::kafka::{
     consumer_config, producer_config, watermarks, Delivery, KafkaHealth, QuietContext,
     STATS_INTERVAL_MS,
 };
+use flashsale_runtime::kafka_id::{self, TopicIdentity};
 use flashsale_runtime::patience::QUIET_EVERY;
 use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
 use flashsale_runtime::telemetry::{TraceParent, TRACEPARENT_HEADER};
@@ -34,8 +48,8 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Replies parked until the read model catches up; past this, the oldest are dropped
@@ -47,6 +61,14 @@ const MAX_PARKED: usize = 100_000;
 /// from reaching the log minutes after the buyer was told to retry.
 pub const COMMAND_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the follower asks the broker whether its topics are still the ones it
+/// started with (see the module docs).
+pub const IDENTITY_EVERY: Duration = Duration::from_secs(5);
+/// At most one extra identity check per this, however many fenced outputs arrive.
+const IDENTITY_MIN_GAP: Duration = Duration::from_secs(1);
+/// Longest one identity check waits for a broker.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub struct KafkaBus {
     producer: FutureProducer<QuietContext>,
     health: Arc<KafkaHealth>,
@@ -55,6 +77,8 @@ pub struct KafkaBus {
     follower_ready: Arc<AtomicBool>,
     engine: Option<Arc<dyn EngineReadiness>>,
     closing: AtomicBool,
+    /// Set while the topics this gateway started with are gone (see the module docs).
+    log: Arc<LogStatus>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -78,6 +102,7 @@ pub fn command_key(cmd: &Command) -> Option<&str> {
 }
 
 impl KafkaBus {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         brokers: &str,
         topics: &Topics,
@@ -86,6 +111,7 @@ impl KafkaBus {
         follower_ready: Arc<AtomicBool>,
         engine: Option<Arc<dyn EngineReadiness>>,
         health: Arc<KafkaHealth>,
+        log: Arc<LogStatus>,
     ) -> anyhow::Result<Self> {
         let producer: FutureProducer<QuietContext> = producer_config(
             brokers,
@@ -104,6 +130,7 @@ impl KafkaBus {
             follower_ready,
             engine,
             closing: AtomicBool::new(false),
+            log,
         })
     }
 
@@ -135,6 +162,9 @@ impl CommandBus for KafkaBus {
         Box::pin(async move {
             if self.closing.load(Ordering::Acquire) {
                 return Err(BusError::Unavailable("the server is shutting down".into()));
+            }
+            if let Some(reason) = self.log.stale_reason() {
+                return Err(BusError::Unavailable(reason));
             }
             if !self.health.is_reachable() {
                 return Err(BusError::Unavailable(
@@ -173,14 +203,19 @@ impl CommandBus for KafkaBus {
 
     fn is_ready(&self) -> bool {
         !self.closing.load(Ordering::Acquire)
+            && !self.log.is_stale()
             && self.follower_ready.load(Ordering::Acquire)
             && self.engine.as_ref().is_none_or(|e| e.is_ready())
     }
 
     /// During a broker outage every partition is write-blocked: commands answer 503 +
-    /// `Retry-After` at once, reads are served from the read model.
+    /// `Retry-After` at once, reads are served from the read model. Once a topic was
+    /// recreated every partition is down with that reason (nothing of the old log is
+    /// served) until the new log is adopted.
     fn partition_status(&self, _partition: u32) -> PartitionStatus {
-        if !self.is_ready() {
+        if let Some(reason) = self.log.stale_reason() {
+            PartitionStatus::Failed(reason)
+        } else if !self.is_ready() {
             PartitionStatus::Recovering
         } else if !self.health.is_reachable() {
             PartitionStatus::WriteBlocked("Kafka is unreachable".to_string())
@@ -194,6 +229,7 @@ impl CommandBus for KafkaBus {
 pub struct Follower {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    watcher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -214,6 +250,14 @@ pub struct FollowerOptions {
     /// Read-model snapshots of this log: start from the newest valid one, and write
     /// new ones per its policy. `None`: replay `events` from the start, write none.
     pub snapshots: Option<Snapshots>,
+    /// Shared with the bus and the reads: set while the topics are not the ones this
+    /// gateway started with.
+    pub log: Arc<LogStatus>,
+    /// Shared with the reads: how far each events partition was read.
+    pub progress: Arc<Progress>,
+    /// Follow recreated topics by itself (`--adopt-new-topics`) rather than wait for
+    /// the operator.
+    pub adopt_new_topics: bool,
 }
 
 impl Follower {
@@ -281,7 +325,15 @@ impl Follower {
         let starts = start_from_snapshot(&opts, &read, &bounds);
         for (p, start) in starts.iter().enumerate() {
             tpl.add_partition_offset(&opts.topics.events, p as i32, Offset::Offset(*start))?;
+            opts.progress.set(p as u32, *start);
         }
+        // The log this gateway serves: the three topics as they are now.
+        let names = topic_names(&opts.topics);
+        let expected: Vec<TopicIdentity> = names
+            .iter()
+            .map(|t| kafka_id::topic_identity(&opts.brokers, t, IDENTITY_TIMEOUT))
+            .collect::<anyhow::Result<_>>()
+            .context("cannot read the topics' ids")?;
         let trigger = match &opts.snapshots {
             Some(s) if !s.policy.never() => Some(Trigger::new(
                 snapshot::Writer::start(read.clone(), s.store.clone())
@@ -294,7 +346,25 @@ impl Follower {
             .assign(&tpl)
             .context("cannot assign the follower's partitions")?;
         let stop = Arc::new(AtomicBool::new(false));
+        let watch = Arc::new(Watch::default());
+        let watcher = {
+            let (watch, stop, brokers) = (watch.clone(), stop.clone(), opts.brokers.clone());
+            std::thread::Builder::new()
+                .name(format!("kafka-topic-ids-{}", opts.gateway_id))
+                .spawn(move || watch_ids(&brokers, &names, &watch, &stop))
+                .context("cannot start the topic-id thread")?
+        };
         let state = FollowerState {
+            brokers: opts.brokers.clone(),
+            gateway_id: opts.gateway_id,
+            partitions: opts.partitions,
+            expected,
+            watch,
+            seen_generation: 0,
+            announced: None,
+            log: opts.log.clone(),
+            progress: opts.progress.clone(),
+            adopt_new_topics: opts.adopt_new_topics,
             topics: opts.topics,
             read,
             pending,
@@ -318,13 +388,17 @@ impl Follower {
         Ok(Follower {
             stop,
             thread: Some(thread),
+            watcher: Some(watcher),
         })
     }
 
-    /// Stops the thread (blocking, bounded by one poll).
+    /// Stops the threads (blocking, bounded by one poll and one identity check).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.watcher.take() {
             let _ = t.join();
         }
     }
@@ -337,6 +411,18 @@ impl Drop for Follower {
 }
 
 struct FollowerState {
+    brokers: String,
+    gateway_id: u32,
+    partitions: u32,
+    /// The topics of the log this gateway serves (commands, events, replies).
+    expected: Vec<TopicIdentity>,
+    watch: Arc<Watch>,
+    seen_generation: u64,
+    /// The ERROR line said last (said once per situation).
+    announced: Option<String>,
+    log: Arc<LogStatus>,
+    progress: Arc<Progress>,
+    adopt_new_topics: bool,
     topics: Topics,
     read: Arc<ReadModel>,
     pending: Arc<Pending>,
@@ -395,6 +481,18 @@ fn follow(
                 }
             }
             Some(Ok(m)) => {
+                // Nothing is applied while the log this gateway served is gone.
+                if st.log.is_stale() {
+                    continue;
+                }
+                if st.went_back(m.topic(), m.partition(), m.offset()) {
+                    // A topic that starts again at a lower offset: recreated? Nothing
+                    // of it is applied before the broker says.
+                    st.check_ids_now(&consumer);
+                    if st.log.is_stale() || st.went_back(m.topic(), m.partition(), m.offset()) {
+                        continue;
+                    }
+                }
                 let Some(payload) = m.payload() else { continue };
                 let epoch = record_epoch(&m);
                 if m.topic() == st.topics.events {
@@ -402,6 +500,14 @@ fn follow(
                 } else {
                     st.on_replies(payload, epoch);
                 }
+            }
+        }
+        let generation = st.watch.generation.load(Ordering::Acquire);
+        if generation != st.seen_generation {
+            st.seen_generation = generation;
+            let now = st.watch.observed.lock().ok().and_then(|o| o.clone());
+            if let Some(now) = now {
+                st.on_ids(&consumer, &now);
             }
         }
         if last_sweep.elapsed() >= Duration::from_secs(1) {
@@ -422,6 +528,7 @@ impl FollowerState {
         if let Some(p) = self.positions.get_mut(kafka_partition as usize) {
             *p = kafka_offset + 1;
         }
+        self.progress.set(kafka_partition as u32, kafka_offset + 1);
         // One Kafka record holds the events of one applied batch of commands of this
         // partition (events partition = command partition), all of one owner epoch.
         let mut recs: Vec<EventRecord> = Vec::new();
@@ -487,8 +594,10 @@ impl FollowerState {
         }
     }
 
-    /// Says (rate-limited) that an output of a replaced (fenced) engine was dropped.
+    /// Says (rate-limited) that an output of a replaced (fenced) engine was dropped, and
+    /// has the topics' ids checked soon (a recreated topic's owner epochs start low).
     fn fenced(&self, topic: &str, partition: u32, epoch: Option<u64>, dropped: u64) {
+        self.watch.check_now.store(true, Ordering::Release);
         if self.fence_lines.check(topic).is_some() {
             tracing::info!(
                 topic,
@@ -573,6 +682,174 @@ impl FollowerState {
             m.retain(|(_, id), _| self.pending.is_waiting(id));
         }
         self.parked_count = self.parked.iter().map(|m| m.len()).sum();
+    }
+}
+
+fn topic_names(t: &Topics) -> Vec<String> {
+    vec![t.commands.clone(), t.events.clone(), t.replies.clone()]
+}
+
+/// The topic-id thread's findings: the identities of commands, events and replies as
+/// the broker gave them last (`None`: the topic does not exist).
+#[derive(Default)]
+struct Watch {
+    observed: Mutex<Option<Vec<Option<TopicIdentity>>>>,
+    /// Bumped at every answer.
+    generation: AtomicU64,
+    /// Set by the follower: check now rather than at the next period.
+    check_now: AtomicBool,
+}
+
+/// Asks the broker for the topics' ids every [`IDENTITY_EVERY`], or sooner when asked
+/// (at most once per [`IDENTITY_MIN_GAP`]). Outside the follower thread: a broker that
+/// does not answer must not hold the read model back.
+fn watch_ids(brokers: &str, names: &[String], watch: &Watch, stop: &AtomicBool) {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut last = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        let due = last.elapsed() >= IDENTITY_EVERY
+            || (last.elapsed() >= IDENTITY_MIN_GAP && watch.check_now.load(Ordering::Acquire));
+        if due {
+            watch.check_now.store(false, Ordering::Release);
+            last = Instant::now();
+            // No answer (an outage): no verdict; the next period asks again.
+            if let Ok(now) = kafka_id::lookup_all(brokers, &names, IDENTITY_TIMEOUT) {
+                if let Ok(mut o) = watch.observed.lock() {
+                    *o = Some(now);
+                }
+                watch.generation.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl FollowerState {
+    /// True when `offset` lies below what was read of that partition already (a topic
+    /// that starts again: recreated?).
+    fn went_back(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        topic == self.topics.events
+            && self
+                .positions
+                .get(partition as usize)
+                .is_some_and(|p| offset < *p)
+    }
+
+    /// Asks the broker now, in this thread (rare: offsets went backwards).
+    fn check_ids_now(&mut self, consumer: &BaseConsumer<QuietContext>) {
+        let names = topic_names(&self.topics);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        if let Ok(now) = kafka_id::lookup_all(&self.brokers, &names, IDENTITY_TIMEOUT) {
+            self.on_ids(consumer, &now);
+        }
+    }
+
+    /// Compares the topics' ids now with the ones this gateway serves; see the module
+    /// docs for what it does when they differ.
+    fn on_ids(&mut self, consumer: &BaseConsumer<QuietContext>, now: &[Option<TopicIdentity>]) {
+        let changes = kafka_id::changes(&self.expected, now);
+        if changes.is_empty() {
+            return;
+        }
+        let what = kafka_id::describe(&changes);
+        let renewed = |t: &str| changes.iter().any(|c| c.topic == t && c.new_id.is_some());
+        let complete = renewed(&self.topics.commands)
+            && renewed(&self.topics.events)
+            && now.iter().all(Option::is_some);
+        let next = if !self.adopt_new_topics {
+            "restart this gateway to serve the new topics, or run it with --adopt-new-topics to follow them by itself".to_string()
+        } else if complete {
+            "adopting the new topics (--adopt-new-topics)".to_string()
+        } else {
+            format!(
+                "waiting until {} and {} both exist under new ids (flashsale topics create) to adopt them",
+                self.topics.commands, self.topics.events
+            )
+        };
+        let reason = format!("{what}: this gateway serves nothing of the old log; {next}");
+        if self.announced.as_deref() != Some(what.as_str()) {
+            tracing::error!(
+                topics = %changes.iter().map(|c| c.topic.as_str()).collect::<Vec<_>>().join(","),
+                "{reason}"
+            );
+            self.announced = Some(what);
+        }
+        if !self.log.is_stale() {
+            // Stop using the old log's state: nothing of it is served any more.
+            self.read.clear();
+            for m in &mut self.parked {
+                m.clear();
+            }
+            self.parked_count = 0;
+            if self.trigger.take().is_some() {
+                tracing::info!(
+                    "read-model snapshots stop until this gateway restarts (they are kept per log)"
+                );
+            }
+        }
+        self.log.set_stale(Some(reason));
+        if self.adopt_new_topics && complete {
+            match self.adopt(consumer, now) {
+                Ok(()) => {}
+                Err(e) => tracing::error!(
+                    error = %format!("{e:#}"),
+                    "cannot adopt the new topics; restart this gateway"
+                ),
+            }
+        }
+    }
+
+    /// Follows the new log from its start: replies from their end, every events
+    /// partition from its first offset; ready again once caught up.
+    fn adopt(
+        &mut self,
+        consumer: &BaseConsumer<QuietContext>,
+        now: &[Option<TopicIdentity>],
+    ) -> anyhow::Result<()> {
+        let (partitions, replies_partitions) =
+            flashsale_runtime::kafka::check(&self.brokers, &self.topics)?;
+        anyhow::ensure!(
+            partitions == self.partitions && self.gateway_id < replies_partitions,
+            "the new topics have {partitions} partitions ({replies_partitions} for replies), this gateway serves {} (gateway id {})",
+            self.partitions,
+            self.gateway_id
+        );
+        let mut tpl = TopicPartitionList::new();
+        let (_, replies_end) = watermarks(consumer, &self.topics.replies, self.gateway_id as i32)?;
+        tpl.add_partition_offset(
+            &self.topics.replies,
+            self.gateway_id as i32,
+            Offset::Offset(replies_end),
+        )?;
+        let mut positions = Vec::with_capacity(self.partitions as usize);
+        let mut targets = Vec::with_capacity(self.partitions as usize);
+        for p in 0..self.partitions as i32 {
+            let (low, high) = watermarks(consumer, &self.topics.events, p)?;
+            tpl.add_partition_offset(&self.topics.events, p, Offset::Offset(low))?;
+            positions.push(low);
+            targets.push(high);
+        }
+        consumer.assign(&tpl)?;
+        self.read.clear();
+        self.event_fence = EpochFence::default();
+        self.reply_fence = EpochFence::default();
+        for (p, pos) in positions.iter().enumerate() {
+            self.progress.set(p as u32, *pos);
+        }
+        self.positions = positions;
+        self.targets = targets;
+        self.ready.store(false, Ordering::Release);
+        self.started = Instant::now();
+        self.replayed = 0;
+        self.expected = now.iter().flatten().cloned().collect();
+        self.announced = None;
+        self.log.set_stale(None);
+        tracing::warn!(
+            log = %self.expected.iter().map(|t| t.log_id()).collect::<Vec<_>>().join(","),
+            "adopted the new topics: the read model is rebuilt from the new events topic; /ready turns 200 once it caught up"
+        );
+        self.check_ready();
+        Ok(())
     }
 }
 

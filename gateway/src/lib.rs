@@ -37,6 +37,7 @@ pub mod dispatch;
 pub mod error;
 pub mod json;
 pub mod kafka;
+pub mod kafka_reads;
 pub mod orders;
 pub mod pg_orders;
 pub mod readmodel;

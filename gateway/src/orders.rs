@@ -1,5 +1,6 @@
-//! Where order reads come from: the in-memory read model in embedded mode, Postgres
-//! (written by the projector) in Kafka mode.
+//! Where order reads come from: the in-memory read model in embedded mode; in Kafka
+//! mode the gateway's read model, caught up with the log as far as the read needs,
+//! then Postgres for the orders of earlier logs (`crate::kafka_reads`).
 
 use crate::error::ApiError;
 use crate::readmodel::ReadModel;
@@ -18,6 +19,13 @@ pub trait OrderSource: Send + Sync + 'static {
     /// and the API answers 503 rather than 404 or `[]`.
     fn served_from_read_model(&self) -> bool {
         false
+    }
+    /// Waits (bounded) until this node's read model holds every write of `partition`
+    /// acknowledged, by any gateway, before the call (Kafka mode; 503 if it does not
+    /// get there in time). Embedded: nothing to wait for.
+    fn catch_up<'a>(&'a self, partition: u32) -> OrderFuture<'a, ()> {
+        let _ = partition;
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

@@ -1,5 +1,7 @@
 //! [`PgOrders`]: the order reads of the HTTP API in Kafka mode, from the `orders`
-//! table the projector writes.
+//! table the projector writes: the history behind the read model (orders of logs this
+//! deployment had before its topics were recreated). Only this deployment's rows:
+//! every query names it (migration 0004).
 
 use crate::error::ApiError;
 use crate::orders::{OrderFuture, OrderSource};
@@ -14,17 +16,25 @@ pub const MAX_ORDERS_PER_USER: i64 = 1000;
 #[derive(Clone)]
 pub struct PgOrders {
     pool: Pool,
+    /// The deployment whose rows are read: its events topic's name (`orders.deployment`).
+    deployment: String,
 }
 
 impl std::fmt::Debug for PgOrders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgOrders").finish()
+        f.debug_struct("PgOrders")
+            .field("deployment", &self.deployment)
+            .finish()
     }
 }
 
 impl PgOrders {
-    pub fn new(pool: Pool) -> Self {
-        PgOrders { pool }
+    /// Reads of the deployment whose events topic is `events_topic` (e.g. `shopa.events`).
+    pub fn new(pool: Pool, events_topic: impl Into<String>) -> Self {
+        PgOrders {
+            pool,
+            deployment: events_topic.into(),
+        }
     }
 
     pub async fn order_by_id(&self, id: &OrderId) -> Result<Option<OrderView>, PgError> {
@@ -32,7 +42,9 @@ impl PgOrders {
         let stmt = client
             .prepare_cached(include_str!("sql/order_by_id.sql"))
             .await?;
-        let row = client.query_opt(&stmt, &[&id.to_string()]).await?;
+        let row = client
+            .query_opt(&stmt, &[&id.to_string(), &self.deployment])
+            .await?;
         row.map(|r| order_from_row(&r)).transpose()
     }
 
@@ -43,7 +55,10 @@ impl PgOrders {
             .prepare_cached(include_str!("sql/orders_of_user.sql"))
             .await?;
         let rows = client
-            .query(&stmt, &[&user.as_str(), &MAX_ORDERS_PER_USER])
+            .query(
+                &stmt,
+                &[&user.as_str(), &MAX_ORDERS_PER_USER, &self.deployment],
+            )
             .await?;
         rows.iter().map(order_from_row).collect()
     }

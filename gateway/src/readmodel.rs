@@ -495,6 +495,24 @@ impl ReadModel {
 
     /// Loads an image into this (new, empty) model: the follower then reads the events
     /// from the image's marks on. Rebuilds the per-user counts and order index.
+    /// Forgets everything (the log it followed is gone: its topics were recreated and
+    /// the gateway adopts the new one, which starts at offset 0). Availability gauges
+    /// of the SKUs it knew are removed too.
+    pub fn clear(&self) {
+        for e in self.products.iter() {
+            self.metrics.set_available(e.key().as_str(), 0);
+        }
+        self.products.clear();
+        self.sales.clear();
+        self.reservations.clear();
+        self.orders.clear();
+        self.user_orders.clear();
+        self.used.clear();
+        for n in &self.next_offset {
+            n.store(0, Ordering::Release);
+        }
+    }
+
     pub fn restore(&self, image: &Image) {
         for meta in &image.sales {
             self.sales

@@ -300,6 +300,8 @@ pub struct KafkaServeConfig {
     pub replies_partitions: u32,
     /// The gateway's command producer.
     pub linger_ms: u32,
+    /// Gateway and projector follow recreated topics by themselves (`--adopt-new-topics`).
+    pub adopt_new_topics: bool,
     pub engine: EngineGroupConfig,
     pub readmodel: ReadModelSnapshotConfig,
 }
@@ -314,6 +316,7 @@ impl KafkaServeConfig {
             topic_prefix: DEFAULT_TOPIC_PREFIX.into(),
             replies_partitions: 4,
             linger_ms: 1,
+            adopt_new_topics: false,
             engine: EngineGroupConfig::default(),
             readmodel: ReadModelSnapshotConfig::default(),
         }
@@ -407,6 +410,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub admin_token: Option<String>,
     pub gateway_id: u32,
+    /// Follow recreated topics by itself (`--adopt-new-topics`).
+    pub adopt_new_topics: bool,
     pub reply_deadline_ms: u64,
     pub max_in_flight: usize,
     pub max_in_flight_per_partition: usize,
@@ -429,6 +434,7 @@ impl GatewayConfig {
             listen: default_listen(),
             admin_token: None,
             gateway_id: 0,
+            adopt_new_topics: false,
             reply_deadline_ms: 2000,
             max_in_flight: crate::kafka::KAFKA_MAX_IN_FLIGHT,
             max_in_flight_per_partition: crate::kafka::KAFKA_MAX_IN_FLIGHT_PER_PARTITION,
@@ -463,6 +469,8 @@ pub struct ProjectorCmdConfig {
     pub pg_pool_size: usize,
     pub topic_prefix: String,
     pub projector_batch: usize,
+    /// Follow recreated topics by itself (`--adopt-new-topics`).
+    pub adopt_new_topics: bool,
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -475,6 +483,7 @@ impl ProjectorCmdConfig {
             pg_pool_size: 8,
             topic_prefix: DEFAULT_TOPIC_PREFIX.into(),
             projector_batch: 5000,
+            adopt_new_topics: false,
             metrics_listen: None,
         }
     }

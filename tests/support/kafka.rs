@@ -160,10 +160,21 @@ impl Proc {
     /// Starts `flashsale <args>` with the services' variables removed from its
     /// environment (everything it needs is on the command line).
     pub fn spawn(name: &str, args: &[String], log_dir: &std::path::Path) -> anyhow::Result<Proc> {
+        Self::spawn_with_env(name, args, &[], log_dir)
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        log_dir: &std::path::Path,
+    ) -> anyhow::Result<Proc> {
         use anyhow::Context;
         let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).context("log file")?;
         let child = std::process::Command::new(crate::flashsale_bin())
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("FLASHSALE_KAFKA")
             .env_remove("FLASHSALE_POSTGRES")
             .env("FLASHSALE_LOG", "info,librdkafka=warn")

@@ -73,6 +73,83 @@ pub fn topic_identity(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no broker address in {brokers:?}")))
 }
 
+/// The identity of `topic` now: `Ok(None)` when the broker says it does not exist (it
+/// was deleted), an error when no broker answered.
+pub fn lookup(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<TopicIdentity>> {
+    let mut last = None;
+    for addr in brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        match ask(addr, topic, timeout) {
+            Ok(found) => return Ok(found),
+            Err(e) => last = Some(e.context(format!("asking {addr} for the id of {topic}"))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no broker address in {brokers:?}")))
+}
+
+/// A topic that is no longer the log a process serves: deleted (`now` is `None`), or
+/// deleted and created again under the same name (a new topic id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recreated {
+    pub topic: String,
+    pub old_id: String,
+    pub new_id: Option<String>,
+}
+
+impl std::fmt::Display for Recreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.new_id {
+            Some(new) => write!(
+                f,
+                "topic {} was recreated (topic id {} -> {new})",
+                self.topic, self.old_id
+            ),
+            None => write!(
+                f,
+                "topic {} was deleted (topic id {})",
+                self.topic, self.old_id
+            ),
+        }
+    }
+}
+
+/// What changed between the identities a process started with and the ones the broker
+/// gives now (`now[i]` is the lookup of `expected[i].name`). Empty: same log.
+pub fn changes(expected: &[TopicIdentity], now: &[Option<TopicIdentity>]) -> Vec<Recreated> {
+    expected
+        .iter()
+        .zip(now)
+        .filter(|(e, n)| n.as_ref().is_none_or(|n| n.id != e.id))
+        .map(|(e, n)| Recreated {
+            topic: e.name.clone(),
+            old_id: e.id.clone(),
+            new_id: n.as_ref().map(|n| n.id.clone()),
+        })
+        .collect()
+}
+
+/// The changes in one line: "topic a was recreated (topic id X -> Y); topic b ...".
+pub fn describe(changes: &[Recreated]) -> String {
+    changes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Looks up every topic of `names` (see [`lookup`]); an error when a broker did not
+/// answer for one of them (no verdict: try again later).
+pub fn lookup_all(
+    brokers: &str,
+    names: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<Vec<Option<TopicIdentity>>> {
+    names.iter().map(|t| lookup(brokers, t, timeout)).collect()
+}
+
 fn ask(addr: &str, topic: &str, timeout: Duration) -> anyhow::Result<Option<TopicIdentity>> {
     let sock = addr
         .to_socket_addrs()
@@ -140,4 +217,48 @@ fn ask(addr: &str, topic: &str, timeout: Duration) -> anyhow::Result<Option<Topi
         name: topic.to_string(),
         id: t.topic_id.to_string(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str, id: &str) -> TopicIdentity {
+        TopicIdentity {
+            name: name.into(),
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn changes_name_each_topic_with_both_ids() {
+        let expected = [
+            id("s.commands", "A"),
+            id("s.events", "B"),
+            id("s.replies", "C"),
+        ];
+        assert!(changes(
+            &expected,
+            &[
+                Some(id("s.commands", "A")),
+                Some(id("s.events", "B")),
+                Some(id("s.replies", "C"))
+            ]
+        )
+        .is_empty());
+        let c = changes(
+            &expected,
+            &[
+                Some(id("s.commands", "A2")),
+                None,
+                Some(id("s.replies", "C")),
+            ],
+        );
+        assert_eq!(c.len(), 2);
+        let line = describe(&c);
+        assert_eq!(
+            line,
+            "topic s.commands was recreated (topic id A -> A2); topic s.events was deleted (topic id B)"
+        );
+    }
 }

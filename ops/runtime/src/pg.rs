@@ -302,6 +302,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "readmodel_snapshots",
         sql: include_str!("../../../schemas/migrations/0003_readmodel_snapshots.sql"),
     },
+    Migration {
+        version: 4,
+        name: "deployment_isolation",
+        sql: include_str!("../../../schemas/migrations/0004_deployment_isolation.sql"),
+    },
 ];
 
 /// Applies the migrations this database has not seen, in order, in one transaction,

@@ -47,6 +47,11 @@ pub struct ProjectorArgs {
     /// Most event records applied in one Postgres transaction.
     #[arg(long, env = "FLASHSALE_PROJECTOR_BATCH", default_value_t = 5000)]
     pub projector_batch: usize,
+    /// When a topic is deleted and created again (a new Kafka topic id), follow the new
+    /// topics from their start instead of waiting for an operator. Either way, nothing
+    /// of the old log is served once the change is seen (docs/operations.md).
+    #[arg(long, env = "FLASHSALE_ADOPT_NEW_TOPICS")]
+    pub adopt_new_topics: bool,
     /// Address for GET /metrics (Prometheus); unset: no metrics endpoint.
     #[arg(long, env = "FLASHSALE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -204,6 +209,11 @@ pub struct GatewayArgs {
     /// This gateway's id: the partition of the replies topic it reads. Unique per gateway.
     #[arg(long, env = "FLASHSALE_GATEWAY_ID", default_value_t = 0, help_heading = H_SERVER)]
     pub gateway_id: u32,
+    /// When a topic is deleted and created again (a new Kafka topic id), follow the new
+    /// topics from their start instead of waiting for an operator. Either way, nothing
+    /// of the old log is served once the change is seen (docs/operations.md).
+    #[arg(long, env = "FLASHSALE_ADOPT_NEW_TOPICS", help_heading = H_SERVER)]
+    pub adopt_new_topics: bool,
     /// How long a request waits for the engine's reply before answering 503.
     #[arg(long, env = "FLASHSALE_REPLY_DEADLINE_MS", default_value_t = 2000, help_heading = H_ADMISSION)]
     pub reply_deadline_ms: u64,
@@ -275,6 +285,7 @@ impl From<GatewayArgs> for GatewayConfig {
             listen: a.listen,
             admin_token: a.admin_token,
             gateway_id: a.gateway_id,
+            adopt_new_topics: a.adopt_new_topics,
             reply_deadline_ms: a.reply_deadline_ms,
             max_in_flight: a.max_in_flight,
             max_in_flight_per_partition: a.max_in_flight_per_partition,
@@ -296,6 +307,7 @@ impl From<ProjectorArgs> for ProjectorCmdConfig {
             pg_pool_size: a.pg.pg_pool_size,
             topic_prefix: a.topic_prefix,
             projector_batch: a.projector_batch,
+            adopt_new_topics: a.adopt_new_topics,
             metrics_listen: a.metrics_listen,
         }
     }

@@ -166,6 +166,11 @@ pub struct ServeKafkaArgs {
     /// FLASHSALE_POSTGRES are set in the environment, e.g. by `.services.env`.
     #[arg(long, env = "FLASHSALE_EMBEDDED", help_heading = H_SERVE_KAFKA)]
     pub embedded: bool,
+    /// When a topic is deleted and created again (a new Kafka topic id), follow the new
+    /// topics from their start instead of waiting for an operator. Either way, nothing
+    /// of the old log is served once the change is seen (docs/operations.md).
+    #[arg(long, env = "FLASHSALE_ADOPT_NEW_TOPICS", help_heading = H_SERVE_KAFKA)]
+    pub adopt_new_topics: bool,
     /// Why this mode was chosen (set by [`Cli::resolve`]; not a flag).
     #[arg(skip)]
     pub mode_reason: String,
@@ -329,6 +334,7 @@ impl From<ServeCmd> for ServeCommandConfig {
             topic_prefix: k.topic_prefix,
             replies_partitions: k.replies_partitions,
             linger_ms: k.linger_ms,
+            adopt_new_topics: k.adopt_new_topics,
             engine: k.engine.into(),
             readmodel: k.readmodel.into(),
         });

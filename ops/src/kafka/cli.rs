@@ -202,10 +202,12 @@ pub async fn gateway_command(
         brokers: args.kafka.clone(),
         topics: Topics::with_prefix(&args.topic_prefix),
         linger_ms: args.linger_ms,
+        adopt_new_topics: args.adopt_new_topics,
     };
     let mut extras = Extras::default();
     if let Some(url) = &args.postgres {
-        extras.orders = Some(super::postgres::order_source(url, args.pg_pool_size).await?);
+        extras.order_history =
+            Some(super::postgres::order_history(url, args.pg_pool_size, &k.topics.events).await?);
     }
     extras.readmodel_snapshots = Some((
         readmodel_place(args.postgres.as_deref(), &args.data_dir).await?,
@@ -301,12 +303,19 @@ pub async fn serve_parts(
         kafka.readmodel.policy(),
     ));
     if let Some(url) = &kafka.postgres {
-        extras.orders = Some(super::postgres::order_source(url, kafka.pg_pool_size).await?);
+        extras.order_history =
+            Some(super::postgres::order_history(url, kafka.pg_pool_size, &topics.events).await?);
         // One registry for the node, the projector's counters included.
         let metrics = Arc::new(flashsale_runtime::metrics::Metrics::new());
-        let projector =
-            super::postgres::projector(url, kafka.pg_pool_size, &brokers, &topics, &metrics)
-                .await?;
+        let projector = super::postgres::projector(
+            url,
+            kafka.pg_pool_size,
+            &brokers,
+            &topics,
+            &metrics,
+            kafka.adopt_new_topics,
+        )
+        .await?;
         extras.sidecars.push(("projector", projector));
         extras.metrics = Some(metrics);
     }
@@ -314,6 +323,7 @@ pub async fn serve_parts(
         brokers,
         topics,
         linger_ms: kafka.linger_ms,
+        adopt_new_topics: kafka.adopt_new_topics,
     };
     Ok((GatewayParams::from(args), k, extras))
 }

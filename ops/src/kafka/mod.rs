@@ -26,7 +26,11 @@ use flashsale_engine::kafka::{self as engine, EngineHandle, EngineOptions};
 use flashsale_gateway::api::{self, ApiConfig, AppInner, RateLimit};
 use flashsale_gateway::dispatch::{DispatchConfig, Dispatcher, Pending};
 use flashsale_gateway::kafka::{Follower, FollowerOptions, KafkaBus};
+use flashsale_gateway::kafka_reads::{
+    EndOffsets, KafkaReads, KafkaReadsParts, LogStatus, Progress,
+};
 use flashsale_gateway::orders::OrderSource;
+use flashsale_gateway::pg_orders::PgOrders;
 use flashsale_gateway::readmodel::ReadModel;
 use flashsale_proto::Topics;
 use flashsale_runtime::bus::EngineReadiness;
@@ -85,6 +89,9 @@ pub struct KafkaParams {
     pub brokers: String,
     pub topics: Topics,
     pub linger_ms: u32,
+    /// Follow recreated topics by themselves (`--adopt-new-topics`), rather than wait
+    /// for the operator.
+    pub adopt_new_topics: bool,
 }
 
 /// A background task that runs until its future ends (the order projector of serve
@@ -100,8 +107,8 @@ pub struct Extras {
     pub engine: Option<(EngineOptions, logid::StoreSpec)>,
     /// Create missing topics first (serve mode).
     pub create_topics: Option<TopicSpec>,
-    /// Orders from here instead of the read model (Postgres in Kafka mode).
-    pub orders: Option<Arc<dyn OrderSource>>,
+    /// Orders of the deployment's earlier logs, behind the read model (Postgres).
+    pub order_history: Option<PgOrders>,
     pub sidecars: Vec<(&'static str, Sidecar)>,
     /// The process's metrics, when a sidecar records into them too (else a new registry).
     pub metrics: Option<Arc<Metrics>>,
@@ -133,7 +140,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
     let Extras {
         engine: engine_opts,
         create_topics,
-        orders,
+        order_history,
         sidecars,
         metrics,
         readmodel_snapshots,
@@ -198,8 +205,10 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         None => None,
     };
     let follower_ready = Arc::new(AtomicBool::new(false));
-    // One health for the gateway's two clients: an outage is told once for both.
+    // One health for the gateway's clients: an outage is told once for all.
     let health = flashsale_runtime::kafka::KafkaHealth::new("the gateway", k.brokers.clone());
+    let log = Arc::new(LogStatus::default());
+    let progress = Arc::new(Progress::new(partitions));
     let follower = {
         let opts = FollowerOptions {
             brokers: k.brokers.clone(),
@@ -209,6 +218,9 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             replies_partitions,
             health: health.clone(),
             snapshots,
+            log: log.clone(),
+            progress: progress.clone(),
+            adopt_new_topics: k.adopt_new_topics,
         };
         let (read, pending, ready) = (read.clone(), pending.clone(), follower_ready.clone());
         blocking(move || Follower::start(opts, read, pending, ready)).await?
@@ -218,9 +230,10 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         &k.topics,
         partitions,
         k.linger_ms,
-        follower_ready,
+        follower_ready.clone(),
         engine_ready,
-        health,
+        health.clone(),
+        log.clone(),
     )?);
     let dispatcher = Dispatcher::new(
         bus.clone(),
@@ -232,7 +245,18 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             max_in_flight_per_partition: gw.max_in_flight_per_partition.max(1),
         },
     );
-    let orders: Arc<dyn OrderSource> = orders.unwrap_or_else(|| read.clone());
+    // Read-your-writes across gateways: the read model, caught up with the log as far
+    // as a read needs, then Postgres for the orders of earlier logs.
+    let orders: Arc<dyn OrderSource> = Arc::new(KafkaReads::new(KafkaReadsParts {
+        read: read.clone(),
+        progress,
+        status: log,
+        follower_ready,
+        ends: EndOffsets::new(&k.brokers, &k.topics.events, health.clone())?,
+        health,
+        partitions,
+        history: order_history,
+    }));
     let app = AppInner::new(
         dispatcher,
         read,

@@ -4,7 +4,6 @@
 use super::Sidecar;
 use crate::projector::{self, ProjectorConfig};
 use flashsale_engine::pg::PgSnapshotStore;
-use flashsale_gateway::orders::OrderSource;
 use flashsale_gateway::pg_orders::PgOrders;
 use flashsale_proto::Topics;
 use flashsale_runtime::pg::{self, Retry};
@@ -40,9 +39,15 @@ pub async fn readmodel_place(url: &str) -> anyhow::Result<super::logid::ReadMode
     Ok(super::logid::ReadModelPlace::Postgres(pool(url, 2).await?))
 }
 
-/// `GET /api/v1/orders/…` from the projected tables.
-pub async fn order_source(url: &str, pool_size: usize) -> anyhow::Result<Arc<dyn OrderSource>> {
-    Ok(Arc::new(PgOrders::new(pool(url, pool_size).await?)))
+/// The orders of this deployment's earlier logs (`GET /api/v1/orders/…` behind the
+/// read model), from the projected tables: rows of the deployment whose events topic
+/// is `events_topic` only.
+pub async fn order_history(
+    url: &str,
+    pool_size: usize,
+    events_topic: &str,
+) -> anyhow::Result<PgOrders> {
+    Ok(PgOrders::new(pool(url, pool_size).await?, events_topic))
 }
 
 /// The order projector as a background task (stopped by aborting it; its progress is
@@ -53,10 +58,13 @@ pub async fn projector(
     brokers: &str,
     topics: &Topics,
     metrics: &Arc<flashsale_runtime::metrics::Metrics>,
+    adopt_new_topics: bool,
 ) -> anyhow::Result<Sidecar> {
     let pool = pool(url, pool_size).await?;
     let mut config = ProjectorConfig::new(brokers.to_string(), topics.events.clone());
     config.metrics = Some(metrics.clone());
+    config.commands_topic = Some(topics.commands.clone());
+    config.adopt_new_topics = adopt_new_topics;
     Ok(Box::pin(projector::run_projector(
         config,
         pool,

@@ -59,6 +59,8 @@ pub async fn projector_command(
     }
     let mut config = ProjectorConfig::new(args.kafka, format!("{}events", args.topic_prefix));
     config.max_batch = args.projector_batch.max(1);
+    config.commands_topic = Some(format!("{}commands", args.topic_prefix));
+    config.adopt_new_topics = args.adopt_new_topics;
     let metrics = std::sync::Arc::new(flashsale_runtime::metrics::Metrics::new());
     let server = match args.metrics_listen {
         Some(addr) => {

@@ -10,6 +10,15 @@
 //!
 //! Several projectors may run at once (one per `serve --kafka` node): each applies
 //! every partition, and the offset rows they lock make all but the first copy a no-op.
+//!
+//! **Topics recreated.** The projector serves one log: the events topic (and the
+//! commands topic whose offsets its records carry) as created once. It asks the broker
+//! for their ids every [`IDENTITY_EVERY`], and before applying a batch in which a
+//! partition's offsets went backwards or an output was fenced (signs of a new topic).
+//! When one was deleted or recreated it applies nothing more of what it reads, says so
+//! in one ERROR line naming each topic with its old and new id, and waits for the
+//! operator (a restart projects the new log); with `--adopt-new-topics` it projects
+//! the new log from its start, into rows of that log, once both topics exist again.
 
 use super::{Projector, ProjectorConfig};
 use flashsale_runtime::kafka::{KafkaHealth, QuietContext, STATS_INTERVAL_MS};
@@ -29,6 +38,10 @@ use std::time::{Duration, Instant};
 const METADATA_EVERY: Duration = Duration::from_secs(30);
 /// How often progress is logged while events flow.
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+/// How often the topics' ids are checked (see the module docs).
+const IDENTITY_EVERY: Duration = Duration::from_secs(5);
+/// Longest one identity check waits for a broker.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Follows the events topic and projects it into Postgres until `shutdown` resolves.
 /// Returns an error only for what retrying cannot fix (a bad Kafka config, or a
@@ -57,7 +70,23 @@ pub async fn run_projector(
         }
     };
     tracing::info!(log = %log.log_id(), "projecting log {log}");
-    let projector = Projector::new(pool, config.events_topic.clone()).with_log_id(log.log_id());
+    let mut projector =
+        Projector::new(pool.clone(), config.events_topic.clone()).with_log_id(log.log_id());
+    // The commands topic's id too (its offsets are in every record); no answer yet is
+    // not fatal: it is watched from the first answer on.
+    let commands_topic = config.commands_topic();
+    let mut watch = IdWatch {
+        brokers: config.kafka_bootstrap.clone(),
+        names: vec![config.events_topic.clone(), commands_topic.clone()],
+        expected: vec![log.clone()],
+        announced: None,
+        stale: false,
+        adopt: config.adopt_new_topics,
+        last: Instant::now(),
+    };
+    if let Ok(Some(c)) = watch.lookup_one(&commands_topic).await {
+        watch.expected.push(c);
+    }
     let health = KafkaHealth::new("the projector", config.kafka_bootstrap.clone());
     let lines = LogLimiter::new(QUIET_EVERY);
     let consumer: Arc<StreamConsumer<QuietContext>> = Arc::new(
@@ -92,6 +121,9 @@ pub async fn run_projector(
     );
 
     let mut stream = consumer.stream();
+    // The next offset per events partition, to see offsets going backwards.
+    let mut read_to: HashMap<i32, i64> = stored.clone();
+    let mut suspect = false;
     let mut last_metadata = Instant::now();
     let mut last_progress = Instant::now();
     let (mut records_total, mut orders_total, mut skipped_total, mut undecodable_total) =
@@ -104,15 +136,18 @@ pub async fn run_projector(
         let first = tokio::select! {
             _ = &mut shutdown => break,
             m = stream.next() => m,
-            // Wake up now and then to look for new partitions even when idle.
-            _ = tokio::time::sleep(METADATA_EVERY) => None,
+            // Wake up now and then to look for new partitions and topic ids even when idle.
+            _ = tokio::time::sleep(IDENTITY_EVERY) => None,
         };
         let mut records = Vec::new();
         let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut batch_suspect = false;
         if let Some(m) = first {
             let read = Read {
                 health: &health,
                 lines: &lines,
+                suspect: std::cell::Cell::new(false),
+                read_to: std::cell::RefCell::new(&mut read_to),
             };
             read.take(
                 m,
@@ -134,6 +169,53 @@ pub async fn run_projector(
                     _ => break,
                 }
             }
+            batch_suspect = read.suspect.get();
+            suspect |= batch_suspect;
+        }
+        let mut go_stale = false;
+        // Before anything of a batch that looks like a new topic lands, and every
+        // IDENTITY_EVERY: is this still the log being projected?
+        if suspect || watch.last.elapsed() >= IDENTITY_EVERY || watch.stale {
+            suspect = false;
+            match watch.check().await {
+                Verdict::Same | Verdict::NoAnswer => {}
+                Verdict::Stale if watch.stale => continue,
+                Verdict::Stale => {
+                    // Seen now. A batch without a sign of the new topic was read from
+                    // the old one before it went: it still lands, under the old log.
+                    go_stale = true;
+                    if batch_suspect {
+                        records.clear();
+                        positions.clear();
+                    }
+                }
+                Verdict::Adopt(new_events) => {
+                    projector = Projector::new(pool.clone(), config.events_topic.clone())
+                        .with_log_id(new_events.log_id());
+                    let stored = Retry::FOREVER
+                        .run("read projector positions", || projector.positions())
+                        .await?;
+                    let Some(n) = wait_for_partitions(&consumer, &topic, &mut shutdown).await
+                    else {
+                        return Ok(());
+                    };
+                    assign(&consumer, &topic, 0..n, &stored)?;
+                    known = n;
+                    read_to = stored;
+                    fence = flashsale_proto::EpochFence::default();
+                    watch.stale = false;
+                    tracing::warn!(
+                        log = %new_events.log_id(),
+                        partitions = n,
+                        "adopted the new topics: projecting the new log from its start"
+                    );
+                    // What this batch read belongs to the old topic's reading.
+                    continue;
+                }
+            }
+        }
+        if watch.stale {
+            continue;
         }
         if !positions.is_empty() {
             let positions: Vec<(i32, i64)> = positions.into_iter().collect();
@@ -147,6 +229,12 @@ pub async fn run_projector(
                 m.projected(report.applied as u64, report.orders_inserted);
             }
             skipped_total += report.skipped as u64;
+        }
+        if go_stale {
+            watch.stale = true;
+            // Read nothing more of the new topics until adopted or restarted.
+            consumer.unassign()?;
+            continue;
         }
         if last_progress.elapsed() >= PROGRESS_EVERY && records_total > 0 {
             tracing::info!(
@@ -189,12 +277,107 @@ pub async fn run_projector(
 }
 
 /// Where read errors go: rate-limited, and none while an announced outage lasts.
-struct Read<'a> {
+/// Also notes the signs of a recreated topic: offsets going backwards, fenced outputs.
+struct Read<'a, 'b> {
     health: &'a KafkaHealth,
     lines: &'a LogLimiter,
+    suspect: std::cell::Cell<bool>,
+    read_to: std::cell::RefCell<&'b mut HashMap<i32, i64>>,
 }
 
-impl Read<'_> {
+/// What [`IdWatch::check`] found.
+enum Verdict {
+    Same,
+    NoAnswer,
+    /// A topic was deleted or recreated: project nothing more (the ERROR line is said).
+    Stale,
+    /// Recreated, and `--adopt-new-topics`: project the new log (its events topic).
+    Adopt(flashsale_runtime::kafka_id::TopicIdentity),
+}
+
+/// The identities of the topics being projected, and what to do when they change.
+struct IdWatch {
+    brokers: String,
+    /// Events topic, commands topic.
+    names: Vec<String>,
+    /// As started with (events first; commands if it answered).
+    expected: Vec<flashsale_runtime::kafka_id::TopicIdentity>,
+    announced: Option<String>,
+    stale: bool,
+    adopt: bool,
+    last: Instant,
+}
+
+impl IdWatch {
+    async fn lookup_one(
+        &self,
+        topic: &str,
+    ) -> anyhow::Result<Option<flashsale_runtime::kafka_id::TopicIdentity>> {
+        let (b, t) = (self.brokers.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            flashsale_runtime::kafka_id::lookup(&b, &t, IDENTITY_TIMEOUT)
+        })
+        .await?
+    }
+
+    async fn check(&mut self) -> Verdict {
+        use flashsale_runtime::kafka_id::{changes, describe, lookup_all};
+        self.last = Instant::now();
+        let (b, names) = (self.brokers.clone(), self.names.clone());
+        let now = match tokio::task::spawn_blocking(move || {
+            let n: Vec<&str> = names.iter().map(String::as_str).collect();
+            lookup_all(&b, &n, IDENTITY_TIMEOUT)
+        })
+        .await
+        {
+            Ok(Ok(now)) => now,
+            _ => return Verdict::NoAnswer,
+        };
+        if self.expected.len() < 2 {
+            if let Some(Some(c)) = now.get(1) {
+                // The commands topic answers for the first time.
+                if !self.stale {
+                    self.expected.push(c.clone());
+                }
+            }
+        }
+        let changed = changes(&self.expected, &now[..self.expected.len()]);
+        if changed.is_empty() {
+            return Verdict::Same;
+        }
+        let what = describe(&changed);
+        let renewed = |i: usize| {
+            changed
+                .iter()
+                .any(|c| c.topic == self.names[i] && c.new_id.is_some())
+                || self.expected.len() <= i
+        };
+        let complete = renewed(0) && renewed(1) && now.iter().all(Option::is_some);
+        let next = if !self.adopt {
+            "restart the projector to project the new topics, or run it with --adopt-new-topics to follow them by itself"
+        } else if complete {
+            "adopting the new topics (--adopt-new-topics)"
+        } else {
+            "waiting until the events and commands topics both exist under new ids (flashsale topics create) to adopt them"
+        };
+        if self.announced.as_deref() != Some(what.as_str()) {
+            tracing::error!(
+                topics = %changed.iter().map(|c| c.topic.as_str()).collect::<Vec<_>>().join(","),
+                "{what}: the projector projects nothing more of the old log; {next}"
+            );
+            self.announced = Some(what);
+        }
+        if self.adopt && complete {
+            self.expected = now.into_iter().flatten().collect();
+            self.announced = None;
+            Verdict::Adopt(self.expected[0].clone())
+        } else {
+            Verdict::Stale
+        }
+    }
+}
+
+impl Read<'_, '_> {
     /// Adds one message to the batch: its record (if it decodes) and its partition's next
     /// position (always: an undecodable record is skipped, not re-read forever).
     fn take(
@@ -209,6 +392,15 @@ impl Read<'_> {
             Ok(msg) => {
                 let next = positions.entry(msg.partition()).or_insert(0);
                 *next = (*next).max(msg.offset() + 1);
+                {
+                    let mut read_to = self.read_to.borrow_mut();
+                    let seen = read_to.entry(msg.partition()).or_insert(0);
+                    if msg.offset() < *seen {
+                        // Backwards: a topic that starts again (recreated?).
+                        self.suspect.set(true);
+                    }
+                    *seen = msg.offset() + 1;
+                }
                 let epoch = msg.headers().and_then(|h| {
                     h.iter()
                         .find(|h| h.key == flashsale_proto::EPOCH_HEADER)
@@ -223,6 +415,8 @@ impl Read<'_> {
                     .map(|bytes| flashsale_proto::decode_many(bytes, &mut batch))
                 {
                     Some(Ok(())) if !fence.admit(msg.partition() as u32, epoch) => {
+                        // A new log's owner epochs start low: is it one?
+                        self.suspect.set(true);
                         if self.lines.check("fenced").is_some() {
                             tracing::info!(
                                 partition = msg.partition(),

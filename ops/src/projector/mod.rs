@@ -41,6 +41,13 @@ pub struct ProjectorConfig {
     pub max_batch: usize,
     /// Where to count what was projected (`flashsale projector --metrics-listen`).
     pub metrics: Option<std::sync::Arc<flashsale_runtime::metrics::Metrics>>,
+    /// The commands topic whose offsets the events carry (default: the events topic's
+    /// name with `events` replaced by `commands`). Watched with the events topic: a
+    /// recreated one is a new log.
+    pub commands_topic: Option<String>,
+    /// Follow recreated topics from their start by itself (`--adopt-new-topics`)
+    /// rather than wait for the operator.
+    pub adopt_new_topics: bool,
 }
 
 impl ProjectorConfig {
@@ -50,7 +57,19 @@ impl ProjectorConfig {
             events_topic: events_topic.into(),
             max_batch: 5000,
             metrics: None,
+            commands_topic: None,
+            adopt_new_topics: false,
         }
+    }
+
+    /// The commands topic watched beside the events topic.
+    pub fn commands_topic(&self) -> String {
+        self.commands_topic.clone().unwrap_or_else(|| {
+            match self.events_topic.strip_suffix("events") {
+                Some(prefix) => format!("{prefix}commands"),
+                None => format!("{}.commands", self.events_topic),
+            }
+        })
     }
 }
 
@@ -171,9 +190,11 @@ impl Projector {
             for ev in &rec.events {
                 match ev {
                     Event::SaleConfigured(cfg) => {
-                        configure_sale(&tx, rec.partition, rec.offset, cfg).await?
+                        configure_sale(&tx, &self.log_id, rec.partition, rec.offset, cfg).await?
                     }
-                    Event::SaleDropped { sale_id, skus } => drop_sale(&tx, sale_id, skus).await?,
+                    Event::SaleDropped { sale_id, skus } => {
+                        drop_sale(&tx, &self.log_id, sale_id, skus).await?
+                    }
                     Event::Inventory {
                         sku,
                         total,
@@ -222,8 +243,11 @@ impl Projector {
             let stmt = tx
                 .prepare_cached(include_str!("sql/inventory_update.sql"))
                 .await?;
-            tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4])
-                .await?;
+            tx.execute(
+                &stmt,
+                &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &self.log_id],
+            )
+            .await?;
         }
         if !reservations.is_empty() {
             let n = reservations.len();
@@ -265,7 +289,16 @@ impl Projector {
             tx.execute(
                 &stmt,
                 &[
-                    &id, &part, &user, &sku, &qty, &status, &created, &expires, &off,
+                    &id,
+                    &part,
+                    &user,
+                    &sku,
+                    &qty,
+                    &status,
+                    &created,
+                    &expires,
+                    &off,
+                    &self.log_id,
                 ],
             )
             .await?;
@@ -362,6 +395,7 @@ impl Projector {
 
 async fn configure_sale(
     tx: &deadpool_postgres::Transaction<'_>,
+    log_id: &str,
     partition: u32,
     offset: u64,
     cfg: &SaleConfig,
@@ -381,6 +415,7 @@ async fn configure_sale(
             &ms_to_time(s.ends_at)?,
             &to_i32(s.reservation_ttl_s, "reservation ttl")?,
             &all,
+            &log_id,
         ],
     )
     .await?;
@@ -404,6 +439,7 @@ async fn configure_sale(
                 &to_i32(prod.per_user_limit, "per-user limit")?,
                 &prod.image_url,
                 &o,
+                &log_id,
             ],
         )
         .await?;
@@ -413,17 +449,18 @@ async fn configure_sale(
 
 async fn drop_sale(
     tx: &deadpool_postgres::Transaction<'_>,
+    log_id: &str,
     sale_id: &SaleId,
     skus: &[SkuId],
 ) -> Result<(), PgError> {
     let id = sale_id.to_string();
     let skus: Vec<&str> = skus.iter().map(|k| k.as_str()).collect();
     let stmt = tx.prepare_cached(include_str!("sql/sale_drop.sql")).await?;
-    tx.execute(&stmt, &[&id, &skus]).await?;
+    tx.execute(&stmt, &[&id, &skus, &log_id]).await?;
     let stmt = tx
         .prepare_cached(include_str!("sql/sale_delete_if_empty.sql"))
         .await?;
-    tx.execute(&stmt, &[&id]).await?;
+    tx.execute(&stmt, &[&id, &log_id]).await?;
     Ok(())
 }
 
