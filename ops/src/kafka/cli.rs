@@ -133,6 +133,7 @@ pub async fn engine_command(
         heartbeat_interval_ms: args.engine.heartbeat_ms(),
         standby_window: args.engine.standby_window as usize,
         linger_ms: args.linger_ms,
+        adopt_new_topics: args.adopt_new_topics,
     };
     super::run_engine(opts, store, args.metrics_listen, shutdown).await
 }

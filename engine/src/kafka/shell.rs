@@ -1,0 +1,1370 @@
+//! The rdkafka shell around [`Host`]: the group consumer, the standby consumer and
+//! the producer; it turns their callbacks into [`Event`]s and carries out the
+//! [`Action`]s. Everything it decides itself is I/O: how long to wait for the broker
+//! or the snapshot store, and how to encode outputs into records.
+
+use super::host::{Action, BatchId, Event, Host, HostConfig};
+use super::{EngineFailed, EngineOptions, EngineStatus, TopicRecreated, REVOKE_ACK_WAIT};
+use crate::snapshotter::SnapshotWriter;
+use crate::store::SnapshotStore;
+use anyhow::Context;
+use flashsale_core::actor::Applied;
+use flashsale_core::{snapshot, LogRecord, State};
+use flashsale_proto::*;
+use flashsale_runtime::kafka::{
+    consumer_config, producer_config, record_time_ms, Delivery, KafkaHealth, QuietContext,
+    ADMIN_TIMEOUT, STATS_INTERVAL_MS,
+};
+use flashsale_runtime::metrics::Metrics;
+use flashsale_runtime::now_ms;
+use flashsale_runtime::patience::{Backoff, QUIET_EVERY};
+use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
+use flashsale_runtime::telemetry::{TraceParent, TRACEPARENT_HEADER};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A batch of events or replies is cut into another Kafka record past this many bytes
+/// (the broker's default `message.max.bytes` is 1 MiB).
+const MAX_OUTPUT_RECORD_BYTES: usize = 256 * 1024;
+/// Least time between two ticks of one partition.
+const MIN_TICK_GAP_MS: u64 = 200;
+/// How often acknowledged offsets are committed.
+const COMMIT_EVERY_MS: u64 = 100;
+/// Longest the snapshot store may be unreachable during an assignment when the
+/// partition cannot be rebuilt without it (its log's start was deleted).
+const STORE_RETRY_FOR: Duration = Duration::from_secs(60);
+/// Longest one read of the snapshot store may take at assignment before the engine
+/// goes on without it (a standby copy, or the whole log).
+const STORE_READ_WAIT: Duration = Duration::from_secs(3);
+/// How often the topics' ids are checked (a recreated topic).
+const TOPIC_ID_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct BatchAck {
+    /// Records not acknowledged yet.
+    remaining: AtomicUsize,
+    /// The offset of the last record acknowledged (a claim's is its epoch); -1: none.
+    offset: AtomicI64,
+    /// The broker refused one of them for good.
+    refused: Mutex<Option<String>>,
+}
+
+struct AckContext {
+    quiet: QuietContext,
+    /// Set at the first output the broker refused for good: nothing more is produced.
+    refused: Arc<AtomicBool>,
+}
+impl ClientContext for AckContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.quiet.log_line(level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error_line("engine producer", &error, reason);
+    }
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.quiet.stats_seen(&statistics);
+    }
+}
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<BatchAck>;
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<BatchAck>) {
+        match result {
+            // Never a timeout (there is none): the broker refused the record for good.
+            // A failed batch must not be followed by later ones, or readers would see
+            // a hole: the shell produces nothing once this is set and stops.
+            Err((e, _)) => {
+                self.refused.store(true, Ordering::Release);
+                *ack.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+            Ok(m) => ack.offset.store(m.offset(), Ordering::Release),
+        }
+        ack.remaining.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct EngineContext {
+    shell: Mutex<Shell>,
+    quiet: QuietContext,
+}
+impl ClientContext for EngineContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.quiet.log_line(level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error_line("engine consumer", &error, reason);
+    }
+    /// librdkafka's statistics (inside `poll`, where the shell is not locked): the
+    /// broker's health, and the partition lag.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        self.quiet.stats_seen(&stats);
+        let shell = self.shell.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(topic) = stats.topics.get(&shell.opts.topics.commands) else {
+            return;
+        };
+        for (p, o) in shell.host.owned() {
+            if let Some(part) = topic.partitions.get(&(p as i32)) {
+                if part.hi_offset >= 0 {
+                    let next = o.actor.state().next_offset();
+                    shell
+                        .metrics
+                        .partition_lag(p, (part.hi_offset as u64).saturating_sub(next));
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for EngineContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut shell = self.shell.lock().unwrap_or_else(|p| p.into_inner());
+        match err {
+            // Cooperative protocol: `tpl` holds only the partitions added or removed.
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                shell.assign(consumer, tpl);
+                if let Err(e) = consumer.incremental_assign(tpl) {
+                    shell.fail(format!("cannot take the assigned partitions: {e}"));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                if lost {
+                    tracing::warn!("the group's session was lost (broker unreachable, or this process was paused?); letting the partitions go, rejoining when the broker answers");
+                }
+                let parts = partitions_of(tpl, &shell.opts.topics.commands);
+                shell.revoke(consumer, &parts, lost);
+                if let Err(e) = consumer.incremental_unassign(tpl) {
+                    tracing::warn!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; letting every partition go");
+                let all: Vec<u32> = shell.host.owned().map(|(p, _)| p).collect();
+                shell.revoke(consumer, &all, true);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// The shell's state: the clients, the core, and what awaits the broker.
+struct Shell {
+    opts: EngineOptions,
+    host: Host,
+    producer: ThreadedProducer<AckContext>,
+    refused: Arc<AtomicBool>,
+    store: Arc<dyn SnapshotStore>,
+    writer: Option<SnapshotWriter>,
+    metrics: Arc<Metrics>,
+    status: Arc<EngineStatus>,
+    replies_partitions: u32,
+    standby_consumer: Option<BaseConsumer<QuietContext>>,
+    /// This process in claim records and logs.
+    name: String,
+    /// Acks of produced batches, in production order.
+    acks: Vec<(BatchId, Arc<BatchAck>)>,
+    ticks: BTreeMap<u32, Arc<BatchAck>>,
+    warned_reply_to: bool,
+    health: Arc<KafkaHealth>,
+    lines: LogLimiter,
+    stop: Arc<AtomicBool>,
+    /// Set once the engine must stop by itself.
+    failure: Option<anyhow::Error>,
+    /// Topic ids read by the checker thread, not yet handed to the core.
+    topic_ids: Arc<Mutex<Vec<(String, String)>>>,
+    /// A consumer-side seek wanted by the core (outside an assignment).
+    seeks: Vec<(u32, u64)>,
+    /// Partitions to assign again (fenced, still assigned).
+    retakes: Vec<u32>,
+}
+
+/// One fetched command record: (partition, record, trace context, is a claim).
+type Fetched = (u32, LogRecord, Option<TraceParent>, bool);
+
+pub(super) fn spawn(
+    opts: EngineOptions,
+    store: Arc<dyn SnapshotStore>,
+    metrics: Arc<Metrics>,
+    status: Arc<EngineStatus>,
+    replies_partitions: u32,
+    stop: Arc<AtomicBool>,
+    failure_out: Arc<Mutex<Option<anyhow::Error>>>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let health = KafkaHealth::new("the engine", opts.brokers.clone());
+    let quiet = QuietContext::new(health.clone());
+    let refused = Arc::new(AtomicBool::new(false));
+    let producer: ThreadedProducer<AckContext> = producer_config(
+        &opts.brokers,
+        "flashsale-engine",
+        opts.linger_ms,
+        Delivery::UntilAcknowledged,
+    )
+    .set("statistics.interval.ms", STATS_INTERVAL_MS)
+    .create_with_context(AckContext {
+        quiet: quiet.clone(),
+        refused: refused.clone(),
+    })
+    .context("cannot create the engine's Kafka producer")?;
+    let standby_consumer = if opts.standby_window > 0 {
+        let c: BaseConsumer<QuietContext> =
+            consumer_config(&opts.brokers, "flashsale-engine-standby")
+                .set("group.id", format!("{}-standby", opts.group_id))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                // Never skip records silently: a standby copy with a hole would be wrong.
+                .set("auto.offset.reset", "error")
+                .set("fetch.error.backoff.ms", "50")
+                .create_with_context(quiet.clone())
+                .context("cannot create the engine's standby consumer")?;
+        Some(c)
+    } else {
+        None
+    };
+    let topic_ids = Arc::new(Mutex::new(Vec::new()));
+    spawn_topic_id_checker(&opts, topic_ids.clone(), stop.clone())?;
+    let writer = SnapshotWriter::start(store.clone(), opts.keep_snapshots, metrics.clone())
+        .context("cannot start the snapshot writer")?;
+    let host = Host::new(HostConfig {
+        snapshot: opts.snapshot,
+        standby_window: opts.standby_window,
+        session_timeout_ms: u64::from(opts.session_timeout_ms),
+        commit_every_ms: COMMIT_EVERY_MS,
+        min_tick_gap_ms: MIN_TICK_GAP_MS,
+        adopt_new_topics: opts.adopt_new_topics,
+    });
+    let shell = Shell {
+        opts: opts.clone(),
+        host,
+        producer,
+        refused,
+        store,
+        writer: Some(writer),
+        metrics,
+        status: status.clone(),
+        replies_partitions,
+        standby_consumer,
+        name: format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "engine".into()),
+            std::process::id()
+        ),
+        acks: Vec::new(),
+        ticks: BTreeMap::new(),
+        warned_reply_to: false,
+        health,
+        lines: LogLimiter::new(QUIET_EVERY),
+        stop: stop.clone(),
+        failure: None,
+        topic_ids: topic_ids.clone(),
+        seeks: Vec::new(),
+        retakes: Vec::new(),
+    };
+    let consumer: BaseConsumer<EngineContext> = consumer_config(&opts.brokers, "flashsale-engine")
+        .set("group.id", &opts.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Incremental (cooperative) rebalancing: only the partitions that move are
+        // revoked; the others keep being served while the group rebalances. No static
+        // membership: a static member that stops does not leave the group.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", opts.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            opts.heartbeat_interval_ms.to_string(),
+        )
+        .set("max.poll.interval.ms", "300000")
+        .set("fetch.error.backoff.ms", "50")
+        .set("statistics.interval.ms", STATS_INTERVAL_MS)
+        .create_with_context(EngineContext {
+            shell: Mutex::new(shell),
+            quiet,
+        })
+        .context("cannot create the engine's Kafka consumer")?;
+    consumer
+        .subscribe(&[&opts.topics.commands])
+        .with_context(|| format!("cannot subscribe to {}", opts.topics.commands))?;
+    let max_batch = opts.max_batch.max(1);
+    let thread = std::thread::Builder::new()
+        .name("kafka-engine".into())
+        .spawn(move || {
+            lock(&consumer).init_standby(&consumer);
+            run(&consumer, &stop, max_batch);
+            let (writer, failure) = {
+                let mut shell = lock(&consumer);
+                (shell.writer.take(), shell.failure.take())
+            };
+            // Leave the group first (the successor starts now), then finish the
+            // snapshots of the partitions let go.
+            drop(consumer);
+            if let Some(w) = writer {
+                w.finish();
+            }
+            if let Some(e) = failure {
+                tracing::error!(error = %format!("{e:#}"), "engine stopped");
+                *failure_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+            status.stopped.store(true, Ordering::Release);
+        })
+        .context("cannot start the engine thread")?;
+    Ok(thread)
+}
+
+/// Reads the ids of the engine's three topics every [`TOPIC_ID_EVERY`] on a thread of
+/// its own (a broker that does not answer never holds the engine's loop).
+fn spawn_topic_id_checker(
+    opts: &EngineOptions,
+    out: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let brokers = opts.brokers.clone();
+    let t = &opts.topics;
+    let topics = [t.commands.clone(), t.events.clone(), t.replies.clone()];
+    std::thread::Builder::new()
+        .name("topic-ids".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                for topic in &topics {
+                    // Not answered now: asked again at the next check.
+                    if let Ok(id) = flashsale_runtime::kafka_id::topic_identity(
+                        &brokers,
+                        topic,
+                        Duration::from_secs(2),
+                    ) {
+                        out.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((topic.clone(), id.id));
+                    }
+                }
+                let until = Instant::now() + TOPIC_ID_EVERY;
+                while Instant::now() < until && !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .context("cannot start the topic id checker")?;
+    Ok(())
+}
+
+fn lock(consumer: &BaseConsumer<EngineContext>) -> std::sync::MutexGuard<'_, Shell> {
+    consumer
+        .context()
+        .shell
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usize) {
+    let mut batch: Vec<Fetched> = Vec::with_capacity(max_batch);
+    let mut standby_busy = false;
+    while !stop.load(Ordering::Acquire) {
+        // Rebalance callbacks run inside poll: never hold the shell lock across it.
+        let mut timeout = if standby_busy {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(50)
+        };
+        while batch.len() < max_batch {
+            match consumer.poll(timeout) {
+                None => break,
+                Some(Err(e)) if flashsale_runtime::kafka::is_connection_error(&e) => break,
+                Some(Err(e))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidSessionTimeout) =>
+                {
+                    let mut shell = lock(consumer);
+                    let session = shell.opts.session_timeout_ms;
+                    shell.fail(format!(
+                        "the broker refuses the group session of {session} ms (outside its group.min.session.timeout.ms .. group.max.session.timeout.ms): raise --session-timeout-ms, or lower group.min.session.timeout.ms in the broker's config (ops/kafka/start.sh sets 500)"
+                    ));
+                    break;
+                }
+                Some(Err(e)) => {
+                    lock(consumer).warn_repeated("engine: consume error", &e);
+                    break;
+                }
+                Some(Ok(m)) => {
+                    let log_time = record_time_ms(m.timestamp()).unwrap_or(0);
+                    let rec = LogRecord {
+                        offset: m.offset() as u64,
+                        log_time,
+                        payload: m.payload().unwrap_or(&[]).to_vec(),
+                    };
+                    batch.push((m.partition() as u32, rec, traceparent(&m), is_claim(&m)));
+                }
+            }
+            timeout = Duration::ZERO;
+        }
+        let mut shell = lock(consumer);
+        shell.process(std::mem::take(&mut batch));
+        shell.turn(consumer);
+        standby_busy = shell.follow_standby(max_batch) >= max_batch;
+        if shell.failure.is_some() {
+            break;
+        }
+    }
+    let mut shell = lock(consumer);
+    if shell.failure.is_none() {
+        let all: Vec<u32> = shell.host.owned().map(|(p, _)| p).collect();
+        shell.revoke(consumer, &all, false);
+        tracing::info!("engine stopped: partitions let go");
+    } else {
+        // Nothing more is produced or committed: whoever owns the partitions next
+        // produces the uncommitted outputs again.
+        let _ = shell
+            .producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue());
+    }
+    drop(shell);
+    consumer.unsubscribe();
+}
+
+impl Shell {
+    /// A warning the loop may see again and again (an outage): once per kind and
+    /// [`QUIET_EVERY`]; none while an announced outage lasts.
+    fn warn_repeated(&self, what: &str, error: &dyn std::fmt::Display) {
+        if !self.health.is_reachable() {
+            return;
+        }
+        let text = error.to_string();
+        if let Some(left_out) = self.lines.check(&similarity_key(&format!("{what} {text}"))) {
+            tracing::warn!(error = %text, similar_left_out = left_out, "{what}");
+        }
+    }
+
+    /// The engine stops by itself: the run loop ends, the binary decides the exit.
+    fn fail(&mut self, reason: String) {
+        tracing::error!("{reason}; stopping the engine");
+        if self.failure.is_none() {
+            self.failure = Some(EngineFailed(reason).into());
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Hands `event` to the core and carries out its actions (those that need the
+    /// group consumer are queued: seeks and retakes, done in [`Shell::turn`]).
+    fn handle(&mut self, event: Event) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.host.handle(event, &mut actions);
+        let mut rest = Vec::new();
+        for a in actions {
+            match a {
+                Action::Produce {
+                    batch,
+                    partition,
+                    epoch,
+                    applied,
+                } => self.emit(batch, partition, &applied, epoch),
+                Action::ProduceTick { partition } => {
+                    let topic = self.opts.topics.commands.clone();
+                    let ack = Arc::new(BatchAck::default());
+                    if self.produce(
+                        &topic,
+                        partition,
+                        None,
+                        None,
+                        &encode(&CommandRecord::tick()),
+                        &ack,
+                        None,
+                    ) {
+                        self.ticks.insert(partition, ack);
+                    }
+                }
+                Action::Snapshot { state, .. } => {
+                    if let Some(w) = &self.writer {
+                        w.write(state);
+                    }
+                }
+                Action::Follow { partition, from } => self.follow(partition, from),
+                Action::Unfollow { partition } => self.unfollow(partition),
+                Action::Seek { partition, offset } => self.seeks.push((partition, offset)),
+                Action::Retake { partition } => self.retakes.push(partition),
+                Action::NotReady { reason } => {
+                    *self.status.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+                }
+                Action::Restart { reason } => {
+                    if self.failure.is_none() {
+                        self.failure = Some(TopicRecreated(reason).into());
+                    }
+                    self.stop.store(true, Ordering::Release);
+                }
+                Action::Fail { reason } => self.fail(reason),
+                other @ (Action::Claim { .. } | Action::Commit { .. }) => rest.push(other),
+            }
+        }
+        self.update_status();
+        rest
+    }
+
+    fn update_status(&mut self) {
+        let owned = self.host.owned().count();
+        let catching_up = self.host.catching_up();
+        self.status.owned.store(owned, Ordering::Release);
+        let before = self.status.catching_up.swap(catching_up, Ordering::AcqRel);
+        if before > 0 && catching_up == 0 && owned > 0 {
+            tracing::info!(owned, "every owned partition caught up; serving");
+        }
+    }
+
+    /// One turn of the loop after a batch: acks, snapshots written, the clock, the
+    /// topics' ids; then what the core asked of the group consumer.
+    fn turn(&mut self, consumer: &BaseConsumer<EngineContext>) {
+        self.reap_acks();
+        let done = self.writer.as_ref().map(|w| w.done()).unwrap_or_default();
+        for (partition, offset) in done {
+            self.handle(Event::SnapshotStored { partition, offset });
+        }
+        let ids = std::mem::take(&mut *self.topic_ids.lock().unwrap_or_else(|p| p.into_inner()));
+        for (topic, id) in ids {
+            self.handle(Event::TopicId { topic, id });
+        }
+        let rest = self.handle(Event::Tick { now: now_ms() });
+        self.carry_out(consumer, rest);
+        for (p, offset) in std::mem::take(&mut self.seeks) {
+            let topic = self.opts.topics.commands.clone();
+            if let Err(e) = consumer.seek(
+                &topic,
+                p as i32,
+                Offset::Offset(offset as i64),
+                ADMIN_TIMEOUT,
+            ) {
+                self.fail(format!(
+                    "cannot move partition {p} back to offset {offset}: {e}"
+                ));
+            }
+        }
+        let retakes = std::mem::take(&mut self.retakes);
+        if !retakes.is_empty() {
+            self.retake(consumer, retakes);
+        }
+    }
+
+    /// Commits and claims (actions that need the consumer or wait for the broker).
+    fn carry_out(&mut self, consumer: &BaseConsumer<EngineContext>, actions: Vec<Action>) {
+        let mut claims = Vec::new();
+        for a in actions {
+            match a {
+                Action::Commit { offsets, sync } => self.commit(consumer, &offsets, sync),
+                Action::Claim { partition } => claims.push(partition),
+                _ => {}
+            }
+        }
+        if !claims.is_empty() {
+            self.claim(&claims);
+        }
+    }
+
+    /// Groups a fetched batch by partition (log order within each) and applies it.
+    fn process(&mut self, batch: Vec<Fetched>) {
+        if batch.is_empty() {
+            return;
+        }
+        type Part = (Vec<LogRecord>, Vec<(usize, TraceParent)>, Vec<u64>);
+        let mut by_partition: BTreeMap<u32, Part> = BTreeMap::new();
+        for (p, r, t, claim) in batch {
+            let (recs, traces, claims) = by_partition.entry(p).or_default();
+            if let Some(t) = t {
+                traces.push((recs.len(), t));
+            }
+            if claim {
+                claims.push(r.offset);
+            }
+            recs.push(r);
+        }
+        for (partition, (records, traces, claims)) in by_partition {
+            let was_owned = self.host.owns(partition);
+            let t = Instant::now();
+            let rest = self.handle(Event::Records {
+                partition,
+                records,
+                claims,
+                traces,
+            });
+            debug_assert!(rest.is_empty());
+            self.metrics.engine_apply(t.elapsed());
+            if was_owned && !self.host.owns(partition) {
+                self.metrics.partition_released(partition);
+            }
+        }
+    }
+
+    /// Produces one batch's events and replies (with the owner epoch) and tracks their
+    /// acks. One record per partition and applied batch on `events`, one per gateway on
+    /// `replies` (cut at MAX_OUTPUT_RECORD_BYTES).
+    fn emit(&mut self, batch_id: BatchId, p: u32, applied: &Applied, epoch: u64) {
+        let ack = Arc::new(BatchAck::default());
+        let events_topic = self.opts.topics.events.clone();
+        let replies_topic = self.opts.topics.replies.clone();
+        let mut batch = BatchEncoder::new();
+        let mut key: Option<String> = None;
+        let mut last_time = 0;
+        for ev in &applied.events {
+            if key.is_none() {
+                key = event_key(ev).map(str::to_owned);
+            }
+            batch.push(ev);
+            last_time = ev.log_time;
+            if batch.body_len() >= MAX_OUTPUT_RECORD_BYTES {
+                let payload = batch.take();
+                let k = key.take();
+                self.produce(
+                    &events_topic,
+                    p,
+                    k.as_deref(),
+                    Some(last_time),
+                    &payload,
+                    &ack,
+                    Some(epoch),
+                );
+            }
+        }
+        if batch.count() > 0 {
+            let payload = batch.take();
+            self.produce(
+                &events_topic,
+                p,
+                key.as_deref(),
+                Some(last_time),
+                &payload,
+                &ack,
+                Some(epoch),
+            );
+        }
+        let mut by_gateway: BTreeMap<u32, BatchEncoder> = BTreeMap::new();
+        for (to, reply) in &applied.replies {
+            if *to >= self.replies_partitions {
+                if !self.warned_reply_to {
+                    self.warned_reply_to = true;
+                    tracing::warn!(
+                        reply_to = to,
+                        replies_partitions = self.replies_partitions,
+                        "reply for a gateway id with no replies partition dropped"
+                    );
+                }
+                continue;
+            }
+            let replies = by_gateway.entry(*to).or_default();
+            replies.push(reply);
+            if replies.body_len() >= MAX_OUTPUT_RECORD_BYTES {
+                let payload = replies.take();
+                self.produce(&replies_topic, *to, None, None, &payload, &ack, Some(epoch));
+            }
+        }
+        for (to, mut replies) in by_gateway {
+            if replies.count() > 0 {
+                let payload = replies.take();
+                self.produce(&replies_topic, to, None, None, &payload, &ack, Some(epoch));
+            }
+        }
+        self.acks.push((batch_id, ack));
+    }
+
+    /// Enqueues one record in the producer, waiting while its queue is full; false
+    /// (and the engine failing) if it cannot: once the broker refused an output for
+    /// good, nothing more is enqueued. `epoch`: the `EPOCH_HEADER` of an output.
+    #[allow(clippy::too_many_arguments)]
+    fn produce(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        key: Option<&str>,
+        time_ms: Option<u64>,
+        payload: &[u8],
+        ack: &Arc<BatchAck>,
+        epoch: Option<u64>,
+    ) -> bool {
+        if self.refused.load(Ordering::Acquire) || self.failure.is_some() {
+            return false;
+        }
+        ack.remaining.fetch_add(1, Ordering::AcqRel);
+        let mut rec: BaseRecord<'_, str, [u8], Arc<BatchAck>> =
+            BaseRecord::with_opaque_to(topic, ack.clone())
+                .partition(partition as i32)
+                .payload(payload);
+        if let Some(e) = epoch {
+            rec = rec.headers(OwnedHeaders::new().insert(Header {
+                key: EPOCH_HEADER,
+                value: Some(epoch_header_value(e).as_bytes()),
+            }));
+        }
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(t) = time_ms {
+            rec = rec.timestamp(t as i64);
+        }
+        let mut full_since: Option<Instant> = None;
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => {
+                    if let Some(t) = full_since {
+                        tracing::info!(
+                            waited_ms = t.elapsed().as_millis() as u64,
+                            "the producer's queue has room again"
+                        );
+                    }
+                    return true;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    if self.stop.load(Ordering::Acquire) && self.refused.load(Ordering::Acquire) {
+                        ack.remaining.fetch_sub(1, Ordering::AcqRel);
+                        return false;
+                    }
+                    let since = *full_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_secs(5) {
+                        self.warn_repeated(
+                            "the producer's queue is full (the broker takes nothing); waiting",
+                            &format!("{topic} partition {partition}"),
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => {
+                    ack.remaining.fetch_sub(1, Ordering::AcqRel);
+                    self.fail(format!(
+                        "cannot produce to {topic} partition {partition}: {e}"
+                    ));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Hands acknowledged (or refused) batches and ticks to the core.
+    fn reap_acks(&mut self) {
+        let mut i = 0;
+        while i < self.acks.len() {
+            let (id, ack) = &self.acks[i];
+            if ack.remaining.load(Ordering::Acquire) > 0 {
+                i += 1;
+                continue;
+            }
+            let (id, refused) = (
+                *id,
+                ack.refused.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            );
+            self.acks.remove(i);
+            let event = match refused {
+                Some(error) => Event::ProduceFailed { batch: id, error },
+                None => Event::Acked { batch: id },
+            };
+            self.handle(event);
+        }
+        let done: Vec<u32> = self
+            .ticks
+            .iter()
+            .filter(|(_, a)| a.remaining.load(Ordering::Acquire) == 0)
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in done {
+            self.ticks.remove(&partition);
+            self.handle(Event::TickDone { partition });
+        }
+    }
+
+    fn commit(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        offsets: &[(u32, u64)],
+        sync: bool,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in offsets {
+            let _ = tpl.add_partition_offset(
+                &self.opts.topics.commands,
+                *p as i32,
+                Offset::Offset(*next as i64),
+            );
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if sync && (!self.health.is_reachable() || consumer.assignment_lost()) {
+            tracing::warn!("offsets not committed now (broker unreachable); the next owner replays from the last commit");
+            return;
+        }
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            // Not fatal: a later commit covers it; a takeover re-produces a little more.
+            self.warn_repeated("offset commit failed", &e);
+        }
+    }
+
+    /// Waits (at most [`REVOKE_ACK_WAIT`]) for the produced outputs to be
+    /// acknowledged; true if all were. Those that were not stay queued in the producer
+    /// and uncommitted (the next owner produces them again; readers drop repeats).
+    fn drain_acks(&mut self) -> bool {
+        let wait = if self.health.is_reachable() {
+            REVOKE_ACK_WAIT
+        } else {
+            Duration::from_millis(200)
+        };
+        let _ = self.producer.flush(wait);
+        self.reap_acks();
+        if self.host.in_flight() == 0 {
+            return true;
+        }
+        tracing::warn!(
+            batches = self.host.in_flight(),
+            waited_ms = wait.as_millis() as u64,
+            "outputs not acknowledged yet (broker unreachable?): left uncommitted, still queued; the next owner of the partition produces them again"
+        );
+        false
+    }
+
+    /// Lets the owned partitions among `parts` go: acks, commit, snapshots (in the
+    /// background); their actors become standby copies.
+    fn revoke(&mut self, consumer: &BaseConsumer<EngineContext>, parts: &[u32], lost: bool) {
+        let owned_before: Vec<u32> = parts
+            .iter()
+            .copied()
+            .filter(|p| self.host.owns(*p))
+            .collect();
+        let t = Instant::now();
+        let acked = if owned_before.is_empty() {
+            true
+        } else {
+            self.drain_acks()
+        };
+        let lost = lost || !self.health.is_reachable();
+        let rest = self.handle(Event::Revoked {
+            partitions: parts.to_vec(),
+            lost,
+        });
+        self.carry_out(consumer, rest);
+        if owned_before.is_empty() {
+            return;
+        }
+        for p in &owned_before {
+            self.metrics.partition_released(*p);
+        }
+        tracing::info!(
+            partitions = owned_before.len(),
+            still_owned = ?self.host.owned().map(|(p, _)| p).collect::<Vec<_>>(),
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            all_acked = acked,
+            "partitions let go (acked outputs committed)"
+        );
+    }
+
+    /// A fenced partition the group still assigns to this engine: assign it again and
+    /// move the group consumer to the copy's next offset.
+    fn retake(&mut self, consumer: &BaseConsumer<EngineContext>, parts: Vec<u32>) {
+        let topic = self.opts.topics.commands.clone();
+        let Ok(assigned) = consumer.assignment() else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in parts {
+            if assigned.find_partition(&topic, p as i32).is_some() && !self.host.owns(p) {
+                let _ = tpl.add_partition(&topic, p as i32);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        tracing::warn!(
+            partitions = ?partitions_of(&tpl, &topic),
+            "the group still assigns partitions this engine was fenced off (a late claim of a former owner?); claiming them again"
+        );
+        self.assign(consumer, &mut tpl);
+        for e in tpl.elements_for_topic(&topic) {
+            if let Err(err) = consumer.seek(&topic, e.partition(), e.offset(), ADMIN_TIMEOUT) {
+                // Without the seek the partition could skip records.
+                self.fail(format!(
+                    "cannot move partition {} back to offset {:?} after taking it again: {err}",
+                    e.partition(),
+                    e.offset()
+                ));
+            }
+        }
+    }
+
+    /// Runs `f` until it succeeds, with backoff and one line per [`QUIET_EVERY`];
+    /// `None` once the engine is told to stop.
+    fn retry<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+    ) -> Option<T> {
+        let mut backoff = Backoff::default();
+        let mut failures = 0u64;
+        loop {
+            match f() {
+                Ok(v) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "read {what} after retrying");
+                    }
+                    return Some(v);
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.warn_repeated(&format!("cannot read {what}; retrying"), &e);
+                    let until = Instant::now() + backoff.delay();
+                    while Instant::now() < until {
+                        if self.stop.load(Ordering::Acquire) {
+                            return None;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Recovers every assigned partition and sets where its consumption starts; then
+    /// claims them and waits for the claims.
+    fn assign(&mut self, consumer: &BaseConsumer<EngineContext>, tpl: &mut TopicPartitionList) {
+        let t = Instant::now();
+        let topic = self.opts.topics.commands.clone();
+        let parts = partitions_of(tpl, &topic);
+        let committed = match self.retry("the committed offsets", || {
+            consumer.committed_offsets(tpl.clone(), ADMIN_TIMEOUT)
+        }) {
+            Some(c) => c,
+            None => return,
+        };
+        let mut from_snapshot = Vec::new();
+        let mut claims = Vec::new();
+        for &p in &parts {
+            let c = match committed
+                .find_partition(&topic, p as i32)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(c)) if c >= 0 => c as u64,
+                _ => 0,
+            };
+            let (low, high) = match self.retry(&format!("the offsets of partition {p}"), || {
+                flashsale_runtime::kafka::watermarks(consumer, &topic, p as i32)
+            }) {
+                Some((l, h)) => (l.max(0) as u64, h.max(0) as u64),
+                None => return, // stopping
+            };
+            let snapshot = match self.host.snapshot_wanted(p, c, low) {
+                None => None,
+                Some(above) => {
+                    let s = self.load_snapshot(p, c, above, low);
+                    if s.is_some() {
+                        from_snapshot.push(p);
+                    }
+                    s
+                }
+            };
+            let mut actions = Vec::new();
+            self.host.handle(
+                Event::Assigned {
+                    partition: p,
+                    committed: c,
+                    low,
+                    high,
+                    snapshot,
+                },
+                &mut actions,
+            );
+            for a in actions {
+                match a {
+                    Action::Seek { partition, offset } => {
+                        if let Err(e) = tpl.set_partition_offset(
+                            &topic,
+                            partition as i32,
+                            Offset::Offset(offset as i64),
+                        ) {
+                            self.fail(format!(
+                                "cannot set the start offset of partition {partition}: {e}"
+                            ));
+                        }
+                        self.metrics
+                            .partition_lag(partition, high.saturating_sub(offset));
+                    }
+                    Action::Claim { partition } => claims.push(partition),
+                    Action::Unfollow { partition } => self.unfollow(partition),
+                    Action::Fail { reason } => self.fail(reason),
+                    _ => {}
+                }
+            }
+            if self.host.owns(p) && !from_snapshot.contains(&p) {
+                // No snapshot loaded: the age counts from now.
+                self.metrics.snapshot_at(p, now_ms());
+            }
+        }
+        self.update_status();
+        let epochs = self.claim(&claims);
+        tracing::info!(
+            owned = ?self.host.owned().map(|(p, _)| p).collect::<Vec<_>>(),
+            claimed = ?epochs,
+            from_snapshot = ?from_snapshot,
+            catching_up = self.host.catching_up(),
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "assignment recovered"
+        );
+    }
+
+    /// The newest snapshot of `p` at or below `c` and above `above` that decodes and
+    /// passes the checks. The store is read for [`STORE_READ_WAIT`] at most when the
+    /// partition can do without it (its whole log is there, or a standby copy is kept);
+    /// else for [`STORE_RETRY_FOR`] (then the core fails the partition).
+    fn load_snapshot(&mut self, p: u32, c: u64, above: u64, low: u64) -> Option<State> {
+        let can_do_without = low == 0 || above > 0;
+        let deadline = Instant::now()
+            + if can_do_without {
+                STORE_READ_WAIT
+            } else {
+                STORE_RETRY_FOR
+            };
+        let list = loop {
+            match self.read_store(p, None) {
+                Ok(StoreRead::List(l)) => break l,
+                Ok(StoreRead::State(_)) => unreachable!("a list was asked"),
+                Err(e) if Instant::now() < deadline && !self.stop.load(Ordering::Acquire) => {
+                    self.warn_repeated(
+                        "snapshot store unavailable; retrying",
+                        &format!("partition {p}: {e}"),
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, from = if above > 0 { "the standby copy" } else { "the log" }, "snapshot store unavailable; recovering without it");
+                    return None;
+                }
+            }
+        };
+        for info in list {
+            if info.offset > c {
+                continue; // its outputs may not all be acknowledged: replay them instead
+            }
+            if info.offset <= above {
+                break;
+            }
+            let loaded = match self.read_store(p, Some(info.clone())) {
+                Ok(StoreRead::State(s)) => s,
+                Ok(StoreRead::List(_)) => unreachable!("a state was asked"),
+                Err(e) => Err(e),
+            };
+            match loaded.and_then(|s| {
+                if u32::from(s.partition()) == p && s.next_offset() == info.offset {
+                    Ok(s)
+                } else {
+                    Err(format!(
+                        "holds partition {} at offset {}",
+                        s.partition(),
+                        s.next_offset()
+                    ))
+                }
+            }) {
+                Ok(s) => {
+                    self.metrics.snapshot_at(p, info.taken_at);
+                    return Some(s);
+                }
+                Err(error) => {
+                    self.metrics.snapshot_rejected();
+                    tracing::warn!(partition = p, snapshot = %info.id, %error, "snapshot refused; falling back to an older one");
+                }
+            }
+        }
+        None
+    }
+
+    /// One read of the store on a thread of its own, given up after
+    /// [`STORE_READ_WAIT`] (a store that hangs, e.g. Postgres away, must not hold the
+    /// assignment).
+    fn read_store(
+        &self,
+        p: u32,
+        load: Option<crate::store::SnapshotInfo>,
+    ) -> Result<StoreRead, String> {
+        let store = self.store.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-read".into())
+            .spawn(move || {
+                let r = match load {
+                    None => store
+                        .list(p)
+                        .map(StoreRead::List)
+                        .map_err(|e| e.to_string()),
+                    Some(info) => Ok(StoreRead::State(
+                        store
+                            .load(&info)
+                            .map_err(|e| e.to_string())
+                            .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string())),
+                    )),
+                };
+                let _ = tx.send(r);
+            });
+        if let Err(e) = spawned {
+            return Err(format!("cannot start a thread: {e}"));
+        }
+        rx.recv_timeout(STORE_READ_WAIT)
+            .map_err(|_| format!("no answer within {} s", STORE_READ_WAIT.as_secs()))?
+    }
+
+    /// Appends a claim record to each partition of `parts` and waits for the broker to
+    /// take them: each one's offset is this engine's owner epoch of the partition.
+    fn claim(&mut self, parts: &[u32]) -> BTreeMap<u32, u64> {
+        let topic = self.opts.topics.commands.clone();
+        let payload = encode(&CommandRecord::tick());
+        let mut acks = Vec::new();
+        for &p in parts {
+            let ack = Arc::new(BatchAck::default());
+            ack.remaining.fetch_add(1, Ordering::AcqRel);
+            let mut rec: BaseRecord<'_, str, [u8], Arc<BatchAck>> =
+                BaseRecord::with_opaque_to(&topic, ack.clone())
+                    .partition(p as i32)
+                    .payload(&payload[..])
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: CLAIM_HEADER,
+                        value: Some(self.name.as_bytes()),
+                    }));
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err((e, _)) => {
+                        self.fail(format!("cannot claim partition {p}: {e}"));
+                        return BTreeMap::new();
+                    }
+                }
+            }
+            acks.push((p, ack));
+        }
+        let since = Instant::now();
+        let mut warned = false;
+        while acks
+            .iter()
+            .any(|(_, a)| a.remaining.load(Ordering::Acquire) > 0)
+        {
+            if self.stop.load(Ordering::Acquire) {
+                return BTreeMap::new();
+            }
+            if !warned && since.elapsed() >= Duration::from_secs(5) {
+                warned = true;
+                tracing::warn!("the broker has not taken the claim records yet (unreachable?); the partitions taken over wait");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut epochs = BTreeMap::new();
+        for (p, ack) in acks {
+            if let Some(e) = ack.refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                self.fail(format!(
+                    "the broker refused the claim of partition {p}: {e}"
+                ));
+                return epochs;
+            }
+            let epoch = ack.offset.load(Ordering::Acquire).max(0) as u64;
+            epochs.insert(p, epoch);
+            self.handle(Event::Claimed {
+                partition: p,
+                epoch,
+            });
+        }
+        epochs
+    }
+
+    fn follow(&mut self, p: u32, from: u64) {
+        if self.stop.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(c) = &self.standby_consumer {
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition_offset(
+                &self.opts.topics.commands,
+                p as i32,
+                Offset::Offset(from as i64),
+            );
+            if let Err(e) = c.incremental_assign(&tpl) {
+                tracing::warn!(partition = p, error = %e, "cannot follow the partition as a standby copy");
+            }
+        }
+    }
+
+    fn unfollow(&mut self, p: u32) {
+        if let Some(c) = &self.standby_consumer {
+            let Ok(assigned) = c.assignment() else { return };
+            if assigned
+                .find_partition(&self.opts.topics.commands, p as i32)
+                .is_none()
+            {
+                return;
+            }
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition(&self.opts.topics.commands, p as i32);
+            if let Err(e) = c.incremental_unassign(&tpl) {
+                tracing::warn!(error = %e, "cannot stop following the partition taken over");
+            }
+        }
+    }
+
+    /// Builds the standby copies of every partition (newest snapshot, then the log)
+    /// before the engine joins the group's work; without the snapshot store (down), from
+    /// the log's start where the log still holds every record.
+    fn init_standby(&mut self, consumer: &BaseConsumer<EngineContext>) {
+        if self.standby_consumer.is_none() {
+            return;
+        }
+        let t = Instant::now();
+        let topic = self.opts.topics.commands.clone();
+        let mut started = 0;
+        for p in 0..self.status.partitions {
+            let low = match flashsale_runtime::kafka::watermarks(consumer, &topic, p as i32) {
+                Ok((l, _)) => l.max(0) as u64,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "no standby copy (cannot read the partition's offsets)");
+                    continue;
+                }
+            };
+            let state = match self.newest_snapshot(p) {
+                Ok(s) => s.unwrap_or_else(|| State::new(p as u16)),
+                Err(e) if low == 0 => {
+                    tracing::warn!(partition = p, error = %e, "snapshot store unavailable; the standby copy starts from the log's start");
+                    State::new(p as u16)
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "no standby copy (snapshot store unavailable)");
+                    continue;
+                }
+            };
+            if state.next_offset() < low {
+                tracing::warn!(
+                    partition = p,
+                    log_start = low,
+                    snapshot = state.next_offset(),
+                    "no standby copy (the log behind the newest snapshot is deleted)"
+                );
+                continue;
+            }
+            started += 1;
+            self.handle(Event::StandbyStarted {
+                partition: p,
+                state,
+            });
+        }
+        tracing::info!(
+            partitions = started,
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            window = self.opts.standby_window,
+            "standby copies started (following the partitions not owned)"
+        );
+    }
+
+    /// The newest snapshot of `p` that decodes and passes the checks.
+    fn newest_snapshot(&self, p: u32) -> Result<Option<State>, String> {
+        let StoreRead::List(list) = self.read_store(p, None)? else {
+            unreachable!("a list was asked")
+        };
+        for info in list {
+            match self.read_store(p, Some(info.clone()))? {
+                StoreRead::State(Ok(s))
+                    if u32::from(s.partition()) == p && s.next_offset() == info.offset =>
+                {
+                    return Ok(Some(s))
+                }
+                _ => {
+                    tracing::warn!(partition = p, snapshot = %info.id, "snapshot refused for the standby copy; trying an older one");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Applies what the standby consumer has fetched (at most `max` records) to the
+    /// standby copies; returns how many records it fetched.
+    fn follow_standby(&mut self, max: usize) -> usize {
+        let Some(c) = &self.standby_consumer else {
+            return 0;
+        };
+        let mut by_partition: BTreeMap<u32, Vec<LogRecord>> = BTreeMap::new();
+        let mut n = 0;
+        let mut error = None;
+        while n < max {
+            match c.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(e)) => {
+                    if !flashsale_runtime::kafka::is_connection_error(&e) {
+                        error = Some(e);
+                    }
+                    break;
+                }
+                Some(Ok(m)) => {
+                    n += 1;
+                    by_partition
+                        .entry(m.partition() as u32)
+                        .or_default()
+                        .push(LogRecord {
+                            offset: m.offset() as u64,
+                            log_time: record_time_ms(m.timestamp()).unwrap_or(0),
+                            payload: m.payload().unwrap_or(&[]).to_vec(),
+                        });
+                }
+            }
+        }
+        if let Some(e) = error {
+            self.warn_repeated("engine: standby consume error", &e);
+        }
+        for (partition, records) in by_partition {
+            self.handle(Event::StandbyRecords { partition, records });
+        }
+        n
+    }
+}
+
+enum StoreRead {
+    List(Vec<crate::store::SnapshotInfo>),
+    State(Result<State, String>),
+}
+
+/// The trace context of a command record (its `traceparent` header), if any.
+fn traceparent(m: &BorrowedMessage<'_>) -> Option<TraceParent> {
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == TRACEPARENT_HEADER)
+        .and_then(|h| h.value)
+        .and_then(TraceParent::parse)
+}
+
+/// The SKU an event record is about (its Kafka key).
+fn event_key(rec: &EventRecord) -> Option<&str> {
+    rec.events.iter().find_map(|e| match e {
+        flashsale_proto::Event::SaleConfigured(cfg) => cfg.products.first().map(|p| p.sku.as_str()),
+        flashsale_proto::Event::SaleDropped { skus, .. } => skus.first().map(|s| s.as_str()),
+        flashsale_proto::Event::Inventory { sku, .. } => Some(sku.as_str()),
+        flashsale_proto::Event::Reservation(v) => Some(v.sku.as_str()),
+        flashsale_proto::Event::OrderCreated(o) => Some(o.sku.as_str()),
+        flashsale_proto::Event::ProductPaused { sku, .. } => Some(sku.as_str()),
+        flashsale_proto::Event::SaleEnded { skus, .. } => skus.first().map(|s| s.as_str()),
+        flashsale_proto::Event::ReservationsPruned { .. } => None,
+    })
+}
+
+/// True if a command record is an owner's claim (its `CLAIM_HEADER`).
+fn is_claim(m: &BorrowedMessage<'_>) -> bool {
+    m.headers()
+        .is_some_and(|h| h.iter().any(|h| h.key == CLAIM_HEADER))
+}
+
+/// The partitions of `topic` in a rebalance's list.
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<u32> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition() as u32)
+        .collect()
+}
