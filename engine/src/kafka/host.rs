@@ -190,8 +190,23 @@ pub struct Owned {
     pub catch_up_to: Option<u64>,
     /// The owner epoch; `None` while the claim awaits the broker.
     pub epoch: Option<u64>,
+    /// Outputs of records below this offset were acknowledged (or were not this
+    /// engine's to produce): what a standby copy made of this actor may count as
+    /// produced. Outputs produced but not acknowledged may reach readers after a
+    /// successor's, under an epoch they then drop: they do not count.
+    acked_to: u64,
     /// Outputs to produce again once claimed (a standby copy's kept outputs).
     reemit: VecDeque<RingBatch>,
+    /// The partition's end at assignment (before this engine's claim).
+    start: u64,
+    /// True once the actor applied its own claim and found no other claim between
+    /// `start` and it; until then outputs are held (`held`: offset after the batch,
+    /// its outputs): another claim there was appended after this assignment began, so
+    /// this engine is a late claimer (a pause while its claim was on its way; the
+    /// group gave the partition to another engine meanwhile) and must produce
+    /// nothing, or readers would take its higher epoch and drop the successor's.
+    verified: bool,
+    held: Vec<(u64, Applied)>,
     needs_tick_at: UnixMs,
     last_tick: UnixMs,
     last_snapshot_offset: u64,
@@ -337,7 +352,7 @@ impl Host {
                 high,
                 snapshot,
             } => self.assigned(partition, committed, low, high, snapshot, out),
-            Event::Claimed { partition, epoch } => self.claimed(partition, epoch, out),
+            Event::Claimed { partition, epoch } => self.claimed(partition, epoch),
             Event::Revoked { partitions, lost } => self.revoke(&partitions, lost, out),
             Event::Records {
                 partition,
@@ -347,13 +362,19 @@ impl Host {
             } => self.records(partition, &records, &claims, &traces, out),
             Event::StandbyRecords { partition, records } => self.apply_standby(partition, &records),
             Event::Acked { batch } => {
-                self.acked.insert(batch);
+                // Batches of partitions let go meanwhile are not tracked any more.
+                if self.inflight.iter().any(|f| f.batch == batch) {
+                    self.acked.insert(batch);
+                }
                 while let Some(f) = self.inflight.front() {
                     if !self.acked.remove(&f.batch) {
                         break;
                     }
                     let f = self.inflight.pop_front().expect("front exists");
                     self.to_commit.insert(f.partition, f.next_offset);
+                    if let Some(o) = self.owned.get_mut(&f.partition) {
+                        o.acked_to = o.acked_to.max(f.next_offset);
+                    }
                 }
             }
             Event::ProduceFailed { batch, error } => {
@@ -428,7 +449,11 @@ impl Host {
                 emit_from: c,
                 catch_up_to: (high > next).then_some(high),
                 epoch: None,
+                acked_to: c,
                 reemit: ring,
+                start: high,
+                verified: false,
+                held: Vec::new(),
                 needs_tick_at,
                 last_tick: 0,
                 last_snapshot_offset: next,
@@ -441,7 +466,7 @@ impl Host {
         out.push(Action::Claim { partition: p });
     }
 
-    fn claimed(&mut self, p: u32, epoch: u64, out: &mut Vec<Action>) {
+    fn claimed(&mut self, p: u32, epoch: u64) {
         let Some(o) = self.owned.get_mut(&p) else {
             return; // let go while the claim was on its way
         };
@@ -465,7 +490,7 @@ impl Host {
                     events: Vec::new(),
                 });
             }
-            self.produce(p, epoch, b.end, b.applied, out);
+            o.held.push((b.end, b.applied));
         }
     }
 
@@ -506,11 +531,12 @@ impl Host {
             });
             return;
         };
-        // Fencing: another engine claimed the partition after us.
-        if let Some(&claim) = claims
-            .iter()
-            .find(|&&c| c > epoch && c >= o.actor.state().next_offset())
-        {
+        // Fencing: another engine claimed the partition after us; or, before our own
+        // claim is applied, between where we started and it (our claim came late).
+        let (next, start, verified) = (o.actor.state().next_offset(), o.start, o.verified);
+        if let Some(&claim) = claims.iter().find(|&&c| {
+            (c > epoch && c >= next) || (!verified && c != epoch && c >= start && c < epoch)
+        }) {
             let o = self.owned.remove(&p).expect("owned");
             tracing::warn!(
                 partition = p,
@@ -519,7 +545,8 @@ impl Host {
                 "fenced: another engine claimed the partition (this process was paused or cut off?); producing nothing more for it"
             );
             self.to_commit.remove(&p);
-            self.keep_standby(p, o.actor, o.emit_from, out);
+            let covered = o.covered_from();
+            self.keep_standby(p, o.actor, covered, out);
             self.fenced.insert(p, self.now);
             self.apply_standby(p, recs);
             return;
@@ -557,6 +584,19 @@ impl Host {
                     state,
                 });
             }
+        }
+        if !o.verified {
+            if last >= emit_from {
+                o.held.push((after, applied));
+            }
+            if after <= epoch {
+                return; // our claim not applied yet: hold the outputs
+            }
+            o.verified = true;
+            for (after, applied) in std::mem::take(&mut o.held) {
+                self.produce(p, epoch, after, applied, out);
+            }
+            return;
         }
         if last >= emit_from {
             self.produce(p, epoch, after, applied, out);
@@ -659,7 +699,8 @@ impl Host {
                     state,
                 });
             }
-            self.keep_standby(*p, o.actor, o.emit_from, out);
+            let covered = o.covered_from();
+            self.keep_standby(*p, o.actor, covered, out);
         }
         // Batches of partitions let go are not committed by this engine any more.
         let owned = &self.owned;
@@ -735,6 +776,22 @@ impl Host {
         });
         if self.cfg.adopt_new_topics {
             out.push(Action::Restart { reason });
+        }
+    }
+}
+
+impl Owned {
+    /// From which offset on the outputs of this actor's records are known if it
+    /// becomes a standby copy now: from `emit_from` if every output it produced was
+    /// acknowledged (readers have them, ahead of any successor's); else only from its
+    /// next offset (an unacknowledged output may reach readers after a successor's,
+    /// under an epoch they drop, so it must be produced again).
+    fn covered_from(&self) -> u64 {
+        let next = self.actor.state().next_offset();
+        if self.acked_to >= next {
+            self.emit_from.min(next)
+        } else {
+            next
         }
     }
 }

@@ -255,6 +255,9 @@ pub async fn serve_parts(
         // Its records are whole applied batches: lingering would only add latency
         // (`--linger-ms` is the gateway's command producer).
         linger_ms: 0,
+        // `serve --kafka --adopt-new-topics` (issue 28) sets this when merged with the
+        // gateway's and projector's side; until then the engine waits for the operator.
+        adopt_new_topics: false,
     };
     let mut extras = Extras {
         engine: Some((engine, store)),

@@ -427,8 +427,8 @@ pub async fn run_engine(
     let mut log = log;
     let result = loop {
         let store = store.clone().bind(&log)?;
-        let (opts, metrics) = (opts.clone(), metrics.clone());
-        let handle = blocking(move || engine::start(opts, store, metrics)).await?;
+        let (o, m) = (opts.clone(), metrics.clone());
+        let handle = blocking(move || engine::start(o, store, m)).await?;
         println!("flashsale engine running (group {group}, brokers {brokers})");
         let stopped_by_itself = loop {
             tokio::select! {

@@ -135,7 +135,7 @@ fn assigned_seeks_and_claims_and_applies_nothing_before_the_claim() {
 
 #[test]
 fn claimed_records_are_applied_and_produced_with_the_epoch() {
-    let mut h = owning(7);
+    let mut h = owning(2);
     let a = on(
         &mut h,
         records(
@@ -147,11 +147,62 @@ fn claimed_records_are_applied_and_produced_with_the_epoch() {
             vec![],
         ),
     );
+    assert!(
+        produced(&a).is_empty(),
+        "held until our own claim is applied"
+    );
+    let a = on(
+        &mut h,
+        records(
+            0,
+            vec![log_record(2, T0 + 2, &CommandRecord::tick())],
+            vec![2],
+        ),
+    );
     let p = produced(&a);
-    assert_eq!(p.len(), 1);
-    assert_eq!(p[0].1, 7, "outputs carry the owner epoch");
+    assert_eq!(p.len(), 2, "the held batch, then the claim's");
+    assert_eq!(p[0].1, 2, "outputs carry the owner epoch");
     assert_eq!(p[0].2.replies.len(), 2);
     assert!(matches!(p[0].2.replies[1].1.reply, Reply::Reserved { .. }));
+}
+
+#[test]
+fn a_late_claimer_finds_another_claim_before_its_own_and_produces_nothing() {
+    // Assigned when the log ended at 2; our claim reached the log (offset 3) after
+    // another engine's (offset 2).
+    let mut h = Host::new(cfg(false));
+    on(
+        &mut h,
+        Event::Assigned {
+            partition: 0,
+            committed: 0,
+            low: 0,
+            high: 2,
+            snapshot: None,
+        },
+    );
+    on(
+        &mut h,
+        Event::Claimed {
+            partition: 0,
+            epoch: 3,
+        },
+    );
+    let a = on(
+        &mut h,
+        records(
+            0,
+            vec![
+                log_record(0, T0, &sale(1, 0, 1, 5)),
+                log_record(1, T0, &reserve(2, 0, 1, 1, 1)),
+                log_record(2, T0, &CommandRecord::tick()),
+                log_record(3, T0, &CommandRecord::tick()),
+            ],
+            vec![2, 3],
+        ),
+    );
+    assert!(produced(&a).is_empty(), "a late claimer produces nothing");
+    assert!(!h.owns(0));
 }
 
 #[test]
@@ -226,15 +277,31 @@ fn a_later_claim_fences_the_owner_and_the_partition_is_retaken_after_the_grace()
 #[test]
 fn revoked_commits_what_is_acknowledged_snapshots_and_keeps_a_standby_copy() {
     let mut h = owning(0);
+    // The first record is snapshotted at once (log time since the empty state).
     let a = on(
         &mut h,
         records(0, vec![log_record(0, T0, &sale(1, 0, 1, 5))], vec![]),
     );
     on(
         &mut h,
+        Event::SnapshotStored {
+            partition: 0,
+            offset: 1,
+        },
+    );
+    on(
+        &mut h,
         Event::Acked {
             batch: produced(&a)[0].0,
         },
+    );
+    on(
+        &mut h,
+        records(
+            0,
+            vec![log_record(1, T0 + 1, &CommandRecord::tick())],
+            vec![],
+        ),
     );
     let a = on(
         &mut h,
@@ -251,9 +318,13 @@ fn revoked_commits_what_is_acknowledged_snapshots_and_keeps_a_standby_copy() {
         a,
         Action::Follow {
             partition: 0,
-            from: 1
+            from: 2
         }
     )));
+    // Outputs of offset 1 were not acknowledged: the copy does not count them as
+    // produced, so a takeover at the commit (1) replays them from a snapshot.
+    assert_eq!(h.standby(0).map(|s| s.covered_from), Some(2));
+    assert_eq!(h.snapshot_wanted(0, 1, 0), Some(0));
     assert!(!h.owns(0));
 }
 
@@ -389,9 +460,25 @@ fn a_quiet_partition_gets_a_snapshot_on_the_clock() {
         &mut h,
         records(0, vec![log_record(0, T0, &sale(1, 0, 1, 5))], vec![]),
     );
+    on(
+        &mut h,
+        Event::SnapshotStored {
+            partition: 0,
+            offset: 1,
+        },
+    );
+    let a = on(
+        &mut h,
+        records(
+            0,
+            vec![log_record(1, T0 + 1, &CommandRecord::tick())],
+            vec![],
+        ),
+    );
+    assert!(!a.iter().any(|a| matches!(a, Action::Snapshot { .. })));
     let a = on(&mut h, Event::Tick { now: T0 + 1_000 });
     assert!(!a.iter().any(|a| matches!(a, Action::Snapshot { .. })));
-    let a = on(&mut h, Event::Tick { now: T0 + 60_000 });
+    let a = on(&mut h, Event::Tick { now: T0 + 60_001 });
     assert!(a
         .iter()
         .any(|a| matches!(a, Action::Snapshot { partition: 0, .. })));
@@ -472,8 +559,13 @@ fn a_takeover_from_a_standby_copy_reproduces_its_outputs_from_the_committed_offs
             epoch: 2,
         },
     );
+    assert!(produced(&a).is_empty(), "held until the claim is applied");
+    let a = on(
+        &mut h,
+        records(0, vec![log_record(2, T0, &CommandRecord::tick())], vec![2]),
+    );
     let p = produced(&a);
-    assert_eq!(p.len(), 1);
+    assert_eq!(p.len(), 2);
     assert_eq!(
         p[0].2.replies.len(),
         1,
@@ -509,8 +601,9 @@ fn outputs_below_the_committed_offset_are_not_produced_again() {
             vec![
                 log_record(0, T0, &sale(1, 0, 1, 5)),
                 log_record(1, T0, &reserve(2, 0, 1, 1, 1)),
+                log_record(2, T0, &CommandRecord::tick()),
             ],
-            vec![],
+            vec![2],
         ),
     );
     let p = produced(&a);
