@@ -197,6 +197,8 @@ pub struct Owned {
     acked_to: u64,
     /// Outputs to produce again once claimed (a standby copy's kept outputs).
     reemit: VecDeque<RingBatch>,
+    /// Where the actor started at assignment: "snapshot", "standby" or "log start".
+    pub from: &'static str,
     /// The partition's end at assignment (before this engine's claim).
     start: u64,
     /// True once the actor applied its own claim and found no other claim between
@@ -425,12 +427,17 @@ impl Host {
                 && s.next_offset() <= c
                 && kept_next.is_none_or(|k| s.next_offset() > k)
         });
-        let (actor, ring) = match (snapshot, kept) {
-            (Some(s), _) => (PartitionActor::new(s, self.cfg.snapshot), VecDeque::new()),
-            (None, Some(s)) => (s.actor, s.ring),
+        let (actor, ring, from) = match (snapshot, kept) {
+            (Some(s), _) => (
+                PartitionActor::new(s, self.cfg.snapshot),
+                VecDeque::new(),
+                "snapshot",
+            ),
+            (None, Some(s)) => (s.actor, s.ring, "standby"),
             (None, None) => (
                 PartitionActor::new(State::new(p as u16), self.cfg.snapshot),
                 VecDeque::new(),
+                "log start",
             ),
         };
         let next = actor.state().next_offset();
@@ -452,6 +459,7 @@ impl Host {
                 acked_to: c,
                 reemit: ring,
                 start: high,
+                from,
                 verified: false,
                 held: Vec::new(),
                 needs_tick_at,

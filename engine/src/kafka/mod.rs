@@ -73,11 +73,15 @@
 //! each stream and drop records of a lower one (`EpochFence`): once a successor's
 //! output is read, the old owner's late outputs are ignored. (Its outputs are those a
 //! correct owner would produce for the same log prefix anyway; the epoch keeps a late
-//! one from counting after the successor's.) (c) An owner that reads, in its own
+//! one from counting after the successor's.) (c) An owner holds its outputs until it
+//! applied its own claim, and gives the partition up if another claim was appended
+//! after its assignment began (its own claim came late: it was paused while the claim
+//! was on its way, and its higher epoch would outrank the successor's). An owner that
+//! reads, in its own
 //! partition, a claim above its epoch stops producing for the partition at once and
 //! keeps it as a standby copy (and claims it again if the group still assigns it to
 //! this engine a few sessions later: the late claim of a former owner, see
-//! `Core::retake_fenced`). (d) Its snapshots are a pure function of the log prefix
+//! `Action::Retake`). (d) Its snapshots are a pure function of the log prefix
 //! they cover, so a zombie's snapshot is as good as anyone's. (e) Its tick records are
 //! ordinary commands of the log, applied by everyone the same way.
 //!
