@@ -425,7 +425,7 @@ fn run(consumer: &BaseConsumer<EngineContext>, stop: &AtomicBool, max_batch: usi
     } else {
         // Nothing more is produced or committed: whoever owns the partitions next
         // produces the uncommitted outputs again.
-        let _ = shell
+        shell
             .producer
             .purge(rdkafka::producer::PurgeConfig::default().queue());
     }

@@ -86,9 +86,12 @@ struct Reader {
     orders: BTreeMap<OrderId, (u32, u64)>,
 }
 
+/// The replies and events of one command record.
+type Outputs = (Vec<(u32, ReplyRecord)>, Vec<EventRecord>);
+
 struct Reference {
     actor: PartitionActor,
-    outputs: Vec<(Vec<(u32, ReplyRecord)>, Vec<EventRecord>)>,
+    outputs: Vec<Outputs>,
 }
 
 struct Sim {
@@ -607,13 +610,11 @@ impl Sim {
                 self.rng.random_range(1..=2),
             ),
             6..=8 if !self.reservations.is_empty() => {
-                let id =
-                    self.reservations[self.rng.random_range(0..self.reservations.len())].clone();
+                let id = self.reservations[self.rng.random_range(0..self.reservations.len())];
                 checkout(r, g, id)
             }
             _ if !self.reservations.is_empty() => {
-                let id =
-                    self.reservations[self.rng.random_range(0..self.reservations.len())].clone();
+                let id = self.reservations[self.rng.random_range(0..self.reservations.len())];
                 cancel(r, g, id)
             }
             _ => reserve(r, g, 0, p, 1),
@@ -653,7 +654,7 @@ impl Sim {
             let applied = r.actor.apply_batch(&[rec]);
             for (_, reply) in &applied.replies {
                 if let Reply::Reserved { reservation, .. } = &reply.reply {
-                    self.reservations.push(reservation.id.clone());
+                    self.reservations.push(reservation.id);
                 }
             }
             r.outputs.push((applied.replies, applied.events));
@@ -689,7 +690,7 @@ impl Sim {
             );
             for e in &ev.events {
                 if let Ev::OrderCreated(o) = e {
-                    if let Some(prev) = r.orders.insert(o.order_id.clone(), (p, ev.offset)) {
+                    if let Some(prev) = r.orders.insert(o.order_id, (p, ev.offset)) {
                         panic!(
                             "order {} projected twice: at {prev:?} and {:?}",
                             o.order_id,
@@ -941,7 +942,7 @@ impl Sim {
                     .orders
                     .iter()
                     .filter(|(_, (q, _))| *q == p)
-                    .map(|(id, _)| id.clone())
+                    .map(|(id, _)| *id)
                     .collect();
                 assert_eq!(
                     seen, orders,

@@ -174,7 +174,7 @@ impl Shell {
                 break;
             }
             let loaded = match self.read_store(p, Some(info.clone())) {
-                Ok(StoreRead::State(s)) => s,
+                Ok(StoreRead::State(s)) => *s,
                 Ok(StoreRead::List(_)) => unreachable!("a state was asked"),
                 Err(e) => Err(e),
             };
@@ -220,12 +220,12 @@ impl Shell {
                         .list(p)
                         .map(StoreRead::List)
                         .map_err(|e| e.to_string()),
-                    Some(info) => Ok(StoreRead::State(
+                    Some(info) => Ok(StoreRead::State(Box::new(
                         store
                             .load(&info)
                             .map_err(|e| e.to_string())
                             .and_then(|b| snapshot::decode(&b).map_err(|e| e.to_string())),
-                    )),
+                    ))),
                 };
                 let _ = tx.send(r);
             });
@@ -393,10 +393,12 @@ impl Shell {
             unreachable!("a list was asked")
         };
         for info in list {
-            match self.read_store(p, Some(info.clone()))? {
-                StoreRead::State(Ok(s))
-                    if u32::from(s.partition()) == p && s.next_offset() == info.offset =>
-                {
+            let read = match self.read_store(p, Some(info.clone()))? {
+                StoreRead::State(s) => *s,
+                StoreRead::List(_) => unreachable!("a state was asked"),
+            };
+            match read {
+                Ok(s) if u32::from(s.partition()) == p && s.next_offset() == info.offset => {
                     return Ok(Some(s))
                 }
                 _ => {
@@ -450,5 +452,5 @@ impl Shell {
 
 pub(super) enum StoreRead {
     List(Vec<crate::store::SnapshotInfo>),
-    State(Result<State, String>),
+    State(Box<Result<State, String>>),
 }
