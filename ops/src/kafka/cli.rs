@@ -133,7 +133,9 @@ pub async fn engine_command(
         heartbeat_interval_ms: args.engine.heartbeat_ms(),
         standby_window: args.engine.standby_window as usize,
         linger_ms: args.linger_ms,
-        adopt_new_topics: args.adopt_new_topics,
+        // `--adopt-new-topics` (issue 28) is wired here once the flag is in
+        // `EngineConfig`; until then the engine waits for the operator.
+        adopt_new_topics: false,
     };
     super::run_engine(opts, store, args.metrics_listen, shutdown).await
 }
