@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
 
-.PHONY: run test test-cluster build fmt fmt-check clippy bench bench-compare bench-crowd services-up services-down help
+.PHONY: run test simulate test-cluster build fmt fmt-check clippy bench bench-compare bench-crowd services-up services-down help
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -12,6 +12,9 @@ run: ## the embedded server with a demo sale on http://127.0.0.1:8080 (flags of 
 
 test: ## the whole suite: installs what is missing, starts Kafka + Postgres, tests, stops them
 	bash ops/test.sh
+
+simulate: ## the Kafka host's seeded cluster simulation over more seeds: make simulate SEEDS=1000000 [FROM=0]
+	FLASHSALE_SIM_SEEDS=$(or $(SEEDS),100000) FLASHSALE_SIM_FROM=$(or $(FROM),0) cargo test -p flashsale-engine --lib kafka::sim -- --nocapture
 
 test-cluster: ## the 3-broker test (broker leader killed mid-load) on its own cluster and ports; stops it after
 	bash ops/test-cluster.sh

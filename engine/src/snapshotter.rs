@@ -18,10 +18,16 @@
 //!
 //! On shutdown ([`Snapshotter::finish`]) the copy applies what is queued and writes a
 //! last snapshot if anything was applied since the previous one.
+//!
+//! Every host writes its snapshots through the same two pieces: [`Pacer`] (the
+//! [`MAX_SHARE`] rule above) and `write_snapshot` (encode, store, prune). The embedded
+//! host's [`Snapshotter`] decides *when* from its copy's policy; the Kafka host's core
+//! (`kafka::host`) decides it from the actor's policy, quiet partitions and hand-overs,
+//! and hands the states to one [`SnapshotWriter`] thread.
 
 use crate::store::{write_snapshot, SnapshotStore};
 use flashsale_core::actor::PartitionActor;
-use flashsale_core::LogRecord;
+use flashsale_core::{LogRecord, State};
 use flashsale_runtime::metrics::Metrics;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,7 +140,7 @@ fn run(
     keep: usize,
     metrics: Arc<Metrics>,
 ) {
-    let mut not_before: Option<Instant> = None;
+    let mut pacer = Pacer::default();
     while let Some(batch) = rx.blocking_recv() {
         copy.apply_batch_quietly(&batch);
         drop(batch);
@@ -142,16 +148,119 @@ fn run(
         while let Ok(batch) = rx.try_recv() {
             copy.apply_batch_quietly(&batch);
         }
-        if not_before.is_some_and(|t| Instant::now() < t) || !copy.snapshot_due() {
+        if pacer.wait_needed().is_some() || !copy.snapshot_due() {
             continue;
         }
-        let t = Instant::now();
-        write_snapshot(copy.state(), store.as_ref(), keep, &metrics);
-        let took = t.elapsed();
-        not_before = Some(Instant::now() + took.mul_f64(1.0 / MAX_SHARE - 1.0));
+        pacer.write(copy.state(), store.as_ref(), keep, &metrics);
     }
     if copy.dirty() {
         copy.mark_snapshot_taken();
         write_snapshot(copy.state(), store.as_ref(), keep, &metrics);
+    }
+}
+
+/// Keeps snapshot writing under [`MAX_SHARE`] of a core: after a snapshot that took
+/// `d`, the next one waits at least `d * (1 / MAX_SHARE - 1)`.
+#[derive(Debug, Default)]
+pub struct Pacer {
+    not_before: Option<Instant>,
+}
+
+impl Pacer {
+    /// How long the next snapshot must still wait, if at all.
+    pub fn wait_needed(&self) -> Option<Duration> {
+        self.not_before
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Writes `state` (encode, store, prune) and paces the next one.
+    pub fn write(
+        &mut self,
+        state: &State,
+        store: &dyn SnapshotStore,
+        keep: usize,
+        metrics: &Metrics,
+    ) {
+        let t = Instant::now();
+        write_snapshot(state, store, keep, metrics);
+        let took = t.elapsed();
+        self.not_before = Some(Instant::now() + took.mul_f64(1.0 / MAX_SHARE - 1.0));
+    }
+}
+
+/// One background thread that writes the snapshots a host hands it, in order, paced
+/// by a [`Pacer`]; of several states of one partition queued meanwhile only the
+/// newest is written. What was written is read back with [`SnapshotWriter::done`].
+pub struct SnapshotWriter {
+    tx: Option<std::sync::mpsc::Sender<State>>,
+    done: std::sync::mpsc::Receiver<(u32, u64)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWriter").finish_non_exhaustive()
+    }
+}
+
+impl SnapshotWriter {
+    pub fn start(
+        store: Arc<dyn SnapshotStore>,
+        keep: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<SnapshotWriter> {
+        let (tx, rx) = std::sync::mpsc::channel::<State>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || {
+                let mut pacer = Pacer::default();
+                while let Ok(first) = rx.recv() {
+                    if let Some(d) = pacer.wait_needed() {
+                        std::thread::sleep(d);
+                    }
+                    // The newest state per partition among those queued.
+                    let mut newest: std::collections::BTreeMap<u32, State> = Default::default();
+                    for s in std::iter::once(first).chain(rx.try_iter()) {
+                        let p = u32::from(s.partition());
+                        let older = newest
+                            .get(&p)
+                            .is_some_and(|n| n.next_offset() >= s.next_offset());
+                        if !older {
+                            newest.insert(p, s);
+                        }
+                    }
+                    for (p, s) in newest {
+                        pacer.write(&s, store.as_ref(), keep, &metrics);
+                        let _ = done_tx.send((p, s.next_offset()));
+                    }
+                }
+            })?;
+        Ok(SnapshotWriter {
+            tx: Some(tx),
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `state` to be written.
+    pub fn write(&self, state: State) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(state);
+        }
+    }
+
+    /// (partition, offset) of the snapshots written (or given up) since the last call.
+    pub fn done(&self) -> Vec<(u32, u64)> {
+        self.done.try_iter().collect()
+    }
+
+    /// Writes what is queued, then returns (blocking).
+    pub fn finish(mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

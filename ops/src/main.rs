@@ -69,13 +69,24 @@ fn main() -> std::process::ExitCode {
     telemetry.shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        // A tool that ran and found problems (audit, verify) exits 1; errors exit 2.
+        // Exit codes: 0 done; 1 a tool that ran and found problems (audit, verify);
+        // 2 an error; 70 the engine failed (below). Only this function exits.
         Err(e)
             if e.downcast_ref::<flashsale_ops::operator::ProblemsFound>()
                 .is_some() =>
         {
             eprintln!("{e}");
             std::process::ExitCode::from(1)
+        }
+        // The engine (`engine`, `serve --kafka`) stopped by itself, the rest of the
+        // process stopped in order after it: 70 (EX_SOFTWARE), as before errors
+        // stopped being exits; another engine takes its partitions over.
+        Err(e)
+            if e.downcast_ref::<flashsale_engine::kafka::EngineFailed>()
+                .is_some() =>
+        {
+            eprintln!("fatal: {e:#}");
+            std::process::ExitCode::from(flashsale_engine::kafka::EngineFailed::EXIT_CODE)
         }
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Where the engine keeps snapshots, before it knows which log they are for.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StoreSpec {
     /// `engine_snapshots`, rows of this log only.
     Postgres(PgSnapshotStore),

@@ -193,6 +193,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
     let engine_ready: Option<Arc<dyn EngineReadiness>> = engine
         .as_ref()
         .map(|e| e.status.clone() as Arc<dyn EngineReadiness>);
+    let engine_status = engine.as_ref().map(|e| e.status.clone());
 
     let snapshots = match readmodel_snapshots {
         Some((place, policy)) => {
@@ -306,8 +307,16 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
     let done = tokio::spawn(async move {
         // Bounded by the drain time, then the engine lets its partitions go (acks,
         // commit, final snapshots) whatever the clients do.
+        // An engine that stops by itself (what it cannot go on from) stops the node
+        // in order too: requests drain, then the sidecars, the gateway's clients,
+        // and the engine, whose error is the node's.
         flashsale_gateway::server::serve(listener, router, limits, async move {
-            let _ = stopped.await;
+            tokio::select! {
+                _ = stopped => {}
+                _ = engine_stopped(engine_status) => {
+                    tracing::error!("the engine stopped by itself; stopping the gateway and the projector");
+                }
+            }
             // Open console streams end now, or they would hold the stop back.
             streams_app.streams.close();
         })
@@ -315,15 +324,16 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         for t in background {
             t.abort();
         }
-        let _ = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             bus.close(Duration::from_secs(5));
             follower.stop();
-            if let Some(e) = engine {
-                e.stop();
+            match engine {
+                Some(e) => e.stop(),
+                None => Ok(()),
             }
         })
-        .await;
-        Ok(())
+        .await
+        .context("shutdown panicked")?
     });
     Ok(Running {
         addr,
@@ -332,6 +342,16 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         stop,
         done,
     })
+}
+
+/// Resolves once the engine of this process stopped by itself (never without one).
+async fn engine_stopped(status: Option<Arc<engine::EngineStatus>>) {
+    let Some(status) = status else {
+        return std::future::pending().await;
+    };
+    while !status.is_stopped() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The console's lag probe (`flashsale_gateway::stream::spawn_log_end_probe`): the end
@@ -395,9 +415,17 @@ pub async fn serve(
             running.admin_token
         );
     }
-    shutdown.await;
-    tracing::info!("shutting down: finishing requests, letting partitions go");
-    running.stop().await
+    let Running { stop, done, .. } = running;
+    tokio::pin!(done);
+    tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down: finishing requests, letting partitions go");
+            let _ = stop.send(());
+            done.await.context("server task panicked")?
+        }
+        // Stopped by itself (its engine failed): the error decides the exit code.
+        r = &mut done => r.context("server task panicked")?,
+    }
 }
 
 /// Runs an engine alone until `shutdown` resolves (or the engine stops by itself).
@@ -421,25 +449,46 @@ pub async fn run_engine(
         _ = &mut shutdown => return Ok(()),
         log = logid::wait_for_identity(&opts.brokers, &opts.topics.commands) => log,
     };
-    let store = store.bind(&log)?;
-    let handle = blocking(move || engine::start(opts, store, metrics)).await?;
-    println!("flashsale engine running (group {group}, brokers {brokers})");
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if !handle.is_running() {
-                    anyhow::bail!("the engine thread stopped");
+    let mut log = log;
+    let result = loop {
+        let store = store.clone().bind(&log)?;
+        let (o, m) = (opts.clone(), metrics.clone());
+        let handle = blocking(move || engine::start(o, store, m)).await?;
+        println!("flashsale engine running (group {group}, brokers {brokers})");
+        let stopped_by_itself = loop {
+            tokio::select! {
+                _ = &mut shutdown => break false,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if !handle.is_running() {
+                        break true;
+                    }
                 }
             }
+        };
+        if !stopped_by_itself {
+            tracing::info!("shutting down: letting partitions go");
         }
-    }
-    tracing::info!("shutting down: letting partitions go");
-    tokio::task::spawn_blocking(move || handle.stop())
-        .await
-        .context("engine shutdown panicked")?;
+        let r = tokio::task::spawn_blocking(move || handle.stop())
+            .await
+            .context("engine shutdown panicked")?;
+        match r {
+            // `--adopt-new-topics`: start again, bound to the new log.
+            Err(e) if e.downcast_ref::<engine::TopicRecreated>().is_some() => {
+                tracing::warn!("{e}; starting again on the new topics (--adopt-new-topics)");
+                log = tokio::select! {
+                    _ = &mut shutdown => break Ok(()),
+                    log = logid::wait_for_identity(&opts.brokers, &opts.topics.commands) => log,
+                };
+            }
+            Err(e) => break Err(e),
+            Ok(()) if stopped_by_itself => {
+                break Err(engine::EngineFailed("the engine thread stopped".into()).into())
+            }
+            Ok(()) => break Ok(()),
+        }
+    };
     if let Some(s) = metrics_server {
         s.abort();
     }
-    Ok(())
+    result
 }

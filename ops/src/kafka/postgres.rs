@@ -23,12 +23,49 @@ async fn pool(url: &str, pool_size: usize) -> anyhow::Result<pg::Pool> {
 
 /// Snapshots in Postgres; its blocking calls run on this runtime. Bound to a log by
 /// [`super::logid::StoreSpec::bind`].
+///
+/// An engine does not need Postgres to recover (the log and its standby copies are
+/// enough): if Postgres does not answer within a few seconds, the store is made
+/// without it, its schema is migrated in the background once Postgres is back, and
+/// snapshots are written from then on. Errors no retry can fix still fail at once.
 pub async fn snapshot_store(
     url: &str,
     pool_size: usize,
 ) -> anyhow::Result<super::logid::StoreSpec> {
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        pg::connect_checked(url, pool_size, pg::Wait::Forever),
+    )
+    .await;
+    let pool = match waited {
+        Ok(pool) => {
+            let pool = pool?;
+            Retry::FOREVER
+                .run("migrate", || pg::migrate(&pool))
+                .await
+                .map_err(|e| anyhow::anyhow!("Postgres migration failed: {e}"))?;
+            pool
+        }
+        Err(_) => {
+            tracing::warn!("Postgres does not answer: the engine recovers from the log and its standby copies, and writes snapshots to Postgres once it is back");
+            let pool = pg::connect(url, pool_size)?;
+            let background = pool.clone();
+            tokio::spawn(async move {
+                match Retry::FOREVER
+                    .run("migrate", || pg::migrate(&background))
+                    .await
+                {
+                    Ok(_) => tracing::info!("Postgres is back: snapshots are written there again"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Postgres migration failed; snapshots are not written")
+                    }
+                }
+            });
+            pool
+        }
+    };
     Ok(super::logid::StoreSpec::Postgres(PgSnapshotStore::new(
-        pool(url, pool_size).await?,
+        pool,
     )))
 }
 
