@@ -2,7 +2,7 @@
 # ops/check-purity.sh - fail if the engine's pure core (`flashsale-core`, engine/core/)
 # depends, directly or through any other crate, on an I/O runtime or client: tokio,
 # rdkafka, tokio-postgres, deadpool-postgres, axum or hyper. The core must stay a
-# deterministic function of the log (DESIGN.md "The engine"); the compiler can only
+# deterministic function of the log (ARCHITECTURE.md); the compiler can only
 # keep it so if those crates are not in its dependency tree at all.
 #
 # Usage: ops/check-purity.sh   (run by `make test`; needs only cargo, no build)

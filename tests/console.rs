@@ -316,7 +316,7 @@ async fn console_page_is_served() {
     s.stop().await;
 }
 
-/// DESIGN.md, "Observability": series whose labels are known up front start at 0.
+/// docs/observability.md: series whose labels are known up front start at 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_metrics_show_every_known_result_at_zero() {
     let s = TestServer::embedded().await;

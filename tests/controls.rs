@@ -1,4 +1,4 @@
-//! Hold extension and the operators' mid-sale controls (API.md: `…/extend`, "Mid-sale
+//! Hold extension and the operators' mid-sale controls (docs/api.md: `…/extend`, "Mid-sale
 //! controls") through the real server: the happy paths, every new error row (400 with
 //! `field`, 401, 404, 409 "Extension Limit Reached" / "Inventory Conflict" / "Sale Not
 //! Active" with `paused`), in embedded mode and, when the services are up, Kafka mode.

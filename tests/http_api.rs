@@ -1,4 +1,4 @@
-//! The HTTP contract of API.md through the real server (bound to 127.0.0.1:0): every
+//! The HTTP contract of docs/api.md through the real server (bound to 127.0.0.1:0): every
 //! row of the error table with its status, `error` title and `details`, the happy
 //! paths, and the error precedence. Each scenario runs in embedded mode and, when the
 //! services are up, in Kafka mode with the same assertions.

@@ -28,7 +28,7 @@ async fn java_default_partitioner_matches_partition_for_key() {
         .expect("topics");
     let topic = format!("{prefix}commands");
     // Kafka's own murmur2 test keys, SKU-like ids of every length from 1 to 64, and
-    // the characters API.md allows in a skuId.
+    // the characters docs/api.md allows in a skuId.
     let mut keys: Vec<String> = [
         "21",
         "foobar",

@@ -1,4 +1,4 @@
-//! Sales admin (API.md "Admin"): `GET /api/v1/admin/sales` (every sale, newest first),
+//! Sales admin (docs/api.md "Admin"): `GET /api/v1/admin/sales` (every sale, newest first),
 //! `DELETE /api/v1/admin/sales/{saleId}` of a sale no reservation touched (its SKUs
 //! free again; 409 "Conflict" with `saleId` and `reservations` once one exists, the
 //! sale left whole on every partition), the owning `saleId` in the 409 of a taken SKU,
@@ -101,7 +101,7 @@ async fn sales_are_listed_and_an_untouched_sale_is_deleted(s: &TestServer) {
         assert_error(&s.call(m, &p, None, &[]).await, 401, "Unauthorized");
     }
 
-    // A sale with dates in the past: accepted (API.md lists no 400 for it), never active.
+    // A sale with dates in the past: accepted (docs/api.md lists no 400 for it), never active.
     let old = create(s, sale_body(&[&a1, &a2], -7200, -3600)).await;
     let r = s.reserve("u1", &a1, 1).await;
     assert_error(&r, 409, "Sale Not Active");

@@ -7,7 +7,7 @@
 //! `UPDATE … SET available = available - q WHERE sku = $1 AND available >= q`
 //! (`take.sql`), last, so the hot row stays locked for a single round trip before COMMIT.
 //! As in the seed, reads are cache-first: product data is cached in process and the
-//! availability figure is at most `--read-cache-ms` old (API.md allows 100 ms), and a SKU
+//! availability figure is at most `--read-cache-ms` old (docs/api.md allows 100 ms), and a SKU
 //! the cache already shows as sold out is refused without a transaction (the seed's
 //! "check stock availability (cache)" step; `--no-stock-precheck` turns that off).
 //!

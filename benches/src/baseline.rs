@@ -1,7 +1,7 @@
 //! The shared HTTP shell of the baseline servers (`benches/baselines/`).
 //!
 //! Each baseline is a [`Store`] (where the stock lives and how a reservation is decided)
-//! behind the same axum [`router`], which speaks the part of API.md the harness uses:
+//! behind the same axum [`router`], which speaks the part of docs/api.md the harness uses:
 //! `POST /api/v1/reservations`, `GET /api/v1/products/{skuId}/availability`,
 //! `POST /api/v1/admin/sales`, `GET /api/v1/admin/sales/{saleId}`, `/health`, with the
 //! contract's JSON shapes, validation, error titles and `X-Request-Id`. Checkout, cancel
@@ -31,7 +31,7 @@ use crate::contract::{
     rfc3339, title, valid_id, Availability, CreateSale, ErrorBody, ReserveRequest, API_BASE,
 };
 
-/// Largest request body (API.md).
+/// Largest request body (docs/api.md).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A product as a store keeps it. Money in integer cents.

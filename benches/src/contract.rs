@@ -1,4 +1,4 @@
-//! The slice of the HTTP contract (`API.md`) that the harness speaks and the baselines serve.
+//! The slice of the HTTP contract (`docs/api.md`) that the harness speaks and the baselines serve.
 //!
 //! These are plain serde mirrors of the JSON bodies, kept separate from the gateway's own
 //! types on purpose: the harness must judge the server by the contract, not by sharing its

@@ -29,7 +29,7 @@
 //! - [`fill_events`]: `fill-events`, many synthetic event records for the gateway
 //!   start-up benchmark (`scripts/gateway-startup.sh`).
 //! - [`cli`]: the command line of the `flashsale-bench` binary.
-//! - [`contract`]: the slice of API.md spoken here; [`baseline`]: the shared HTTP shell of
+//! - [`contract`]: the slice of docs/api.md spoken here; [`baseline`]: the shared HTTP shell of
 //!   the baseline servers in `benches/baselines/` (PostgreSQL and Redis designs), and an
 //!   in-memory store used as the fake server in tests.
 

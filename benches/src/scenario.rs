@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::BenchError;
 
-/// Most products one sale may have (API.md).
+/// Most products one sale may have (docs/api.md).
 pub const MAX_PRODUCTS: u32 = 100;
 /// Longest run the harness accepts, warm-up included: every load loop is bounded.
 pub const MAX_RUN_SECS: f64 = 3600.0;

@@ -1,6 +1,6 @@
-//! The HTTP API of API.md as an axum `Router` (tests drive it without a socket).
+//! The HTTP API of docs/api.md as an axum `Router` (tests drive it without a socket).
 //!
-//! Each handler checks in API.md's precedence order: 413 (body limit) → 401 → 400 →
+//! Each handler checks in docs/api.md's precedence order: 413 (body limit) → 401 → 400 →
 //! 429 → then the engine decides 422 / 404 / 409s in its own order.
 
 use crate::dispatch::Dispatcher;
@@ -23,7 +23,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Largest request body (API.md).
+/// Largest request body (docs/api.md).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Every route of the API, as (method, path template). The OpenAPI test compares
@@ -198,7 +198,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The body, or 413/400 in API.md's order; 408 when it stopped arriving (the
+/// The body, or 413/400 in docs/api.md's order; 408 when it stopped arriving (the
 /// server's body-read timeout, [`crate::server::HttpLimits::body_read_timeout`]).
 pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
@@ -275,7 +275,7 @@ fn reservation_result(result: &ApiError) -> &'static str {
 
 /// The `Idempotency-Key` header alone, checked: the reservation handler does not copy
 /// the whole header map (a sold-out crowd's every attempt would pay for it). A bad key
-/// is answered only after the body is read and parsed, keeping API.md's error order.
+/// is answered only after the body is read and parsed, keeping docs/api.md's error order.
 pub(crate) struct IdempotencyKey(Result<Option<String>, ApiError>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
@@ -602,7 +602,7 @@ async fn create_sale(
     Ok(created(sale))
 }
 
-/// Validates a sale body (API.md "Admin"), in body order, with field paths like
+/// Validates a sale body (docs/api.md "Admin"), in body order, with field paths like
 /// `products[2].flashSalePrice`.
 pub fn parse_sale(b: &Body) -> Result<(SaleMeta, Vec<ProductSpec>), ApiError> {
     let name = b.string("name", 200)?;

@@ -1,4 +1,4 @@
-//! Hold extension and the operators' mid-sale controls (API.md: `…/extend`, "Mid-sale
+//! Hold extension and the operators' mid-sale controls (docs/api.md: `…/extend`, "Mid-sale
 //! controls"). Each is one command on its SKU's partition log, so it is ordered with
 //! the buyers' commands and replayed exactly; the engine decides, this module
 //! validates input and turns replies into HTTP answers.

@@ -66,7 +66,7 @@ pub struct Dispatcher {
     pending: Arc<Pending>,
     cfg: DispatchConfig,
     in_flight: Semaphore,
-    /// One budget per partition (admission control, DESIGN.md "Admission").
+    /// One budget per partition (admission control, docs/sales.md, "Semantics worth knowing").
     per_partition: Vec<Semaphore>,
 }
 

@@ -22,7 +22,7 @@ pub struct ErrorPayload {
     pub shed: bool,
 }
 
-/// Every error the API answers with. One variant per row of API.md's table.
+/// Every error the API answers with. One variant per row of docs/api.md's table.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -75,7 +75,7 @@ impl ApiError {
         e
     }
     /// 503 of admission control: the node is past a limit, answered at once, nothing
-    /// done (API.md, 503 row). Retry-After 1 s: a flash crowd's peak passes in seconds.
+    /// done (docs/api.md, 503 row). Retry-After 1 s: a flash crowd's peak passes in seconds.
     pub fn shed(why: &str) -> Self {
         let mut e = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -146,7 +146,7 @@ impl ApiError {
             Some(json!({"saleId": id})),
         )
     }
-    /// 409 "Conflict": `sku` already belongs to another sale, named when known (API.md:
+    /// 409 "Conflict": `sku` already belongs to another sale, named when known (docs/api.md:
     /// `skuId`, `saleId` of the owner).
     pub fn conflict(sku: &str, owner: Option<SaleId>) -> Self {
         match owner {
@@ -164,7 +164,7 @@ impl ApiError {
             ),
         }
     }
-    /// 409 "Conflict": a sale with reservations cannot be deleted (API.md: `saleId`,
+    /// 409 "Conflict": a sale with reservations cannot be deleted (docs/api.md: `saleId`,
     /// `reservations`).
     pub fn sale_has_reservations(sale_id: SaleId, reservations: u64) -> Self {
         let noun = if reservations == 1 {
@@ -208,7 +208,7 @@ impl ApiError {
             _ if status.is_client_error() => ("Bad Request", "The request could not be understood"),
             _ => ("Service Unavailable", "Service unavailable; retry shortly"),
         };
-        // Never answer 500 (API.md): anything unexpected is reported as 503, retryable.
+        // Never answer 500 (docs/api.md): anything unexpected is reported as 503, retryable.
         let status = match status.as_u16() {
             415 | 422 => StatusCode::BAD_REQUEST,
             s if s >= 500 => StatusCode::SERVICE_UNAVAILABLE,
@@ -221,7 +221,7 @@ impl ApiError {
         e
     }
 
-    /// The engine's business outcomes, mapped to API.md's table.
+    /// The engine's business outcomes, mapped to docs/api.md's table.
     pub fn from_rejection(r: &Rejection) -> Self {
         use crate::time::rfc3339;
         match r {

@@ -1,4 +1,4 @@
-//! JSON in and out: request-field validation with API.md's 400 details, and the
+//! JSON in and out: request-field validation with docs/api.md's 400 details, and the
 //! response shapes (camelCase, RFC 3339 times, money as numbers with 2 decimals).
 
 use crate::error::ApiError;
@@ -14,7 +14,7 @@ pub fn money(c: Cents) -> Value {
         .unwrap_or(json!(0))
 }
 
-/// A parsed JSON object body. Field accessors return API.md's 400 on bad input.
+/// A parsed JSON object body. Field accessors return docs/api.md's 400 on bad input.
 pub struct Body(pub Map<String, Value>);
 
 /// A hold request's fields (`userId`, `skuId`, `quantity`), validated as [`Body`]'s

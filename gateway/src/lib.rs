@@ -1,4 +1,4 @@
-//! `flashsale-gateway`: the gateway process. The HTTP API of API.md ([`api`]) with its
+//! `flashsale-gateway`: the gateway process. The HTTP API of docs/api.md ([`api`]) with its
 //! validation ([`json`]) and error bodies ([`error`]); the dispatcher that stamps a
 //! request id, puts the command on its partition's log and awaits the engine's reply
 //! ([`dispatch`]), with admission control (per-partition and node in-flight budgets,

@@ -52,7 +52,7 @@ pub struct ReadModel {
     orders: Map<OrderId, OrderView>,
     user_orders: Map<UserId, Vec<OrderId>>,
     /// Units each user holds or bought per SKU (RESERVED + CONFIRMED reservations), so
-    /// the sold-out fast path keeps API.md's precedence: "Purchase Limit Exceeded"
+    /// the sold-out fast path keeps docs/api.md's precedence: "Purchase Limit Exceeded"
     /// before "Out of Stock".
     used: Map<(UserId, SkuId), u32>,
     /// Next event offset expected per partition.
@@ -202,14 +202,14 @@ impl ReadModel {
         }
     }
 
-    /// The sold-out fast path (DESIGN.md "Admission"): the engine's answer to a
+    /// The sold-out fast path (docs/sales.md, "Semantics worth knowing"): the engine's answer to a
     /// reservation attempt, decided here when the read model already knows it, so the
     /// crowd of attempts on a sold-out product costs about what a read costs and never
-    /// reaches the log. `Some` only when every earlier check of API.md's precedence is
+    /// reaches the log. `Some` only when every earlier check of docs/api.md's precedence is
     /// known to pass (the product exists and is not paused, its sale is open with a second's margin on
     /// either side of the window so the engine's clock cannot disagree, this user is
     /// within the limit) and fewer units than asked are unheld. Anything in doubt goes
-    /// to the engine. The model is at most ~100 ms behind the engine (API.md), so a
+    /// to the engine. The model is at most ~100 ms behind the engine (docs/api.md), so a
     /// unit freed by an expiry a moment ago may be refused as it would have been a
     /// moment earlier; it is never held or sold here.
     pub fn refuse_sold_out(

@@ -128,7 +128,7 @@ pub fn list_sales(dispatcher: &Dispatcher, read: &ReadModel) -> Value {
     )
 }
 
-/// `DELETE /api/v1/admin/sales/{saleId}` (API.md): the sale as it was, once every
+/// `DELETE /api/v1/admin/sales/{saleId}` (docs/api.md): the sale as it was, once every
 /// partition removed its part; 409 "Conflict" (`saleId`, `reservations`) when a
 /// reservation of it exists anywhere; 404 when no partition knows it.
 pub async fn delete_sale(

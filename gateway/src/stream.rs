@@ -1,5 +1,5 @@
 //! `GET /api/v1/admin/stream`: the operators' live figures as Server-Sent Events, one
-//! `data:` JSON event at once and then every second (API.md, "GET /console"). The
+//! `data:` JSON event at once and then every second (docs/api.md, "GET /console"). The
 //! console page (`GET /console`, [`crate::console`]) is its reader.
 //!
 //! Where each figure comes from, so that in Kafka mode every gateway shows the whole

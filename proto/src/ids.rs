@@ -11,9 +11,9 @@ use ulid::Ulid;
 /// being applied, never the wall clock.
 pub type UnixMs = u64;
 
-/// The largest quantity one request may ask for (API.md).
+/// The largest quantity one request may ask for (docs/api.md).
 pub const MAX_QUANTITY: u32 = 1_000_000;
-/// Longest `userId` / `skuId` (API.md).
+/// Longest `userId` / `skuId` (docs/api.md).
 pub const MAX_ID_CHARS: usize = 64;
 /// Partitions are encoded in 3 hex digits inside reservation and order ids.
 pub const MAX_PARTITIONS: u32 = 4096;

@@ -1,4 +1,4 @@
-//! Names of the three Kafka topics of one deployment (DESIGN.md "Kafka").
+//! Names of the three Kafka topics of one deployment (ARCHITECTURE.md, docs/kafka-mode.md).
 
 /// Default prefix of the three topic names.
 pub const DEFAULT_PREFIX: &str = "flashsale.";

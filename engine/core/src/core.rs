@@ -13,14 +13,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Idempotency keys, and expired or cancelled reservations, are remembered for this
-/// long of log time by default (DESIGN.md): the retention of a new [`State`].
+/// long of log time by default (ARCHITECTURE.md): the retention of a new [`State`].
 pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 /// Shortest retention a partition accepts (a retry of a request whose hold was already
 /// cancelled and forgotten would hold again: the retention must outlast any retry).
 pub const MIN_RETENTION_MS: u64 = 1_000;
 /// Longest retention a partition accepts (30 days).
 pub const MAX_RETENTION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
-/// Longest idempotency key (API.md).
+/// Longest idempotency key (docs/api.md).
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
 pub const MAX_PRODUCTS_PER_SALE: usize = 100;
 pub const MAX_TTL_S: u32 = 3600;
@@ -900,7 +900,7 @@ impl State {
         Reply::SaleEnded { sale_id, ends_at }
     }
 
-    /// `DeleteSale` (API.md: DELETE of a sale no reservation touched): removes the
+    /// `DeleteSale` (docs/api.md: DELETE of a sale no reservation touched): removes the
     /// sale's products on this partition and frees their SKUs, unless a reservation of
     /// them exists here (any status: a held, sold, cancelled or expired one). The count
     /// is a scan of this partition's reservations: an operator's call, rare, and it
@@ -999,7 +999,7 @@ impl State {
 
 /// Key bit of the expiry queues of extended holds (one queue per expiry time).
 const EXTENDED_QUEUE: u64 = 1 << 63;
-/// Largest `totalInventory` (API.md, sale creation).
+/// Largest `totalInventory` (docs/api.md, sale creation).
 pub const MAX_INVENTORY: u64 = 1_000_000_000;
 
 /// A sale's max hold when it sets none: twice the TTL, within [TTL, 3600 s].

@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md as pure predicates. The core asserts them (debug builds,
+//! The invariants of ARCHITECTURE.md as pure predicates. The core asserts them (debug builds,
 //! after every apply, for what the record touched); snapshots are checked with
 //! [`check_state`] before they are written and after they are read; the simulation
 //! tests and `flashsale audit` call the same functions.

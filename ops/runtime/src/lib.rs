@@ -15,7 +15,7 @@
 //! - [`ratelimit`]: repeated log lines counted instead of written (librdkafka's own,
 //!   and errors a retry loop sees again and again).
 //! - [`pg`]: the Postgres pool, migrations and retry policy.
-//! - [`metrics`]: the process's Prometheus registry (every series of DESIGN.md
+//! - [`metrics`]: the process's Prometheus registry (every series of docs/observability.md
 //!   "Observability"), passed down explicitly.
 //! - [`telemetry`]: logs, OpenTelemetry traces and the W3C `traceparent` that carries
 //!   a trace from the gateway through the log to the engine.

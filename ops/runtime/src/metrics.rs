@@ -1,10 +1,10 @@
-//! Prometheus metrics (DESIGN.md "Observability"), one registry per process, passed
+//! Prometheus metrics (docs/observability.md), one registry per process, passed
 //! down explicitly (no global recorder, so tests can run several servers at once).
 //! Labels stay low-cardinality: `result`, `partition`, and `sku` only for configured
 //! products; never user ids.
 //!
 //! Series whose labels are known up front (every `result` of
-//! [`RESERVATION_RESULTS`] and [`ORDER_RESULTS`]) exist from the start at 0 (DESIGN.md,
+//! [`RESERVATION_RESULTS`] and [`ORDER_RESULTS`]) exist from the start at 0 (docs/observability.md,
 //! "Observability"), so a dashboard shows 0 rather than nothing. The operators' console
 //! (`GET /api/v1/admin/stream`) reads the same figures back: counters by result,
 //! [`Metrics::latency_window`] for p50/p99 over the last second, and the engine's lag

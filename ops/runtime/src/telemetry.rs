@@ -1,5 +1,5 @@
 //! Telemetry of one process: structured logs on stderr (text or JSON) and, when an
-//! OTLP endpoint is configured, OpenTelemetry traces (DESIGN.md "Observability").
+//! OTLP endpoint is configured, OpenTelemetry traces (docs/observability.md).
 //!
 //! A reservation is one trace: the gateway's HTTP request span, its `command` span
 //! (produce the command record, await the reply), and the engine's `engine.apply` span

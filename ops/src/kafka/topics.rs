@@ -268,7 +268,7 @@ pub struct GrowOutcome {
 /// deployment running. Only `replies` grows: it is keyed by gateway id, not SKU, so
 /// no record changes partition; `commands` and `events` are keyed by SKU and their
 /// count is fixed for the life of the log. Running engines learn the new count when
-/// the first reply for a new gateway id comes (engine/src/kafka.rs); gateways already
+/// the first reply for a new gateway id comes (engine/src/kafka/shell/output.rs); gateways already
 /// running keep their partition. Shrinking is refused (Kafka cannot).
 pub fn grow(
     brokers: &str,
