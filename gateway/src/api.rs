@@ -779,7 +779,10 @@ async fn ready(
             S::WriteBlocked(e) => blocked.push(json!({"partition": p, "error": e})),
         }
     }
-    let reads = failed.is_empty() && recovering.is_empty();
+    // `--ready-with-failed-partitions` (embedded): the bus reports ready while some
+    // partitions are live, so a node with a refused partition stays in the balancer
+    // for the products it can serve.
+    let reads = recovering.is_empty() && (failed.is_empty() || app.dispatcher.is_ready());
     let writes = reads && blocked.is_empty() && app.dispatcher.is_ready();
     let up = |b: bool| if b { "UP" } else { "DOWN" };
     let mut body = json!({"status": "UP", "reads": up(reads), "writes": up(writes)});
@@ -799,7 +802,7 @@ async fn ready(
             // One cause for the whole node (a topic recreated, in Kafka mode).
             reasons[0].clone()
         } else if !failed.is_empty() {
-            "Some partitions failed recovery and are down (see details.failedPartitions); README, \"Storage faults\", says how to recover".to_string()
+            "Some partitions failed recovery and are down (see details.failedPartitions); docs/operations.md, \"Storage damage and recovery\", says how to recover".to_string()
         } else if !recovering.is_empty() || !app.dispatcher.is_ready() {
             "Not every partition is owned and caught up yet".to_string()
         } else {
