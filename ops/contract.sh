@@ -68,8 +68,9 @@ cleanup() {
 trap cleanup EXIT
 
 token="contract-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
-# Port 0: the server picks a free port and prints it (no race for a port).
-"$bin" serve --demo --admin-token "$token" --listen 127.0.0.1:0 \
+# Port 0: the server picks a free port and prints it (no race for a port). --embedded:
+# make test exports the services' FLASHSALE_KAFKA, which would start Kafka mode.
+"$bin" serve --embedded --demo --admin-token "$token" --listen 127.0.0.1:0 \
 	--data-dir "$work/data" >"$work/server.out" 2>"$work/server.err" &
 server_pid=$!
 addr_of() { sed -n 's|^flashsale listening on \(http://[^ ]*\).*|\1|p' "$work/server.out"; }
