@@ -622,9 +622,9 @@ struct NodePoint {
     lags: Vec<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-struct SalePoint {
-    id: SaleId,
+/// Stock (units) and activity (per second) of a sale or a product at one point.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Figures {
     available: u64,
     held: u64,
     sold: u64,
@@ -634,16 +634,28 @@ struct SalePoint {
     cancelled: f64,
 }
 
+impl Figures {
+    fn add(&mut self, o: &Figures) {
+        self.available += o.available;
+        self.held += o.held;
+        self.sold += o.sold;
+        self.reserved += o.reserved;
+        self.confirmed += o.confirmed;
+        self.expired += o.expired;
+        self.cancelled += o.cancelled;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SalePoint {
+    id: SaleId,
+    f: Figures,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct ProductPoint {
     sku: SkuId,
-    available: u64,
-    held: u64,
-    sold: u64,
-    reserved: f64,
-    confirmed: f64,
-    expired: f64,
-    cancelled: f64,
+    f: Figures,
 }
 
 /// The ring of points, newest last.
@@ -731,6 +743,15 @@ fn columns(points: &[&Point]) -> Value {
             a[i] = v;
         }
     };
+    let put = |m: &mut Map<String, Value>, i: usize, f: &Figures| {
+        set(m, "available", i, json!(f.available));
+        set(m, "held", i, json!(f.held));
+        set(m, "sold", i, json!(f.sold));
+        set(m, "reserved", i, r2(f.reserved));
+        set(m, "confirmed", i, r2(f.confirmed));
+        set(m, "expired", i, r2(f.expired));
+        set(m, "cancelled", i, r2(f.cancelled));
+    };
     for (i, p) in points.iter().enumerate() {
         for s in &p.sales {
             let at = match sales.iter().position(|(id, _)| *id == s.id) {
@@ -740,14 +761,7 @@ fn columns(points: &[&Point]) -> Value {
                     sales.len() - 1
                 }
             };
-            let m = &mut sales[at].1;
-            set(m, "available", i, json!(s.available));
-            set(m, "held", i, json!(s.held));
-            set(m, "sold", i, json!(s.sold));
-            set(m, "reserved", i, r2(s.reserved));
-            set(m, "confirmed", i, r2(s.confirmed));
-            set(m, "expired", i, r2(s.expired));
-            set(m, "cancelled", i, r2(s.cancelled));
+            put(&mut sales[at].1, i, &s.f);
         }
         for q in &p.products {
             let at = match products.iter().position(|(sku, _)| *sku == q.sku) {
@@ -757,14 +771,7 @@ fn columns(points: &[&Point]) -> Value {
                     products.len() - 1
                 }
             };
-            let m = &mut products[at].1;
-            set(m, "available", i, json!(q.available));
-            set(m, "held", i, json!(q.held));
-            set(m, "sold", i, json!(q.sold));
-            set(m, "reserved", i, r2(q.reserved));
-            set(m, "confirmed", i, r2(q.confirmed));
-            set(m, "expired", i, r2(q.expired));
-            set(m, "cancelled", i, r2(q.cancelled));
+            put(&mut products[at].1, i, &q.f);
         }
     }
     json!({
@@ -824,35 +831,26 @@ fn point(app: &AppState, now: &Sample, prev: &Sample, t: u64) -> Point {
     for (sale, list) in ordered_sales(app, t).into_iter().take(MAX_SALES) {
         let mut sp = SalePoint {
             id: sale.meta.sale_id,
-            available: 0,
-            held: 0,
-            sold: 0,
-            reserved: 0.0,
-            confirmed: 0.0,
-            expired: 0.0,
-            cancelled: 0.0,
+            f: Figures::default(),
         };
         for p in &list {
             let a = now.activity.get(&p.spec.sku).copied().unwrap_or_default();
             let b = prev.activity.get(&p.spec.sku).copied().unwrap_or(a);
             let r = |x: u64, y: u64| rate(x.saturating_sub(y), secs);
-            sp.available += p.available();
-            sp.held += p.held;
-            sp.sold += p.sold;
-            sp.reserved += r(a.reserved, b.reserved);
-            sp.confirmed += r(a.confirmed, b.confirmed);
-            sp.expired += r(a.expired, b.expired);
-            sp.cancelled += r(a.cancelled, b.cancelled);
+            let f = Figures {
+                available: p.available(),
+                held: p.held,
+                sold: p.sold,
+                reserved: r(a.reserved, b.reserved),
+                confirmed: r(a.confirmed, b.confirmed),
+                expired: r(a.expired, b.expired),
+                cancelled: r(a.cancelled, b.cancelled),
+            };
+            sp.f.add(&f);
             if products.len() < MAX_PRODUCT_SERIES {
                 products.push(ProductPoint {
                     sku: p.spec.sku.clone(),
-                    available: p.available(),
-                    held: p.held,
-                    sold: p.sold,
-                    reserved: r(a.reserved, b.reserved),
-                    confirmed: r(a.confirmed, b.confirmed),
-                    expired: r(a.expired, b.expired),
-                    cancelled: r(a.cancelled, b.cancelled),
+                    f,
                 });
             }
         }
