@@ -713,12 +713,6 @@ async fn two_prefixes_on_one_database_and_recreated_topics() {
     b.stop();
 }
 
-/// Whether the engine notices recreated topics by itself (issue 28 item 3, engine
-/// side: branch i30-host). Until then the test restarts the engine after recreating
-/// the topics, as the operator's procedure says (docs/operations.md), and does not
-/// look for its ERROR line. Set true once that side is merged.
-const ENGINE_HANDLES_RECREATED_TOPICS: bool = false;
-
 /// The ids of `prefix`'s topics `which`, as the broker gives them now.
 async fn topic_ids(brokers: &str, prefix: &str, which: &[&str]) -> Vec<String> {
     let (b, names): (String, Vec<String>) = (
@@ -903,11 +897,6 @@ async fn recreated_topics_under_load_are_refused_or_adopted_never_served_stale()
         .unwrap();
     let new_ids = topic_ids(&svc.kafka, &d.prefix, &["commands", "events"]).await;
     assert_ne!(old_ids, new_ids);
-    if !ENGINE_HANDLES_RECREATED_TOPICS {
-        // The operator's procedure for an engine that does not adopt by itself.
-        d.procs[0].kill9();
-        d.procs[0] = Proc::spawn_with_env("r-engine2", &e, &adopt, dir.path()).unwrap();
-    }
 
     // The gateway that waits for the operator: 503 on /ready, naming the topics and ids.
     let reason = eventually(
@@ -961,12 +950,7 @@ async fn recreated_topics_under_load_are_refused_or_adopted_never_served_stale()
     let (_, after) = sell(&client, &d.base(), ("r2", "v"), "SKU-R2", 5, 5).await;
 
     // One ERROR line per process naming each recreated topic with both ids.
-    let names: &[&str] = if ENGINE_HANDLES_RECREATED_TOPICS {
-        &["r-gateway0", "r-gateway1", "r-projector", "r-engine"]
-    } else {
-        &["r-gateway0", "r-gateway1", "r-projector"]
-    };
-    for name in names {
+    for name in ["r-gateway0", "r-gateway1", "r-projector", "r-engine"] {
         let lines = error_lines(dir.path(), name);
         let named = |topic: &str, old: &str, new: &str| {
             lines.iter().any(|l| {
@@ -1008,5 +992,78 @@ async fn recreated_topics_under_load_are_refused_or_adopted_never_served_stale()
         checked >= after.len() as u64,
         "the new log's orders are audited: {report}"
     );
+    d.stop();
+}
+
+/// Issue 28 (regression; the fresh-clone CI run of 12da093 failed on it): an engine
+/// that had not yet seen its topic recreated committed its old log's offsets onto the
+/// new topic of the same name; the next engine started at that offset, far past the
+/// new log's end, and answered nothing for a minute. Offsets carry the topic id they
+/// were committed against (commit metadata), and one of another topic id is not used:
+/// here a commit of offset 500 "of" another topic id is planted in the engine group
+/// before the engine starts, and the deployment must serve at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_committed_against_a_deleted_topic_is_not_used() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let Some(svc) = kafka::services_or_skip("kafka_deploy") else {
+        return;
+    };
+    let Some(pg) = svc.postgres.clone() else {
+        assert!(!kafka::services_required(), "kafka_deploy needs Postgres");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let id = kafka::unique_id();
+    let mut d = Deployment {
+        svc: svc.clone(),
+        prefix: format!("flashsale-test-{id}-o."),
+        group: format!("flashsale-test-{id}-o-engine"),
+        postgres: kafka::fresh_postgres(&pg, &id).await.unwrap(),
+        port: free_port(),
+        port2: None,
+        procs: Vec::new(),
+    };
+    kafka::create_topics(&svc.kafka, &d.prefix, PARTITIONS, 2)
+        .await
+        .unwrap();
+    let (brokers, group, topic) = (
+        svc.kafka.clone(),
+        d.group.clone(),
+        format!("{}commands", d.prefix),
+    );
+    let planted = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS as i32 {
+            let mut e = tpl.add_partition(&topic, p);
+            e.set_offset(Offset::Offset(500)).unwrap();
+            e.set_metadata("00000000-0000-0000-0000-00000000dead");
+        }
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+        let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        got.elements()
+            .iter()
+            .all(|e| e.offset() == Offset::Offset(500))
+    })
+    .await
+    .unwrap();
+    assert!(planted, "the old log's commits are in the engine group");
+    d.start("o", dir.path());
+    let client = client();
+    wait_ready(&client, &d.base()).await;
+    let (rids, orders) = sell(&client, &d.base(), ("o1", "w"), "SKU-O1", 4, 2).await;
+    all_readable(&client, &d.base(), &rids, &orders).await;
+    let engine_log = log(dir.path(), "o-engine");
+    assert!(
+        engine_log.contains("ignoring a committed offset of another log"),
+        "the engine says it did not use the planted commit: {engine_log}"
+    );
+    audit_clean(&d, dir.path(), "audit-o").await;
     d.stop();
 }

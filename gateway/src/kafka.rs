@@ -215,6 +215,9 @@ impl CommandBus for KafkaBus {
     fn partition_status(&self, _partition: u32) -> PartitionStatus {
         if let Some(reason) = self.log.stale_reason() {
             PartitionStatus::Failed(reason)
+        } else if let Some(reason) = self.engine.as_ref().and_then(|e| e.not_ready_reason()) {
+            // `serve --kafka`: the engine in this process saw a topic recreated.
+            PartitionStatus::Failed(reason)
         } else if !self.is_ready() {
             PartitionStatus::Recovering
         } else if !self.health.is_reachable() {
@@ -528,7 +531,6 @@ impl FollowerState {
         if let Some(p) = self.positions.get_mut(kafka_partition as usize) {
             *p = kafka_offset + 1;
         }
-        self.progress.set(kafka_partition as u32, kafka_offset + 1);
         // One Kafka record holds the events of one applied batch of commands of this
         // partition (events partition = command partition), all of one owner epoch.
         let mut recs: Vec<EventRecord> = Vec::new();
@@ -546,6 +548,9 @@ impl FollowerState {
                 self.release(last.partition);
             }
         }
+        // Only now: a read waiting for this offset ([`Progress`]) must find the
+        // record's events applied when it wakes (read-your-writes across gateways).
+        self.progress.set(kafka_partition as u32, kafka_offset + 1);
         if let Some(t) = &mut self.trigger {
             t.applied();
         }

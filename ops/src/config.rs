@@ -300,7 +300,8 @@ pub struct KafkaServeConfig {
     pub replies_partitions: u32,
     /// The gateway's command producer.
     pub linger_ms: u32,
-    /// Gateway and projector follow recreated topics by themselves (`--adopt-new-topics`).
+    /// Engine, gateway and projector follow recreated topics by themselves
+    /// (`--adopt-new-topics`).
     pub adopt_new_topics: bool,
     pub engine: EngineGroupConfig,
     pub readmodel: ReadModelSnapshotConfig,
@@ -365,6 +366,8 @@ pub struct EngineConfig {
     pub keep_snapshots: usize,
     pub retention_secs: u64,
     pub linger_ms: u32,
+    /// Start again on a recreated topic's new log by itself (`--adopt-new-topics`).
+    pub adopt_new_topics: bool,
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -383,6 +386,7 @@ impl EngineConfig {
             keep_snapshots: 3,
             retention_secs: DEFAULT_RETENTION_SECS,
             linger_ms: 0,
+            adopt_new_topics: false,
             metrics_listen: None,
         }
     }

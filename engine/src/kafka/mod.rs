@@ -155,6 +155,12 @@ pub struct EngineOptions {
     /// A topic recreated under the engine (new topic id): start again on the new log
     /// (`true`) or wait for the operator, not ready (`false`).
     pub adopt_new_topics: bool,
+    /// The Kafka topic id of `commands` the engine was bound to (its snapshots are of
+    /// that log). Offsets are committed with it as their metadata, and a committed
+    /// offset carrying another id (a commit of a deleted topic's log, made by an engine
+    /// that had not seen the change yet) is not used; the id is also the reference the
+    /// engine checks the topic against. `None`: taken from the first check.
+    pub commands_topic_id: Option<String>,
 }
 
 /// Why the engine stopped by itself: what it could not go on from. The binary exits
@@ -210,6 +216,9 @@ impl EngineReadiness for EngineStatus {
             && self.owned.load(Ordering::Acquire) == self.partitions as usize
             && self.catching_up.load(Ordering::Acquire) == 0
             && self.not_ready_reason().is_none()
+    }
+    fn not_ready_reason(&self) -> Option<String> {
+        EngineStatus::not_ready_reason(self)
     }
 }
 

@@ -249,6 +249,18 @@ pub(super) fn spawn(
         min_tick_gap_ms: MIN_TICK_GAP_MS,
         adopt_new_topics: opts.adopt_new_topics,
     });
+    let mut host = host;
+    if let Some(id) = &opts.commands_topic_id {
+        // The log the engine was bound to is the reference, not the first check's
+        // answer: a topic recreated in between is seen at that check.
+        host.handle(
+            Event::TopicId {
+                topic: opts.topics.commands.clone(),
+                id: id.clone(),
+            },
+            &mut Vec::new(),
+        );
+    }
     let shell = Shell {
         opts: opts.clone(),
         host,

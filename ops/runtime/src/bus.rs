@@ -78,4 +78,9 @@ pub trait CommandBus: Send + Sync + 'static {
 /// Is the engine side of this process (serve mode) ready too?
 pub trait EngineReadiness: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
+    /// Why the engine does not serve though it runs (a topic recreated under it), if
+    /// so: `/ready` says it.
+    fn not_ready_reason(&self) -> Option<String> {
+        None
+    }
 }

@@ -189,6 +189,13 @@ pub struct EngineArgs {
     /// (Env: FLASHSALE_ENGINE_LINGER_MS.)
     #[arg(long, env = "FLASHSALE_ENGINE_LINGER_MS", default_value_t = 0, help_heading = H_KAFKA)]
     pub linger_ms: u32,
+    /// When `commands`, `events` or `replies` is deleted and created again (a new Kafka
+    /// topic id), start again on the new log by itself (from its start, with none of the
+    /// old log's state or snapshots) instead of waiting, not serving, for a restart.
+    /// Either way nothing of the old log is served once the change is seen
+    /// (docs/operations.md).
+    #[arg(long, env = "FLASHSALE_ADOPT_NEW_TOPICS", help_heading = H_KAFKA)]
+    pub adopt_new_topics: bool,
     /// Address for GET /metrics (Prometheus); unset: no metrics endpoint.
     #[arg(long, env = "FLASHSALE_METRICS_LISTEN", help_heading = H_METRICS)]
     pub metrics_listen: Option<SocketAddr>,
@@ -270,6 +277,7 @@ impl From<EngineArgs> for EngineConfig {
             keep_snapshots: a.keep_snapshots,
             retention_secs: a.retention_secs,
             linger_ms: a.linger_ms,
+            adopt_new_topics: a.adopt_new_topics,
             metrics_listen: a.metrics_listen,
         }
     }

@@ -162,9 +162,8 @@ pub async fn engine_command(
         heartbeat_interval_ms: args.engine.heartbeat_ms(),
         standby_window: args.engine.standby_window as usize,
         linger_ms: args.linger_ms,
-        // `--adopt-new-topics` (issue 28) is wired here once the flag is in
-        // `EngineConfig`; until then the engine waits for the operator.
-        adopt_new_topics: false,
+        adopt_new_topics: args.adopt_new_topics,
+        commands_topic_id: None,
     };
     super::run_engine(opts, store, args.metrics_listen, shutdown).await
 }
@@ -288,9 +287,12 @@ pub async fn serve_parts(
         // Its records are whole applied batches: lingering would only add latency
         // (`--linger-ms` is the gateway's command producer).
         linger_ms: 0,
-        // `serve --kafka --adopt-new-topics` (issue 28) sets this when merged with the
-        // gateway's and projector's side; until then the engine waits for the operator.
+        // The engine of `serve --kafka` waits for a restart on a recreated topic (its
+        // `/ready` says why); `--adopt-new-topics` here is the gateway's and the
+        // projector's. A separate `flashsale engine --adopt-new-topics` starts again
+        // by itself.
         adopt_new_topics: false,
+        commands_topic_id: None,
     };
     let mut extras = Extras {
         engine: Some((engine, store)),

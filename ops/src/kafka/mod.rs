@@ -185,6 +185,8 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         Some((opts, spec)) => {
             let log = logid::wait_for_identity(&opts.brokers, &opts.topics.commands).await;
             let store = spec.bind(&log)?;
+            let mut opts = opts;
+            opts.commands_topic_id = Some(log.id.clone());
             let m = metrics.clone();
             Some(blocking(move || engine::start(opts, store, m)).await?)
         }
@@ -452,7 +454,8 @@ pub async fn run_engine(
     let mut log = log;
     let result = loop {
         let store = store.clone().bind(&log)?;
-        let (o, m) = (opts.clone(), metrics.clone());
+        let (mut o, m) = (opts.clone(), metrics.clone());
+        o.commands_topic_id = Some(log.id.clone());
         let handle = blocking(move || engine::start(o, store, m)).await?;
         println!("flashsale engine running (group {group}, brokers {brokers})");
         let stopped_by_itself = loop {

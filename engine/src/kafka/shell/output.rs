@@ -232,11 +232,12 @@ impl Shell {
     ) {
         let mut tpl = TopicPartitionList::new();
         for (p, next) in offsets {
-            let _ = tpl.add_partition_offset(
-                &self.opts.topics.commands,
-                *p as i32,
-                Offset::Offset(*next as i64),
-            );
+            let mut e = tpl.add_partition(&self.opts.topics.commands, *p as i32);
+            let _ = e.set_offset(Offset::Offset(*next as i64));
+            // Which log the offset is of: a recreated topic's new log ignores it.
+            if let Some(id) = &self.opts.commands_topic_id {
+                e.set_metadata(id.as_str());
+            }
         }
         if tpl.count() == 0 {
             return;

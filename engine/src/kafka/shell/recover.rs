@@ -57,12 +57,9 @@ impl Shell {
         let mut replayed_from_start = Vec::new();
         let mut claims = Vec::new();
         for &p in &parts {
-            let c = match committed
-                .find_partition(&topic, p as i32)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(c)) if c >= 0 => c as u64,
-                _ => 0,
+            let c = match committed.find_partition(&topic, p as i32) {
+                Some(e) => self.committed_of_this_log(p, e.offset(), e.metadata()),
+                None => 0,
             };
             let (low, high) = match self.retry(&format!("the offsets of partition {p}"), || {
                 flashsale_runtime::kafka::watermarks(consumer, &topic, p as i32)
@@ -135,6 +132,32 @@ impl Shell {
             elapsed_ms = t.elapsed().as_millis() as u64,
             "assignment recovered"
         );
+    }
+
+    /// The committed offset of partition `p` if it is of the log the engine serves:
+    /// one committed with another topic id as its metadata was committed against a
+    /// deleted topic's log (by an engine that had not seen the topic recreated yet) and
+    /// says nothing of this one, so the partition is taken as never committed: its
+    /// records are applied from the start and their outputs produced. A commit without
+    /// metadata (an older engine's) is used as it is.
+    fn committed_of_this_log(&self, p: u32, offset: Offset, metadata: &str) -> u64 {
+        let c = match offset {
+            Offset::Offset(c) if c >= 0 => c as u64,
+            _ => return 0,
+        };
+        match &self.opts.commands_topic_id {
+            Some(id) if !metadata.is_empty() && metadata != id.as_str() => {
+                tracing::warn!(
+                    partition = p,
+                    committed = c,
+                    committed_for = metadata,
+                    serving = %id,
+                    "ignoring a committed offset of another log (committed against topic id {metadata}, a deleted topic of the same name): applying this log from its start"
+                );
+                0
+            }
+            _ => c,
+        }
     }
 
     /// The newest snapshot of `p` at or below `c` and above `above` that decodes and
