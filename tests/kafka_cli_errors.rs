@@ -326,3 +326,61 @@ async fn topics_grow_adds_a_gateway_to_a_running_deployment() {
         "{elog}"
     );
 }
+
+/// Issue 35, item 3: a Kafka-mode node whose port is taken stops at once, naming the
+/// port, before it waits for the broker, creates topics or starts an engine (none of
+/// which would be stopped again without noise). Nothing listens on the broker's port
+/// here: a node that waited for Kafka first would still be waiting at the deadline.
+#[test]
+fn a_kafka_node_whose_port_is_taken_stops_at_once_before_waiting_for_kafka() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let kafka = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for args in [
+        vec!["gateway", "--kafka", &kafka, "--listen", &listen],
+        vec![
+            "serve",
+            "--kafka",
+            &kafka,
+            "--data-dir",
+            data,
+            "--listen",
+            &listen,
+        ],
+    ] {
+        let mut child = base_command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn flashsale");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        let status = status.unwrap_or_else(|| {
+            panic!("flashsale {args:?} kept running with its port taken: {err}")
+        });
+        assert!(!status.success(), "{args:?}: {status}; {err}");
+        assert!(
+            err.contains("cannot listen on") && err.contains(&listen),
+            "{args:?} names the port: {err}"
+        );
+        assert!(
+            !err.contains("waiting for Kafka") && !err.contains("ERROR"),
+            "{args:?} stops before waiting for Kafka, with no ERROR line: {err}"
+        );
+    }
+    drop(taken);
+}

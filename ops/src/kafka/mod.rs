@@ -145,6 +145,10 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         metrics,
         readmodel_snapshots,
     } = extras;
+    // The port first: one in use stops the node before anything else started (no
+    // engine joining the group, no topics created, no recovery to stop again).
+    // Connections made meanwhile wait in the backlog until the node serves.
+    let listener = crate::serve::listen(gw.listen)?;
     if let Some(spec) = create_topics {
         // Started before the broker: wait for it first (one line, then quiet); what
         // `create` refuses then (a partition count that does not match) is for good.
@@ -273,7 +277,6 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
             },
         },
     );
-    let listener = crate::serve::listen(gw.listen)?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(app.clone());
