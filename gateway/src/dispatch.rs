@@ -386,4 +386,83 @@ mod tests {
         }
         other.abort();
     }
+
+    fn dispatcher(bus: Arc<SilentBus>, reply_deadline: Duration) -> Dispatcher {
+        Dispatcher::new(
+            bus,
+            Arc::new(Pending::default()),
+            DispatchConfig {
+                gateway_id: 0,
+                reply_deadline,
+                max_in_flight: 100,
+                max_in_flight_per_partition: 100,
+            },
+        )
+    }
+
+    /// The sojourn rule: a request that has waited past `max_wait` since the server had
+    /// its head is shed when its turn comes, and its command never reaches the log; one
+    /// within it is sent.
+    #[tokio::test]
+    async fn a_request_that_waited_too_long_is_shed_and_never_sent() {
+        let bus = Arc::new(SilentBus::default());
+        let d = dispatcher(bus.clone(), Duration::from_secs(30));
+        let policy = crate::admission::AdmissionPolicy::from_millis(100, 0);
+        let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(1)) else {
+            return; // a clock too young to go back a second: nothing to check
+        };
+        let late = Arrived {
+            at: long_ago,
+            policy,
+        };
+        let e = d
+            .call_arrived(0, reserve("late"), None, Some(late))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.payload.shed, "{e:?}");
+        assert_eq!(e.payload.retry_after_s, Some(1));
+        assert!(e.payload.message.contains("waited"), "{e:?}");
+        assert!(
+            bus.sent.lock().unwrap().is_empty(),
+            "never handed to the log"
+        );
+        // A fresh request is sent (it then waits for a reply that never comes).
+        let fresh = Arrived {
+            at: Instant::now(),
+            policy,
+        };
+        let d = Arc::new(d);
+        let waiting = {
+            let d = d.clone();
+            tokio::spawn(
+                async move { d.call_arrived(0, reserve("fresh"), None, Some(fresh)).await },
+            )
+        };
+        sent_eventually(&bus, 1).await;
+        waiting.abort();
+    }
+
+    /// A request whose reply deadline (counted from its arrival) has passed is never
+    /// sent, even with the sojourn rule off: in Kafka mode, never produced.
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_never_sent() {
+        let bus = Arc::new(SilentBus::default());
+        let d = dispatcher(bus.clone(), Duration::from_millis(500));
+        let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(1)) else {
+            return;
+        };
+        let late = Arrived {
+            at: long_ago,
+            policy: crate::admission::AdmissionPolicy::from_millis(0, 0),
+        };
+        let e = d
+            .call_arrived(1, reserve("late"), None, Some(late))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.payload.shed, "{e:?}");
+        assert!(e.payload.message.contains("deadline"), "{e:?}");
+        assert!(bus.sent.lock().unwrap().is_empty());
+    }
 }
