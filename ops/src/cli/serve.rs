@@ -149,8 +149,9 @@ pub struct HttpArgs {
     /// --max-in-flight-per-partition; a measuring window (this long) whose mean latency
     /// is above the target cuts it in proportion (at most by half, never below 8), a
     /// window on target with the limit in use raises it by an eighth. A hot product
-    /// sheds on its own partition only. The default is half of the admitted budget
-    /// (100 ms). 0 turns adapting off: the fixed budget alone. docs/overload.md.
+    /// sheds on its own partition only. The default is the admitted-latency target
+    /// (p99 100 ms): a window's mean above it means a backlog in either mode. 0 turns
+    /// adapting off: the fixed budget alone. docs/overload.md.
     #[arg(long, env = "FLASHSALE_ADMISSION_TARGET_MS", default_value_t = flashsale_gateway::admission::DEFAULT_TARGET_MS, help_heading = super::H_ADMISSION)]
     pub admission_target_ms: u64,
     /// On SIGTERM, how long requests in flight may take to finish before their
