@@ -311,6 +311,10 @@ async fn burst_far_above_capacity(mode: Mode) {
         BUYERS * TRIES,
         "every request answered"
     );
+    eprintln!(
+        "{mode:?} burst: {} held, {refused} refused (409), {shed} shed (503)",
+        created.len()
+    );
     assert!(created.len() as u64 <= UNITS, "oversold: {}", created.len());
     for (user, n) in &held_by {
         assert!(*n <= LIMIT, "{user} holds {n}, over the limit of {LIMIT}");

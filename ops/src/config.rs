@@ -564,6 +564,10 @@ mod tests {
             serve(|c| c.http.http_max_connections = 0),
             "--http-max-connections"
         );
+        assert_eq!(
+            serve(|c| c.http.http_max_requests = 0),
+            "--http-max-requests"
+        );
         // The rate limit off: any burst.
         let mut c = ServeConfig {
             rate_limit_per_user: 0,
