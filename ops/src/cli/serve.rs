@@ -32,7 +32,9 @@ pub struct ServeArgs {
     /// This gateway's id: the partition of the replies topic it reads.
     #[arg(long, env = "FLASHSALE_GATEWAY_ID", default_value_t = 0, help_heading = H_SERVER)]
     pub gateway_id: u32,
-    /// How long a request waits for the engine's reply before answering 503.
+    /// How long a request waits for the engine's reply before answering 503, counted
+    /// from when the server read its head; a request whose deadline passed before its
+    /// turn is never put on the log (docs/overload.md).
     #[arg(long, env = "FLASHSALE_REPLY_DEADLINE_MS", default_value_t = 2000, help_heading = H_ADMISSION)]
     pub reply_deadline_ms: u64,
     /// Admission: most commands awaiting a reply at once, all partitions together;
