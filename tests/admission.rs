@@ -198,3 +198,249 @@ async fn past_the_limits_every_answer_is_an_api_answer_and_shed_ones_leave_no_tr
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_far_above_capacity_gets_only_api_answers_and_exact_state_embedded() {
+    burst_far_above_capacity(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_far_above_capacity_gets_only_api_answers_and_exact_state_kafka() {
+    burst_far_above_capacity(Mode::Kafka).await;
+}
+
+/// A SKU whose partition (of `partitions`) is not `not`.
+fn sku_off_partition(prefix: &str, partitions: u32, not: u32) -> String {
+    loop {
+        let sku = unique_sku(prefix);
+        if flashsale_proto::partition_for_key(sku.as_bytes(), partitions) != not {
+            return sku;
+        }
+    }
+}
+
+/// The partition a reservation id names.
+fn partition_of_hold(a: &Answer) -> u32 {
+    let id = a.body["reservationId"].as_str().expect("reservationId");
+    let id: flashsale_proto::ReservationId = id.parse().expect("a reservation id");
+    u32::from(id.partition)
+}
+
+/// Issue 31: 450 hold attempts at once (150 buyers × 3) on a product of 40 units,
+/// through small per-partition budgets that adapt to latency (a 1 ms target, so they
+/// do), while another product on another partition is asked one buyer at a time.
+/// Every answer is a hold, a 409 or a shed 503 with `Retry-After`; nothing is dropped
+/// or 500; each buyer holds at most their limit; the stock, the availability and the
+/// sale's counts agree with the 201s; the remaining stock is exactly what can still be
+/// held afterwards (a shed request left no trace); and the other product's buyers are
+/// all served, however hard the first one is hammered.
+async fn burst_far_above_capacity(mode: Mode) {
+    const UNITS: u64 = 40;
+    const LIMIT: u64 = 2;
+    const BUYERS: usize = 150;
+    const TRIES: usize = 3;
+    const COLD_BUYERS: usize = 20;
+    let Some(s) = TestServer::start_with(mode, |a| {
+        a.max_in_flight_per_partition = Some(16);
+        a.max_in_flight = Some(40);
+        a.http.admission_target_ms = 1;
+        // The sojourn rule sheds by time, which a busy test machine cannot promise
+        // for the other product's buyers; the partition budgets are what this checks.
+        a.http.admission_max_wait_ms = 0;
+    })
+    .await
+    else {
+        return;
+    };
+    let hot = unique_sku("BURST");
+    let hot_partition = flashsale_proto::partition_for_key(hot.as_bytes(), 4);
+    let cold = sku_off_partition("QUIET", 4, hot_partition);
+    let sale_id = s
+        .create_sale(
+            &[(&hot, UNITS, LIMIT), (&cold, COLD_BUYERS as u64, 1)],
+            120,
+            OPENED_AGO_S,
+        )
+        .await;
+    let burst = futures::future::join_all((0..BUYERS * TRIES).map(|i| {
+        let user = format!("burst{}", i % BUYERS);
+        s.reserve_owned(user, hot.clone())
+    }));
+    let quiet = async {
+        let mut answers = Vec::new();
+        for i in 0..COLD_BUYERS {
+            answers.push(s.reserve(&format!("quiet{i}"), &cold, 1).await);
+        }
+        answers
+    };
+    let (answers, quiet) = tokio::join!(burst, quiet);
+
+    let mut held_by: std::collections::HashMap<String, u64> = Default::default();
+    let (mut created, mut shed, mut refused) = (Vec::new(), 0usize, 0usize);
+    for (i, a) in answers.iter().enumerate() {
+        match a.status {
+            StatusCode::CREATED => {
+                *held_by.entry(format!("burst{}", i % BUYERS)).or_default() += 1;
+                created.push(a);
+            }
+            StatusCode::CONFLICT => {
+                assert!(
+                    ["Out of Stock", "Purchase Limit Exceeded"].contains(&a.error()),
+                    "{:?}",
+                    a.body
+                );
+                refused += 1;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(a.error(), "Service Unavailable", "{:?}", a.body);
+                assert_eq!(a.body["status"], 503, "the API's error body: {:?}", a.body);
+                assert_eq!(
+                    a.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+                    Some("1"),
+                    "{:?}",
+                    a.body
+                );
+                assert!(a.headers.contains_key("x-request-id"));
+                shed += 1;
+            }
+            other => panic!("unexpected {other}: {:?}", a.body),
+        }
+    }
+    assert_eq!(
+        created.len() + refused + shed,
+        BUYERS * TRIES,
+        "every request answered"
+    );
+    eprintln!(
+        "{mode:?} burst: {} held, {refused} refused (409), {shed} shed (503)",
+        created.len()
+    );
+    assert!(created.len() as u64 <= UNITS, "oversold: {}", created.len());
+    for (user, n) in &held_by {
+        assert!(*n <= LIMIT, "{user} holds {n}, over the limit of {LIMIT}");
+    }
+    let ids: HashSet<&str> = created
+        .iter()
+        .map(|a| a.body["reservationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), created.len(), "no reservation id twice");
+
+    // The other product, on another partition, served every one of its buyers.
+    for (i, a) in quiet.iter().enumerate() {
+        assert_eq!(a.status, StatusCode::CREATED, "quiet{i}: {:?}", a.body);
+        assert_ne!(partition_of_hold(a), hot_partition);
+    }
+
+    // The state agrees with the 201s: availability, and the sale's own counts.
+    let held = created.len() as u64;
+    let av = s.get(&format!("/api/v1/products/{hot}/availability")).await;
+    assert_eq!(av.body["availableCount"], UNITS - held, "{:?}", av.body);
+    let sale = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/admin/sales/{sale_id}"),
+            None,
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+        )
+        .await;
+    let product = sale.body["products"]
+        .as_array()
+        .expect("products")
+        .iter()
+        .find(|p| p["skuId"] == hot.as_str())
+        .expect("the hot product");
+    assert_eq!(product["reservedCount"], held, "{product:?}");
+    assert_eq!(product["soldCount"], 0, "{product:?}");
+    for a in &created {
+        let id = a.body["reservationId"].as_str().unwrap();
+        let r = s.get(&format!("/api/v1/reservations/{id}")).await;
+        assert_eq!(r.body["status"], "RESERVED", "{:?}", r.body);
+    }
+
+    // What is left can be held, exactly that much, by newcomers one at a time: the
+    // shed requests hold nothing.
+    for i in 0..UNITS - held {
+        let a = s.reserve(&format!("late{i}"), &hot, 1).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    }
+    let a = s.reserve("late-last", &hot, 1).await;
+    assert_eq!(a.error(), "Out of Stock", "{:?}", a.body);
+    // And one checkout of the burst's holds becomes one order.
+    if let Some(first) = created.first() {
+        let id = first.body["reservationId"].as_str().unwrap();
+        let o = s.checkout(id, "pay-burst-0").await;
+        assert_eq!(o.status, StatusCode::CREATED, "{:?}", o.body);
+    }
+    s.stop().await;
+}
+
+/// `--http-max-requests`: while the node's one request slot is taken (a hold whose
+/// body has not arrived yet), every other request is answered at once with the API's
+/// 503 + `Retry-After`, before its body is read: a hold sent then leaves no trace.
+/// Once the slot is free, requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_request_limit_requests_are_shed_before_their_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(Mode::Embedded, |a| a.http.http_max_requests = 1)
+        .await
+        .expect("embedded");
+    let sku = unique_sku("SLOT");
+    s.create_sale(&[(&sku, 10, 1)], 60, OPENED_AGO_S).await;
+    // A hold whose head is sent and whose body is not: its handler waits in the slot.
+    let body = json!({"userId": "slow", "skuId": sku, "quantity": 1}).to_string();
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/reservations HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let shed = eventually("the slot is taken", 30, || async {
+        let a = s.get("/health").await;
+        (a.status == StatusCode::SERVICE_UNAVAILABLE).then_some(a)
+    })
+    .await;
+    assert_eq!(shed.error(), "Service Unavailable", "{:?}", shed.body);
+    assert!(
+        shed.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("requests being handled")),
+        "{:?}",
+        shed.body
+    );
+    assert_eq!(
+        shed.headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert!(shed.headers.contains_key("x-request-id"));
+    // A hold sent now is shed too, and holds nothing.
+    let a = s.reserve("fast", &sku, 1).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", a.body);
+    // The slow hold's body arrives: it is held, and its slot is free again.
+    slow.write_all(body.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = slow.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the slow hold got no answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    drop(slow);
+    let av = eventually("the slot is free again", 30, || async {
+        let a = s.get(&format!("/api/v1/products/{sku}/availability")).await;
+        (a.status == StatusCode::OK).then_some(a)
+    })
+    .await;
+    assert_eq!(
+        av.body["availableCount"], 9,
+        "only the slow hold: {:?}",
+        av.body
+    );
+    let a = s.reserve("fast", &sku, 1).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    s.stop().await;
+}

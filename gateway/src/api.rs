@@ -3,6 +3,7 @@
 //! Each handler checks in docs/api.md's precedence order: 413 (body limit) → 401 → 400 →
 //! 429 → then the engine decides 422 / 404 / 409s in its own order.
 
+use crate::admission::Arrived;
 use crate::dispatch::Dispatcher;
 use crate::error::{render_errors, ApiError};
 use crate::json::*;
@@ -14,6 +15,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use flashsale_proto::*;
 use flashsale_runtime::metrics::Metrics;
@@ -306,13 +308,18 @@ impl From<ApiError> for NotHeld {
 /// (axum matches it exactly).
 const RESERVATIONS_PATH: &str = "/api/v1/reservations";
 
+/// When the server got the request's head ([`crate::server::serve`] stamps it; a
+/// router driven without the server has none).
+type ArrivedAt = Option<Extension<Arrived>>;
+
 async fn create_reservation(
     State(app): State<AppState>,
     key: IdempotencyKey,
+    arrived: ArrivedAt,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let result = reserve(&app, key, body).await;
+    let result = reserve(&app, key, arrived.map(|Extension(a)| a), body).await;
     let label = match &result {
         Ok(_) => "ok",
         Err(NotHeld::OutOfStock(_)) => "out_of_stock",
@@ -329,6 +336,7 @@ async fn create_reservation(
 async fn reserve(
     app: &AppInner,
     IdempotencyKey(key): IdempotencyKey,
+    arrived: Option<Arrived>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, NotHeld> {
     let bytes = body_bytes(body)?;
@@ -340,10 +348,12 @@ async fn reserve(
             return Err(NotHeld::OutOfStock(sold_out));
         }
     }
+    // Admission per partition happens here, at enqueue time (docs/overload.md): the
+    // SKU, and so the partition, is known only once the body is parsed.
     let partition = app.dispatcher.partition_of(&sku);
     let rec = app
         .dispatcher
-        .call(
+        .call_arrived(
             partition,
             Command::Reserve {
                 user,
@@ -351,6 +361,7 @@ async fn reserve(
                 quantity,
             },
             key,
+            arrived,
         )
         .await?;
     match rec.reply {
@@ -415,6 +426,7 @@ async fn get_reservation(
 
 async fn cancel_reservation(
     State(app): State<AppState>,
+    arrived: ArrivedAt,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let raw = path_param(id, "reservationId")?;
@@ -424,10 +436,11 @@ async fn cancel_reservation(
     }
     let rec = app
         .dispatcher
-        .call(
+        .call_arrived(
             u32::from(id.partition),
             Command::Cancel { reservation: id },
             None,
+            arrived.map(|Extension(a)| a),
         )
         .await?;
     match rec.reply {
@@ -440,8 +453,12 @@ async fn cancel_reservation(
     }
 }
 
-async fn checkout(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let result = do_checkout(&app, body).await;
+async fn checkout(
+    State(app): State<AppState>,
+    arrived: ArrivedAt,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = do_checkout(&app, arrived.map(|Extension(a)| a), body).await;
     app.metrics.order(match &result {
         Ok((StatusCode::CREATED, _)) => "created",
         Ok(_) => "repeat",
@@ -456,6 +473,7 @@ async fn checkout(State(app): State<AppState>, body: Result<Bytes, BytesRejectio
 
 async fn do_checkout(
     app: &AppInner,
+    arrived: Option<Arrived>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Value), ApiError> {
     let bytes = body_bytes(body)?;
@@ -482,7 +500,7 @@ async fn do_checkout(
     });
     let rec = app
         .dispatcher
-        .call(u32::from(id.partition), cmd, None)
+        .call_arrived(u32::from(id.partition), cmd, None, arrived)
         .await?;
     match rec.reply {
         Reply::CheckedOut { order, repeat } => {

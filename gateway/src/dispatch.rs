@@ -2,13 +2,14 @@
 //! await the engine's reply (a oneshot in a map keyed by request id) with a deadline.
 //! The log behind [`CommandBus`] is the embedded one or Kafka; this code is the same.
 
+use crate::admission::{AdaptiveLimit, Arrived};
 use crate::error::ApiError;
 use dashmap::DashMap;
 use flashsale_proto::*;
 pub use flashsale_runtime::bus::{BusError, BusFuture, CommandBus, PartitionStatus};
 use flashsale_runtime::telemetry::{self, TraceParent};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
 /// Replies awaited by this gateway, by request id.
@@ -57,7 +58,8 @@ pub struct DispatchConfig {
     pub max_in_flight: usize,
     /// Cap on commands of one partition awaiting a reply; past it, 503 at once. A hot
     /// SKU lives on one partition: this keeps it from taking the whole node's budget,
-    /// so the other products of the sale are still served.
+    /// so the other products of the sale are still served. The partition's adaptive
+    /// limit ([`AdaptiveLimit`]) starts here and never goes above it.
     pub max_in_flight_per_partition: usize,
 }
 
@@ -66,8 +68,8 @@ pub struct Dispatcher {
     pending: Arc<Pending>,
     cfg: DispatchConfig,
     in_flight: Semaphore,
-    /// One budget per partition (admission control, docs/sales.md, "Semantics worth knowing").
-    per_partition: Vec<Semaphore>,
+    /// One budget per partition, adapting to its latency (docs/overload.md).
+    per_partition: Vec<AdaptiveLimit>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -81,7 +83,7 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     pub fn new(bus: Arc<dyn CommandBus>, pending: Arc<Pending>, cfg: DispatchConfig) -> Self {
         let per_partition = (0..bus.partitions())
-            .map(|_| Semaphore::new(cfg.max_in_flight_per_partition.max(1)))
+            .map(|_| AdaptiveLimit::new(cfg.max_in_flight_per_partition.max(1)))
             .collect();
         Dispatcher {
             bus,
@@ -122,22 +124,44 @@ impl Dispatcher {
         partition_for_key(sku.as_str().as_bytes(), self.partitions())
     }
 
-    /// Sends a command and waits for its reply (in a `command` span when traced).
+    /// A partition's adaptive limit now (`None`: no such partition).
+    pub fn partition_limit(&self, partition: u32) -> Option<u32> {
+        self.per_partition
+            .get(partition as usize)
+            .map(|l| l.limit())
+    }
+
+    /// Sends a command and waits for its reply (in a `command` span when traced). The
+    /// request counts as arrived now: see [`Dispatcher::call_arrived`].
     pub async fn call(
         &self,
         partition: u32,
         command: Command,
         idempotency_key: Option<String>,
     ) -> Result<ReplyRecord, ApiError> {
+        self.call_arrived(partition, command, idempotency_key, None)
+            .await
+    }
+
+    /// [`Dispatcher::call`] for a request that arrived at `arrived` (the server's
+    /// stamp, before its body was read): its admission counts the time it has waited
+    /// (docs/overload.md), and its reply deadline runs from its arrival.
+    pub async fn call_arrived(
+        &self,
+        partition: u32,
+        command: Command,
+        idempotency_key: Option<String>,
+        arrived: Option<Arrived>,
+    ) -> Result<ReplyRecord, ApiError> {
         let span = telemetry::command_span(command_name(&command), partition);
         if span.is_disabled() {
             return self
-                .call_inner(partition, command, idempotency_key, None)
+                .call_inner(partition, command, idempotency_key, None, arrived)
                 .await;
         }
         let trace = TraceParent::of(&span);
         let result = tracing::Instrument::instrument(
-            self.call_inner(partition, command, idempotency_key, trace),
+            self.call_inner(partition, command, idempotency_key, trace, arrived),
             span.clone(),
         )
         .await;
@@ -153,15 +177,17 @@ impl Dispatcher {
         command: Command,
         idempotency_key: Option<String>,
         trace: Option<TraceParent>,
+        arrived: Option<Arrived>,
     ) -> Result<ReplyRecord, ApiError> {
         // Admission: past either budget the request is refused at once, before anything
         // is sent, so it leaves no trace in the state (nothing to retry but the request).
-        let _partition_permit = self
+        let limit = self
             .per_partition
             .get(partition as usize)
-            .ok_or_else(|| ApiError::unavailable(format!("No partition {partition}")))?
+            .ok_or_else(|| ApiError::unavailable(format!("No partition {partition}")))?;
+        let _partition_slot = limit
             .try_acquire()
-            .map_err(|_| ApiError::shed("this product's partition is at its in-flight limit"))?;
+            .ok_or_else(|| ApiError::shed("this product's partition is at its in-flight limit"))?;
         let _permit = self
             .in_flight
             .try_acquire()
@@ -180,6 +206,29 @@ impl Dispatcher {
                 )))
             }
         }
+        // The request's deadline runs from its arrival. Checked last before the hand-over
+        // (nothing below awaits until the send): a request that waited too long, or
+        // whose deadline passed, is never queued nor produced to Kafka.
+        let arrived_at = arrived.map_or_else(Instant::now, |a| a.at);
+        let deadline = arrived_at + self.cfg.reply_deadline;
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(arrived_at);
+        if now >= deadline {
+            return Err(ApiError::shed(&format!(
+                "this request waited {} ms, past its deadline, before its turn",
+                waited.as_millis()
+            )));
+        }
+        if let Some(max_wait) = arrived.and_then(|a| a.policy.max_wait) {
+            if waited > max_wait {
+                return Err(ApiError::shed(&format!(
+                    "this request waited {} ms before its turn (the limit is {} ms)",
+                    waited.as_millis(),
+                    max_wait.as_millis()
+                )));
+            }
+        }
+        let target = arrived.and_then(|a| a.policy.target);
         let request_id = RequestId::from_ulid(ulid::Ulid::new());
         let (tx, rx) = oneshot::channel();
         self.pending.map.insert(request_id, tx);
@@ -193,17 +242,37 @@ impl Dispatcher {
             idempotency_key,
             command,
         };
-        match tokio::time::timeout(self.cfg.reply_deadline, self.bus.send_traced(partition, record, trace)).await {
+        // The partition's latency, for its adaptive limit: hand-over to reply, or to
+        // the deadline when none came (a strong "too slow").
+        let record_latency = || {
+            if let Some(target) = target {
+                let end = Instant::now();
+                limit.record(end.saturating_duration_since(now), target, end);
+            }
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(deadline, self.bus.send_traced(partition, record, trace))
+            .await
+        {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ApiError::unavailable(format!("{e}; retry with the same Idempotency-Key"))),
-            Err(_) => return Err(ApiError::unavailable("The command log did not accept the request in time; retry with the same Idempotency-Key")),
+            Ok(Err(e)) => {
+                return Err(ApiError::unavailable(format!(
+                    "{e}; retry with the same Idempotency-Key"
+                )))
+            }
+            Err(_) => {
+                record_latency();
+                return Err(ApiError::unavailable("The command log did not accept the request in time; retry with the same Idempotency-Key"));
+            }
         }
-        match tokio::time::timeout(self.cfg.reply_deadline, rx).await {
+        let result = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) | Err(_) => Err(ApiError::unavailable(
                 "The engine did not answer in time; the outcome is unknown: retry with the same Idempotency-Key",
             )),
-        }
+        };
+        record_latency();
+        result
     }
 }
 
@@ -316,5 +385,84 @@ mod tests {
             w.abort();
         }
         other.abort();
+    }
+
+    fn dispatcher(bus: Arc<SilentBus>, reply_deadline: Duration) -> Dispatcher {
+        Dispatcher::new(
+            bus,
+            Arc::new(Pending::default()),
+            DispatchConfig {
+                gateway_id: 0,
+                reply_deadline,
+                max_in_flight: 100,
+                max_in_flight_per_partition: 100,
+            },
+        )
+    }
+
+    /// The sojourn rule: a request that has waited past `max_wait` since the server had
+    /// its head is shed when its turn comes, and its command never reaches the log; one
+    /// within it is sent.
+    #[tokio::test]
+    async fn a_request_that_waited_too_long_is_shed_and_never_sent() {
+        let bus = Arc::new(SilentBus::default());
+        let d = dispatcher(bus.clone(), Duration::from_secs(30));
+        let policy = crate::admission::AdmissionPolicy::from_millis(100, 0);
+        let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(1)) else {
+            return; // a clock too young to go back a second: nothing to check
+        };
+        let late = Arrived {
+            at: long_ago,
+            policy,
+        };
+        let e = d
+            .call_arrived(0, reserve("late"), None, Some(late))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.payload.shed, "{e:?}");
+        assert_eq!(e.payload.retry_after_s, Some(1));
+        assert!(e.payload.message.contains("waited"), "{e:?}");
+        assert!(
+            bus.sent.lock().unwrap().is_empty(),
+            "never handed to the log"
+        );
+        // A fresh request is sent (it then waits for a reply that never comes).
+        let fresh = Arrived {
+            at: Instant::now(),
+            policy,
+        };
+        let d = Arc::new(d);
+        let waiting = {
+            let d = d.clone();
+            tokio::spawn(
+                async move { d.call_arrived(0, reserve("fresh"), None, Some(fresh)).await },
+            )
+        };
+        sent_eventually(&bus, 1).await;
+        waiting.abort();
+    }
+
+    /// A request whose reply deadline (counted from its arrival) has passed is never
+    /// sent, even with the sojourn rule off: in Kafka mode, never produced.
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_never_sent() {
+        let bus = Arc::new(SilentBus::default());
+        let d = dispatcher(bus.clone(), Duration::from_millis(500));
+        let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(1)) else {
+            return;
+        };
+        let late = Arrived {
+            at: long_ago,
+            policy: crate::admission::AdmissionPolicy::from_millis(0, 0),
+        };
+        let e = d
+            .call_arrived(1, reserve("late"), None, Some(late))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.payload.shed, "{e:?}");
+        assert!(e.payload.message.contains("deadline"), "{e:?}");
+        assert!(bus.sent.lock().unwrap().is_empty());
     }
 }

@@ -1,8 +1,9 @@
 //! `flashsale-gateway`: the gateway process. The HTTP API of docs/api.md ([`api`]) with its
 //! validation ([`json`]) and error bodies ([`error`]); the dispatcher that stamps a
 //! request id, puts the command on its partition's log and awaits the engine's reply
-//! ([`dispatch`]), with admission control (per-partition and node in-flight budgets,
-//! past which a request is refused at once); the mid-sale controls and hold extension
+//! ([`dispatch`]), with admission control ([`admission`]: a request that waited too
+//! long, or past its partition's latency-driven limit or the node's budget, is refused
+//! at once, before anything is queued); the mid-sale controls and hold extension
 //! ([`controls`]); the read model built from the engine's events, which serves the hot
 //! availability and reservation reads from memory and answers a sold-out product's
 //! crowd without reaching the log ([`readmodel`]); sales set-up across
@@ -29,6 +30,7 @@
 // or less does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 pub mod api;
 pub mod body_timeout;
 pub mod console;

@@ -15,6 +15,12 @@
 //!   its end).
 //! - **Declared body size**: a `Content-Length` over the body limit is answered 413 at
 //!   once, before any of the body is read (`error::render_errors`).
+//! - **Requests being handled** (admission, docs/overload.md): tower's
+//!   `ConcurrencyLimit` under `LoadShed` bounds the requests in the handlers at once
+//!   (`max_requests`); one past it is answered 503 + `Retry-After` with the API's error
+//!   body before its body is read or it is routed. Every request is stamped with
+//!   [`crate::admission::Arrived`] as the server gets its head, so the dispatcher can
+//!   shed one that waited too long before anything is queued.
 //! - **Connection limit**: hyper has none, so this loop counts connections; past
 //!   `max_connections`, a new connection is answered at once with 503, `Retry-After`
 //!   and the API's error body, and closed. Refusals are bounded too
@@ -28,6 +34,7 @@
 //!   `GracefulShutdown`) for at most `drain`, then close whatever is still open, so a
 //!   slow client never holds back the final snapshots.
 
+use crate::admission::{AdmissionPolicy, Arrived};
 use crate::body_timeout::TimedBody;
 use crate::error::ApiError;
 use axum::http::StatusCode;
@@ -69,6 +76,11 @@ pub struct HttpLimits {
     pub body_deadline: Duration,
     /// Most connections open at once; past it, 503 at once.
     pub max_connections: usize,
+    /// Most requests being handled at once (head read, answer not yet given); past it,
+    /// 503 at once, before the body is read.
+    pub max_requests: usize,
+    /// The dispatcher's sojourn and adaptive-limit rules (docs/overload.md).
+    pub admission: AdmissionPolicy,
     /// On shutdown, how long requests in flight may take before their connections are
     /// closed.
     pub drain: Duration,
@@ -81,6 +93,8 @@ impl Default for HttpLimits {
             body_read_timeout: Duration::from_secs(10),
             body_deadline: Duration::from_secs(30),
             max_connections: 10_000,
+            max_requests: DEFAULT_MAX_REQUESTS,
+            admission: AdmissionPolicy::default(),
             drain: Duration::from_secs(10),
         }
     }
@@ -107,6 +121,13 @@ impl Draining {
         self.0.cancelled_owned()
     }
 }
+
+/// Default of `--http-max-requests`: with HTTP/1.1 a connection has one request in a
+/// handler at a time, so this is the connections whose request is being handled; each
+/// may hold up to a 64 KiB body, so it bounds that memory too (128 MiB). Far above what
+/// the per-partition limits admit, so it only sheds a flood they would shed anyway, but
+/// before its bodies are read.
+pub const DEFAULT_MAX_REQUESTS: usize = 2_048;
 
 /// Connections waiting in the kernel for `accept`, at most (the kernel caps it at
 /// `net.core.somaxconn`). tokio's `TcpListener::bind` asks for 1,024: a crowd opening
@@ -137,11 +158,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let draining = Draining::default();
+    let policy = limits.admission;
     let service = tower::ServiceBuilder::new()
         .layer(axum::Extension(draining.clone()))
         .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
-            req.map(|b| TimedBody::new(b, limits.body_read_timeout, limits.body_deadline))
+            let mut req =
+                req.map(|b| TimedBody::new(b, limits.body_read_timeout, limits.body_deadline));
+            req.extensions_mut().insert(Arrived {
+                at: std::time::Instant::now(),
+                policy,
+            });
+            req
         })
+        .map_result(overload_to_503)
+        .load_shed()
+        .concurrency_limit(limits.max_requests.max(1))
         .service(app);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -235,6 +266,35 @@ pub async fn serve(
         );
     }
     hard_stop.cancel();
+}
+
+/// `LoadShed`'s refusal (past `max_requests`) as the API's 503: `Retry-After`, a new
+/// `X-Request-Id`, the error body (its `path` is empty: nothing of the request was
+/// looked at). Never an error: the router itself never fails (its error type is
+/// `Infallible`); the type is `BoxError` only because `LoadShed`'s readiness error
+/// converts into it.
+fn overload_to_503(
+    r: Result<axum::response::Response, tower::BoxError>,
+) -> Result<axum::response::Response, tower::BoxError> {
+    Ok(r.unwrap_or_else(|_| {
+        let err = ApiError::shed("the server is at its limit of requests being handled");
+        let mut res =
+            axum::response::Response::new(axum::body::Body::from(err.body("").to_string()));
+        *res.status_mut() = err.status;
+        let h = res.headers_mut();
+        h.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(err.payload.retry_after_s.unwrap_or(1)),
+        );
+        if let Ok(rid) = axum::http::HeaderValue::from_str(&ulid::Ulid::new().to_string()) {
+            h.insert(crate::error::REQUEST_ID, rid);
+        }
+        res
+    }))
 }
 
 /// Files a process needs besides its connections (logs, snapshots, Kafka sockets).

@@ -98,6 +98,11 @@ pub struct HttpConfig {
     pub http_body_timeout_secs: u64,
     pub http_body_deadline_secs: u64,
     pub http_max_connections: u64,
+    pub http_max_requests: u64,
+    /// 0 turns the rule off.
+    pub admission_max_wait_ms: u64,
+    /// 0 turns the adaptive limit off (the fixed budgets stay).
+    pub admission_target_ms: u64,
     pub shutdown_drain_secs: u64,
 }
 
@@ -108,6 +113,9 @@ impl Default for HttpConfig {
             http_body_timeout_secs: 10,
             http_body_deadline_secs: 30,
             http_max_connections: 10_000,
+            http_max_requests: flashsale_gateway::server::DEFAULT_MAX_REQUESTS as u64,
+            admission_max_wait_ms: flashsale_gateway::admission::DEFAULT_MAX_WAIT_MS,
+            admission_target_ms: flashsale_gateway::admission::DEFAULT_TARGET_MS,
             shutdown_drain_secs: 10,
         }
     }
@@ -118,7 +126,8 @@ impl HttpConfig {
         at_least_1(self.http_header_timeout_secs, "--http-header-timeout-secs")?;
         at_least_1(self.http_body_timeout_secs, "--http-body-timeout-secs")?;
         at_least_1(self.http_body_deadline_secs, "--http-body-deadline-secs")?;
-        at_least_1(self.http_max_connections, "--http-max-connections")
+        at_least_1(self.http_max_connections, "--http-max-connections")?;
+        at_least_1(self.http_max_requests, "--http-max-requests")
     }
 
     pub fn limits(&self) -> flashsale_gateway::server::HttpLimits {
@@ -130,6 +139,13 @@ impl HttpConfig {
             max_connections: usize::try_from(self.http_max_connections)
                 .unwrap_or(usize::MAX)
                 .max(1),
+            max_requests: usize::try_from(self.http_max_requests)
+                .unwrap_or(usize::MAX)
+                .max(1),
+            admission: flashsale_gateway::admission::AdmissionPolicy::from_millis(
+                self.admission_max_wait_ms,
+                self.admission_target_ms,
+            ),
             drain: Duration::from_secs(self.shutdown_drain_secs),
         }
     }
@@ -551,6 +567,10 @@ mod tests {
         assert_eq!(
             serve(|c| c.http.http_max_connections = 0),
             "--http-max-connections"
+        );
+        assert_eq!(
+            serve(|c| c.http.http_max_requests = 0),
+            "--http-max-requests"
         );
         // The rate limit off: any burst.
         let mut c = ServeConfig {

@@ -221,7 +221,9 @@ pub struct GatewayArgs {
     /// of the old log is served once the change is seen (docs/operations.md).
     #[arg(long, env = "FLASHSALE_ADOPT_NEW_TOPICS", help_heading = H_SERVER)]
     pub adopt_new_topics: bool,
-    /// How long a request waits for the engine's reply before answering 503.
+    /// How long a request waits for the engine's reply before answering 503, counted
+    /// from when the server read its head; a request whose deadline passed before its
+    /// turn is never put on the log (docs/overload.md).
     #[arg(long, env = "FLASHSALE_REPLY_DEADLINE_MS", default_value_t = 2000, help_heading = H_ADMISSION)]
     pub reply_deadline_ms: u64,
     /// Admission: most commands awaiting a reply at once, all partitions together;

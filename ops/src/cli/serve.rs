@@ -32,7 +32,9 @@ pub struct ServeArgs {
     /// This gateway's id: the partition of the replies topic it reads.
     #[arg(long, env = "FLASHSALE_GATEWAY_ID", default_value_t = 0, help_heading = H_SERVER)]
     pub gateway_id: u32,
-    /// How long a request waits for the engine's reply before answering 503.
+    /// How long a request waits for the engine's reply before answering 503, counted
+    /// from when the server read its head; a request whose deadline passed before its
+    /// turn is never put on the log (docs/overload.md).
     #[arg(long, env = "FLASHSALE_REPLY_DEADLINE_MS", default_value_t = 2000, help_heading = H_ADMISSION)]
     pub reply_deadline_ms: u64,
     /// Admission: most commands awaiting a reply at once, all partitions together;
@@ -127,6 +129,33 @@ pub struct HttpArgs {
     /// log, snapshot and Kafka files.
     #[arg(long, env = "FLASHSALE_HTTP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_max_connections: u64,
+    /// Most requests being handled at once (head read, answer not yet given). One past
+    /// it is answered at once with 503 + Retry-After, before its body is read or
+    /// anything is queued (tower's load-shed and concurrency-limit layers). The default
+    /// is far above what the per-partition limits admit, so it sheds only a flood they
+    /// would shed anyway, but cheaper; it also bounds the memory of bodies being read
+    /// (64 KiB each). docs/overload.md.
+    #[arg(long, env = "FLASHSALE_HTTP_MAX_REQUESTS", default_value_t = flashsale_gateway::server::DEFAULT_MAX_REQUESTS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_requests: u64,
+    /// Sojourn limit: milliseconds a request may have waited, counted from when the
+    /// server read its head (before its body), when its command is about to be handed
+    /// to its partition's log (the embedded queue, or the Kafka producer). An older one
+    /// is answered 503 + Retry-After and never queued nor produced. The default is the
+    /// admitted-latency target of a sale (p99 100 ms): a request that spent it all
+    /// before its turn is late anyway, and its place goes to one still on time. 0
+    /// turns the rule off (the reply deadline still applies). docs/overload.md.
+    #[arg(long, env = "FLASHSALE_ADMISSION_MAX_WAIT_MS", default_value_t = flashsale_gateway::admission::DEFAULT_MAX_WAIT_MS, help_heading = super::H_ADMISSION)]
+    pub admission_max_wait_ms: u64,
+    /// Latency target of the adaptive per-partition limit, in milliseconds (hand-over
+    /// to the engine's reply). Each partition's limit of commands in flight starts at
+    /// --max-in-flight-per-partition; a measuring window (this long) whose mean latency
+    /// is above the target cuts it in proportion (at most by half, never below 8), a
+    /// window on target with the limit in use raises it by an eighth. A hot product
+    /// sheds on its own partition only. The default is the admitted-latency target
+    /// (p99 100 ms): a window's mean above it means a backlog in either mode. 0 turns
+    /// adapting off: the fixed budget alone. docs/overload.md.
+    #[arg(long, env = "FLASHSALE_ADMISSION_TARGET_MS", default_value_t = flashsale_gateway::admission::DEFAULT_TARGET_MS, help_heading = super::H_ADMISSION)]
+    pub admission_target_ms: u64,
     /// On SIGTERM, how long requests in flight may take to finish before their
     /// connections are closed; then the final snapshots are written and the process
     /// exits 0.
@@ -141,6 +170,9 @@ impl From<HttpArgs> for HttpConfig {
             http_body_timeout_secs: a.http_body_timeout_secs,
             http_body_deadline_secs: a.http_body_deadline_secs,
             http_max_connections: a.http_max_connections,
+            http_max_requests: a.http_max_requests,
+            admission_max_wait_ms: a.admission_max_wait_ms,
+            admission_target_ms: a.admission_target_ms,
             shutdown_drain_secs: a.shutdown_drain_secs,
         }
     }
