@@ -41,6 +41,13 @@ pub fn serve_args(data_dir: PathBuf) -> ServeConfig {
         max_in_flight_per_partition: Some(20_000),
         queue_depth: 16_384,
         rate_limit_per_user: 0,
+        // Latency-driven shedding off: a loaded test machine must not turn a test's
+        // holds into 503s (tests/admission.rs sets its own values to test it).
+        http: flashsale_ops::config::HttpConfig {
+            admission_max_wait_ms: 0,
+            admission_target_ms: 0,
+            ..Default::default()
+        },
         ..ServeConfig::default()
     }
 }
