@@ -197,6 +197,10 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::from_status(StatusCode::SERVICE_UNAVAILABLE).into_response()
         }))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_server_errors,
+        ))
         .with_state(state)
 }
 
@@ -763,6 +767,22 @@ async fn delete_sale(
     Ok(Json(
         crate::sales::delete_sale(&app.dispatcher, &app.read, id).await?,
     ))
+}
+
+/// Counts every 5xx answer, of any endpoint, for `/metrics` and the console's health
+/// strip (outermost: a panic turned into 503 is counted too). `/ready`'s 503 is a
+/// probe's answer ("not ready yet"), not an error served to a client: not counted.
+async fn count_server_errors(
+    State(app): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let probe = req.uri().path() == "/ready";
+    let res = next.run(req).await;
+    if res.status().is_server_error() && !probe {
+        app.metrics.http_server_error();
+    }
+    res
 }
 
 async fn health() -> Json<Value> {

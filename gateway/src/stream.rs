@@ -336,6 +336,8 @@ struct Sample {
     activity: BTreeMap<SkuId, SkuActivity>,
     reservations: Vec<(&'static str, u64)>,
     orders: Vec<(&'static str, u64)>,
+    /// Every 5xx answer so far, any endpoint.
+    server_errors: u64,
     latency: LatencyWindow,
     latency_ok: LatencyWindow,
 }
@@ -353,6 +355,7 @@ impl Sample {
             activity,
             reservations: app.metrics.reservation_counts(),
             orders: app.metrics.order_counts(),
+            server_errors: app.metrics.http_server_errors(),
             latency: app.metrics.latency_window(),
             latency_ok: app.metrics.latency_ok_window(),
         }
@@ -609,7 +612,7 @@ struct NodePoint {
     shed: f64,
     rate_limited: f64,
     /// 5xx answers that were not shed (not ready, partition down, no reply in time,
-    /// internal errors): reservations and checkouts.
+    /// internal errors), of any endpoint: reads, checkouts, admin calls too.
     errors: f64,
     orders: f64,
     p50: Option<f64>,
@@ -782,6 +785,15 @@ fn columns(points: &[&Point]) -> Value {
     })
 }
 
+/// How much the counter `name` of `now` grew since `then`.
+fn count(now: &[(&'static str, u64)], then: &[(&'static str, u64)], name: &str) -> u64 {
+    now.iter()
+        .zip(then)
+        .filter(|((n, _), _)| *n == name)
+        .map(|((_, a), (_, b))| a.saturating_sub(*b))
+        .sum()
+}
+
 /// One point from two samples a second apart.
 fn point(app: &AppState, now: &Sample, prev: &Sample, t: u64) -> Point {
     let secs = now.at.duration_since(prev.at).as_secs_f64();
@@ -814,8 +826,13 @@ fn point(app: &AppState, now: &Sample, prev: &Sample, t: u64) -> Point {
         ),
         shed: diff(r, rp, &["shed"]),
         rate_limited: diff(r, rp, &["rate_limited"]),
-        errors: diff(r, rp, &["unavailable", "other"])
-            + diff(&now.orders, &prev.orders, &["unavailable"]),
+        // Every 5xx of any endpoint but the shed reservations (their own tile).
+        errors: rate(
+            now.server_errors
+                .saturating_sub(prev.server_errors)
+                .saturating_sub(count(r, rp, "shed")),
+            secs,
+        ),
         orders: diff(&now.orders, &prev.orders, &["created"]),
         p50: latency.quantile_ms(0.50),
         p99: latency.quantile_ms(0.99),

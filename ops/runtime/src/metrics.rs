@@ -78,6 +78,8 @@ pub struct Metrics {
     order_total: Family<ResultLabel, Counter>,
     inventory_available: Family<SkuLabel, Gauge>,
     stockout_total: Counter,
+    /// Every 5xx answer of the HTTP API, any endpoint (shed reservations included).
+    http_server_errors: Counter,
     readmodel_hit: Counter,
     readmodel_miss: Counter,
     engine_apply: Histogram,
@@ -152,6 +154,12 @@ impl Metrics {
             "flashsale_inventory_stockout",
             "Times a product's available count reached 0",
             stockout_total.clone(),
+        );
+        let http_server_errors = Counter::default();
+        registry.register(
+            "flashsale_http_server_errors",
+            "HTTP answers with a 5xx status, any endpoint (503s of shed reservations included)",
+            http_server_errors.clone(),
         );
         let readmodel_hit = Counter::default();
         registry.register(
@@ -239,6 +247,7 @@ impl Metrics {
             order_total,
             inventory_available,
             stockout_total,
+            http_server_errors,
             readmodel_hit,
             readmodel_miss,
             engine_apply,
@@ -338,6 +347,14 @@ impl Metrics {
                 sku: sku.to_string(),
             })
             .set(available as i64);
+    }
+    /// One 5xx answer of the HTTP API.
+    pub fn http_server_error(&self) {
+        self.http_server_errors.inc();
+    }
+    /// `flashsale_http_server_errors_total` so far.
+    pub fn http_server_errors(&self) -> u64 {
+        self.http_server_errors.get()
     }
     pub fn stockout(&self) {
         self.stockout_total.inc();
