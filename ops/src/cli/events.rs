@@ -87,4 +87,9 @@ pub struct TailArgs {
     /// Stop once no record has come for this many seconds; 0: never.
     #[arg(long, default_value_t = 0)]
     pub idle_exit: u64,
+    /// On exit, print to stderr how long records took from their event `time` (the
+    /// log time of the command) to this reader: count, p50, p99, max in ms (the first
+    /// 1,000,000 records). Measures the publishing lag; run it beside a load.
+    #[arg(long)]
+    pub lag_summary: bool,
 }

@@ -85,6 +85,7 @@ fn tail(args: &TailArgs, channels: &[Channel], stop: &AtomicBool) -> anyhow::Res
     }
     consumer.assign(&tpl)?;
     let mut printed = 0u64;
+    let mut lags: Vec<i64> = Vec::new();
     let mut last = Instant::now();
     let out = std::io::stdout();
     while !stop.load(Ordering::Relaxed) {
@@ -106,6 +107,15 @@ fn tail(args: &TailArgs, channels: &[Channel], stop: &AtomicBool) -> anyhow::Res
         };
         last = Instant::now();
         let value = msg.payload().unwrap_or_default();
+        if args.lag_summary && lags.len() < MAX_LAG_SAMPLES {
+            let ev: serde_json::Value = serde_json::from_slice(value).unwrap_or_default();
+            if let Some(t) = ev["time"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            {
+                lags.push(chrono::Utc::now().timestamp_millis() - t.timestamp_millis());
+            }
+        }
         let line = if args.json {
             String::from_utf8_lossy(value).into_owned()
         } else {
@@ -125,5 +135,40 @@ fn tail(args: &TailArgs, channels: &[Channel], stop: &AtomicBool) -> anyhow::Res
         lock.flush()?;
         printed += 1;
     }
+    if args.lag_summary {
+        eprintln!("{}", lag_line(&mut lags));
+    }
     Ok(())
+}
+
+/// Most lag samples `--lag-summary` keeps (8 MB).
+const MAX_LAG_SAMPLES: usize = 1_000_000;
+
+/// `lag: n=… p50=…ms p99=…ms max=…ms` of the samples (sorted in place).
+fn lag_line(lags: &mut [i64]) -> String {
+    if lags.is_empty() {
+        return "lag: no records".to_string();
+    }
+    lags.sort_unstable();
+    let at = |q: f64| lags[((lags.len() as f64 * q).ceil() as usize).clamp(1, lags.len()) - 1];
+    format!(
+        "lag: n={} p50={}ms p99={}ms max={}ms",
+        lags.len(),
+        at(0.50),
+        at(0.99),
+        lags[lags.len() - 1]
+    )
+}
+
+#[cfg(test)]
+mod lag_tests {
+    #[test]
+    fn lag_percentiles_are_nearest_rank() {
+        let mut v: Vec<i64> = (1..=100).rev().collect();
+        assert_eq!(
+            super::lag_line(&mut v),
+            "lag: n=100 p50=50ms p99=99ms max=100ms"
+        );
+        assert_eq!(super::lag_line(&mut []), "lag: no records");
+    }
 }
