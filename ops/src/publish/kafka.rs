@@ -121,8 +121,8 @@ pub async fn run_publisher(
 /// partition it was seen on.
 type Next = BTreeMap<u32, (i32, u64)>;
 
-fn encode_meta(next: &Next, events_partition: i32) -> String {
-    let mut s = String::from(META_TAG);
+fn encode_meta(next: &Next, events_partition: i32, log_id: &str) -> String {
+    let mut s = format!("{META_TAG} {log_id}");
     for (cp, (ep, off)) in next {
         if *ep == events_partition {
             s.push_str(&format!(" {cp}:{off}"));
@@ -131,10 +131,13 @@ fn encode_meta(next: &Next, events_partition: i32) -> String {
     s
 }
 
-fn decode_meta(meta: &str, events_partition: i32, next: &mut Next) {
+/// Reads a position's metadata into `next`; false if it is not of this log (another
+/// build's, or of a topic since deleted and created again: its offsets mean nothing
+/// in this one).
+fn decode_meta(meta: &str, events_partition: i32, log_id: &str, next: &mut Next) -> bool {
     let mut parts = meta.split(' ');
-    if parts.next() != Some(META_TAG) {
-        return;
+    if parts.next() != Some(META_TAG) || parts.next() != Some(log_id) {
+        return false;
     }
     for p in parts {
         if let Some((cp, off)) = p.split_once(':') {
@@ -143,6 +146,7 @@ fn decode_meta(meta: &str, events_partition: i32, next: &mut Next) {
             }
         }
     }
+    true
 }
 
 fn session(config: &PublisherConfig, origin: &Origin, stop: &AtomicBool) -> anyhow::Result<()> {
@@ -183,9 +187,21 @@ fn session(config: &PublisherConfig, origin: &Origin, stop: &AtomicBool) -> anyh
     let mut next: Next = BTreeMap::new();
     let mut start = TopicPartitionList::new();
     for e in committed.elements_for_topic(&events) {
-        decode_meta(e.metadata(), e.partition(), &mut next);
         let offset = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
+            Offset::Offset(o)
+                if decode_meta(e.metadata(), e.partition(), &origin.log_id, &mut next) =>
+            {
+                Offset::Offset(o)
+            }
+            Offset::Offset(o) => {
+                tracing::warn!(
+                    partition = e.partition(),
+                    offset = o,
+                    log = %origin.log_id,
+                    "the committed position is of another log (the events topic was created again?): publishing this log from its start"
+                );
+                Offset::Beginning
+            }
             _ => Offset::Beginning,
         };
         start.add_partition_offset(&events, e.partition(), offset)?;
@@ -283,7 +299,7 @@ fn session(config: &PublisherConfig, origin: &Origin, stop: &AtomicBool) -> anyh
         }
         let metas: HashMap<i32, String> = positions
             .keys()
-            .map(|p| (*p, encode_meta(&next, *p)))
+            .map(|p| (*p, encode_meta(&next, *p, &origin.log_id)))
             .collect();
         for mut e in offsets.elements_for_topic(&events) {
             if let Some(m) = metas.get(&e.partition()) {
@@ -315,11 +331,20 @@ mod meta_tests {
         let mut next: Next = BTreeMap::new();
         next.insert(0, (0, 17));
         next.insert(3, (3, 9));
-        let m = encode_meta(&next, 3);
-        assert_eq!(m, "fs-pub-v1 3:9");
+        let m = encode_meta(&next, 3, "t.events/uuid-1");
+        assert_eq!(m, "fs-pub-v1 t.events/uuid-1 3:9");
         let mut back: Next = BTreeMap::new();
-        decode_meta(&m, 3, &mut back);
-        decode_meta("something else 1:2", 1, &mut back);
+        assert!(decode_meta(&m, 3, "t.events/uuid-1", &mut back));
+        assert!(!decode_meta(
+            "something else 1:2",
+            1,
+            "t.events/uuid-1",
+            &mut back
+        ));
+        assert!(
+            !decode_meta(&m, 3, "t.events/uuid-2", &mut back),
+            "a recreated topic's positions are not this log's"
+        );
         assert_eq!(back, BTreeMap::from([(3, (3, 9))]));
     }
 }
