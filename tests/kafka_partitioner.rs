@@ -132,3 +132,336 @@ async fn java_default_partitioner_matches_partition_for_key() {
     }
     assert_eq!(seen, n, "records read back: {text}");
 }
+
+/// The public sale events (docs/events.md) as another team's Kafka client sees them:
+/// holds, checkouts, a cancel and an expiry through a Kafka deployment, published by
+/// `flashsale events publish` (a child process, killed with SIGKILL mid-run and started
+/// again), read back with `isolation.level=read_committed`: every acknowledged hold
+/// exactly once as `created`, every checkout exactly once in `orders`, the cancel and
+/// the expiry there, every record valid against its schema, ids unique, key = subject,
+/// and each SKU's last inventory update equal to the API's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_events_reach_a_read_committed_consumer_exactly_once_through_kill9() {
+    use flashsale_tests::{call, client, create_sale, kafka::Proc, serve_args, unique_sku, TOKEN};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::time::{Duration, Instant};
+
+    let Some(svc) = kafka::services_or_skip("public events") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kafka_args = kafka::serve_kafka_args(&svc).await.unwrap();
+    let prefix = kafka_args.topic_prefix.clone();
+    let args = serve_args(dir.path().join("data"));
+    let (gw, k, extras) = flashsale_ops::kafka::cli::serve_parts(&args, &kafka_args)
+        .await
+        .unwrap();
+    let running = flashsale_ops::kafka::start(gw, k, extras).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let http = client();
+    flashsale_tests::wait_ready(&http, &base).await;
+
+    let publish_args: Vec<String> = [
+        "events",
+        "publish",
+        "--kafka",
+        &svc.kafka,
+        "--topic-prefix",
+        &prefix,
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut publisher = Proc::spawn("publisher", &publish_args, dir.path()).unwrap();
+
+    let skus: Vec<String> = (0..3).map(|_| unique_sku("PUB")).collect();
+    let short = unique_sku("PUBTTL");
+    create_sale(
+        &http,
+        &base,
+        &skus.iter().map(|s| (s.as_str(), 30, 1)).collect::<Vec<_>>(),
+        600,
+        -1,
+    )
+    .await;
+    create_sale(&http, &base, &[(short.as_str(), 1, 1)], 2, -1).await;
+
+    let post = |path: &str, body: serde_json::Value| {
+        let (http, base, path) = (http.clone(), base.clone(), path.to_string());
+        async move { call(&http, &base, reqwest::Method::POST, &path, Some(body), &[]).await }
+    };
+    let mut holds: BTreeMap<String, String> = BTreeMap::new(); // reservation -> sku
+    let mut orders: HashSet<String> = HashSet::new();
+    let mut confirmed: HashSet<String> = HashSet::new();
+    for i in 0..60usize {
+        if i == 30 {
+            // Mid-run: the publisher dies without a word and starts again.
+            publisher.kill9();
+            publisher = Proc::spawn("publisher-2", &publish_args, dir.path()).unwrap();
+        }
+        let sku = &skus[i % 3];
+        let a = post(
+            "/api/v1/reservations",
+            serde_json::json!({"userId": format!("u{i}"), "skuId": sku, "quantity": 1}),
+        )
+        .await;
+        assert_eq!(a.status, 201, "hold {i}: {}", a.body);
+        let rid = a.body["reservationId"].as_str().unwrap().to_string();
+        holds.insert(rid.clone(), sku.clone());
+        if i % 3 == 0 {
+            let o = post(
+                "/api/v1/orders/checkout",
+                serde_json::json!({"reservationId": rid, "paymentTransactionId": format!("pay{i}"),
+                    "paymentMethod": "UPI", "shippingAddress": "1 Main St"}),
+            )
+            .await;
+            assert_eq!(o.status, 201, "checkout {i}: {}", o.body);
+            orders.insert(o.body["orderId"].as_str().unwrap().to_string());
+            confirmed.insert(rid);
+        }
+    }
+    let cancelled = holds
+        .keys()
+        .find(|r| !confirmed.contains(*r))
+        .unwrap()
+        .clone();
+    let c = call(
+        &http,
+        &base,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/reservations/{cancelled}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(c.status, 200, "cancel: {}", c.body);
+    let e = post(
+        "/api/v1/reservations",
+        serde_json::json!({"userId": "late", "skuId": short, "quantity": 1}),
+    )
+    .await;
+    assert_eq!(e.status, 201, "{}", e.body);
+    let expiring = e.body["reservationId"].as_str().unwrap().to_string();
+    holds.insert(expiring.clone(), short.clone());
+
+    // The schemas, compiled by a real validator.
+    let schemas: HashMap<String, jsonschema::Validator> =
+        ["reservations", "inventory-updates", "orders"]
+            .into_iter()
+            .map(|name| {
+                let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(format!("../schemas/events/{name}.json"));
+                let schema: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+                let v = jsonschema::options()
+                    .should_validate_formats(true)
+                    .build(&schema)
+                    .unwrap();
+                (format!("{prefix}{name}"), v)
+            })
+            .collect();
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &svc.kafka)
+        .set("group.id", format!("{prefix}test-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in schemas.keys() {
+        let md = consumer
+            .fetch_metadata(Some(t), Duration::from_secs(10))
+            .unwrap();
+        let n = md.topics()[0].partitions().len() as i32;
+        assert!(n > 0, "topic {t} was created with the others");
+        for p in 0..n {
+            tpl.add_partition_offset(t, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+
+    // (type, reservation or order id) -> times seen; per SKU the last inventory count.
+    let mut seen: HashMap<(String, String), u32> = HashMap::new();
+    let mut ids: HashSet<String> = HashSet::new();
+    let mut available: HashMap<String, i64> = HashMap::new();
+    // per reservation, (partition, offset) of each state, to check log order per SKU
+    let mut order_of: HashMap<String, Vec<(i32, i64, String)>> = HashMap::new();
+    let complete = |seen: &HashMap<(String, String), u32>| {
+        holds
+            .keys()
+            .all(|r| seen.contains_key(&("com.flashsale.reservation.created".into(), r.clone())))
+            && orders
+                .iter()
+                .all(|o| seen.contains_key(&("com.flashsale.order.created".into(), o.clone())))
+            && seen.contains_key(&(
+                "com.flashsale.reservation.cancelled".into(),
+                cancelled.clone(),
+            ))
+            && seen.contains_key(&("com.flashsale.reservation.expired".into(), expiring.clone()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "not every event arrived within 90 s; seen {} kinds; publisher logs in {}",
+            seen.len(),
+            dir.path().display()
+        );
+        if complete(&seen) {
+            // Keep reading 3 s more: a duplicate would show up now.
+            let q = *quiet_since.get_or_insert_with(Instant::now);
+            if q.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let errors: Vec<String> = schemas[m.topic()]
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{value}: {errors:?}");
+        assert_eq!(
+            m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value["subject"].as_str().map(String::from),
+            "key = subject = skuId"
+        );
+        let id = value["id"].as_str().unwrap().to_string();
+        assert!(
+            ids.insert(id.clone()),
+            "event {id} delivered twice: {value}"
+        );
+        let ty = value["type"].as_str().unwrap().to_string();
+        let data = &value["data"];
+        let what = data["orderId"]
+            .as_str()
+            .filter(|_| ty.contains(".order."))
+            .or_else(|| data["reservationId"].as_str())
+            .or_else(|| data["skuId"].as_str())
+            .unwrap()
+            .to_string();
+        if ty == "com.flashsale.inventory.updated" {
+            available.insert(what.clone(), data["availableCount"].as_i64().unwrap());
+        }
+        if ty.starts_with("com.flashsale.reservation.") {
+            order_of
+                .entry(what.clone())
+                .or_default()
+                .push((m.partition(), m.offset(), ty.clone()));
+        }
+        *seen.entry((ty, what)).or_default() += 1;
+    }
+    drop(publisher);
+
+    for r in holds.keys() {
+        assert_eq!(
+            seen.get(&("com.flashsale.reservation.created".into(), r.clone())),
+            Some(&1),
+            "hold {r} as created"
+        );
+    }
+    for o in &orders {
+        assert_eq!(
+            seen.get(&("com.flashsale.order.created".into(), o.clone())),
+            Some(&1),
+            "order {o}"
+        );
+    }
+    for r in &confirmed {
+        assert_eq!(
+            seen.get(&("com.flashsale.reservation.confirmed".into(), r.clone())),
+            Some(&1)
+        );
+        // created before confirmed, in the SKU's partition
+        let states = &order_of[r];
+        assert_eq!(states.len(), 2, "{r}: {states:?}");
+        assert_eq!(states[0].0, states[1].0, "one key, one partition");
+        assert!(states[0].1 < states[1].1, "{r}: {states:?}");
+        assert_eq!(states[0].2, "com.flashsale.reservation.created");
+    }
+    assert_eq!(
+        seen.get(&(
+            "com.flashsale.reservation.cancelled".into(),
+            cancelled.clone()
+        )),
+        Some(&1)
+    );
+    assert_eq!(
+        seen.get(&("com.flashsale.reservation.expired".into(), expiring.clone())),
+        Some(&1)
+    );
+    let created = seen
+        .keys()
+        .filter(|(t, _)| t == "com.flashsale.reservation.created")
+        .count();
+    assert_eq!(
+        created,
+        holds.len(),
+        "no created event of a hold nobody asked for"
+    );
+    for sku in skus.iter().chain([&short]) {
+        let a = call(
+            &http,
+            &base,
+            reqwest::Method::GET,
+            &format!("/api/v1/products/{sku}/availability"),
+            None,
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+        )
+        .await;
+        assert_eq!(
+            available.get(sku).copied(),
+            a.body["availableCount"].as_i64(),
+            "{sku}: the last inventory update is the API's count"
+        );
+    }
+    running.stop().await.unwrap();
+}
+
+/// schemas/asyncapi.yaml names the three public topics, and each channel's message
+/// payload is one of schemas/events/*.json, which a real JSON Schema validator
+/// compiles (no broker needed).
+#[test]
+fn asyncapi_channels_point_at_compiling_schemas() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("asyncapi.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(doc["asyncapi"].as_str(), Some("3.0.0"));
+    let mut addresses = Vec::new();
+    for (name, ch) in doc["channels"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        addresses.push(ch["address"].as_str().unwrap().to_string());
+        for (_, m) in ch["messages"].as_mapping().unwrap() {
+            let r = m["$ref"].as_str().unwrap();
+            let key = r.strip_prefix("#/components/messages/").unwrap();
+            let payload = doc["components"]["messages"][key]["payload"]["$ref"]
+                .as_str()
+                .unwrap();
+            assert_eq!(payload, format!("events/{name}.json"));
+            let schema: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(root.join(payload)).unwrap())
+                    .unwrap();
+            jsonschema::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .unwrap_or_else(|e| panic!("{payload}: {e}"));
+        }
+    }
+    addresses.sort();
+    assert_eq!(
+        addresses,
+        [
+            "flashsale.inventory-updates",
+            "flashsale.orders",
+            "flashsale.reservations"
+        ]
+    );
+}

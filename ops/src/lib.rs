@@ -25,6 +25,7 @@ pub mod config;
 pub mod kafka;
 pub mod operator;
 pub mod projector;
+pub mod publish;
 pub mod serve;
 
 pub use serve::{serve, start, Running};

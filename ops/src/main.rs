@@ -59,6 +59,14 @@ fn main() -> std::process::ExitCode {
                 print!("{}", flashsale_ops::cli::reference::render());
                 Ok(())
             }
+            Command::Events(args) => match args.command {
+                flashsale_ops::cli::EventsCommand::Publish(a) => {
+                    flashsale_ops::publish::run_publisher(a.into(), shutdown_signal()).await
+                }
+                flashsale_ops::cli::EventsCommand::Tail(a) => {
+                    flashsale_ops::publish::tail_command(a, shutdown_signal()).await
+                }
+            },
             Command::Projector(args) => {
                 flashsale_ops::projector::cli::projector_command(args.into(), shutdown_signal())
                     .await

@@ -11,10 +11,12 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 pub use flashsale_runtime::telemetry::{LogFormat, OtlpProtocol, TelemetryArgs};
 
+pub mod events;
 pub mod kafka;
 pub mod reference;
 pub mod serve;
 
+pub use events::*;
 pub use kafka::*;
 pub use serve::*;
 
@@ -102,6 +104,8 @@ pub enum Command {
         after_help = "Examples:\n  flashsale projector --kafka 127.0.0.1:19092 \\\n      --postgres postgres://postgres@127.0.0.1:15432/flashsale"
     )]
     Projector(ProjectorArgs),
+    /// The public sale events (docs/events.md): publish them, or follow them.
+    Events(EventsArgs),
     /// Print docs/configuration.md: every flag of every process, from these definitions.
     #[command(hide = true)]
     ConfigReference,

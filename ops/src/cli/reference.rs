@@ -16,6 +16,7 @@ const SECTIONS: &[&str] = &[
     "engine",
     "gateway",
     "projector",
+    "events",
     "topics",
     "migrate",
 ];

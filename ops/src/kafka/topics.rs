@@ -5,6 +5,7 @@
 //! | `<prefix>commands` | P | skuId | 7 days | the log the engine state is rebuilt from: recovery loads the newest snapshot at or below the group's committed offset and replays after it, so retention must exceed the snapshot interval (30 s by default) by a wide margin |
 //! | `<prefix>events` | P (same as commands) | skuId | forever | gateways' read models and the order projector are built from it |
 //! | `<prefix>replies` | G (one per gateway id) | none | 1 hour | a reply matters for seconds |
+//! | `<prefix>reservations`, `<prefix>inventory-updates`, `<prefix>orders` | P | skuId | 7 days | the public sale events (`flashsale events publish`, docs/events.md): other teams' consumers, which catch up within days |
 //!
 //! Every topic: `cleanup.policy=delete` (never compacted: offsets are the engine's
 //! sequence numbers), `message.timestamp.type=CreateTime` (the engine's clock is the
@@ -85,6 +86,8 @@ impl Replication {
 pub const COMMANDS_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Retention of the replies topic (1 hour).
 pub const REPLIES_RETENTION_MS: u64 = 3600 * 1000;
+/// Retention of the public event topics (7 days).
+pub const PUBLIC_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// One topic as `create` makes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +126,23 @@ pub fn plan(spec: &TopicSpec, replication: Replication) -> Vec<PlannedTopic> {
             REPLIES_RETENTION_MS.to_string(),
         ),
     ]
+    .into_iter()
+    .chain(crate::publish::Channel::ALL.into_iter().map(|c| {
+        topic(
+            &c.topic(&public_prefix(&spec.topics)),
+            spec.partitions,
+            PUBLIC_RETENTION_MS.to_string(),
+        )
+    }))
+    .collect()
+}
+
+/// The prefix of the public topics: the events topic's name without `events`.
+fn public_prefix(topics: &Topics) -> String {
+    topics
+        .events
+        .strip_suffix("events")
+        .map_or_else(|| format!("{}.", topics.events), str::to_string)
 }
 
 /// What `create` did for one topic.
@@ -414,6 +434,26 @@ mod replication_tests {
         assert!(planned.iter().all(|t| t
             .configs
             .contains(&("min.insync.replicas", "2".to_string()))));
+    }
+
+    #[test]
+    fn the_public_event_topics_are_planned_with_the_others() {
+        let planned = plan(&spec(None, None), Replication::for_brokers(1));
+        let names: Vec<&str> = planned.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "t.commands",
+                "t.events",
+                "t.replies",
+                "t.reservations",
+                "t.inventory-updates",
+                "t.orders"
+            ]
+        );
+        assert!(planned[3..].iter().all(|t| t.partitions == 8
+            && t.configs
+                .contains(&("retention.ms", PUBLIC_RETENTION_MS.to_string()))));
     }
 
     #[test]

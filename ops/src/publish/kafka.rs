@@ -1,0 +1,350 @@
+//! [`run_publisher`]: follows `<prefix>events` and publishes the public topics in Kafka
+//! transactions, exactly once (docs/events.md "Exactly once").
+//!
+//! One transaction per round of reads: the public records of the records read, and the
+//! publisher's read positions of `events` (`send_offsets_to_transaction`, consumer
+//! group `<transactional id>`), commit together or not at all. Each position carries, as
+//! its commit metadata, the next command offset not yet published per command partition
+//! seen on that events partition, so the same events written twice (two engines during a
+//! rebalance, the same command offsets) are published once, across restarts too. A
+//! fixed `transactional.id` fences a previous incarnation (killed, or still running
+//! elsewhere): `init_transactions` aborts what it left open. Any error ends the session;
+//! the next one starts again from the committed positions.
+
+use super::{map_batch, Channel, Origin, Outgoing};
+use flashsale_runtime::kafka::{base_config, consumer_config};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest wait of one transaction step (init, offsets, commit).
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Version tag of the offsets' commit metadata.
+const META_TAG: &str = "fs-pub-v1";
+
+/// What [`run_publisher`] needs.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Kafka bootstrap servers.
+    pub kafka: String,
+    /// Prefix of every topic name: reads `<prefix>events`, writes `<prefix>reservations`,
+    /// `<prefix>inventory-updates`, `<prefix>orders`.
+    pub topic_prefix: String,
+    /// The producer's `transactional.id`, also the consumer group of its positions.
+    /// One publisher per deployment runs under it; another one started with the same id
+    /// fences the first (default `<prefix>publisher`).
+    pub transactional_id: String,
+    /// Most `events` records read into one transaction.
+    pub max_batch: usize,
+}
+
+impl PublisherConfig {
+    pub fn new(kafka: impl Into<String>, topic_prefix: impl Into<String>) -> Self {
+        let topic_prefix = topic_prefix.into();
+        PublisherConfig {
+            kafka: kafka.into(),
+            transactional_id: format!("{topic_prefix}publisher"),
+            topic_prefix,
+            max_batch: 2000,
+        }
+    }
+
+    fn events_topic(&self) -> String {
+        format!("{}events", self.topic_prefix)
+    }
+}
+
+/// Follows the events topic and publishes until `shutdown`; errors restart the session
+/// (with backoff) from the committed positions.
+pub async fn run_publisher(
+    config: PublisherConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let events = config.events_topic();
+    let log = {
+        let (b, t) = (config.kafka.clone(), events.clone());
+        let what = format!("Kafka at {} (topic {events})", config.kafka);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            id = flashsale_runtime::patience::retry_forever(
+                &what,
+                move || flashsale_runtime::kafka_id::topic_identity(&b, &t, flashsale_runtime::kafka::ADMIN_TIMEOUT),
+            ) => id,
+        }
+    };
+    let origin = Origin::new(&events, log.log_id());
+    tracing::info!(
+        log = %log.log_id(),
+        transactional_id = %config.transactional_id,
+        "publisher: {events} -> {}, {}, {}",
+        Channel::Reservations.topic(&config.topic_prefix),
+        Channel::InventoryUpdates.topic(&config.topic_prefix),
+        Channel::Orders.topic(&config.topic_prefix),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut backoff = Duration::from_millis(200);
+            while !stop.load(Ordering::Relaxed) {
+                match session(&config, &origin, &stop) {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "publisher session failed; starting again from the committed positions \
+                         (are the public topics there? flashsale topics create)"
+                    ),
+                }
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    };
+    shutdown.await;
+    stop.store(true, Ordering::Relaxed);
+    worker.await?;
+    tracing::info!("publisher stopped");
+    Ok(())
+}
+
+/// Per command partition, the next command offset not yet published and the events
+/// partition it was seen on.
+type Next = BTreeMap<u32, (i32, u64)>;
+
+fn encode_meta(next: &Next, events_partition: i32, log_id: &str) -> String {
+    let mut s = format!("{META_TAG} {log_id}");
+    for (cp, (ep, off)) in next {
+        if *ep == events_partition {
+            s.push_str(&format!(" {cp}:{off}"));
+        }
+    }
+    s
+}
+
+/// Reads a position's metadata into `next`; false if it is not of this log (another
+/// build's, or of a topic since deleted and created again: its offsets mean nothing
+/// in this one).
+fn decode_meta(meta: &str, events_partition: i32, log_id: &str, next: &mut Next) -> bool {
+    let mut parts = meta.split(' ');
+    if parts.next() != Some(META_TAG) || parts.next() != Some(log_id) {
+        return false;
+    }
+    for p in parts {
+        if let Some((cp, off)) = p.split_once(':') {
+            if let (Ok(cp), Ok(off)) = (cp.parse::<u32>(), off.parse::<u64>()) {
+                next.insert(cp, (events_partition, off));
+            }
+        }
+    }
+    true
+}
+
+fn session(config: &PublisherConfig, origin: &Origin, stop: &AtomicBool) -> anyhow::Result<()> {
+    let events = config.events_topic();
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        base_config(&config.kafka, "flashsale-publisher")
+            .set("transactional.id", &config.transactional_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("transaction.timeout.ms", "60000")
+            .create()
+            .map_err(|e| anyhow::anyhow!("cannot create the publisher's producer: {e}"))?;
+    producer
+        .init_transactions(TXN_TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("init_transactions ({}): {e}", config.transactional_id))?;
+    let consumer: BaseConsumer = consumer_config(&config.kafka, "flashsale-publisher")
+        .set("group.id", &config.transactional_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(|e| anyhow::anyhow!("cannot create the publisher's consumer: {e}"))?;
+    let md = consumer.fetch_metadata(Some(&events), TXN_TIMEOUT)?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == events)
+        .map_or(0, |t| t.partitions().len()) as i32;
+    anyhow::ensure!(n > 0, "the events topic {events} has no partitions yet");
+    // Where the last committed transaction left off.
+    let mut ask = TopicPartitionList::new();
+    for p in 0..n {
+        ask.add_partition(&events, p);
+    }
+    let committed = consumer.committed_offsets(ask, TXN_TIMEOUT)?;
+    let mut next: Next = BTreeMap::new();
+    let mut start = TopicPartitionList::new();
+    for e in committed.elements_for_topic(&events) {
+        let offset = match e.offset() {
+            Offset::Offset(o)
+                if decode_meta(e.metadata(), e.partition(), &origin.log_id, &mut next) =>
+            {
+                Offset::Offset(o)
+            }
+            Offset::Offset(o) => {
+                tracing::warn!(
+                    partition = e.partition(),
+                    offset = o,
+                    log = %origin.log_id,
+                    "the committed position is of another log (the events topic was created again?): publishing this log from its start"
+                );
+                Offset::Beginning
+            }
+            _ => Offset::Beginning,
+        };
+        start.add_partition_offset(&events, e.partition(), offset)?;
+    }
+    consumer.assign(&start)?;
+    let group = consumer
+        .group_metadata()
+        .ok_or_else(|| anyhow::anyhow!("the publisher's consumer has no group metadata"))?;
+    tracing::info!(
+        topic = %events,
+        partitions = n,
+        resumed = next.len(),
+        "publisher following the events topic"
+    );
+    let mut fence = flashsale_proto::EpochFence::default();
+    let (mut published, mut records_total) = (0u64, 0u64);
+    let mut last_progress = Instant::now();
+    let max_batch = config.max_batch.max(1);
+    while !stop.load(Ordering::Relaxed) {
+        let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut out: Vec<Outgoing> = Vec::new();
+        let mut read = 0usize;
+        let mut wait = Duration::from_millis(100);
+        while read < max_batch {
+            let Some(m) = consumer.poll(wait) else { break };
+            wait = Duration::ZERO;
+            let msg = match m {
+                Ok(msg) => msg,
+                Err(e) if flashsale_runtime::kafka::is_connection_error(&e) => break,
+                Err(e) => return Err(anyhow::anyhow!("reading {events}: {e}")),
+            };
+            read += 1;
+            positions.insert(msg.partition(), msg.offset() + 1);
+            let epoch = msg.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == flashsale_proto::EPOCH_HEADER)
+                    .and_then(|h| h.value)
+                    .and_then(flashsale_proto::parse_epoch)
+            });
+            let mut batch: Vec<flashsale_proto::EventRecord> = Vec::new();
+            match msg
+                .payload()
+                .map(|b| flashsale_proto::decode_many(b, &mut batch))
+            {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event record skipped");
+                    continue;
+                }
+                None => continue,
+            }
+            if !fence.admit(msg.partition() as u32, epoch) {
+                continue; // a replaced engine's output
+            }
+            // Drop what was published already (the same command offsets written twice).
+            batch.retain(|r| {
+                let slot = next.entry(r.partition).or_insert((msg.partition(), 0));
+                if r.offset < slot.1 {
+                    return false;
+                }
+                *slot = (msg.partition(), r.offset + 1);
+                true
+            });
+            records_total += batch.len() as u64;
+            out.extend(map_batch(origin, &batch));
+        }
+        if positions.is_empty() {
+            continue;
+        }
+        producer.begin_transaction()?;
+        for o in &out {
+            let topic = o.channel.topic(&config.topic_prefix);
+            let value = o.value();
+            let mut record = BaseRecord::to(&topic).key(&o.key).payload(&value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => {
+                        let _ = producer.abort_transaction(TXN_TIMEOUT);
+                        return Err(anyhow::anyhow!("producing to {topic}: {e}"));
+                    }
+                }
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (p, o) in &positions {
+            offsets.add_partition_offset(&events, *p, Offset::Offset(*o))?;
+        }
+        let metas: HashMap<i32, String> = positions
+            .keys()
+            .map(|p| (*p, encode_meta(&next, *p, &origin.log_id)))
+            .collect();
+        for mut e in offsets.elements_for_topic(&events) {
+            if let Some(m) = metas.get(&e.partition()) {
+                e.set_metadata(m);
+            }
+        }
+        let done = producer
+            .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
+            .and_then(|()| producer.commit_transaction(TXN_TIMEOUT));
+        if let Err(e) = done {
+            let _ = producer.abort_transaction(TXN_TIMEOUT);
+            return Err(anyhow::anyhow!("committing a transaction: {e}"));
+        }
+        published += out.len() as u64;
+        if last_progress.elapsed() >= Duration::from_secs(10) {
+            tracing::info!(records = records_total, published, "publisher progress");
+            last_progress = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod meta_tests {
+    use super::*;
+
+    #[test]
+    fn commit_metadata_round_trips_per_events_partition() {
+        let mut next: Next = BTreeMap::new();
+        next.insert(0, (0, 17));
+        next.insert(3, (3, 9));
+        let m = encode_meta(&next, 3, "t.events/uuid-1");
+        assert_eq!(m, "fs-pub-v1 t.events/uuid-1 3:9");
+        let mut back: Next = BTreeMap::new();
+        assert!(decode_meta(&m, 3, "t.events/uuid-1", &mut back));
+        assert!(!decode_meta(
+            "something else 1:2",
+            1,
+            "t.events/uuid-1",
+            &mut back
+        ));
+        assert!(
+            !decode_meta(&m, 3, "t.events/uuid-2", &mut back),
+            "a recreated topic's positions are not this log's"
+        );
+        assert_eq!(back, BTreeMap::from([(3, (3, 9))]));
+    }
+}
