@@ -56,6 +56,7 @@ fn options() -> RunOptions {
         read_ceiling: Some((4, 0.2)),
         ready_wait: Duration::from_secs(5),
         keep_sales: false,
+        watch: Vec::new(),
     }
 }
 
