@@ -856,7 +856,7 @@ mod tests {
 
     #[test]
     fn growing_rss_in_the_last_ten_minutes_misses() {
-        // Linear growth, 2 % a minute: +22 % over the last ten minutes from minute 20.
+        // Linear growth, 20 MB a minute: +14.5 % over the last ten minutes (1,380 → 1,580 MB).
         let rss: Vec<u64> = (0..30).map(|i| 1000 + 20 * i).collect();
         let f = judge(&series(&[10.0; 30], &rss, 0, 0), 50.0);
         let c = check(&f, "RSS flat");
