@@ -8,7 +8,8 @@
 #              (the default); watched: node
 #   kafka      `flashsale engine --retention-secs 60`, `flashsale gateway` and
 #              `flashsale projector` as separate processes on the running services of
-#              .services.env (make services-up), with fresh topics under a new prefix and
+#              .services.env (make services-up; or FLASHSALE_KAFKA and FLASHSALE_POSTGRES
+#              in the environment), with fresh topics under a new prefix and
 #              a new Postgres database; watched: engine, gateway, projector (and the
 #              broker, when its pid is found)
 #   DURATION   the measured phase: 30m (the default), 5m, 90s, 1h
@@ -99,9 +100,10 @@ if [[ $MODE == embedded ]]; then
 	start node "$BIN" serve --embedded --data-dir "$DATA" --retention-secs 60 \
 		--listen "127.0.0.1:$PORT" --admin-token "$TOKEN" --log warn
 else
-	# Read, not exported: each process is given the services by flag.
-	read -r KAFKA PG < <( (set +u; [[ -f .services.env ]] && . ./.services.env; echo "${FLASHSALE_KAFKA:-} ${FLASHSALE_POSTGRES:-}"))
-	[[ -n ${KAFKA:-} && -n ${PG:-} ]] || { echo "soak: mode kafka needs FLASHSALE_KAFKA and FLASHSALE_POSTGRES in .services.env: run make services-up" >&2; exit 2; }
+	# The services: from the environment when set there, else from .services.env (read,
+	# not exported: each process is given them by flag).
+	read -r KAFKA PG < <( (set +u; [[ -z $FLASHSALE_KAFKA && -f .services.env ]] && . ./.services.env; echo "${FLASHSALE_KAFKA:-} ${FLASHSALE_POSTGRES:-}"))
+	[[ -n ${KAFKA:-} && -n ${PG:-} ]] || { echo "soak: mode kafka needs FLASHSALE_KAFKA and FLASHSALE_POSTGRES (in the environment or .services.env): run make services-up" >&2; exit 2; }
 	command -v psql >/dev/null || { echo "soak: mode kafka needs psql to create the run's database" >&2; exit 2; }
 	psql "$PG" -v ON_ERROR_STOP=1 -qc "CREATE DATABASE $TAG" >/dev/null
 	DB=$TAG
