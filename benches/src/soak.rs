@@ -686,13 +686,7 @@ pub fn render(s: &SoakReport) -> String {
     );
     let mut head = format!("{:>11}", "window");
     for k in &ops {
-        let short = &k[..k.len().min(5)];
-        let _ = write!(
-            head,
-            " {:>10} {:>9}",
-            format!("{short} p50"),
-            format!("p99")
-        );
+        let _ = write!(head, " {:>16} {:>8}", format!("{k} p50"), "p99");
     }
     let _ = write!(head, " {:>7} {:>7} {:>7}", "shed", "errors", "closed");
     for p in &procs {
@@ -704,10 +698,10 @@ pub fn render(s: &SoakReport) -> String {
         for k in &ops {
             match w.ops.get(*k) {
                 Some(f) => {
-                    let _ = write!(line, " {:>10.2} {:>9.2}", f.p50_ms, f.p99_ms);
+                    let _ = write!(line, " {:>16.2} {:>8.2}", f.p50_ms, f.p99_ms);
                 }
                 None => {
-                    let _ = write!(line, " {:>10} {:>9}", "-", "-");
+                    let _ = write!(line, " {:>16} {:>8}", "-", "-");
                 }
             }
         }
