@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
 
-.PHONY: run test simulate test-cluster build fmt fmt-check clippy bench bench-compare bench-crowd services-up services-down help
+.PHONY: run test simulate test-cluster build fmt fmt-check clippy bench bench-compare bench-crowd bench-soak services-up services-down help
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ bench-compare: ## flashsale vs the Postgres and Redis baselines, one scenario, o
 
 bench-crowd: ## the 10:00 crowd (flash, big, find-max, 2x overload), embedded and Kafka side by side; needs services-up
 	bash benches/scripts/crowd.sh
+
+bench-soak: ## the 30-minute soak, per-minute report and flatness verdict: make bench-soak MODE=embedded|kafka DURATION=30m [SCALE=0.25]
+	SCALE=$(SCALE) bash benches/scripts/soak.sh $(or $(MODE),embedded) $(or $(DURATION),30m)
 
 services-up: ## start Kafka + Postgres on 127.0.0.1, write .services.env (FLASHSALE_KAFKA_BROKERS=3: a 3-broker cluster)
 	bash ops/services-up.sh

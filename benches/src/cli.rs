@@ -250,6 +250,25 @@ pub struct RunArgs {
     /// Length of the measured phase, seconds [default: 10].
     #[arg(long, env = "FLASHSALE_BENCH_DURATION_SECS", help_heading = "Scenario")]
     pub duration_secs: Option<f64>,
+    /// Length of the measured phase with a unit: 90s, 5m, 1h (a bare number is
+    /// seconds); the same as --duration-secs.
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_DURATION",
+        value_parser = parse_duration_secs,
+        conflicts_with = "duration_secs",
+        help_heading = "Scenario"
+    )]
+    pub duration: Option<f64>,
+    /// Multiply every steady rate (writes, reads) by this factor after the file and the
+    /// other flags, e.g. 0.25 to run the soak at a quarter of its load [default: 1].
+    #[arg(long, env = "FLASHSALE_BENCH_SCALE", help_heading = "Scenario")]
+    pub scale: Option<f64>,
+    /// Report figures per window of this many seconds (latency of each operation,
+    /// shed, errors, connections closed, the watched processes' RSS and CPU) with a
+    /// verdict on flatness; 0 = off [default: 0; the soak scenario: 60].
+    #[arg(long, env = "FLASHSALE_BENCH_SAMPLE_SECS", help_heading = "Scenario")]
+    pub sample_secs: Option<f64>,
     /// Warm-up before it (own sale, not recorded), seconds [default: 2].
     #[arg(long, env = "FLASHSALE_BENCH_WARMUP_SECS", help_heading = "Scenario")]
     pub warmup_secs: Option<f64>,
@@ -322,6 +341,17 @@ pub struct RunArgs {
         help_heading = "Client"
     )]
     pub sku_prefix: String,
+    /// A server process to watch in the per-window report, as NAME=PID (repeat it:
+    /// --watch-pid engine=1234 --watch-pid gateway=5678): its RSS (VmRSS of
+    /// /proc/PID/status) and CPU (utime + stime of /proc/PID/stat) at every window.
+    /// Needs per-window figures (--sample-secs or the scenario's sample_secs).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_WATCH_PID",
+        value_delimiter = ',',
+        help_heading = "Client"
+    )]
+    pub watch_pid: Vec<crate::soak::Watch>,
     /// Leave the sales the run creates (the measured sale and its warm-up sale) open.
     /// By default each is deleted (never touched) or ended when the run is over, so
     /// no bench sale stays ACTIVE for 24 hours.
@@ -485,10 +515,26 @@ impl RunArgs {
         over!(checkout_delay_ms => checkout_delay_ms);
         over!(quantity => quantity);
         over!(duration_secs => duration_secs);
+        over!(duration => duration_secs);
+        over!(sample_secs => sample_secs);
         over!(warmup_secs => warmup_secs);
         over!(reservation_ttl_secs => reservation_ttl_secs);
         over!(seed => seed);
         s.apply_capacity(self.capacity()?)?;
+        if let Some(f) = self.scale {
+            if !(f > 0.0 && f.is_finite()) {
+                return Err(BenchError::Scenario(format!(
+                    "--scale must be > 0 (0.25 = a quarter of every rate), got {f}"
+                )));
+            }
+            s.write_rate_per_s *= f;
+            s.read_rate_per_s = s.read_rate_per_s.map(|r| r * f);
+        }
+        if !self.watch_pid.is_empty() && s.sample_secs == 0.0 {
+            return Err(BenchError::Scenario(
+                "--watch-pid is reported per window: give --sample-secs N (60 = per minute)".into(),
+            ));
+        }
         s.validate()?;
         Ok(s)
     }
@@ -526,6 +572,7 @@ impl RunArgs {
             )),
             ready_wait: Duration::from_secs_f64(self.wait_ready_secs.clamp(0.0, 600.0)),
             keep_sales: self.keep_sales,
+            watch: self.watch_pid.clone(),
         }
     }
 
@@ -541,6 +588,33 @@ impl RunArgs {
             max_failure_share: self.max_failure_pct / 100.0,
         }
     }
+}
+
+/// `90s`, `5m`, `1h`, `1.5m` or a bare number of seconds, as seconds.
+pub fn parse_duration_secs(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let mult = match unit {
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}: use s, m or h (5m, 90s)"
+            ))
+        }
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: a number and s, m or h (5m, 90s)"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err(format!("the duration must be > 0, got {s:?}"));
+    }
+    Ok(v * mult)
 }
 
 /// Exit code of a run without violations.
@@ -565,6 +639,11 @@ pub async fn run_command(args: &RunArgs) -> Result<u8, BenchError> {
     } else {
         run(&client, &scenario, &opts).await?
     };
+    if let Some(s) = &mut out.report.soak {
+        // The per-window reserve p99 is judged against the run's SLO (default: the
+        // issue's 50 ms).
+        s.flatness = crate::soak::judge(&s.windows, args.slo_p99_ms);
+    }
     out.report.verdict = Some(verdict(
         &out.report,
         args.slo_p99_ms,
@@ -699,6 +778,60 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.run.scenario().unwrap().write_rate_per_s, 7_500.0);
+    }
+
+    #[test]
+    fn the_soak_runs_short_with_duration_and_scale() {
+        let soak = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/soak.toml");
+        let cli = Cli::try_parse_from([
+            "flashsale-bench",
+            "--scenario",
+            soak,
+            "--duration",
+            "5m",
+            "--scale",
+            "0.25",
+            "--watch-pid",
+            "engine=1234",
+            "--watch-pid",
+            "gateway=5678",
+        ])
+        .unwrap();
+        let s = cli.run.scenario().unwrap();
+        assert_eq!(s.duration_secs, 300.0);
+        assert_eq!(s.write_rate_per_s, 750.0);
+        assert_eq!(s.read_rate(), 2250.0);
+        assert_eq!(s.sample_secs, 60.0, "from the file");
+        let names: Vec<&str> = cli.run.watch_pid.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["engine", "gateway"]);
+        assert_eq!(cli.run.run_options().watch[1].pid, 5678);
+
+        assert_eq!(parse_duration_secs("90s"), Ok(90.0));
+        assert_eq!(parse_duration_secs("1.5m"), Ok(90.0));
+        assert_eq!(parse_duration_secs("1h"), Ok(3600.0));
+        assert_eq!(parse_duration_secs("42"), Ok(42.0));
+        assert!(parse_duration_secs("5 weeks").is_err());
+        assert!(parse_duration_secs("-5m").is_err());
+        // Both duration flags at once are refused; so is a bad scale, and a watched pid
+        // without windows.
+        assert!(Cli::try_parse_from([
+            "flashsale-bench",
+            "--duration",
+            "5m",
+            "--duration-secs",
+            "3"
+        ])
+        .is_err());
+        let bad = Cli::try_parse_from(["flashsale-bench", "--scale", "0"]).unwrap();
+        assert!(bad
+            .run
+            .scenario()
+            .unwrap_err()
+            .to_string()
+            .contains("--scale"));
+        let unwindowed = Cli::try_parse_from(["flashsale-bench", "--watch-pid", "node=1"]).unwrap();
+        let err = unwindowed.run.scenario().unwrap_err().to_string();
+        assert!(err.contains("--sample-secs"), "{err}");
     }
 
     #[test]

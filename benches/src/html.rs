@@ -4,7 +4,9 @@
 //! A run's page opens with a one-line verdict ("held 14,000/s at p99 18 ms" / "missed: p99
 //! 140 ms > SLO 50 ms at 20,000/s offered"), then the summary as an HTML table, then the
 //! charts: latency over time with the SLO line, offered vs answered per second, stock
-//! over time, the latency percentile curve with the SLO line. Everything fits a page about
+//! over time, the latency percentile curve with the SLO line. A run with per-window
+//! figures (the soak) has a section of its own after the summary: latency, RSS and CPU
+//! per window over the run, the flatness checks and the windows as a table. Everything fits a page about
 //! A4 wide (charts 720 px, scaled down with the page). Log axes get their own "nice" ticks
 //! (1, 2, 5 — or 1, 2, 3, 5 — per decade), so 1–5 ms data still has several labelled
 //! ticks; legends are HTML under each chart, so they never cover a line. The compare page
@@ -730,6 +732,165 @@ fn notes(r: &Report, extras: &TableExtras) -> String {
     o
 }
 
+/// The soak section: per-window latency, RSS and CPU of the watched processes (line
+/// charts over the run, in minutes), the flatness checks, and the windows as a table.
+pub fn soak_section(s: &crate::soak::SoakReport, slo: Option<f64>) -> String {
+    use crate::report::thousands;
+    use crate::soak::mb;
+    let x = |w: &crate::soak::SoakWindow| w.end_s / 60.0;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "<h2>Soak: per {} s</h2>\n<p class=\"verdict {}\">{}</p>\n<ul class=\"notes\">",
+        format_num(s.period_secs),
+        if s.flatness.held { "held" } else { "missed" },
+        escape(&s.flatness.summary())
+    );
+    for c in &s.flatness.checks {
+        let (class, mark) = match c.held {
+            Some(true) => ("", "held"),
+            Some(false) => (" class=\"warn\"", "MISSED"),
+            None => ("", "not judged"),
+        };
+        let _ = write!(
+            o,
+            "<li{class}>{}: {mark}: {}</li>",
+            escape(&c.name),
+            escape(&c.text)
+        );
+    }
+    o.push_str("</ul>\n");
+    let colors = [PALETTE[0], PALETTE[1], PALETTE[2]];
+    let mut latency = Vec::new();
+    for op in Op::ALL {
+        let key = op.key();
+        let pts = |q99: bool| -> Vec<(f64, f64)> {
+            s.windows
+                .iter()
+                .filter_map(|w| {
+                    let f = w.ops.get(key)?;
+                    let v = if q99 { f.p99_ms } else { f.p50_ms };
+                    (v > 0.0).then(|| (x(w), v))
+                })
+                .collect()
+        };
+        let p99 = pts(true);
+        if p99.is_empty() {
+            continue;
+        }
+        latency.push(Line::solid(format!("{key} p99"), p99, colors[op.index()]));
+        latency.push(Line::dashed(
+            format!("{key} p50"),
+            pts(false),
+            colors[op.index()],
+        ));
+    }
+    o.push_str(&chart(&ChartSpec {
+        title: "latency per window (admitted requests, by scheduled time)",
+        x_desc: "minutes",
+        y_desc: "ms (log)",
+        x_axis: Axis::Linear,
+        y_axis: Axis::Log,
+        lines: &latency,
+        slo,
+    }));
+    let per_proc = |f: &dyn Fn(&crate::soak::ProcFigures) -> f64| -> Vec<Line> {
+        s.watched
+            .keys()
+            .enumerate()
+            .map(|(i, name)| {
+                Line::solid(
+                    name.clone(),
+                    s.windows
+                        .iter()
+                        .filter_map(|w| w.processes.get(name).map(|p| (x(w), f(p))))
+                        .collect(),
+                    PALETTE[(i + 3) % PALETTE.len()],
+                )
+            })
+            .filter(|l| !l.points.is_empty())
+            .collect()
+    };
+    if s.watched.is_empty() {
+        o.push_str(
+            "<p class=\"empty\">No watched process: give --watch-pid NAME=PID for RSS and CPU.</p>\n",
+        );
+    } else {
+        o.push_str(&chart(&ChartSpec {
+            title: "RSS of the watched processes (end of each window)",
+            x_desc: "minutes",
+            y_desc: "MB",
+            x_axis: Axis::Linear,
+            y_axis: Axis::Linear,
+            lines: &per_proc(&|p| p.rss_bytes as f64 / 1e6),
+            slo: None,
+        }));
+        o.push_str(&chart(&ChartSpec {
+            title: "CPU of the watched processes (utime + stime per window)",
+            x_desc: "minutes",
+            y_desc: "cores",
+            x_axis: Axis::Linear,
+            y_axis: Axis::Linear,
+            lines: &per_proc(&|p| p.cpu_cores),
+            slo: None,
+        }));
+    }
+    o.push_str("<table><tr><th>window s</th>");
+    let ops: Vec<&str> = Op::ALL
+        .iter()
+        .map(|op| op.key())
+        .filter(|k| s.windows.iter().any(|w| w.ops.contains_key(*k)))
+        .collect();
+    for k in &ops {
+        let _ = write!(o, "<th>{k} p50 / p99 ms</th>");
+    }
+    o.push_str("<th>shed</th><th>errors</th><th>closed</th>");
+    for name in s.watched.keys() {
+        let _ = write!(o, "<th>{} RSS MB / CPU</th>", escape(name));
+    }
+    o.push_str("</tr>\n");
+    for w in &s.windows {
+        let _ = write!(
+            o,
+            "<tr><td>{}–{}</td>",
+            format_num(w.start_s),
+            format_num(w.end_s)
+        );
+        for k in &ops {
+            match w.ops.get(*k) {
+                Some(f) => {
+                    let _ = write!(
+                        o,
+                        "<td>{} / {}</td>",
+                        format_num(f.p50_ms),
+                        format_num(f.p99_ms)
+                    );
+                }
+                None => o.push_str("<td>–</td>"),
+            }
+        }
+        let sum = |f: fn(&crate::soak::WindowFigures) -> u64| w.ops.values().map(f).sum::<u64>();
+        let _ = write!(
+            o,
+            "<td>{}</td><td>{}</td><td>{}</td>",
+            thousands(sum(|f| f.shed) as f64),
+            thousands(sum(|f| f.errors) as f64),
+            thousands(sum(|f| f.connections_closed) as f64)
+        );
+        for name in s.watched.keys() {
+            match w.processes.get(name) {
+                Some(p) => {
+                    let _ = write!(o, "<td>{} / {:.2}</td>", mb(p.rss_bytes), p.cpu_cores);
+                }
+                None => o.push_str("<td>–</td>"),
+            }
+        }
+        o.push_str("</tr>\n");
+    }
+    o.push_str("</table>\n");
+    o
+}
+
 /// The find-max section: its steps as a table, offered vs answered, p99 per step.
 fn find_max_section(fm: &crate::report::FindMaxReport) -> String {
     use crate::report::thousands;
@@ -962,6 +1123,9 @@ pub fn run_page(
     );
     body.push_str(&summary_table(report));
     body.push_str(&notes(report, extras));
+    if let Some(s) = &report.soak {
+        body.push_str(&soak_section(s, slo));
+    }
     if let Some(fm) = &report.find_max {
         body.push_str(&find_max_section(fm));
         let _ = writeln!(

@@ -26,6 +26,8 @@
 //! - [`find_max`]: the SLO search.
 //! - [`report`], [`html`], [`compare`]: the outputs; [`side_by_side`]: the one table of
 //!   `scripts/bench-compare.sh` (medians of its rounds, as ratios).
+//! - [`soak`]: a long run's figures per window (per minute), the watched server
+//!   processes' RSS and CPU, and the pure verdict on flatness (issue 29).
 //! - [`fill_events`]: `fill-events`, many synthetic event records for the gateway
 //!   start-up benchmark (`scripts/gateway-startup.sh`).
 //! - [`cli`]: the command line of the `flashsale-bench` binary.
@@ -47,6 +49,7 @@ pub mod runner;
 pub mod scenario;
 pub mod schedule;
 pub mod side_by_side;
+pub mod soak;
 pub mod stats;
 pub mod verify;
 pub mod wire;

@@ -237,6 +237,11 @@ pub fn verdict(r: &Report, slo_p99_ms: f64, max_failure_share: f64) -> Verdict {
             crowd_verdict(&mut v, c, r.scenario.scenario.flash_crowd_ms);
         }
     }
+    if let Some(s) = &r.soak {
+        v.text
+            .push_str(&format!("; soak: {}", s.flatness.summary()));
+        v.held &= s.flatness.held;
+    }
     if let Some(h) = r.harness.as_ref().filter(|h| h.spoiled) {
         v.text.push_str(&format!(
             " (harness lag p99 {} ms: figures spoiled)",
@@ -459,6 +464,9 @@ pub struct Report {
     /// The one-line verdict against `--slo-p99-ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// Per-window figures, watched processes and the flatness verdict (`sample_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<crate::soak::SoakReport>,
 }
 
 impl Report {
@@ -623,6 +631,9 @@ pub fn render_table(r: &Report, extras: &TableExtras) -> String {
     if let Some(c) = &r.crowd {
         let _ = writeln!(o, "{}", crowd_line(c));
     }
+    if let Some(s) = &r.soak {
+        o.push_str(&crate::soak::render(s));
+    }
     if let Some(rc) = &r.read_ceiling {
         let _ = writeln!(
             o,
@@ -749,6 +760,7 @@ pub(crate) mod tests {
             harness: None,
             crowd: None,
             verdict: None,
+            soak: None,
         }
     }
 

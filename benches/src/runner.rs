@@ -28,8 +28,9 @@ use crate::report::{
 };
 use crate::scenario::Scenario;
 use crate::schedule::{corrected_latency, Op, Planned, Schedule, ScheduleSpec, Slot};
+use crate::soak::{self, ProcPoint, Watch, Windows};
 use crate::stats::{new_histogram, record_us, LatencySummary, OpStats, Outcome, Timeline};
-use crate::verify::{check_ledger, check_server, Expected, Ledger};
+use crate::verify::{check_ledger, check_server, Expected, Ledger, ViolationKind};
 
 /// Samples buffered between workers and the collector.
 const SAMPLE_CHANNEL: usize = 65_536;
@@ -74,6 +75,8 @@ pub struct RunOptions {
     /// Leave the sales the run created as they are (`--keep-sales`); by default they
     /// are deleted or ended when the run is over.
     pub keep_sales: bool,
+    /// Processes whose RSS and CPU the per-window report shows (`--watch-pid`).
+    pub watch: Vec<Watch>,
 }
 
 /// Admin figures at one moment of the measured phase.
@@ -146,14 +149,26 @@ struct Recorder {
     /// Units of product 0 acknowledged, and when the last of them was (ns from start).
     hot_units: i64,
     hot_last_grant_ns: u64,
+    /// Per-window figures, when the scenario asks for them (`sample_secs`).
+    windows: Option<Windows>,
 }
 
 impl Recorder {
-    fn new(bucket_ns: u64, user_prefix: Arc<str>, write_skus: Arc<Vec<String>>) -> Self {
+    fn new(
+        bucket_ns: u64,
+        user_prefix: Arc<str>,
+        write_skus: Arc<Vec<String>>,
+        windows: Option<Windows>,
+        per_user_ledger: bool,
+    ) -> Self {
         Self {
             ops: Default::default(),
             timeline: Timeline::new(bucket_ns),
-            ledger: Ledger::default(),
+            ledger: if per_user_ledger {
+                Ledger::default()
+            } else {
+                Ledger::per_sku_only()
+            },
             lag_us: new_histogram(3),
             last_done_ns: 0,
             user_prefix,
@@ -162,6 +177,7 @@ impl Recorder {
             others: OpStats::default(),
             hot_units: 0,
             hot_last_grant_ns: 0,
+            windows,
         }
     }
 
@@ -169,6 +185,9 @@ impl Recorder {
         self.ops[s.op.index()].record(&s.outcome, s.latency_us);
         self.timeline
             .record(s.op, s.scheduled_ns, s.latency_us, &s.outcome);
+        if let Some(w) = &mut self.windows {
+            w.record(s.op, s.scheduled_ns, s.latency_us, &s.outcome);
+        }
         record_us(&mut self.lag_us, s.lag_us);
         let done_ns = s.scheduled_ns + s.latency_us * 1000;
         self.last_done_ns = self.last_done_ns.max(done_ns);
@@ -329,6 +348,7 @@ pub async fn run(
             Arc::from(format!("w{run_id}-")),
             scenario,
             None,
+            false,
         )
         .await;
     }
@@ -344,12 +364,19 @@ pub async fn run(
         Arc::from(format!("u{run_id}-")),
         scenario,
         Some(sale_id.clone()),
+        true,
     )
     .await;
 
     let mut violations = check_ledger(&expected, &phase.rec.ledger);
     match settled_figures(client, &sale_id).await {
-        Ok(sale) => violations.extend(check_server(&expected, &phase.rec.ledger, &sale)),
+        Ok(sale) => violations.extend(
+            check_server(&expected, &phase.rec.ledger, &sale)
+                .into_iter()
+                // Expired holds free their units: with expiry allowed, fewer units held or
+                // sold than acknowledged is the expiry, not a lost reservation.
+                .filter(|v| !(scenario.allow_expiry && v.kind == ViolationKind::AcknowledgedLost)),
+        ),
         Err(e) => eprintln!(
             "warning: no admin figures at the end of the run, server-side checks skipped: {e}"
         ),
@@ -392,6 +419,15 @@ pub async fn run(
         harness: Some(HarnessReport::judge(lag, reserve_p99)),
         crowd: phase.rec.crowd_report(scenario),
         verdict: None,
+        soak: phase.rec.windows.as_ref().map(|w| {
+            soak::build(
+                w,
+                &phase.procs,
+                &opts.watch,
+                scenario.duration_secs,
+                soak::target::RESERVE_P99_MS,
+            )
+        }),
     };
     let extras = TableExtras {
         error_kinds: Op::ALL
@@ -567,6 +603,8 @@ async fn settled_figures(client: &ApiClient, sale_id: &str) -> Result<SaleView, 
 struct PhaseResult {
     rec: Recorder,
     stock: Vec<StockPoint>,
+    /// Readings of the watched processes at the window boundaries (per-window runs).
+    procs: Vec<ProcPoint>,
 }
 
 #[allow(clippy::too_many_arguments)] // one call site per phase; a struct would only rename them
@@ -580,6 +618,7 @@ async fn run_phase(
     user_prefix: Arc<str>,
     scenario: &Scenario,
     stock_sale: Option<String>,
+    measured: bool,
 ) -> PhaseResult {
     let start = Instant::now() + Duration::from_millis(20);
     let end = start + Duration::from_nanos(spec.duration_ns);
@@ -587,7 +626,29 @@ async fn run_phase(
     let sem = Arc::new(Semaphore::new(opts.max_in_flight));
     let (tx, rx) = mpsc::channel(SAMPLE_CHANNEL);
     let bucket_ns = Timeline::bucket_for(spec.duration_ns);
-    let rec = Recorder::new(bucket_ns, user_prefix.clone(), write_skus.clone());
+    // Per-window figures and process readings: the measured phase of a run that asks.
+    let period = (measured && scenario.sample_secs > 0.0)
+        .then(|| Duration::from_secs_f64(scenario.sample_secs));
+    let windows = period.map(|p| Windows::new(p.as_nanos() as u64, spec.duration_ns));
+    let procs_sampler = windows.as_ref().zip(period).map(|(w, p)| {
+        tokio::spawn(soak::sample_processes(
+            opts.watch.clone(),
+            start,
+            end,
+            p,
+            w.max_windows,
+        ))
+    });
+    // With a new user per write, no (user, SKU) pair can repeat: the per-user map would
+    // only grow (millions of entries over a soak) to find nothing.
+    let per_user_ledger = !(scenario.fresh_users && scenario.crowd_users() == 0);
+    let rec = Recorder::new(
+        bucket_ns,
+        user_prefix.clone(),
+        write_skus.clone(),
+        windows,
+        per_user_ledger,
+    );
     let progress = Progress::new(opts.progress, name, spec.duration_ns as f64 / 1e9);
     let collector = tokio::spawn(collect(
         rx,
@@ -705,7 +766,11 @@ async fn run_phase(
         Some(h) => h.await.unwrap_or_default(),
         None => Vec::new(),
     };
-    PhaseResult { rec, stock }
+    let procs = match procs_sampler {
+        Some(h) => h.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    PhaseResult { rec, stock, procs }
 }
 
 fn op_of(slot: &Slot) -> Op {

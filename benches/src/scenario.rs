@@ -15,6 +15,9 @@ pub const MAX_PRODUCTS: u32 = 100;
 pub const MAX_RUN_SECS: f64 = 3600.0;
 /// Highest rate of one stream the harness accepts.
 pub const MAX_RATE_PER_S: f64 = 1_000_000.0;
+/// Most report windows of one run (`sample_secs`): each holds a latency histogram per
+/// operation, so their number is bounded.
+pub const MAX_WINDOWS: usize = 720;
 
 /// One workload. Field names are the TOML keys (snake_case).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +68,16 @@ pub struct Scenario {
     pub reservation_ttl_secs: u32,
     /// Seed of the schedule's choices (users, SKUs, checkouts): same seed, same requests.
     pub seed: u64,
+    /// Every steady reservation comes from a new user (user n for the n-th), as in a long
+    /// sale where buyers keep arriving; `users` then sizes only the flash crowd.
+    pub fresh_users: bool,
+    /// Let holds expire during the run (`reservation_ttl_secs` shorter than the run, as
+    /// in the soak). The end-of-run check then skips the one comparison that expiry
+    /// makes meaningless (units acknowledged ≤ units held or sold); the others stay.
+    pub allow_expiry: bool,
+    /// Report figures per window of this many seconds (per minute: 60), with the
+    /// watched processes' RSS and CPU and the soak's flatness verdict; 0 = off.
+    pub sample_secs: f64,
 }
 
 impl Default for Scenario {
@@ -89,6 +102,9 @@ impl Default for Scenario {
             warmup_secs: 2.0,
             reservation_ttl_secs: 3600,
             seed: 1,
+            fresh_users: false,
+            allow_expiry: false,
+            sample_secs: 0.0,
         }
     }
 }
@@ -202,10 +218,32 @@ impl Scenario {
         if !(1..=3600).contains(&self.reservation_ttl_secs) {
             return bad("reservation_ttl_secs must be 1..=3600".into());
         }
-        if (self.reservation_ttl_secs as f64) < self.duration_secs + self.warmup_secs + 10.0 {
+        if !self.allow_expiry
+            && (self.reservation_ttl_secs as f64) < self.duration_secs + self.warmup_secs + 10.0
+        {
             // Expiry would free units mid-run and the exact-count checks would raise false
             // alarms; refuse rather than report nonsense.
-            return bad("reservation_ttl_secs must outlast the run by 10 s".into());
+            return bad(
+                "reservation_ttl_secs must outlast the run by 10 s (or set allow_expiry = true, \
+                 as the soak does)"
+                    .into(),
+            );
+        }
+        if self.sample_secs != 0.0 {
+            if !(self.sample_secs >= 1.0 && self.sample_secs <= MAX_RUN_SECS) {
+                return bad(format!(
+                    "sample_secs must be 0 (off) or 1..={MAX_RUN_SECS}, got {}",
+                    self.sample_secs
+                ));
+            }
+            let windows = (self.duration_secs / self.sample_secs).ceil();
+            if windows > MAX_WINDOWS as f64 {
+                return bad(format!(
+                    "sample_secs {} gives {windows} windows over {} s; at most {MAX_WINDOWS}: \
+                     raise sample_secs",
+                    self.sample_secs, self.duration_secs
+                ));
+            }
         }
         Ok(())
     }
@@ -237,6 +275,7 @@ mod tests {
             include_str!("../scenarios/flash-crowd.toml"),
             include_str!("../scenarios/capacity.toml"),
             include_str!("../scenarios/big-crowd.toml"),
+            include_str!("../scenarios/soak.toml"),
         ] {
             Scenario::from_toml(text).unwrap().validate().unwrap();
         }
@@ -256,6 +295,46 @@ mod tests {
         assert_eq!(s.inventory_per_product, 1000);
         assert_eq!(s.products, 100);
         assert_eq!(s.crowd_hot_share(), 1.0);
+    }
+
+    #[test]
+    fn the_soak_is_the_issue_s() {
+        let s = Scenario::from_toml(include_str!("../scenarios/soak.toml")).unwrap();
+        assert_eq!(s.products, 100);
+        assert_eq!(s.hot_sku_share, 0.3);
+        assert_eq!(s.write_rate_per_s, 3000.0);
+        assert_eq!(s.read_rate(), 9000.0);
+        assert_eq!(s.checkout_share, 0.3);
+        assert_eq!(s.reservation_ttl_secs, 312);
+        assert_eq!(s.duration_secs, 1800.0);
+        assert_eq!(s.sample_secs, 60.0);
+        assert!(s.fresh_users && s.allow_expiry);
+        // Never sells out: every hold of the run on the hot SKU fits its stock.
+        let hot_holds = s.write_rate_per_s * s.duration_secs * s.hot_sku_share;
+        assert!((s.inventory_per_product as f64) > hot_holds * 2.0);
+        // Without allow_expiry the short TTL is refused.
+        let strict = Scenario {
+            allow_expiry: false,
+            ..s
+        };
+        assert!(strict.validate().is_err());
+    }
+
+    #[test]
+    fn sample_windows_are_bounded() {
+        let mut s = Scenario {
+            duration_secs: 1800.0,
+            sample_secs: 60.0,
+            ..Scenario::default()
+        };
+        s.reservation_ttl_secs = 3600;
+        s.validate().unwrap();
+        s.sample_secs = 0.5;
+        assert!(s.validate().is_err(), "below 1 s");
+        s.sample_secs = 1.0;
+        assert!(s.validate().is_err(), "1,800 windows > MAX_WINDOWS");
+        s.sample_secs = 0.0;
+        s.validate().unwrap();
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct ScheduleSpec {
     pub checkout_share: f64,
     /// Seed for all choices.
     pub seed: u64,
+    /// Each steady write is a new user (the n-th write is user n) instead of a random
+    /// pick from `users`.
+    pub fresh_users: bool,
 }
 
 impl ScheduleSpec {
@@ -121,6 +124,7 @@ impl ScheduleSpec {
             crowd_hot_share: s.crowd_hot_share(),
             checkout_share: s.checkout_share,
             seed: s.seed,
+            fresh_users: s.fresh_users,
         }
     }
 
@@ -265,7 +269,12 @@ impl Iterator for Schedule {
         }
         if write == Some(min) {
             self.write_k += 1;
-            let user = self.rng.random_range(0..self.spec.users.max(1));
+            let user = if self.spec.fresh_users {
+                // At most MAX_RATE_PER_S × MAX_RUN_SECS = 3.6e9 writes: fits a u32.
+                (self.write_k - 1) as u32
+            } else {
+                self.rng.random_range(0..self.spec.users.max(1))
+            };
             let what = self.reserve(user, false);
             return Some(Slot { at_ns: min, what });
         }
@@ -295,7 +304,24 @@ mod tests {
             crowd_hot_share: 0.5,
             checkout_share: 0.0,
             seed: 7,
+            fresh_users: false,
         }
+    }
+
+    #[test]
+    fn fresh_users_never_repeat() {
+        let s = ScheduleSpec {
+            fresh_users: true,
+            read_rate_per_s: 300.0,
+            ..spec()
+        };
+        let users: Vec<u32> = Schedule::new(s)
+            .filter_map(|slot| match slot.what {
+                Planned::Reserve { user, .. } => Some(user),
+                Planned::Read { .. } => None,
+            })
+            .collect();
+        assert_eq!(users, (0..100).collect::<Vec<u32>>());
     }
 
     #[test]

@@ -442,6 +442,7 @@ mod tests {
             crowd_hot_share: 1.0,
             checkout_share: 0.0,
             seed: 1,
+            fresh_users: false,
         };
         let service_ns = 100_000u64;
         let (stall_from, stall_to) = (10_000_000u64, 110_000_000u64);

@@ -37,18 +37,37 @@ pub struct Ledger {
     per_user_sku: FastMap<(String, String), i64>,
     /// Acknowledged reservations.
     pub reservations: u64,
+    /// Per-SKU sums only ([`Ledger::per_sku_only`]).
+    skip_per_user: bool,
 }
 
 impl Ledger {
+    /// A ledger that keeps the per-SKU sums but not the per-(user, SKU) ones: for runs
+    /// where every reservation is a new user (the soak), whose per-user map would grow by
+    /// one entry per hold and could find nothing.
+    pub fn per_sku_only() -> Self {
+        Self {
+            skip_per_user: true,
+            ..Self::default()
+        }
+    }
+
     /// Notes one acknowledged reservation.
     pub fn record(&mut self, user_id: &str, sku_id: &str, quantity: u32) {
         let q = i64::from(quantity);
-        *self.per_sku.entry(sku_id.to_owned()).or_default() += q;
+        if let Some(n) = self.per_sku.get_mut(sku_id) {
+            *n += q;
+        } else {
+            self.per_sku.insert(sku_id.to_owned(), q);
+        }
+        self.reservations += 1;
+        if self.skip_per_user {
+            return;
+        }
         *self
             .per_user_sku
             .entry((user_id.to_owned(), sku_id.to_owned()))
             .or_default() += q;
-        self.reservations += 1;
     }
 
     /// Units acknowledged for `sku_id`.
@@ -272,6 +291,23 @@ mod tests {
         assert_eq!(v[0].sku_id, "HOT");
         assert_eq!(v[1].user_id.as_deref(), Some("u1"));
         assert_eq!(v[1].sku_id, "COLD");
+    }
+
+    #[test]
+    fn a_per_sku_ledger_sums_units_but_keeps_no_users() {
+        let mut l = Ledger::per_sku_only();
+        for u in ["u1", "u2", "u3", "u4"] {
+            l.record(u, "HOT", 1);
+        }
+        l.record("u9", "COLD", 1);
+        l.record("u9", "COLD", 1);
+        assert_eq!((l.units("HOT"), l.units("COLD"), l.reservations), (4, 2, 6));
+        // Oversell is still found; per-user limits are not looked at.
+        let kinds: Vec<ViolationKind> = check_ledger(&expected(), &l)
+            .iter()
+            .map(|v| v.kind)
+            .collect();
+        assert_eq!(kinds, vec![ViolationKind::Oversold]);
     }
 
     #[test]

@@ -39,6 +39,19 @@ struct Conn {
     out: Vec<u8>,
 }
 
+impl Conn {
+    /// True when the peer closed the connection (or sent bytes nobody asked for, which
+    /// makes it unusable too): one non-blocking read, which finds nothing to read on a
+    /// live idle connection.
+    fn peer_closed(&self) -> bool {
+        let mut b = [0u8; 1];
+        match self.stream.try_read(&mut b) {
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => true,
+        }
+    }
+}
+
 /// A pool of idle connections to one loopback address. A request takes a connection (or
 /// opens one), and puts it back only after a complete answer that did not say
 /// `Connection: close`; anything else drops it. The harness's in-flight cap bounds how
@@ -102,7 +115,7 @@ impl Wire {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<Answer, WireError> {
-        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = self.take_idle();
         let mut conn = match conn {
             Some(c) => c,
             None => self.connect().await?,
@@ -118,6 +131,23 @@ impl Wire {
                 .push(conn);
         }
         Ok(answer.0)
+    }
+
+    /// An idle connection the server has not closed meanwhile. A server closes idle
+    /// keep-alive connections after its own timeout (flashsale: `--http-header-timeout-secs`,
+    /// 30 s), and a request sent on one would read nothing and count as "connection
+    /// closed" against the server, which did nothing wrong; an HTTP client opens a fresh
+    /// one instead, and so does this. A connection the server closes *under* a request
+    /// still counts.
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by the pool, which the harness's in-flight cap bounds.
+        while let Some(c) = idle.pop() {
+            if !c.peer_closed() {
+                return Some(c);
+            }
+        }
+        None
     }
 
     async fn connect(&self) -> Result<Conn, WireError> {
@@ -259,6 +289,45 @@ mod tests {
     fn parse(bytes: &[u8]) -> Result<Option<(Answer, bool)>, WireError> {
         let mut buf = BytesMut::from(bytes);
         parse_answer(&mut buf, false)
+    }
+
+    /// A server that answers one request per connection with keep-alive and then closes
+    /// the connection (as an idle timeout would): the next request goes on a fresh
+    /// connection instead of failing with "connection closed".
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_not_reused() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, mut closed_rx) = tokio::sync::mpsc::channel::<()>(4);
+        let server = tokio::spawn(async move {
+            let mut accepted = 0u32;
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                accepted += 1;
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0);
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await
+                    .unwrap();
+                drop(s);
+                closed_tx.send(()).await.unwrap();
+            }
+            accepted
+        });
+        let wire = Wire::new(&format!("http://{addr}"), Duration::from_secs(5)).unwrap();
+        let a = wire.call("GET", "/health", None).await.unwrap();
+        assert_eq!(a.status, 200);
+        closed_rx.recv().await.unwrap();
+        // The first connection went back to the pool and is closed now.
+        let b = wire.call("GET", "/health", None).await.unwrap();
+        assert_eq!(b.status, 200);
+        assert_eq!(server.await.unwrap(), 2, "a second connection was opened");
     }
 
     #[test]

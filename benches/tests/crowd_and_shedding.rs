@@ -40,6 +40,7 @@ fn options() -> RunOptions {
         read_ceiling: None,
         ready_wait: Duration::from_secs(5),
         keep_sales: false,
+        watch: Vec::new(),
     }
 }
 

@@ -56,6 +56,7 @@ fn options() -> RunOptions {
         read_ceiling: Some((4, 0.2)),
         ready_wait: Duration::from_secs(5),
         keep_sales: false,
+        watch: Vec::new(),
     }
 }
 
@@ -200,4 +201,94 @@ async fn non_loopback_targets_are_refused() {
     let cli = Cli::try_parse_from(["flashsale-bench", "--target", "http://192.0.2.1:80"]).unwrap();
     let err = run_command(&cli.run).await.unwrap_err();
     assert!(err.to_string().contains("loopback"), "{err}");
+}
+
+/// The soak's per-window sampling, end to end: the soak scenario cut to 3 s at 3 % of
+/// its rates, 1 s windows, and this test process (which hosts the fake server) as the
+/// watched process. Asserts that every window has its figures and the process's
+/// readings; nothing about how fast anything was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soak_reports_every_window_with_the_watched_process() {
+    let addr = fake_server(MemoryStore::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("soak.json");
+    let html = dir.path().join("soak.html");
+    let soak = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/soak.toml");
+    let watch = format!("server={}", std::process::id());
+    let cli = Cli::try_parse_from([
+        "flashsale-bench",
+        "--target",
+        &format!("http://{addr}"),
+        "--admin-token",
+        TOKEN,
+        "--scenario",
+        soak,
+        "--duration",
+        "3s",
+        "--scale",
+        "0.03",
+        "--warmup-secs",
+        "0",
+        "--sample-secs",
+        "1",
+        "--watch-pid",
+        &watch,
+        "--progress",
+        "off",
+        "--json-out",
+        json.to_str().unwrap(),
+        "--html-out",
+        html.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(run_command(&cli.run).await.unwrap(), EXIT_OK);
+    let r = Report::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r.scenario.scenario.products, 100);
+    assert_eq!(r.scenario.scenario.write_rate_per_s, 90.0);
+    let s = r.soak.as_ref().expect("a soak object");
+    assert_eq!(s.period_secs, 1.0);
+    assert_eq!(s.watched.get("server"), Some(&std::process::id()));
+    assert_eq!(s.windows.len(), 3);
+    let mut sent = 0;
+    for (i, w) in s.windows.iter().enumerate() {
+        assert_eq!(w.start_s, i as f64);
+        for key in ["reserve", "availability"] {
+            let f = w
+                .ops
+                .get(key)
+                .unwrap_or_else(|| panic!("{key} in window {i}"));
+            assert!(f.sent > 0 && f.ok > 0, "window {i} {key}: {f:?}");
+            assert!(
+                f.p50_ms > 0.0 && f.p50_ms <= f.p99_ms,
+                "window {i} {key}: {f:?}"
+            );
+            assert_eq!(f.connections_closed, 0);
+            sent += f.sent;
+        }
+        let p = w.processes.get("server").expect("the watched process");
+        assert!(p.rss_bytes > 1_000_000, "window {i}: {p:?}");
+        assert!(p.cpu_cores >= 0.0 && p.cpu_cores.is_finite());
+    }
+    // Every scheduled reservation and read is in exactly one window.
+    assert_eq!(sent, r.op("reserve").sent + r.op("availability").sent);
+    let names: Vec<&str> = s.flatness.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "reserve p99 every window",
+            "last vs first",
+            "connections closed",
+            "shed",
+            "RSS flat"
+        ]
+    );
+    assert!(
+        s.flatness.checks.iter().all(|c| c.held.is_some()),
+        "{:#?}",
+        s.flatness
+    );
+    assert!(r.verdict.as_ref().unwrap().text.contains("soak:"));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("Soak: per 1 s"));
+    assert!(page.contains("RSS of the watched processes"));
 }

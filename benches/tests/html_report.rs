@@ -116,6 +116,7 @@ fn synthetic(p99_extra_ms: u64) -> (Report, TableExtras, ChartData) {
             others_admitted_latency_ms: LatencySummary::default(),
         }),
         verdict: None,
+        soak: None,
     };
     // A run that sheds 3 % would miss the default 0.1 % bound; judge the latency here.
     report.verdict = Some(verdict(&report, SLO_MS, 0.05));
