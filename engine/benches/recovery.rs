@@ -11,7 +11,10 @@
 //!
 //! Run: `cargo bench -p flashsale-gateway --bench recovery` (Postgres from
 //! `FLASHSALE_POSTGRES` or `.services.env`; without it only the file store runs).
-//! Env: `RECOVERY_HOLDS` (default 1000000), `RECOVERY_REPLAY` (100000), `RECOVERY_RUNS` (5).
+//! Env: `RECOVERY_HOLDS` (default 1000000), `RECOVERY_REPLAY` (100000), `RECOVERY_RUNS` (5),
+//! `RECOVERY_ORDERS` (0): that many of the holds are checked out before the snapshot
+//! (issue 29's soak state: `RECOVERY_HOLDS=1300000 RECOVERY_ORDERS=1000000` is 1M
+//! orders + 300k live holds).
 //! Replay reads the records from memory: the log's own read cost (embedded file or
 //! Kafka fetch) is not in these figures.
 
@@ -214,8 +217,9 @@ fn main() {
     let holds = env_num("RECOVERY_HOLDS", if quick { 10_000 } else { 1_000_000 });
     let replay = env_num("RECOVERY_REPLAY", if quick { 1_000 } else { 100_000 });
     let runs = env_num("RECOVERY_RUNS", if quick { 1 } else { 5 }).max(1);
+    let orders = env_num("RECOVERY_ORDERS", 0).min(holds);
 
-    println!("recovery bench: 1 partition, {holds} live reservations over {SKUS} SKUs, replay {replay} commands, {runs} runs");
+    println!("recovery bench: 1 partition, {holds} reservations ({orders} of them orders) over {SKUS} SKUs, replay {replay} commands, {runs} runs");
     let t = Instant::now();
     let mut actor = PartitionActor::new(State::new(PARTITION), SnapshotPolicy::default());
     let setup = LogRecord {
@@ -225,14 +229,42 @@ fn main() {
     };
     actor.apply_batch(std::slice::from_ref(&setup));
     // 1000 holds per ms of log time: 1M holds span 1 s, far inside the 1 h TTL.
-    for chunk in reserves(1, 0, holds, 1).chunks(4096) {
+    let made = reserves(1, 0, holds, 1);
+    for chunk in made.chunks(4096) {
         actor.apply_batch(chunk);
     }
+    // Check out the first `orders` holds (in the same millisecond of log time).
+    let checkouts: Vec<LogRecord> = made[..orders]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let offset = holds as u64 + 1 + i as u64;
+            let cmd = Command::Checkout(CheckoutRequest {
+                reservation: ReservationId {
+                    partition: PARTITION,
+                    ulid: 1_000_000 + u128::from(r.offset),
+                },
+                payment_transaction_id: format!("pay_{i:020}"),
+                payment_method: PaymentMethod::CreditCard,
+                shipping_address: "221B Baker Street, London NW1 6XE".into(),
+            });
+            LogRecord {
+                offset,
+                log_time: made.last().map_or(T0, |l| l.log_time),
+                payload: encode(&record(50_000_000 + i as u128, cmd)),
+            }
+        })
+        .collect();
+    drop(made);
+    for chunk in checkouts.chunks(4096) {
+        actor.apply_batch(chunk);
+    }
+    drop(checkouts);
     let state = actor.snapshot_now();
     assert_eq!(
         state.live_reservations(),
-        holds as u64,
-        "every hold is live"
+        (holds - orders) as u64,
+        "every hold not checked out is live"
     );
     println!("built the state in {:.1} s", t.elapsed().as_secs_f64());
     let log = replay_records(&state, replay);

@@ -48,7 +48,7 @@ pub struct SaleEntry {
 pub struct ReadModel {
     products: Map<SkuId, ProductEntry>,
     sales: Map<SaleId, SaleEntry>,
-    reservations: Map<ReservationId, (ReservationView, u64)>,
+    reservations: Map<ReservationId, Kept>,
     orders: Map<OrderId, OrderView>,
     user_orders: Map<UserId, Vec<OrderId>>,
     /// Units each user holds or bought per SKU (RESERVED + CONFIRMED reservations), so
@@ -139,7 +139,7 @@ impl ReadModel {
         self.products.get(sku).map(|p| p.sale_id)
     }
     pub fn reservation(&self, id: &ReservationId) -> Option<ReservationView> {
-        let r = self.reservations.get(id).map(|r| r.0.clone());
+        let r = self.reservations.get(id).map(|r| r.view(*id));
         self.metrics.readmodel_lookup(r.is_some());
         r
     }
@@ -169,16 +169,16 @@ impl ReadModel {
         self.reservations
             .entry(view.id)
             .and_modify(|e| {
-                if version >= e.1 {
-                    before = Some(counted(&e.0));
+                if version >= e.version {
+                    before = Some(e.counted());
                     changed = true;
-                    *e = (view.clone(), version);
+                    *e = Kept::new(view, version);
                 }
             })
             .or_insert_with(|| {
                 before = Some(0);
                 changed = true;
-                (view.clone(), version)
+                Kept::new(view, version)
             });
         if changed {
             self.count_use(view, before.unwrap_or(0), counted(view));
@@ -389,7 +389,7 @@ impl ReadModel {
     fn prune(&self, ids: &[ReservationId]) {
         let mut n = 0;
         for id in ids {
-            let removed = self.reservations.remove_if(id, |_, (v, _)| counted(v) == 0);
+            let removed = self.reservations.remove_if(id, |_, k| k.counted() == 0);
             n += u64::from(removed.is_some());
         }
         self.metrics.reservations_pruned(n);
@@ -479,7 +479,7 @@ impl ReadModel {
         let mut reservations: Vec<(ReservationView, u64)> = self
             .reservations
             .iter()
-            .map(|e| e.value().clone())
+            .map(|e| (e.value().view(*e.key()), e.value().version))
             .collect();
         reservations.sort_by_key(|(v, _)| v.id);
         let mut orders: Vec<OrderView> = self.orders.iter().map(|e| e.value().clone()).collect();
@@ -531,6 +531,51 @@ impl ReadModel {
         }
         for (next, mark) in self.next_offset.iter().zip(&image.marks) {
             next.store(mark.next_command_offset, Ordering::Release);
+        }
+    }
+}
+
+/// A reservation as the model keeps it (issue 29): its view without the id, which is
+/// the map's key, and the command offset of its newest change. 80 bytes instead of the
+/// 128 of `(ReservationView, u64)`; ids stay inline (`CompactString`, no allocation).
+#[derive(Debug, Clone)]
+struct Kept {
+    user: UserId,
+    sku: SkuId,
+    created_at: UnixMs,
+    expires_at: UnixMs,
+    version: u64,
+    quantity: u32,
+    status: ReservationStatus,
+}
+
+impl Kept {
+    fn new(v: &ReservationView, version: u64) -> Self {
+        Kept {
+            user: v.user.clone(),
+            sku: v.sku.clone(),
+            created_at: v.created_at,
+            expires_at: v.expires_at,
+            version,
+            quantity: v.quantity,
+            status: v.status,
+        }
+    }
+    fn view(&self, id: ReservationId) -> ReservationView {
+        ReservationView {
+            id,
+            user: self.user.clone(),
+            sku: self.sku.clone(),
+            quantity: self.quantity,
+            status: self.status,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+    fn counted(&self) -> u32 {
+        match self.status {
+            ReservationStatus::Reserved | ReservationStatus::Confirmed => self.quantity,
+            ReservationStatus::Expired | ReservationStatus::Cancelled => 0,
         }
     }
 }

@@ -7,8 +7,20 @@ use crate::State;
 use flashsale_proto::*;
 
 /// When to snapshot: after `every_commands` records or `every_ms` of log time,
-/// whichever comes first (only if something was applied since the last one); and what
-/// a snapshot keeps: ended reservations and idempotency keys for `retention_ms`.
+/// whichever comes first, once the log has grown enough since the last one (below);
+/// and what a snapshot keeps: ended reservations and idempotency keys for
+/// `retention_ms`.
+///
+/// Growth (issue 29): a snapshot rewrites the whole state, so one every 30 s of a big
+/// partition wrote more than the log it saved replaying (897 MB of snapshots for
+/// 368 MB of log). A snapshot is only due once the log bytes applied since the last
+/// one reach [`SNAPSHOT_LOG_SHARE`] of the state's estimated snapshot size
+/// ([`State::approx_snapshot_bytes`]): snapshot bytes written stay below
+/// 1 / [`SNAPSHOT_LOG_SHARE`] (1.5×) the log bytes written, whatever the cadence
+/// flags, and the log replayed at recovery stays below two thirds of a snapshot.
+/// [`MAX_SNAPSHOT_INTERVAL_MS`] of log time since the last one makes a snapshot due
+/// whatever the growth (the log's own retention must never pass the newest snapshot).
+/// A state estimated at most [`SMALL_SNAPSHOT_BYTES`] keeps the plain cadence.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotPolicy {
     pub every_commands: u64,
@@ -19,6 +31,19 @@ pub struct SnapshotPolicy {
     /// replays use, so they rebuild exactly what the engine had.
     pub retention_ms: Option<u64>,
 }
+
+/// Log bytes applied since the last snapshot, as a share of the state's estimated
+/// snapshot size, before the next snapshot is due ([`SnapshotPolicy`]).
+pub const SNAPSHOT_LOG_SHARE: f64 = 2.0 / 3.0;
+/// A state whose snapshot is estimated at most this big is snapshotted on the count
+/// and time cadence alone (at most 1 MiB per cadence period: cheap whatever the log).
+pub const SMALL_SNAPSHOT_BYTES: u64 = 1 << 20;
+/// A snapshot is due after this much log time whatever the log's growth (an hour; far
+/// inside the command log's retention of days).
+pub const MAX_SNAPSHOT_INTERVAL_MS: u64 = 3_600_000;
+/// What a record costs in the log beyond its payload (offset, time, length, CRC),
+/// about: the growth rule counts it.
+pub const RECORD_OVERHEAD_BYTES: u64 = 24;
 
 impl Default for SnapshotPolicy {
     fn default() -> Self {
@@ -49,6 +74,8 @@ pub struct PartitionActor {
     state: State,
     policy: SnapshotPolicy,
     applied_since_snapshot: u64,
+    /// Log bytes (payload + [`RECORD_OVERHEAD_BYTES`]) applied since the last snapshot.
+    log_bytes_since_snapshot: u64,
     last_snapshot_time: UnixMs,
     events_buf: Vec<Event>,
 }
@@ -63,6 +90,7 @@ impl PartitionActor {
             state,
             policy,
             applied_since_snapshot: 0,
+            log_bytes_since_snapshot: 0,
             last_snapshot_time,
             events_buf: Vec::new(),
         }
@@ -95,6 +123,7 @@ impl PartitionActor {
             .state
             .apply(rec.offset, rec.log_time, &record, &mut self.events_buf);
         self.applied_since_snapshot += 1;
+        self.log_bytes_since_snapshot += rec.payload.len() as u64 + RECORD_OVERHEAD_BYTES;
         if record.reply_to != NO_REPLY && !matches!(record.command, Command::Tick) {
             out.replies.push((
                 record.reply_to,
@@ -126,16 +155,31 @@ impl PartitionActor {
 
     /// A copy of the state to write, if a snapshot is due; resets the counters.
     pub fn take_snapshot_if_due(&mut self) -> Option<State> {
-        if self.applied_since_snapshot == 0 {
-            return None;
-        }
-        let by_count = self.applied_since_snapshot >= self.policy.every_commands;
-        let by_time =
-            self.state.clock().saturating_sub(self.last_snapshot_time) >= self.policy.every_ms;
-        if !(by_count || by_time) {
+        if !self.is_due() {
             return None;
         }
         Some(self.snapshot_now())
+    }
+
+    /// The policy's rule ([`SnapshotPolicy`]): something applied; the count or time
+    /// cadence reached; and the log grown by [`SNAPSHOT_LOG_SHARE`] of a snapshot, or
+    /// [`MAX_SNAPSHOT_INTERVAL_MS`] passed.
+    pub fn is_due(&self) -> bool {
+        if self.applied_since_snapshot == 0 {
+            return false;
+        }
+        let since = self.state.clock().saturating_sub(self.last_snapshot_time);
+        let by_count = self.applied_since_snapshot >= self.policy.every_commands;
+        let by_time = since >= self.policy.every_ms;
+        let size = self.state.approx_snapshot_bytes();
+        let grown = size <= SMALL_SNAPSHOT_BYTES
+            || self.log_bytes_since_snapshot as f64 >= size as f64 * SNAPSHOT_LOG_SHARE;
+        ((by_count || by_time) && grown) || since >= MAX_SNAPSHOT_INTERVAL_MS
+    }
+
+    /// Log bytes applied since the last snapshot.
+    pub fn log_bytes_since_snapshot(&self) -> u64 {
+        self.log_bytes_since_snapshot
     }
 
     /// Applies records like [`Self::apply_batch`] but keeps no replies or events: what
@@ -153,19 +197,14 @@ impl PartitionActor {
                 .state
                 .apply(rec.offset, rec.log_time, &record, &mut self.events_buf);
             self.applied_since_snapshot += 1;
+            self.log_bytes_since_snapshot += rec.payload.len() as u64 + RECORD_OVERHEAD_BYTES;
         }
     }
 
     /// True (and the counters reset) when the policy says a snapshot is due: the
     /// caller then writes [`Self::state`] as it is, without a copy.
     pub fn snapshot_due(&mut self) -> bool {
-        if self.applied_since_snapshot == 0 {
-            return false;
-        }
-        let by_count = self.applied_since_snapshot >= self.policy.every_commands;
-        let by_time =
-            self.state.clock().saturating_sub(self.last_snapshot_time) >= self.policy.every_ms;
-        if !(by_count || by_time) {
+        if !self.is_due() {
             return false;
         }
         self.mark_snapshot_taken();
@@ -175,6 +214,7 @@ impl PartitionActor {
     /// Resets the counters as if a snapshot of the state as it is had been taken.
     pub fn mark_snapshot_taken(&mut self) {
         self.applied_since_snapshot = 0;
+        self.log_bytes_since_snapshot = 0;
         self.last_snapshot_time = self.state.clock();
     }
 
@@ -186,7 +226,95 @@ impl PartitionActor {
     /// A copy of the state now (on shutdown or revoke).
     pub fn snapshot_now(&mut self) -> State {
         self.applied_since_snapshot = 0;
+        self.log_bytes_since_snapshot = 0;
         self.last_snapshot_time = self.state.clock();
         self.state.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(offset: u64, request: u128, command: Command) -> LogRecord {
+        LogRecord {
+            offset,
+            log_time: 1_000 + offset,
+            payload: encode(&CommandRecord {
+                request_id: RequestId(request),
+                reply_to: NO_REPLY,
+                idempotency_key: None,
+                command,
+            }),
+        }
+    }
+
+    /// A big state is snapshotted only once the log grew by two thirds of its
+    /// estimated snapshot, however often the count cadence says so.
+    #[test]
+    fn a_big_state_waits_for_the_log_to_grow() {
+        let sku = SkuId::parse("SKU-1").unwrap();
+        let policy = SnapshotPolicy {
+            every_commands: 1,
+            every_ms: u64::MAX,
+            retention_ms: None,
+        };
+        let mut a = PartitionActor::new(State::new(0), policy);
+        let cfg = Command::ConfigureSale(SaleConfig {
+            sale: SaleMeta {
+                sale_id: SaleId(1),
+                name: "s".into(),
+                starts_at: 0,
+                ends_at: u64::MAX / 2,
+                reservation_ttl_s: 3600,
+                all_skus: vec![sku.clone()],
+            },
+            products: vec![ProductSpec {
+                sku: sku.clone(),
+                name: "p".into(),
+                description: String::new(),
+                category: String::new(),
+                base_price: Cents(2),
+                flash_sale_price: Cents(1),
+                total_inventory: 1_000_000,
+                per_user_limit: 1,
+                image_url: String::new(),
+            }],
+        });
+        let mut offset = 0;
+        let mut next = |a: &mut PartitionActor, cmd| {
+            a.apply_batch(&[rec(offset, 100 + u128::from(offset), cmd)]);
+            offset += 1;
+        };
+        next(&mut a, cfg);
+        assert!(a.snapshot_due(), "a small state keeps the count cadence");
+        for i in 0..20_000 {
+            let user = UserId::parse(&format!("u{i}")).unwrap();
+            next(
+                &mut a,
+                Command::Reserve {
+                    user,
+                    sku: sku.clone(),
+                    quantity: 1,
+                },
+            );
+        }
+        let size = a.state().approx_snapshot_bytes();
+        assert!(size > SMALL_SNAPSHOT_BYTES);
+        a.mark_snapshot_taken();
+        next(&mut a, Command::Tick);
+        assert!(!a.is_due(), "count reached, log not grown: not due");
+        let mut ticks = 1u64;
+        while !a.is_due() {
+            next(&mut a, Command::Tick);
+            ticks += 1;
+            assert!(ticks < 1_000_000);
+        }
+        assert!(
+            a.log_bytes_since_snapshot() as f64 >= size as f64 * SNAPSHOT_LOG_SHARE,
+            "due once the log grew by two thirds of the snapshot"
+        );
+        assert!(a.snapshot_due());
+        assert_eq!(a.log_bytes_since_snapshot(), 0);
     }
 }

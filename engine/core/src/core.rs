@@ -7,6 +7,7 @@
 
 #[cfg(debug_assertions)]
 use crate::invariants;
+use crate::keys::IdempotencyKeys;
 use flashsale_proto::*;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,10 @@ pub struct Product {
     pub(crate) max_hold_ms: u64,
     /// Paused by an operator: new holds are refused.
     pub(crate) paused: bool,
+    /// Its SKU's index in [`State::skus`] (set on load by [`State::reindex`]; not in
+    /// snapshots, so a product encodes as before).
+    #[serde(skip)]
+    pub(crate) ix: SkuIx,
 }
 
 impl Product {
@@ -128,73 +133,106 @@ impl std::fmt::Debug for OrderRecord {
     }
 }
 
+/// Index of an interned SKU in [`State::skus`] (a partition sees a few hundred SKUs at
+/// most; every hold names one, in 4 bytes instead of a 24-byte id).
+pub(crate) type SkuIx = u32;
+
+/// One reservation as the state keeps it: fixed-size fields, no allocation unless it
+/// became an order. Its id is its map key (the request's ULID; the partition is the
+/// state's), its SKU an index into [`State::skus`]. The user id stays inline (a
+/// `CompactString` of up to 24 bytes, no allocation): interning it would cost ~80 bytes
+/// per distinct user against 20 saved per hold, a loss when buyers hold once or twice
+/// (docs/performance.md, "Memory per hold and snapshots").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reservation {
-    pub(crate) id: ReservationId,
+pub(crate) struct Hold {
     pub(crate) user: UserId,
-    pub(crate) sku: SkuId,
-    pub(crate) quantity: u32,
-    pub(crate) status: ReservationStatus,
     pub(crate) created_at: UnixMs,
     pub(crate) expires_at: UnixMs,
     pub(crate) order: Option<Box<OrderRecord>>,
+    pub(crate) sku: SkuIx,
+    pub(crate) quantity: u32,
+    pub(crate) status: ReservationStatus,
 }
 
-impl Reservation {
+/// A reservation of a [`State`], borrowed: what [`State::reservation`] and
+/// [`State::reservations`] give (the state stores the compact [`Hold`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation<'a> {
+    id: ReservationId,
+    hold: &'a Hold,
+    sku: &'a SkuId,
+}
+
+impl<'a> Reservation<'a> {
     pub fn id(&self) -> ReservationId {
         self.id
     }
-    pub fn sku(&self) -> &SkuId {
-        &self.sku
+    pub fn sku(&self) -> &'a SkuId {
+        self.sku
     }
-    pub fn user(&self) -> &UserId {
-        &self.user
+    pub fn user(&self) -> &'a UserId {
+        &self.hold.user
     }
     pub fn quantity(&self) -> u32 {
-        self.quantity
+        self.hold.quantity
     }
     pub fn status(&self) -> ReservationStatus {
-        self.status
+        self.hold.status
     }
-    pub fn order(&self) -> Option<&OrderRecord> {
-        self.order.as_deref()
+    pub fn created_at(&self) -> UnixMs {
+        self.hold.created_at
+    }
+    pub fn expires_at(&self) -> UnixMs {
+        self.hold.expires_at
+    }
+    pub fn order(&self) -> Option<&'a OrderRecord> {
+        self.hold.order.as_deref()
     }
     pub fn view(&self) -> ReservationView {
-        ReservationView {
-            id: self.id,
-            user: self.user.clone(),
-            sku: self.sku.clone(),
-            quantity: self.quantity,
-            status: self.status,
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-        }
+        view(self.id, self.hold, self.sku)
     }
     pub fn order_view(&self) -> Option<OrderView> {
-        self.order.as_ref().map(|o| OrderView {
-            order_id: o.order_id,
-            reservation_id: self.id,
-            user: self.user.clone(),
-            sku: self.sku.clone(),
-            quantity: self.quantity,
-            total_price: o.total_price,
-            payment_transaction_id: o.payment_transaction_id.clone(),
-            payment_method: o.payment_method,
-            shipping_address: o.shipping_address.clone(),
-            created_at: o.created_at,
-        })
+        order_view(self.id, self.hold, self.sku)
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct IdempotencyEntry {
-    user: UserId,
-    sku: SkuId,
-    quantity: u32,
-    pub(crate) reservation: ReservationId,
+fn view(id: ReservationId, h: &Hold, sku: &SkuId) -> ReservationView {
+    ReservationView {
+        id,
+        user: h.user.clone(),
+        sku: sku.clone(),
+        quantity: h.quantity,
+        status: h.status,
+        created_at: h.created_at,
+        expires_at: h.expires_at,
+    }
+}
+
+fn order_view(id: ReservationId, h: &Hold, sku: &SkuId) -> Option<OrderView> {
+    h.order.as_ref().map(|o| OrderView {
+        order_id: o.order_id,
+        reservation_id: id,
+        user: h.user.clone(),
+        sku: sku.clone(),
+        quantity: h.quantity,
+        total_price: o.total_price,
+        payment_transaction_id: o.payment_transaction_id.clone(),
+        payment_method: o.payment_method,
+        shipping_address: o.shipping_address.clone(),
+        created_at: o.created_at,
+    })
 }
 
 /// One partition's inventory, reservations and orders. Owned by exactly one actor.
+///
+/// Memory (issue 29): holds are compact [`Hold`]s keyed by their ULID; orders leave
+/// the hot map for [`State::orders`] when they are made, so the hot map holds only
+/// live holds and ended ones within the retention (bounded by TTL + retention, sized
+/// once the sale is warm: no rehash of a growing map on the actor's path), while the
+/// orders, which only grow, live in a B-tree that never rehashes. Per-user counts stay
+/// in [`Product`] (exact: they do not depend on where a reservation is kept), and an
+/// idempotency key maps to the reservation alone (its user, SKU and quantity are the
+/// reservation's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub(crate) partition: u16,
@@ -204,26 +242,33 @@ pub struct State {
     pub(crate) next_offset: u64,
     pub(crate) sales: BTreeMap<SaleId, SaleMeta>,
     pub(crate) products: FxHashMap<SkuId, Product>,
+    /// Interned SKUs: a [`Hold`]'s `sku` indexes this. Append-only (a SKU is added when
+    /// a sale configures it; bounded by the sales configured on the partition).
+    pub(crate) skus: Vec<SkuId>,
+    /// Live holds and ended (expired, cancelled) ones within the retention, by ULID.
     #[serde(deserialize_with = "crate::presized::map")]
-    pub(crate) reservations: FxHashMap<ReservationId, Reservation>,
+    pub(crate) reservations: FxHashMap<u128, Hold>,
+    /// Confirmed reservations (orders), by ULID: never pruned (the read model and
+    /// checkout retries answer from them).
+    pub(crate) orders: BTreeMap<u128, Hold>,
     /// Expiry queues, one per TTL. Log time never goes back, so within one TTL the
     /// expiry times arrive in order: a FIFO is already sorted (O(1) insert, unlike a
     /// tree). Holds that end early (checkout, cancel) stay queued and are skipped when
     /// they reach the front. Expiry order is (expires_at, id) across queues.
-    pub(crate) expiries: BTreeMap<u64, VecDeque<(UnixMs, ReservationId)>>,
+    pub(crate) expiries: BTreeMap<u64, VecDeque<(UnixMs, u128)>>,
     /// Number of `RESERVED` reservations.
     pub(crate) live: u64,
-    #[serde(deserialize_with = "crate::presized::map")]
-    pub(crate) idempotency: FxHashMap<String, IdempotencyEntry>,
-    pub(crate) idempotency_fifo: VecDeque<(UnixMs, String)>,
+    /// Idempotency keys within the retention, each naming the reservation it made.
+    /// Boxed: the state travels by value in the Kafka host's actions.
+    pub(crate) idempotency: Box<IdempotencyKeys>,
     /// Expired and cancelled reservations in the order they ended, with the log time
     /// they ended at: they are forgotten (pruned) `retention_ms` later. Log time never
     /// goes back, so the FIFO is sorted by that time.
-    pub(crate) ended: VecDeque<(UnixMs, ReservationId)>,
+    pub(crate) ended: VecDeque<(UnixMs, u128)>,
     /// Ended holds past their retention whose expiry-queue entries are still queued (a
     /// hold cancelled before its `expires_at`): pruned once log time reaches that
     /// `expires_at`, so no queued entry ever names a pruned hold. By (expires_at, id).
-    pub(crate) deferred: BTreeSet<(UnixMs, ReservationId)>,
+    pub(crate) deferred: BTreeSet<(UnixMs, u128)>,
     /// How long idempotency keys and ended (expired, cancelled) reservations are kept,
     /// in log time. One setting for both: a key is taken no later than its hold ends,
     /// so a remembered key always names a kept reservation.
@@ -240,16 +285,61 @@ impl State {
             next_offset: 0,
             sales: BTreeMap::new(),
             products: FxHashMap::default(),
+            skus: Vec::new(),
             reservations: FxHashMap::default(),
+            orders: BTreeMap::new(),
             expiries: BTreeMap::new(),
             live: 0,
-            idempotency: FxHashMap::default(),
-            idempotency_fifo: VecDeque::new(),
+            idempotency: Box::default(),
             ended: VecDeque::new(),
             deferred: BTreeSet::new(),
             retention_ms: IDEMPOTENCY_RETENTION_MS,
             pruned_total: 0,
         }
+    }
+
+    /// Sets what snapshots do not carry after decoding: each product's SKU index.
+    /// Refuses interned SKUs listed twice and products whose SKU is not interned.
+    pub(crate) fn reindex(&mut self) -> Result<(), String> {
+        let ix: FxHashMap<&SkuId, SkuIx> = self
+            .skus
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s, i as SkuIx))
+            .collect();
+        if ix.len() != self.skus.len() {
+            return Err("a SKU is interned twice".into());
+        }
+        for (sku, p) in self.products.iter_mut() {
+            p.ix = *ix
+                .get(sku)
+                .ok_or_else(|| format!("product {sku} is not interned"))?;
+        }
+        Ok(())
+    }
+
+    /// The interned index of `sku`, interning it if new (a linear search: SKUs are
+    /// interned when a sale is configured, a few hundred per partition at most).
+    pub(crate) fn intern_sku(&mut self, sku: &SkuId) -> SkuIx {
+        if let Some(i) = self.skus.iter().position(|s| s == sku) {
+            return i as SkuIx;
+        }
+        self.skus.push(sku.clone());
+        (self.skus.len() - 1) as SkuIx
+    }
+
+    /// The full id of the reservation with this ULID on this partition.
+    pub(crate) fn rid(&self, ulid: u128) -> ReservationId {
+        ReservationId {
+            partition: self.partition,
+            ulid,
+        }
+    }
+
+    fn hold(&self, ulid: u128) -> Option<&Hold> {
+        self.reservations
+            .get(&ulid)
+            .or_else(|| self.orders.get(&ulid))
     }
 
     /// A new partition state keeping idempotency keys and ended reservations for
@@ -301,18 +391,41 @@ impl State {
     pub fn products(&self) -> impl Iterator<Item = (&SkuId, &Product)> {
         self.products.iter()
     }
-    pub fn reservation(&self, id: &ReservationId) -> Option<&Reservation> {
-        self.reservations.get(id)
+    pub fn reservation(&self, id: &ReservationId) -> Option<Reservation<'_>> {
+        if id.partition != self.partition {
+            return None;
+        }
+        self.hold(id.ulid).map(|h| self.borrow(id.ulid, h))
     }
-    pub fn reservations(&self) -> impl Iterator<Item = &Reservation> {
-        self.reservations.values()
+    fn borrow<'a>(&'a self, ulid: u128, hold: &'a Hold) -> Reservation<'a> {
+        Reservation {
+            id: self.rid(ulid),
+            hold,
+            sku: &self.skus[hold.sku as usize],
+        }
+    }
+    /// Every reservation kept: the hot ones (live, ended within the retention), then
+    /// the orders.
+    pub fn reservations(&self) -> impl Iterator<Item = Reservation<'_>> {
+        self.reservations
+            .iter()
+            .chain(self.orders.iter())
+            .map(|(u, h)| self.borrow(*u, h))
     }
     /// Reservations kept: live holds, orders, and ended ones within the retention.
     pub fn reservation_count(&self) -> usize {
-        self.reservations.len()
+        self.reservations.len() + self.orders.len()
+    }
+    /// Orders (confirmed reservations) kept.
+    pub fn order_count(&self) -> usize {
+        self.orders.len()
     }
     pub fn live_reservations(&self) -> u64 {
         self.live
+    }
+    /// Idempotency keys remembered.
+    pub fn idempotency_keys(&self) -> usize {
+        self.idempotency.len()
     }
     /// True while ticks are needed to expire holds on time.
     pub fn needs_ticks(&self) -> bool {
@@ -327,6 +440,16 @@ impl State {
             .min()
     }
 
+    /// About how many bytes a snapshot of this state takes, from its counts (O(1)):
+    /// what the snapshot cadence weighs the log's growth against
+    /// ([`crate::actor::SnapshotPolicy`]). Per-entry figures from
+    /// `engine/benches/state_size.rs`, rounded up.
+    pub fn approx_snapshot_bytes(&self) -> u64 {
+        let holds = self.reservations.len() as u64;
+        let orders = self.orders.len() as u64;
+        let keys = self.idempotency.len() as u64;
+        4096 + holds * 100 + orders * 210 + keys * 70
+    }
     /// The queue whose front is due first at `now`, by (expires_at, id).
     fn due_queue(&self, now: UnixMs) -> Option<u64> {
         self.expiries
@@ -390,43 +513,46 @@ impl State {
     fn expire_due(&mut self, now: UnixMs, events: &mut Vec<Event>) {
         while let Some(ttl) = self.due_queue(now) {
             let q = self.expiries.get_mut(&ttl).expect("due queue exists");
-            let (due_at, id) = q.pop_front().expect("due queue has a front");
+            let (due_at, ulid) = q.pop_front().expect("due queue has a front");
             if q.is_empty() {
                 self.expiries.remove(&ttl);
             }
-            let r = self
-                .reservations
-                .get_mut(&id)
-                .expect("expiry queue names a reservation");
+            let Some(r) = self.reservations.get_mut(&ulid) else {
+                // Checked out: the order left the hot map, its entry stays queued.
+                debug_assert!(
+                    self.orders.contains_key(&ulid),
+                    "expiry queue names a reservation"
+                );
+                continue;
+            };
             if r.status != ReservationStatus::Reserved {
-                continue; // ended early by checkout or cancel
+                continue; // ended early by cancel
             }
             if r.expires_at != due_at {
                 continue; // extended: queued again at its new time
             }
             self.live -= 1;
             r.status = ReservationStatus::Expired;
-            self.ended.push_back((now, id));
-            let view = r.view();
-            let (sku, user, q) = (r.sku.clone(), r.user.clone(), r.quantity);
-            let p = self
-                .products
-                .get_mut(&sku)
-                .expect("a hold's product exists");
-            p.held -= u64::from(q);
-            release_user(p, &user, q);
-            events.push(Event::Reservation(view));
-            events.push(inventory_event(&sku, p));
+            self.ended.push_back((now, ulid));
+            let sku = &self.skus[r.sku as usize];
+            let p = self.products.get_mut(sku).expect("a hold's product exists");
+            p.held -= u64::from(r.quantity);
+            release_user(p, &r.user, r.quantity);
+            let id = ReservationId {
+                partition: self.partition,
+                ulid,
+            };
+            events.push(Event::Reservation(view(id, r, sku)));
+            events.push(inventory_event(sku, p));
         }
     }
 
     fn forget_old_keys(&mut self, now: UnixMs) {
-        while let Some((at, _)) = self.idempotency_fifo.front() {
+        while let Some(at) = self.idempotency.oldest() {
             if at.saturating_add(self.retention_ms) > now {
                 break;
             }
-            let (_, key) = self.idempotency_fifo.pop_front().expect("front exists");
-            self.idempotency.remove(&key);
+            self.idempotency.forget_oldest();
         }
     }
 
@@ -442,23 +568,23 @@ impl State {
             if at.saturating_add(self.retention_ms) > now {
                 break;
             }
-            let (_, id) = self.ended.pop_front().expect("front exists");
-            let expires_at = self.reservations[&id].expires_at;
+            let (_, ulid) = self.ended.pop_front().expect("front exists");
+            let expires_at = self.reservations[&ulid].expires_at;
             if expires_at > now {
                 // Cancelled early: its expiry entries are still queued.
-                self.deferred.insert((expires_at, id));
+                self.deferred.insert((expires_at, ulid));
                 continue;
             }
-            self.forget(id);
-            pruned.push(id);
+            self.forget(ulid);
+            pruned.push(self.rid(ulid));
         }
-        while let Some(&(expires_at, id)) = self.deferred.first() {
+        while let Some(&(expires_at, ulid)) = self.deferred.first() {
             if expires_at > now {
                 break;
             }
             self.deferred.pop_first();
-            self.forget(id);
-            pruned.push(id);
+            self.forget(ulid);
+            pruned.push(self.rid(ulid));
         }
         if !pruned.is_empty() {
             self.pruned_total += pruned.len() as u64;
@@ -468,10 +594,10 @@ impl State {
         }
     }
 
-    fn forget(&mut self, id: ReservationId) {
+    fn forget(&mut self, ulid: u128) {
         let r = self
             .reservations
-            .remove(&id)
+            .remove(&ulid)
             .expect("the ended index names a kept reservation");
         debug_assert!(matches!(
             r.status,
@@ -495,22 +621,24 @@ impl State {
             if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS {
                 return invalid("reserve: idempotency key must be 1-128 characters");
             }
-            if let Some(e) = self.idempotency.get(key) {
-                if e.user != *user || e.sku != *sku || e.quantity != quantity {
+            if let Some(ulid) = self.idempotency.get(key) {
+                // A remembered key names a kept reservation, made by that key's
+                // request: its user, SKU and quantity are the key's.
+                let r = self
+                    .reservation(&self.rid(ulid))
+                    .expect("a remembered key names a kept reservation");
+                if r.user() != user || r.sku() != sku || r.quantity() != quantity {
                     return Reply::Rejected(Rejection::IdempotencyKeyReused);
                 }
-                let r = &self.reservations[&e.reservation];
                 return Reply::Reserved {
                     reservation: r.view(),
                     repeat: true,
                 };
             }
         }
-        let id = ReservationId {
-            partition: self.partition,
-            ulid: record.request_id.0,
-        };
-        if let Some(r) = self.reservations.get(&id) {
+        let ulid = record.request_id.0;
+        let id = self.rid(ulid);
+        if let Some(r) = self.reservation(&id) {
             // The same request delivered twice (a producer retry): answer it again.
             return Reply::Reserved {
                 reservation: r.view(),
@@ -520,6 +648,7 @@ impl State {
         let Some(p) = self.products.get_mut(sku) else {
             return Reply::Rejected(Rejection::ProductNotFound { sku: sku.clone() });
         };
+        let ix = p.ix;
         if !p.is_open(now) {
             return Reply::Rejected(Rejection::SaleNotActive {
                 sku: sku.clone(),
@@ -555,38 +684,28 @@ impl State {
         *p.per_user.entry(user.clone()).or_insert(0) += quantity;
         let expires_at = now.saturating_add(p.ttl_ms);
         let ttl_ms = p.ttl_ms;
-        let r = Reservation {
-            id,
+        let r = Hold {
             user: user.clone(),
-            sku: sku.clone(),
-            quantity,
-            status: ReservationStatus::Reserved,
             created_at: now,
             expires_at,
             order: None,
+            sku: ix,
+            quantity,
+            status: ReservationStatus::Reserved,
         };
-        let view = r.view();
+        let view = view(id, &r, sku);
         events.push(Event::Reservation(view.clone()));
         events.push(inventory_event(sku, p));
-        self.reservations.insert(id, r);
+        self.reservations.insert(ulid, r);
         let q = self.expiries.entry(ttl_ms).or_default();
         debug_assert!(
             q.back().is_none_or(|(t, _)| *t <= expires_at),
             "log time went back"
         );
-        q.push_back((expires_at, id));
+        q.push_back((expires_at, ulid));
         self.live += 1;
         if let Some(key) = &record.idempotency_key {
-            self.idempotency.insert(
-                key.clone(),
-                IdempotencyEntry {
-                    user: user.clone(),
-                    sku: sku.clone(),
-                    quantity,
-                    reservation: id,
-                },
-            );
-            self.idempotency_fifo.push_back((now, key.clone()));
+            self.idempotency.insert(now, key, ulid);
         }
         Reply::Reserved {
             reservation: view,
@@ -608,97 +727,105 @@ impl State {
         {
             return invalid("checkout: bad paymentTransactionId or shippingAddress");
         }
-        let Some(r) = self.reservations.get_mut(&req.reservation) else {
-            return Reply::Rejected(Rejection::ReservationNotFound {
-                reservation: req.reservation,
-            });
+        let id = req.reservation;
+        let Some(r) = self.reservation(&id) else {
+            return Reply::Rejected(Rejection::ReservationNotFound { reservation: id });
         };
-        match r.status {
-            ReservationStatus::Reserved => {
-                // `expire_due` ran first, so a live hold here has not reached expires_at.
-                debug_assert!(now < r.expires_at);
-                let p = self
-                    .products
-                    .get_mut(&r.sku)
-                    .expect("a hold's product exists");
-                let q = u64::from(r.quantity);
-                r.status = ReservationStatus::Confirmed;
-                r.order = Some(Box::new(OrderRecord {
-                    order_id: OrderId {
-                        partition: self.partition,
-                        ulid: request_id.0,
-                    },
-                    payment_transaction_id: req.payment_transaction_id.clone(),
-                    payment_method: req.payment_method,
-                    shipping_address: req.shipping_address.clone(),
-                    total_price: Cents(p.spec.flash_sale_price.0.saturating_mul(q)),
-                    created_at: now,
-                }));
-                p.held -= q;
-                p.sold += q;
-                self.live -= 1;
-                let order = r.order_view().expect("just set");
-                events.push(Event::Reservation(r.view()));
-                events.push(inventory_event(&r.sku, p));
-                events.push(Event::OrderCreated(order.clone()));
-                Reply::CheckedOut {
-                    order,
-                    repeat: false,
-                }
-            }
+        match r.status() {
+            ReservationStatus::Reserved => {}
             ReservationStatus::Confirmed => {
                 let order = r.order_view().expect("a confirmed hold has an order");
-                if order.payment_transaction_id == req.payment_transaction_id {
+                return if order.payment_transaction_id == req.payment_transaction_id {
                     Reply::CheckedOut {
                         order,
                         repeat: true,
                     }
                 } else {
                     Reply::Rejected(Rejection::ReservationNotActive {
-                        reservation: r.id,
-                        status: r.status,
+                        reservation: id,
+                        status: r.status(),
                     })
-                }
+                };
             }
-            ReservationStatus::Expired => Reply::Rejected(Rejection::ReservationExpired {
-                reservation: r.id,
-                expired_at: r.expires_at,
-            }),
-            ReservationStatus::Cancelled => Reply::Rejected(Rejection::ReservationNotActive {
-                reservation: r.id,
-                status: r.status,
-            }),
+            ReservationStatus::Expired => {
+                return Reply::Rejected(Rejection::ReservationExpired {
+                    reservation: id,
+                    expired_at: r.expires_at(),
+                })
+            }
+            ReservationStatus::Cancelled => {
+                return Reply::Rejected(Rejection::ReservationNotActive {
+                    reservation: id,
+                    status: r.status(),
+                })
+            }
+        }
+        // A live hold: it is in the hot map. The order leaves it for `orders` (its
+        // expiry-queue entry stays and is skipped when it falls due).
+        let mut r = self
+            .reservations
+            .remove(&id.ulid)
+            .expect("a live hold is in the hot map");
+        // `expire_due` ran first, so a live hold here has not reached expires_at.
+        debug_assert!(now < r.expires_at);
+        let sku = &self.skus[r.sku as usize];
+        let p = self.products.get_mut(sku).expect("a hold's product exists");
+        let q = u64::from(r.quantity);
+        r.status = ReservationStatus::Confirmed;
+        r.order = Some(Box::new(OrderRecord {
+            order_id: OrderId {
+                partition: self.partition,
+                ulid: request_id.0,
+            },
+            payment_transaction_id: req.payment_transaction_id.clone(),
+            payment_method: req.payment_method,
+            shipping_address: req.shipping_address.clone(),
+            total_price: Cents(p.spec.flash_sale_price.0.saturating_mul(q)),
+            created_at: now,
+        }));
+        p.held -= q;
+        p.sold += q;
+        self.live -= 1;
+        let order = order_view(id, &r, sku).expect("just set");
+        events.push(Event::Reservation(view(id, &r, sku)));
+        events.push(inventory_event(sku, p));
+        events.push(Event::OrderCreated(order.clone()));
+        self.orders.insert(id.ulid, r);
+        Reply::CheckedOut {
+            order,
+            repeat: false,
         }
     }
 
     fn cancel(&mut self, now: UnixMs, id: ReservationId, events: &mut Vec<Event>) -> Reply {
-        let Some(r) = self.reservations.get_mut(&id) else {
+        let Some(r) = self.reservation(&id) else {
             return Reply::Rejected(Rejection::ReservationNotFound { reservation: id });
         };
-        match r.status {
+        match r.status() {
             ReservationStatus::Reserved => {
-                let p = self
-                    .products
-                    .get_mut(&r.sku)
-                    .expect("a hold's product exists");
+                let r = self
+                    .reservations
+                    .get_mut(&id.ulid)
+                    .expect("a live hold is in the hot map");
+                let sku = &self.skus[r.sku as usize];
+                let p = self.products.get_mut(sku).expect("a hold's product exists");
                 r.status = ReservationStatus::Cancelled;
-                self.ended.push_back((now, id));
+                self.ended.push_back((now, id.ulid));
                 p.held -= u64::from(r.quantity);
                 release_user(p, &r.user, r.quantity);
                 self.live -= 1;
-                events.push(Event::Reservation(r.view()));
-                events.push(inventory_event(&r.sku, p));
-                Reply::Cancelled {
-                    reservation: r.view(),
-                }
+                let v = view(id, r, sku);
+                events.push(Event::Reservation(v.clone()));
+                events.push(inventory_event(sku, p));
+                Reply::Cancelled { reservation: v }
             }
             ReservationStatus::Cancelled => Reply::Cancelled {
                 reservation: r.view(),
             },
             ReservationStatus::Confirmed | ReservationStatus::Expired => {
                 Reply::Rejected(Rejection::ReservationNotActive {
-                    reservation: r.id,
-                    status: r.status,
+                    reservation: id,
+                    status: r.status(),
                 })
             }
         }
@@ -735,6 +862,7 @@ impl State {
         self.sales.insert(sale_id, cfg.sale.clone());
         let ttl_ms = u64::from(cfg.sale.reservation_ttl_s) * 1000;
         for spec in &cfg.products {
+            let ix = self.intern_sku(&spec.sku);
             let p = Product {
                 spec: spec.clone(),
                 sale_id,
@@ -746,6 +874,7 @@ impl State {
                 per_user: FxHashMap::default(),
                 max_hold_ms: u64::from(max_hold_s) * 1000,
                 paused: false,
+                ix,
             };
             self.products.insert(spec.sku.clone(), p);
         }
@@ -789,25 +918,30 @@ impl State {
         if seconds.is_some_and(|s| s == 0 || s > MAX_TTL_S) {
             return invalid("extend: seconds must be 1-3600");
         }
-        let Some(r) = self.reservations.get_mut(&id) else {
+        let Some(r) = self.reservation(&id) else {
             return Reply::Rejected(Rejection::ReservationNotFound { reservation: id });
         };
-        match r.status {
+        match r.status() {
             ReservationStatus::Reserved => {}
             ReservationStatus::Expired => {
                 return Reply::Rejected(Rejection::ReservationExpired {
                     reservation: id,
-                    expired_at: r.expires_at,
+                    expired_at: r.expires_at(),
                 })
             }
             ReservationStatus::Confirmed | ReservationStatus::Cancelled => {
                 return Reply::Rejected(Rejection::ReservationNotActive {
                     reservation: id,
-                    status: r.status,
+                    status: r.status(),
                 })
             }
         }
-        let p = self.products.get(&r.sku).expect("a hold's product exists");
+        let r = self
+            .reservations
+            .get_mut(&id.ulid)
+            .expect("a live hold is in the hot map");
+        let sku = &self.skus[r.sku as usize];
+        let p = self.products.get(sku).expect("a hold's product exists");
         let cap = r.created_at.saturating_add(p.max_hold_ms);
         if r.expires_at >= cap {
             return Reply::Rejected(Rejection::ExtensionLimitReached {
@@ -825,11 +959,11 @@ impl State {
             self.expiries
                 .entry(EXTENDED_QUEUE | new_expiry)
                 .or_default()
-                .push_back((new_expiry, id));
-            events.push(Event::Reservation(r.view()));
+                .push_back((new_expiry, id.ulid));
+            events.push(Event::Reservation(view(id, r, sku)));
         }
         Reply::Extended {
-            reservation: r.view(),
+            reservation: view(id, r, sku),
         }
     }
 
@@ -923,9 +1057,8 @@ impl State {
             .collect();
         skus.sort();
         let reservations = self
-            .reservations
-            .values()
-            .filter(|r| skus.binary_search(&r.sku).is_ok())
+            .reservations()
+            .filter(|r| skus.binary_search(r.sku()).is_ok())
             .count() as u64;
         let units = skus.iter().any(|s| {
             let p = &self.products[s];
@@ -969,20 +1102,15 @@ impl State {
     /// broken: its product's counters and its user's limit.
     #[cfg(debug_assertions)]
     fn assert_touched(&self, record: &CommandRecord) {
+        let of = |id: &ReservationId| match self.reservation(id) {
+            Some(r) => (Some(r.sku().clone()), Some(r.user().clone())),
+            None => (None, None),
+        };
         let (sku, user) = match &record.command {
             Command::Reserve { sku, user, .. } => (Some(sku.clone()), Some(user.clone())),
-            Command::Checkout(c) => match self.reservations.get(&c.reservation) {
-                Some(r) => (Some(r.sku.clone()), Some(r.user.clone())),
-                None => (None, None),
-            },
-            Command::Cancel { reservation } => match self.reservations.get(reservation) {
-                Some(r) => (Some(r.sku.clone()), Some(r.user.clone())),
-                None => (None, None),
-            },
-            Command::Extend { reservation, .. } => match self.reservations.get(reservation) {
-                Some(r) => (Some(r.sku.clone()), Some(r.user.clone())),
-                None => (None, None),
-            },
+            Command::Checkout(c) => of(&c.reservation),
+            Command::Cancel { reservation } => of(reservation),
+            Command::Extend { reservation, .. } => of(reservation),
             Command::AdjustInventory { sku, .. } => (Some(sku.clone()), None),
             _ => (None, None),
         };

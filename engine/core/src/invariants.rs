@@ -65,6 +65,10 @@ pub enum Violation {
         reservation: ReservationId,
         sku: SkuId,
     },
+    /// An order in the hot map, or a non-confirmed reservation among the orders.
+    MisplacedReservation {
+        reservation: ReservationId,
+    },
     WrongPartition {
         reservation: ReservationId,
     },
@@ -135,6 +139,10 @@ impl fmt::Display for Violation {
             Violation::WrongPartition { reservation } => {
                 write!(f, "reservation {reservation} belongs to another partition")
             }
+            Violation::MisplacedReservation { reservation } => write!(
+                f,
+                "reservation {reservation} is kept with the wrong kind (orders and holds are kept apart)"
+            ),
             Violation::EndedIndexMismatch { reservation } => {
                 write!(f, "ended-reservation index out of step for {reservation}")
             }
@@ -195,9 +203,9 @@ pub fn check_retention(s: &State) -> Result<(), Violation> {
         });
     }
     match s.ended.front() {
-        Some(&(ended_at, reservation)) if ended_at.saturating_add(s.retention_ms) <= s.clock => {
+        Some(&(ended_at, ulid)) if ended_at.saturating_add(s.retention_ms) <= s.clock => {
             return Err(Violation::KeptPastRetention {
-                reservation,
+                reservation: s.rid(ulid),
                 ended_at,
                 clock: s.clock,
                 retention_ms: s.retention_ms,
@@ -206,14 +214,12 @@ pub fn check_retention(s: &State) -> Result<(), Violation> {
         _ => {}
     }
     match s.deferred.first() {
-        Some(&(expires_at, reservation)) if expires_at <= s.clock => {
-            Err(Violation::KeptPastRetention {
-                reservation,
-                ended_at: expires_at,
-                clock: s.clock,
-                retention_ms: s.retention_ms,
-            })
-        }
+        Some(&(expires_at, ulid)) if expires_at <= s.clock => Err(Violation::KeptPastRetention {
+            reservation: s.rid(ulid),
+            ended_at: expires_at,
+            clock: s.clock,
+            retention_ms: s.retention_ms,
+        }),
         _ => Ok(()),
     }
 }
@@ -224,7 +230,8 @@ pub fn check_retention(s: &State) -> Result<(), Violation> {
 fn check_ended_index(s: &State, out: &mut Vec<Violation>) {
     let mut last = 0;
     let mut indexed = rustc_hash::FxHashSet::default();
-    for &(at, id) in &s.ended {
+    for &(at, ulid) in &s.ended {
+        let id = s.rid(ulid);
         let ended = s.reservation(&id).is_some_and(|r| {
             matches!(
                 r.status(),
@@ -236,12 +243,13 @@ fn check_ended_index(s: &State, out: &mut Vec<Violation>) {
         }
         last = at;
     }
-    for &(expires_at, id) in &s.deferred {
+    for &(expires_at, ulid) in &s.deferred {
+        let id = s.rid(ulid);
         let ok = s.reservation(&id).is_some_and(|r| {
             matches!(
                 r.status(),
                 ReservationStatus::Expired | ReservationStatus::Cancelled
-            ) && r.expires_at == expires_at
+            ) && r.expires_at() == expires_at
         });
         if !ok || !indexed.insert(id) {
             out.push(Violation::EndedIndexMismatch { reservation: id });
@@ -263,18 +271,18 @@ fn check_ended_index(s: &State, out: &mut Vec<Violation>) {
             .into_iter()
             .map(|reservation| Violation::EndedIndexMismatch { reservation }),
     );
-    let mut dangling: Vec<(&String, ReservationId)> = s
+    let mut dangling: Vec<(&str, ReservationId)> = s
         .idempotency
         .iter()
-        .filter(|(_, e)| s.reservation(&e.reservation).is_none())
-        .map(|(k, e)| (k, e.reservation))
+        .map(|(k, ulid)| (k, s.rid(ulid)))
+        .filter(|(_, id)| s.reservation(id).is_none())
         .collect();
     dangling.sort();
     out.extend(
         dangling
             .into_iter()
             .map(|(key, reservation)| Violation::DanglingIdempotencyKey {
-                key: key.clone(),
+                key: key.to_string(),
                 reservation,
             }),
     );
@@ -309,10 +317,25 @@ pub fn check_state(s: &State) -> Vec<Violation> {
     // large partition, those cache misses were the biggest part of the check.
     let mut queued: Vec<(ReservationId, UnixMs)> =
         Vec::with_capacity(s.expiries.values().map(|q| q.len()).sum());
-    queued.extend(s.expiries.values().flatten().map(|&(t, id)| (id, t)));
+    queued.extend(s.expiries.values().flatten().map(|&(t, u)| (s.rid(u), t)));
     queued.sort_unstable();
     queued.dedup();
     let mut live_holds: Vec<(ReservationId, UnixMs)> = Vec::with_capacity(queued.len());
+    // Orders are kept apart from the hot map (issue 29): each map holds only its kind.
+    for (ulid, h) in &s.reservations {
+        if h.status == ReservationStatus::Confirmed {
+            out.push(Violation::MisplacedReservation {
+                reservation: s.rid(*ulid),
+            });
+        }
+    }
+    for (ulid, h) in &s.orders {
+        if h.status != ReservationStatus::Confirmed {
+            out.push(Violation::MisplacedReservation {
+                reservation: s.rid(*ulid),
+            });
+        }
+    }
     for r in s.reservations() {
         if r.id().partition != s.partition() {
             out.push(Violation::WrongPartition {
@@ -336,7 +359,7 @@ pub fn check_state(s: &State) -> Vec<Violation> {
                     .or_default()
                     .entry(r.user())
                     .or_default() += r.quantity();
-                live_holds.push((r.id(), r.expires_at));
+                live_holds.push((r.id(), r.expires_at()));
             }
             ReservationStatus::Confirmed => {
                 *sold.entry(r.sku()).or_default() += q;
@@ -529,7 +552,7 @@ mod tests {
         assert_eq!(
             check_state(&missing),
             vec![Violation::ExpiryIndexMismatch {
-                reservation: dropped
+                reservation: s.rid(dropped)
             }]
         );
 
@@ -544,7 +567,7 @@ mod tests {
             .values_mut()
             .next()
             .unwrap()
-            .push_back((5_000, nobody));
+            .push_back((5_000, nobody.ulid));
         assert_eq!(
             check_state(&ghost),
             vec![Violation::ExpiryIndexMismatch {
@@ -559,7 +582,9 @@ mod tests {
         q.push_front((t + 1, id));
         assert_eq!(
             check_state(&moved),
-            vec![Violation::ExpiryIndexMismatch { reservation: id }]
+            vec![Violation::ExpiryIndexMismatch {
+                reservation: s.rid(id)
+            }]
         );
     }
 }

@@ -19,6 +19,7 @@
 pub mod actor;
 pub mod core;
 pub mod invariants;
+mod keys;
 mod presized;
 pub mod record;
 pub mod snapshot;
