@@ -193,14 +193,14 @@ pub fn router(state: AppState) -> Router {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            count_server_errors,
+        ))
         .layer(axum::middleware::from_fn(render_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::from_status(StatusCode::SERVICE_UNAVAILABLE).into_response()
         }))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            count_server_errors,
-        ))
         .with_state(state)
 }
 
@@ -769,17 +769,15 @@ async fn delete_sale(
     ))
 }
 
-/// Counts every 5xx answer, of any endpoint, for `/metrics` and the console's health
-/// strip (outermost: a panic turned into 503 is counted too). `/ready`'s 503 is a
-/// probe's answer ("not ready yet"), not an error served to a client: not counted.
+/// Counts every 5xx answer of the API's handlers, for `/metrics` and the console's
+/// health strip. `/ready`'s 503 is a probe's answer ("not ready yet"), not an error
+/// served to a client: not counted.
 async fn count_server_errors(
     State(app): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
+    uri: axum::http::Uri,
+    res: Response,
 ) -> Response {
-    let probe = req.uri().path() == "/ready";
-    let res = next.run(req).await;
-    if res.status().is_server_error() && !probe {
+    if res.status().is_server_error() && uri.path() != "/ready" {
         app.metrics.http_server_error();
     }
     res
