@@ -27,6 +27,7 @@ use flashsale_tests::reqwest::{Method, StatusCode};
 use flashsale_tests::serde_json::{json, Value};
 use flashsale_tests::*;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 const PARTITIONS: u32 = 2;
@@ -1066,4 +1067,139 @@ async fn an_offset_committed_against_a_deleted_topic_is_not_used() {
     );
     audit_clean(&d, dir.path(), "audit-o").await;
     d.stop();
+}
+
+/// A TCP forwarder to `to` on a free loopback port: while `up` is false it closes
+/// every connection at once (Postgres "down"); then it forwards them.
+async fn switchable_proxy(to: std::net::SocketAddr, up: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            if !up.load(std::sync::atomic::Ordering::Acquire) {
+                drop(c);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Issue 28, repro 4 and item 4: an engine started while its Postgres is down takes
+/// its partitions from the log at once (it does not wait for Postgres), the
+/// deployment sells, and once Postgres is back the engine writes its snapshots there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_started_while_postgres_is_down_serves_and_snapshots_once_it_is_back() {
+    let Some(svc) = kafka::services_or_skip("kafka_deploy") else {
+        return;
+    };
+    let Some(pg) = svc.postgres.clone() else {
+        assert!(!kafka::services_required(), "kafka_deploy needs Postgres");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let id = kafka::unique_id();
+    let prefix = format!("flashsale-test-{id}-p.");
+    let database = kafka::fresh_postgres(&pg, &id).await.unwrap();
+    // The same database, through the switchable forwarder.
+    let url = reqwest::Url::parse(&database).unwrap();
+    let target: std::net::SocketAddr =
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+            .parse()
+            .unwrap();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy_port = switchable_proxy(target, up.clone()).await;
+    let mut via_proxy = url.clone();
+    via_proxy.set_port(Some(proxy_port)).unwrap();
+    kafka::create_topics(&svc.kafka, &prefix, PARTITIONS, 2)
+        .await
+        .unwrap();
+    let port = free_port();
+    let common = |pg: &str| {
+        vec![
+            "--kafka".to_string(),
+            svc.kafka.clone(),
+            "--topic-prefix".into(),
+            prefix.clone(),
+            "--postgres".into(),
+            pg.to_string(),
+        ]
+    };
+    let mut e = vec!["engine".to_string()];
+    e.extend(common(via_proxy.as_str()));
+    e.extend(
+        [
+            "--engine-group",
+            &format!("flashsale-test-{id}-p-engine"),
+            "--snapshot-every-commands",
+            "5",
+        ]
+        .map(String::from),
+    );
+    let mut g = vec!["gateway".to_string()];
+    g.extend(common(&database));
+    g.extend(
+        [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-token",
+            TOKEN,
+            "--rate-limit-per-user",
+            "0",
+        ]
+        .map(String::from),
+    );
+    let mut procs = vec![
+        Proc::spawn("p-engine", &e, dir.path()).unwrap(),
+        Proc::spawn("p-gateway", &g, dir.path()).unwrap(),
+    ];
+    let client = client();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&client, &base).await;
+    // Postgres is down for the engine all along this sale.
+    let (rids, orders) = sell(&client, &base, ("p1", "x"), "SKU-P1", 6, 3).await;
+    assert!(
+        !up.load(std::sync::atomic::Ordering::Acquire),
+        "sold while the engine's Postgres was down"
+    );
+    let engine_log = log(dir.path(), "p-engine");
+    assert!(
+        engine_log.contains("Postgres does not answer"),
+        "the engine says it goes on without Postgres: {engine_log}"
+    );
+    let pool = flashsale_runtime::pg::connect(&database, 1).unwrap();
+    let snapshots = || async {
+        let c = pool.get().await.ok()?;
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM engine_snapshots WHERE log_id LIKE $1",
+                &[&format!("{prefix}commands/%")],
+            )
+            .await
+            .ok()?
+            .get(0);
+        Some(n)
+    };
+    assert_eq!(
+        snapshots().await,
+        Some(0),
+        "no snapshot reached Postgres while it was down"
+    );
+    // Postgres back: more commands, and the engine's snapshots arrive.
+    up.store(true, std::sync::atomic::Ordering::Release);
+    let (rids2, orders2) = sell(&client, &base, ("p2", "y"), "SKU-P2", 12, 2).await;
+    eventually("the engine's snapshots in Postgres", 90, || async {
+        snapshots().await.filter(|n| *n > 0)
+    })
+    .await;
+    all_readable(&client, &base, &rids, &orders).await;
+    all_readable(&client, &base, &rids2, &orders2).await;
+    for p in &mut procs {
+        assert!(p.terminate(), "{} did not stop on SIGTERM", p.name);
+    }
 }
