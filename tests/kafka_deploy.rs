@@ -714,6 +714,26 @@ async fn two_prefixes_on_one_database_and_recreated_topics() {
     b.stop();
 }
 
+/// A deployment on a fresh topic prefix (`…-<tag>.`) and a fresh database, not
+/// started; `None` (the test skips) without the services.
+async fn fresh_deployment(tag: &str) -> Option<Deployment> {
+    let svc = kafka::services_or_skip("kafka_deploy")?;
+    let Some(pg) = svc.postgres.clone() else {
+        assert!(!kafka::services_required(), "kafka_deploy needs Postgres");
+        return None;
+    };
+    let id = kafka::unique_id();
+    Some(Deployment {
+        prefix: format!("flashsale-test-{id}-{tag}."),
+        group: format!("flashsale-test-{id}-{tag}-engine"),
+        postgres: kafka::fresh_postgres(&pg, &id).await.unwrap(),
+        svc,
+        port: free_port(),
+        port2: None,
+        procs: Vec::new(),
+    })
+}
+
 /// The ids of `prefix`'s topics `which`, as the broker gives them now.
 async fn topic_ids(brokers: &str, prefix: &str, which: &[&str]) -> Vec<String> {
     let (b, names): (String, Vec<String>) = (
@@ -802,24 +822,11 @@ fn error_lines(dir: &Path, name: &str) -> Vec<String> {
 /// of the new log is clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreated_topics_under_load_are_refused_or_adopted_never_served_stale() {
-    let Some(svc) = kafka::services_or_skip("kafka_deploy") else {
+    let Some(mut d) = fresh_deployment("r").await else {
         return;
     };
-    let Some(pg) = svc.postgres.clone() else {
-        assert!(!kafka::services_required(), "kafka_deploy needs Postgres");
-        return;
-    };
+    let svc = d.svc.clone();
     let dir = tempfile::tempdir().unwrap();
-    let id = kafka::unique_id();
-    let mut d = Deployment {
-        svc: svc.clone(),
-        prefix: format!("flashsale-test-{id}-r."),
-        group: format!("flashsale-test-{id}-r-engine"),
-        postgres: kafka::fresh_postgres(&pg, &id).await.unwrap(),
-        port: free_port(),
-        port2: None,
-        procs: Vec::new(),
-    };
     let waiting_port = free_port();
     kafka::create_topics(&svc.kafka, &d.prefix, PARTITIONS, 2)
         .await
@@ -1007,24 +1014,11 @@ async fn recreated_topics_under_load_are_refused_or_adopted_never_served_stale()
 async fn an_offset_committed_against_a_deleted_topic_is_not_used() {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let Some(svc) = kafka::services_or_skip("kafka_deploy") else {
+    let Some(mut d) = fresh_deployment("o").await else {
         return;
     };
-    let Some(pg) = svc.postgres.clone() else {
-        assert!(!kafka::services_required(), "kafka_deploy needs Postgres");
-        return;
-    };
+    let svc = d.svc.clone();
     let dir = tempfile::tempdir().unwrap();
-    let id = kafka::unique_id();
-    let mut d = Deployment {
-        svc: svc.clone(),
-        prefix: format!("flashsale-test-{id}-o."),
-        group: format!("flashsale-test-{id}-o-engine"),
-        postgres: kafka::fresh_postgres(&pg, &id).await.unwrap(),
-        port: free_port(),
-        port2: None,
-        procs: Vec::new(),
-    };
     kafka::create_topics(&svc.kafka, &d.prefix, PARTITIONS, 2)
         .await
         .unwrap();
