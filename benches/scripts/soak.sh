@@ -68,6 +68,12 @@ cleanup() {
 	if [[ -n $DB ]]; then
 		psql "$PG" -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || echo "soak: could not drop database $DB" >&2
 	fi
+	if [[ $MODE == kafka && -n ${KAFKA:-} ]]; then
+		# The run's topics go too (bounded: the admin tool gives up after its own timeout).
+		timeout 60 bash ops/kafka/run-class.sh org.apache.kafka.tools.TopicCommand \
+			--bootstrap-server "${KAFKA%%,*}" --delete --topic "${TAG}\\..*" >/dev/null 2>&1 ||
+			echo "soak: could not delete the topics $TAG.*" >&2
+	fi
 	rm -rf "$DATA"
 }
 trap cleanup EXIT
@@ -139,5 +145,4 @@ echo "data dir at the end: $(du -sh "$DATA" 2>/dev/null | cut -f1)" | tee -a "$O
 grep -m1 '^verdict' "$OUT/soak.txt" >&2 || true
 grep '^soak:' "$OUT/soak.txt" >&2 || true
 echo "soak: the report: $OUT/soak.txt, $OUT/soak.json, $OUT/soak.html (exit $RC)" >&2
-[[ $MODE == kafka ]] && echo "soak: topics $TAG.* stay on the broker (the database $TAG is dropped)" >&2
 exit "$RC"
