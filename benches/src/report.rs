@@ -131,6 +131,28 @@ pub struct HarnessReport {
     /// Why, in words, when spoiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The harness's own CPU over the measured phase (Linux: `/proc/self/stat`), and
+    /// the cores it was allowed to run on; absent where it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<HarnessCpu>,
+}
+
+/// The harness's CPU cost: what `scripts/harness-cost.sh` and the crowd table read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HarnessCpu {
+    /// utime + stime of the whole harness process (every thread) per request sent in
+    /// the measured phase, µs (USER_HZ ticks: ±10 ms over the phase).
+    pub us_per_request: f64,
+    /// That CPU over the phase's wall time, in cores (1.0 = one core busy throughout).
+    pub cores_used: f64,
+    /// Requests sent in the measured phase.
+    pub requests: u64,
+    /// The CPUs the harness may run on (`Cpus_allowed_list` of `/proc/self/status`,
+    /// e.g. `1` when pinned with `taskset -c 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus_allowed: Option<String>,
+    /// Threads of its runtime (`--client-threads`; 1 = one thread does everything).
+    pub threads: usize,
 }
 
 /// Send lag (p99) above which the harness calls its own figures spoiled.
@@ -152,6 +174,7 @@ impl HarnessReport {
             send_lag_ms: lag,
             spoiled,
             note,
+            cpu: None,
         }
     }
 }
@@ -624,6 +647,17 @@ pub fn render_table(r: &Report, extras: &TableExtras) -> String {
             h.send_lag_ms.max,
             if h.spoiled { "  <-- SPOILED" } else { " (ok)" }
         );
+        if let Some(c) = &h.cpu {
+            let _ = writeln!(
+                o,
+                "harness CPU: {:.1} µs per request, {:.2} cores over the phase ({} requests, {} thread(s), CPUs {})",
+                c.us_per_request,
+                c.cores_used,
+                c.requests,
+                c.threads,
+                c.cpus_allowed.as_deref().unwrap_or("?")
+            );
+        }
         if let Some(n) = &h.note {
             let _ = writeln!(o, "WARNING: {n}");
         }
