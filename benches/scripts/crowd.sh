@@ -90,6 +90,8 @@ if ((PIN)); then
 	for l in "$SERVER_CPUS" "$HARNESS_CPUS"; do
 		(($(cpu_count "$l") > 0)) || { echo "crowd: '$l' is not a list of cores this machine has (e.g. 0, 0-1, 0,2)" >&2; exit 2; }
 	done
+	(($(cpu_count "$SERVER_CPUS,$HARNESS_CPUS") == $(cpu_count "$SERVER_CPUS") + $(cpu_count "$HARNESS_CPUS"))) ||
+		{ echo "crowd: --server-cpus $SERVER_CPUS and --harness-cpus $HARNESS_CPUS overlap" >&2; exit 2; }
 	PIN_SERVER=(taskset -c "$SERVER_CPUS") PIN_HARNESS=(taskset -c "$HARNESS_CPUS")
 	CLIENT_THREADS=$(cpu_count "$HARNESS_CPUS")
 fi
