@@ -166,7 +166,8 @@ impl HarnessReport {
             format!(
                 "the harness sent requests late by itself (p99 {:.1} ms, max {:.1} ms): it was \
                  short of CPU, so latencies include its own lag and the offered rate was not \
-                 fully offered; give it more --client-threads or another machine",
+                 fully offered; give it a core of its own (taskset, as scripts/crowd.sh \
+                 does) or more --client-threads",
                 lag.p99, lag.max
             )
         });
