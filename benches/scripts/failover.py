@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Failover windows of Kafka mode (issue 13): 2 engines, 1 gateway, 8 SKUs on 8
 partitions, each SKU asked (a new user's hold) every ~20 ms by its own thread; then
-one engine is killed (`kill -9`) or stopped (SIGTERM, as a rolling restart does).
+one engine is killed (`kill -9`) or stopped (SIGTERM, as a rolling restart does), or the
+broker is paused (SIGSTOP for --pause-ms, then SIGCONT: a broker starved of CPU or in a
+long GC pause) while both engines live.
 
 Prints, per SKU, the window from the fault to its first 201 again (kill -9) and the
 number of 503 answers (SIGTERM), then the worst window and the total of 503s.
@@ -10,6 +12,10 @@ Usage (services up, `set -a; . ./.services.env; set +a`, `cargo build --release 
 flashsale` or a debug build):
     python3 benches/scripts/failover.py --fault kill9   [--bin target/release/flashsale]
     python3 benches/scripts/failover.py --fault sigterm
+    python3 benches/scripts/failover.py --fault broker-pause --broker-pid PID [--pause-ms 1500]
+(broker-pause: a broker of your own, not a shared one: every client of it stalls; the
+engines' `--group-protocol` is read from FLASHSALE_GROUP_PROTOCOL.) Also printed: how
+many times an engine let its partitions go because the group session was lost.
 Uses fresh topics (a unique prefix, left on the broker: `make services-down` removes
 them) and a temporary directory (its path is printed); stops what it started.
 Standard library only.
@@ -49,7 +55,9 @@ def request(conn, method, path, body=None, headers=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fault", choices=["kill9", "sigterm"], required=True)
+    ap.add_argument("--fault", choices=["kill9", "sigterm", "broker-pause"], required=True)
+    ap.add_argument("--broker-pid", type=int, help="broker-pause: the broker's pid")
+    ap.add_argument("--pause-ms", type=float, default=1500.0, help="broker-pause: how long")
     ap.add_argument("--bin", default=os.environ.get("FLASHSALE_BIN", "target/release/flashsale"),
                     help="the flashsale binary (default target/release/flashsale, or $FLASHSALE_BIN)")
     ap.add_argument("--kafka", default=os.environ.get("FLASHSALE_KAFKA"),
@@ -58,6 +66,8 @@ def main():
     ap.add_argument("--before-s", type=float, default=5.0, help="load before the fault")
     ap.add_argument("--after-s", type=float, default=10.0, help="load after the fault")
     a = ap.parse_args()
+    if a.fault == "broker-pause" and not a.broker_pid:
+        sys.exit("--fault broker-pause needs --broker-pid")
     if not a.kafka:
         sys.exit("no --kafka and no FLASHSALE_KAFKA: run `make services-up` and load .services.env")
     if not os.path.exists(a.bin):
@@ -142,8 +152,14 @@ def main():
         fault_at[0] = time.time()
         if a.fault == "kill9":
             engines[0].send_signal(signal.SIGKILL)
-        else:
+        elif a.fault == "sigterm":
             engines[0].send_signal(signal.SIGTERM)
+        else:
+            os.kill(a.broker_pid, signal.SIGSTOP)
+            try:
+                time.sleep(a.pause_ms / 1000)
+            finally:
+                os.kill(a.broker_pid, signal.SIGCONT)
         time.sleep(a.after_s)
         stop.set()
         for t in threads:
@@ -157,6 +173,11 @@ def main():
             worst = max(worst, w if w is not None else float("inf"))
         print(f"fault {a.fault}: worst per-SKU window {worst * 1000:.0f} ms; "
               f"503 answers {sum(r['503'] for r in results.values())}")
+        lost = 0
+        for i in range(2):
+            with open(os.path.join(tmp, f"engine{i}.log"), errors="replace") as f:
+                lost += sum("session was lost" in line for line in f)
+        print(f"group sessions lost (an engine let its partitions go): {lost}")
         print(f"logs: {tmp}")
     finally:
         for p in procs:

@@ -31,11 +31,19 @@ fn main() -> ExitCode {
         }
         None => {
             // The harness shares the machine with the server it measures: its thread count
-            // is a flag, not the number of cores.
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(cli.run.client_threads.clamp(1, 64))
-                .enable_all()
-                .build();
+            // is a flag, not the number of cores. One thread (the default) is a
+            // current-thread runtime: dispatcher and requests on one thread, no wake-up
+            // of another thread per request (`scripts/harness-cost.sh` measures it).
+            let rt = if cli.run.client_threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(cli.run.client_threads.min(64))
+                    .enable_all()
+                    .build()
+            };
             match rt {
                 Ok(rt) => rt.block_on(run_command(&cli.run)),
                 Err(e) => Err(e.into()),

@@ -131,6 +131,28 @@ pub struct HarnessReport {
     /// Why, in words, when spoiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The harness's own CPU over the measured phase (Linux: `/proc/self/stat`), and
+    /// the cores it was allowed to run on; absent where it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<HarnessCpu>,
+}
+
+/// The harness's CPU cost: what `scripts/harness-cost.sh` and the crowd table read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HarnessCpu {
+    /// utime + stime of the whole harness process (every thread) per request sent in
+    /// the measured phase, µs (USER_HZ ticks: ±10 ms over the phase).
+    pub us_per_request: f64,
+    /// That CPU over the phase's wall time, in cores (1.0 = one core busy throughout).
+    pub cores_used: f64,
+    /// Requests sent in the measured phase.
+    pub requests: u64,
+    /// The CPUs the harness may run on (`Cpus_allowed_list` of `/proc/self/status`,
+    /// e.g. `1` when pinned with `taskset -c 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus_allowed: Option<String>,
+    /// Threads of its runtime (`--client-threads`; 1 = one thread does everything).
+    pub threads: usize,
 }
 
 /// Send lag (p99) above which the harness calls its own figures spoiled.
@@ -144,7 +166,8 @@ impl HarnessReport {
             format!(
                 "the harness sent requests late by itself (p99 {:.1} ms, max {:.1} ms): it was \
                  short of CPU, so latencies include its own lag and the offered rate was not \
-                 fully offered; give it more --client-threads or another machine",
+                 fully offered; give it a core of its own (taskset, as scripts/crowd.sh \
+                 does) or more --client-threads",
                 lag.p99, lag.max
             )
         });
@@ -152,6 +175,7 @@ impl HarnessReport {
             send_lag_ms: lag,
             spoiled,
             note,
+            cpu: None,
         }
     }
 }
@@ -624,6 +648,17 @@ pub fn render_table(r: &Report, extras: &TableExtras) -> String {
             h.send_lag_ms.max,
             if h.spoiled { "  <-- SPOILED" } else { " (ok)" }
         );
+        if let Some(c) = &h.cpu {
+            let _ = writeln!(
+                o,
+                "harness CPU: {:.1} µs per request, {:.2} cores over the phase ({} requests, {} thread(s), CPUs {})",
+                c.us_per_request,
+                c.cores_used,
+                c.requests,
+                c.threads,
+                c.cpus_allowed.as_deref().unwrap_or("?")
+            );
+        }
         if let Some(n) = &h.note {
             let _ = writeln!(o, "WARNING: {n}");
         }

@@ -21,10 +21,11 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout_at};
 
 use crate::client::{ApiClient, Retired};
-use crate::contract::{rfc3339, CheckoutRequest, CreateSale, NewProduct, ReserveRequest, SaleView};
+use crate::contract::{rfc3339, CheckoutRequest, CreateSale, NewProduct, SaleView};
 use crate::error::BenchError;
 use crate::report::{
-    CrowdReport, HarnessReport, OpReport, ReadCeilingReport, Report, ScenarioReport, TableExtras,
+    CrowdReport, HarnessCpu, HarnessReport, OpReport, ReadCeilingReport, Report, ScenarioReport,
+    TableExtras,
 };
 use crate::scenario::Scenario;
 use crate::schedule::{corrected_latency, Op, Planned, Schedule, ScheduleSpec, Slot};
@@ -416,7 +417,20 @@ pub async fn run(
         violations,
         find_max: None,
         read_ceiling,
-        harness: Some(HarnessReport::judge(lag, reserve_p99)),
+        harness: Some(HarnessReport {
+            cpu: phase.cpu.map(|(cpu_s, wall_s, requests)| HarnessCpu {
+                us_per_request: if requests > 0 {
+                    cpu_s * 1e6 / requests as f64
+                } else {
+                    0.0
+                },
+                cores_used: if wall_s > 0.0 { cpu_s / wall_s } else { 0.0 },
+                requests,
+                cpus_allowed: cpus_allowed(),
+                threads: runtime_threads(),
+            }),
+            ..HarnessReport::judge(lag, reserve_p99)
+        }),
         crowd: phase.rec.crowd_report(scenario),
         verdict: None,
         soak: phase.rec.windows.as_ref().map(|w| {
@@ -605,6 +619,46 @@ struct PhaseResult {
     stock: Vec<StockPoint>,
     /// Readings of the watched processes at the window boundaries (per-window runs).
     procs: Vec<ProcPoint>,
+    /// The harness's own CPU seconds and the wall seconds over the phase (from the
+    /// phase's start to its last answer), and the requests it sent; `None` where
+    /// `/proc/self/stat` cannot be read.
+    cpu: Option<(f64, f64, u64)>,
+}
+
+/// utime + stime of this process, seconds (`/proc/self/stat`, USER_HZ 100).
+fn own_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_ticks(&stat).map(|t| t as f64 / 100.0)
+}
+
+/// utime + stime, in ticks, of a `/proc/PID/stat` line.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut f = rest.split_ascii_whitespace();
+    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Threads that run the harness's tasks: 1 on a current-thread runtime, else the
+/// workers (the thread in `block_on` runs the dispatcher besides).
+fn runtime_threads() -> usize {
+    let h = tokio::runtime::Handle::current();
+    match h.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => 1,
+        _ => h.metrics().num_workers() + 1,
+    }
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list`), e.g. `1` under `taskset -c 1`.
+fn cpus_allowed() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
 }
 
 #[allow(clippy::too_many_arguments)] // one call site per phase; a struct would only rename them
@@ -697,6 +751,7 @@ async fn run_phase(
         v[i] += 1;
     };
     let mut schedule = Schedule::new(spec);
+    let cpu_at_start = own_cpu_secs();
     let mut burst = 0u32;
     let mut last_unblock = start;
     while let Some(slot) = schedule.next() {
@@ -712,8 +767,6 @@ async fn run_phase(
                 tokio::task::yield_now().await;
             }
         }
-        let reached = Instant::now();
-        let lag = reached.saturating_duration_since(due.max(last_unblock));
         let permit = match sem.clone().try_acquire_owned() {
             Ok(p) => Ok(Ok(p)),
             Err(_) => {
@@ -733,7 +786,15 @@ async fn run_phase(
             break;
         };
         dispatched[op_of(&slot).index()] += 1;
-        tokio::spawn(dispatch(ctx.clone(), slot, due, lag, permit));
+        // The lag is taken when the request is written, not here: on a one-thread
+        // runtime the task runs only when the dispatcher yields.
+        tokio::spawn(dispatch(
+            ctx.clone(),
+            slot,
+            due,
+            due.max(last_unblock),
+            permit,
+        ));
     }
     drop(ctx);
     // Ends when every worker has dropped its sender, or at the hard deadline.
@@ -741,6 +802,12 @@ async fn run_phase(
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };
+    let cpu = cpu_at_start.zip(own_cpu_secs()).map(|(a, b)| {
+        let wall = Instant::now()
+            .saturating_duration_since(start)
+            .as_secs_f64();
+        (b - a, wall, dispatched.iter().sum::<u64>())
+    });
     for op in Op::ALL {
         rec.timeline.set_offered(op, &offered[op.index()]);
     }
@@ -770,7 +837,12 @@ async fn run_phase(
         Some(h) => h.await.unwrap_or_default(),
         None => Vec::new(),
     };
-    PhaseResult { rec, stock, procs }
+    PhaseResult {
+        rec,
+        stock,
+        procs,
+        cpu,
+    }
 }
 
 fn op_of(slot: &Slot) -> Op {
@@ -780,14 +852,17 @@ fn op_of(slot: &Slot) -> Op {
     }
 }
 
-/// One scheduled request, and the checkout that may follow a reservation.
+/// One scheduled request, and the checkout that may follow a reservation. `ready` is
+/// when the harness could have sent it (its due time, or the end of the dispatcher's
+/// wait for an in-flight slot): the send lag runs from there to the moment it is sent.
 async fn dispatch(
     ctx: Arc<Ctx>,
     slot: Slot,
     due: Instant,
-    lag: Duration,
+    ready: Instant,
     permit: OwnedSemaphorePermit,
 ) {
+    let lag = Instant::now().saturating_duration_since(ready);
     match slot.what {
         Planned::Read { sku } => {
             let outcome = ctx.client.availability(&ctx.read_skus[sku as usize]).await;
@@ -801,12 +876,18 @@ async fn dispatch(
             checkout,
             crowd,
         } => {
-            let req = ReserveRequest {
-                user_id: format!("{}{user}", ctx.user_prefix),
-                sku_id: ctx.write_skus[sku as usize].clone(),
-                quantity: ctx.quantity,
-            };
-            let res = ctx.client.reserve(&req).await;
+            // Written straight into the connection's buffer: no request struct, no
+            // formatted user id, no JSON encoder per request.
+            let res = ctx
+                .client
+                .reserve_as(
+                    &ctx.user_prefix,
+                    Some(user),
+                    &ctx.write_skus[sku as usize],
+                    ctx.quantity,
+                    checkout,
+                )
+                .await;
             drop(permit);
             let answered = Instant::now();
             let granted = (res.outcome == Outcome::Ok).then_some((user, sku, ctx.quantity));
@@ -1099,4 +1180,23 @@ where
         ok += r.unwrap_or(0);
     }
     (ok, t0.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime() {
+        // pid (comm, which may hold spaces) state ppid pgrp session tty tpgid flags
+        // minflt cminflt majflt cmajflt utime stime ...
+        let line = "4242 (flash bench) R 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 1 0";
+        assert_eq!(cpu_ticks(line), Some(325));
+        assert_eq!(cpu_ticks("4242 (x) R 1"), None);
+        assert_eq!(cpu_ticks("garbage"), None);
+        // This process's own line parses (Linux).
+        if let Ok(own) = std::fs::read_to_string("/proc/self/stat") {
+            assert!(cpu_ticks(&own).is_some());
+        }
+    }
 }

@@ -8,11 +8,18 @@
 //! needed to answer the excess with 503s. Here a request is one `write` of a prepared
 //! buffer and one or two `read`s on a connection the request owns while it runs (no
 //! task, no channel); setup and admin calls still go through reqwest.
+//!
+//! Per request nothing is allocated here: the request is written into the connection's
+//! own buffers (the body by a closure, e.g. [`crate::client::ApiClient::reserve`]'s JSON
+//! written in place), the answer read into its read buffer, and a connection returned
+//! to the pool less than [`PROBE_AFTER`] ago is reused without the extra non-blocking
+//! `read` that checks whether the server closed it (`scripts/harness-cost.sh` measures
+//! the harness's CPU per request).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -29,6 +36,10 @@ const MAX_BODY: usize = 1024 * 1024;
 const MAX_HEADERS: usize = 32;
 /// Initial read buffer of a connection.
 const READ_BUF: usize = 4096;
+/// An idle connection back in the pool for less than this is reused without checking
+/// whether the server closed it: servers close idle keep-alive connections after
+/// seconds (flashsale: 30 s), so a check per request would cost a syscall for nothing.
+pub const PROBE_AFTER: Duration = Duration::from_millis(500);
 
 /// One kept-alive connection and its read buffer.
 #[derive(Debug)]
@@ -37,6 +48,10 @@ struct Conn {
     buf: BytesMut,
     /// The request being written (reused between requests).
     out: Vec<u8>,
+    /// Its body, written first so that its length is known (reused too).
+    body: Vec<u8>,
+    /// When it went back to the pool.
+    idle_since: Instant,
 }
 
 impl Conn {
@@ -107,13 +122,14 @@ impl Wire {
         })
     }
 
-    /// Sends `method path` (with a JSON `body` when given) and reads the answer, within
-    /// the per-request timeout.
+    /// Sends `method` on the path made of `path` (its parts in a row, so callers need
+    /// not allocate one) and reads the answer, within the per-request timeout. With
+    /// `body`, the closure writes the JSON body into the connection's buffer.
     pub async fn call(
         &self,
         method: &str,
-        path: &str,
-        body: Option<&[u8]>,
+        path: &[&str],
+        body: Option<&(dyn Fn(&mut Vec<u8>) + Sync)>,
     ) -> Result<Answer, WireError> {
         let conn = self.take_idle();
         let mut conn = match conn {
@@ -125,6 +141,7 @@ impl Wire {
                 .await
                 .map_err(|_| WireError::Timeout)??;
         if answer.1 {
+            conn.idle_since = Instant::now();
             self.idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -141,9 +158,11 @@ impl Wire {
     /// still counts.
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded by the pool, which the harness's in-flight cap bounds.
+        // Bounded by the pool, which the harness's in-flight cap bounds. The pool is a
+        // stack: the connection just returned is the one taken, and under load it was
+        // returned microseconds ago.
         while let Some(c) = idle.pop() {
-            if !c.peer_closed() {
+            if c.idle_since.elapsed() < PROBE_AFTER || !c.peer_closed() {
                 return Some(c);
             }
         }
@@ -163,6 +182,8 @@ impl Wire {
             stream,
             buf: BytesMut::with_capacity(READ_BUF),
             out: Vec::with_capacity(512),
+            body: Vec::with_capacity(256),
+            idle_since: Instant::now(),
         })
     }
 
@@ -171,9 +192,14 @@ impl Wire {
         &self,
         conn: &mut Conn,
         method: &str,
-        path: &str,
-        body: Option<&[u8]>,
+        path: &[&str],
+        body: Option<&(dyn Fn(&mut Vec<u8>) + Sync)>,
     ) -> Result<(Answer, bool), WireError> {
+        if let Some(write) = body {
+            conn.body.clear();
+            write(&mut conn.body);
+        }
+        let body = body.is_some().then_some(&conn.body[..]);
         write_request(&mut conn.out, method, path, &self.host, body);
         conn.stream
             .write_all(&conn.out)
@@ -209,22 +235,41 @@ fn resolve(hostport: &str) -> Option<SocketAddr> {
     hostport.to_socket_addrs().ok()?.next()
 }
 
-/// Writes an HTTP/1.1 request into `out` (cleared first).
-fn write_request(out: &mut Vec<u8>, method: &str, path: &str, host: &str, body: Option<&[u8]>) {
-    use std::io::Write as _;
+/// Writes an HTTP/1.1 request into `out` (cleared first; no allocation once it has
+/// grown to the largest request).
+fn write_request(out: &mut Vec<u8>, method: &str, path: &[&str], host: &str, body: Option<&[u8]>) {
     out.clear();
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    for part in path {
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
     if let Some(b) = body {
-        let _ = write!(
-            out,
-            "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            b.len()
-        );
+        out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
+        push_decimal(out, b.len() as u64);
+        out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(b);
     } else {
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends `n` in decimal (no formatter, no allocation).
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Parses a complete answer out of `buf`: `None` while more bytes are needed. Only
@@ -321,11 +366,13 @@ mod tests {
             accepted
         });
         let wire = Wire::new(&format!("http://{addr}"), Duration::from_secs(5)).unwrap();
-        let a = wire.call("GET", "/health", None).await.unwrap();
+        let a = wire.call("GET", &["/health"], None).await.unwrap();
         assert_eq!(a.status, 200);
         closed_rx.recv().await.unwrap();
-        // The first connection went back to the pool and is closed now.
-        let b = wire.call("GET", "/health", None).await.unwrap();
+        // The first connection went back to the pool and is closed now (and idle for
+        // longer than the probe's grace, as after a pause between runs).
+        tokio::time::sleep(PROBE_AFTER + Duration::from_millis(50)).await;
+        let b = wire.call("GET", &["/health"], None).await.unwrap();
         assert_eq!(b.status, 200);
         assert_eq!(server.await.unwrap(), 2, "a second connection was opened");
     }
@@ -333,13 +380,22 @@ mod tests {
     #[test]
     fn a_request_is_written_with_its_length() {
         let mut out = Vec::new();
-        write_request(&mut out, "POST", "/a", "127.0.0.1:1", Some(b"{\"x\":1}"));
+        write_request(&mut out, "POST", &["/a"], "127.0.0.1:1", Some(b"{\"x\":1}"));
         assert_eq!(
             out,
             b"POST /a HTTP/1.1\r\nhost: 127.0.0.1:1\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"x\":1}"
         );
-        write_request(&mut out, "GET", "/b", "h", None);
-        assert_eq!(out, b"GET /b HTTP/1.1\r\nhost: h\r\n\r\n");
+        write_request(&mut out, "GET", &["/b/", "c", "/d"], "h", None);
+        assert_eq!(out, b"GET /b/c/d HTTP/1.1\r\nhost: h\r\n\r\n");
+    }
+
+    #[test]
+    fn decimals_are_written_without_a_formatter() {
+        for n in [0u64, 7, 10, 99, 100, 12_345, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]

@@ -234,6 +234,8 @@ pub struct EngineGroupConfig {
     pub session_timeout_ms: u32,
     /// Used as at most a third of `session_timeout_ms`.
     pub heartbeat_interval_ms: u32,
+    /// `--group-protocol consumer` (KIP-848).
+    pub group_protocol_consumer: bool,
     pub standby_window: u64,
 }
 
@@ -244,6 +246,7 @@ impl Default for EngineGroupConfig {
             max_batch: 4096,
             session_timeout_ms: 600,
             heartbeat_interval_ms: 150,
+            group_protocol_consumer: false,
             standby_window: 10_000,
         }
     }

@@ -148,6 +148,10 @@ pub struct EngineOptions {
     /// The group session: a member silent this long is dead and its partitions move.
     pub session_timeout_ms: u32,
     pub heartbeat_interval_ms: u32,
+    /// KIP-848's group protocol (`group.protocol=consumer`) instead of the classic one:
+    /// the session and heartbeat are then the broker's `group.consumer.*` settings,
+    /// not the two above.
+    pub group_protocol_consumer: bool,
     /// Standby copies: the outputs of at most this many most recent records are kept
     /// per partition not owned (so a takeover re-produces what the dead owner may not
     /// have); 0 turns standby copies off.

@@ -289,23 +289,34 @@ pub(super) fn spawn(
         seeks: Vec::new(),
         retakes: Vec::new(),
     };
-    let consumer: BaseConsumer<EngineContext> = consumer_config(&opts.brokers, "flashsale-engine")
+    let mut group_config = consumer_config(&opts.brokers, "flashsale-engine");
+    group_config
         .set("group.id", &opts.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        .set("max.poll.interval.ms", "300000")
+        .set("fetch.error.backoff.ms", "50")
+        .set("statistics.interval.ms", STATS_INTERVAL_MS);
+    if opts.group_protocol_consumer {
+        // KIP-848 (`--group-protocol consumer`): the broker keeps the session
+        // (group.consumer.session.timeout.ms / heartbeat.interval.ms, its settings),
+        // assignment is incremental, and the client has no session timer of its own: a
+        // heartbeat answered late by a busy broker no longer drops the partitions.
+        group_config.set("group.protocol", "consumer");
+    } else {
         // Incremental (cooperative) rebalancing: only the partitions that move are
         // revoked; the others keep being served while the group rebalances. No static
         // membership: a static member that stops does not leave the group.
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", opts.session_timeout_ms.to_string())
-        .set(
-            "heartbeat.interval.ms",
-            opts.heartbeat_interval_ms.to_string(),
-        )
-        .set("max.poll.interval.ms", "300000")
-        .set("fetch.error.backoff.ms", "50")
-        .set("statistics.interval.ms", STATS_INTERVAL_MS)
+        group_config
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", opts.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                opts.heartbeat_interval_ms.to_string(),
+            );
+    }
+    let consumer: BaseConsumer<EngineContext> = group_config
         .create_with_context(EngineContext {
             shell: Mutex::new(shell),
             quiet,

@@ -301,6 +301,16 @@ pub struct EngineTuning {
     #[arg(long, env = "FLASHSALE_HEARTBEAT_INTERVAL_MS", default_value_t = 150,
           value_parser = clap::value_parser!(u32).range(50..=100_000))]
     pub heartbeat_interval_ms: u32,
+    /// The consumer-group protocol of the engines: `classic` (the session and
+    /// heartbeat above, timed by the client too: an answer the broker gives later than
+    /// the session drops the engine's partitions) or `consumer` (KIP-848, Kafka ≥ 4.0:
+    /// the broker's `group.consumer.session.timeout.ms` and
+    /// `group.consumer.heartbeat.interval.ms` apply instead of the two flags above, and
+    /// only the broker ends a session; their broker minimums, 45 s and 5 s by default,
+    /// must be lowered for a sub-second failover: docs/overload.md).
+    #[arg(long, env = "FLASHSALE_GROUP_PROTOCOL", default_value = "classic",
+          value_parser = ["classic", "consumer"])]
+    pub group_protocol: String,
     /// Standby copies: each engine follows the commands of the partitions it does not
     /// own and keeps their state warm, so a takeover is a catch-up of a few records
     /// instead of a snapshot load and replay. The value is how many of the latest
@@ -323,6 +333,7 @@ impl From<EngineTuning> for EngineGroupConfig {
             max_batch: a.max_batch,
             session_timeout_ms: a.session_timeout_ms,
             heartbeat_interval_ms: a.heartbeat_interval_ms,
+            group_protocol_consumer: a.group_protocol == "consumer",
             standby_window: a.standby_window,
         }
     }

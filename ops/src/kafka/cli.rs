@@ -160,6 +160,7 @@ pub async fn engine_command(
         max_batch: args.engine.max_batch,
         session_timeout_ms: args.engine.session_timeout_ms,
         heartbeat_interval_ms: args.engine.heartbeat_ms(),
+        group_protocol_consumer: args.engine.group_protocol_consumer,
         standby_window: args.engine.standby_window as usize,
         linger_ms: args.linger_ms,
         adopt_new_topics: args.adopt_new_topics,
@@ -283,6 +284,7 @@ pub async fn serve_parts(
         max_batch: kafka.engine.max_batch,
         session_timeout_ms: kafka.engine.session_timeout_ms,
         heartbeat_interval_ms: kafka.engine.heartbeat_ms(),
+        group_protocol_consumer: kafka.engine.group_protocol_consumer,
         standby_window: kafka.engine.standby_window as usize,
         // Its records are whole applied batches: lingering would only add latency
         // (`--linger-ms` is the gateway's command producer).
