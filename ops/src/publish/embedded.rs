@@ -104,7 +104,7 @@ impl EmbeddedFeed {
     /// One applied batch: its event records, and the offset after its last record with
     /// an output (`None`: no output, nothing to queue). Never blocks on Kafka: a full
     /// queue is emptied (the publisher reads those offsets from the log instead).
-    pub fn push(&self, partition: u32, events: &[EventRecord], through: Option<u64>) {
+    pub fn push(&self, partition: u32, events: Vec<EventRecord>, through: Option<u64>) {
         let Some(through) = through else { return };
         let Some(mut p) = self.part(partition) else {
             return;
@@ -122,7 +122,7 @@ impl EmbeddedFeed {
         p.queue.push_back(Batch {
             from,
             through,
-            events: events.to_vec(),
+            events,
         });
         p.through = through;
     }
