@@ -540,7 +540,9 @@ async fn holds_and_checkouts(
                 &format!("checkout-{i}"),
             )
             .await;
-            acked.orders.insert(o["orderId"].as_str().unwrap().to_string());
+            acked
+                .orders
+                .insert(o["orderId"].as_str().unwrap().to_string());
             acked.confirmed.insert(rid);
         }
     }
@@ -597,7 +599,10 @@ async fn inventory_matches_the_api(
             reqwest::Method::GET,
             &format!("/api/v1/products/{sku}/availability"),
             None,
-            &[("authorization", &format!("Bearer {}", flashsale_tests::TOKEN))],
+            &[(
+                "authorization",
+                &format!("Bearer {}", flashsale_tests::TOKEN),
+            )],
         )
         .await;
         assert_eq!(
@@ -625,9 +630,18 @@ async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let prefix = format!("flashsale-test-{}.", kafka::unique_id());
-    kafka::create_topics(&svc.kafka, &prefix, 4, 1).await.unwrap();
-    let flags = ["--publish-kafka", svc.kafka.as_str(), "--topic-prefix", prefix.as_str()];
-    let mut server = ChildServer::start(&data, free_port(), &flags).await.unwrap();
+    kafka::create_topics(&svc.kafka, &prefix, 4, 1)
+        .await
+        .unwrap();
+    let flags = [
+        "--publish-kafka",
+        svc.kafka.as_str(),
+        "--topic-prefix",
+        prefix.as_str(),
+    ];
+    let mut server = ChildServer::start(&data, free_port(), &flags)
+        .await
+        .unwrap();
     let http = client();
 
     let skus: Vec<String> = (0..3).map(|_| unique_sku("EPUB")).collect();
@@ -645,7 +659,9 @@ async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
     holds_and_checkouts(&http, &server.base, &skus, 0..30, &mut acked).await;
     // Mid-run: the node dies without a word (its publisher too) and starts again.
     server.kill9();
-    server = ChildServer::start(&data, free_port(), &flags).await.unwrap();
+    server = ChildServer::start(&data, free_port(), &flags)
+        .await
+        .unwrap();
     holds_and_checkouts(&http, &server.base, &skus, 30..60, &mut acked).await;
     let (cancelled, expiring) = cancel_and_expire(&http, &server.base, &short, &mut acked).await;
 
@@ -661,7 +677,13 @@ async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
         },
         "(the child server's stderr is not kept)",
     );
-    inventory_matches_the_api(&http, &server.base, skus.iter().cloned().chain([short]), &available).await;
+    inventory_matches_the_api(
+        &http,
+        &server.base,
+        skus.iter().cloned().chain([short]),
+        &available,
+    )
+    .await;
     server.kill9();
 
     // The operators' audit of the same log counts the same reservations.
@@ -672,9 +694,17 @@ async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
         .env_remove("FLASHSALE_POSTGRES")
         .output()
         .unwrap();
-    assert!(out.status.success(), "audit: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "audit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["violations"].as_array().map(Vec::len), Some(0), "{report}");
+    assert_eq!(
+        report["violations"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
     let reservations: u64 = report["partitions"]
         .as_array()
         .unwrap()
@@ -691,7 +721,9 @@ async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
 /// once, read_committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_events_stay_exactly_once_through_kill9_of_an_engine() {
-    use flashsale_tests::{client, create_sale, free_port, kafka::Proc, unique_sku, wait_ready, TOKEN};
+    use flashsale_tests::{
+        client, create_sale, free_port, kafka::Proc, unique_sku, wait_ready, TOKEN,
+    };
 
     let Some(svc) = kafka::services_or_skip("public events through an engine failover") else {
         return;
@@ -699,8 +731,15 @@ async fn public_events_stay_exactly_once_through_kill9_of_an_engine() {
     let dir = tempfile::tempdir().unwrap();
     let id = kafka::unique_id();
     let prefix = format!("flashsale-test-{id}.");
-    kafka::create_topics(&svc.kafka, &prefix, 4, 1).await.unwrap();
-    let common = ["--kafka", svc.kafka.as_str(), "--topic-prefix", prefix.as_str()];
+    kafka::create_topics(&svc.kafka, &prefix, 4, 1)
+        .await
+        .unwrap();
+    let common = [
+        "--kafka",
+        svc.kafka.as_str(),
+        "--topic-prefix",
+        prefix.as_str(),
+    ];
     let engine = |name: &str| {
         let mut args: Vec<String> = vec!["engine".into()];
         args.extend(common.map(String::from));
@@ -767,7 +806,13 @@ async fn public_events_stay_exactly_once_through_kill9_of_an_engine() {
         },
         &dir.path().display().to_string(),
     );
-    inventory_matches_the_api(&http, &base, skus.iter().cloned().chain([short]), &available).await;
+    inventory_matches_the_api(
+        &http,
+        &base,
+        skus.iter().cloned().chain([short]),
+        &available,
+    )
+    .await;
 }
 
 /// schemas/asyncapi.yaml names the three public topics, and each channel's message

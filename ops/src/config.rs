@@ -375,8 +375,7 @@ impl ServeCommandConfig {
         match &self.kafka {
             Some(_) if self.node.publish.is_some() => Err(Invalid {
                 flag: "--publish-kafka",
-                reason: "embedded mode only; in Kafka mode run `flashsale events publish`"
-                    .into(),
+                reason: "embedded mode only; in Kafka mode run `flashsale events publish`".into(),
             }),
             Some(k) => k.validate(),
             None => Ok(()),

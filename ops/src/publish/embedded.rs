@@ -80,7 +80,9 @@ pub struct EmbeddedFeed {
 impl EmbeddedFeed {
     pub fn new(partitions: u32, capacity: usize) -> Arc<Self> {
         Arc::new(EmbeddedFeed {
-            parts: (0..partitions).map(|_| Mutex::new(Part::default())).collect(),
+            parts: (0..partitions)
+                .map(|_| Mutex::new(Part::default()))
+                .collect(),
             capacity: capacity.max(1),
             overflows: AtomicU64::new(0),
         })
@@ -175,7 +177,10 @@ fn log_identity(data_dir: &Path) -> anyhow::Result<String> {
 
 /// Starts publishing `feed` (and the log behind it). The node serves whatever Kafka
 /// does: sessions that fail start again from the committed position, with backoff.
-pub fn start(config: EmbeddedPublisher, feed: Arc<EmbeddedFeed>) -> anyhow::Result<PublisherHandle> {
+pub fn start(
+    config: EmbeddedPublisher,
+    feed: Arc<EmbeddedFeed>,
+) -> anyhow::Result<PublisherHandle> {
     let id = log_identity(&config.data_dir)?;
     let origin = Origin {
         log_id: format!("embedded/{id}"),
@@ -228,7 +233,12 @@ struct CatchUp {
 impl CatchUp {
     /// The state at `from` (newest snapshot at or below it, then a quiet replay), and a
     /// reader of the log from there.
-    fn open(config: &EmbeddedPublisher, partition: u32, from: u64, target: u64) -> anyhow::Result<Self> {
+    fn open(
+        config: &EmbeddedPublisher,
+        partition: u32,
+        from: u64,
+        target: u64,
+    ) -> anyhow::Result<Self> {
         let store = FileSnapshotStore::new(config.data_dir.join("snapshots"));
         let (loaded, _) = load_newest_valid_where(&store, partition, |i| i.offset <= from)
             .map_err(|e| anyhow::anyhow!("partition {partition}: reading snapshots: {e}"))?;
@@ -245,7 +255,10 @@ impl CatchUp {
         let mut at = actor.state().next_offset();
         while at < from {
             quiet.clear();
-            for rec in reader.by_ref().take(CATCH_UP_CHUNK.min((from - at) as usize)) {
+            for rec in reader
+                .by_ref()
+                .take(CATCH_UP_CHUNK.min((from - at) as usize))
+            {
                 quiet.push(rec?);
             }
             anyhow::ensure!(
@@ -354,7 +367,11 @@ fn session(
                 groups.push(events);
                 next[i] = at;
                 if at >= c.target {
-                    tracing::info!(partition = p, at, "embedded publisher: caught up from the log");
+                    tracing::info!(
+                        partition = p,
+                        at,
+                        "embedded publisher: caught up from the log"
+                    );
                     catch_up[i] = None;
                 }
                 continue;

@@ -12,8 +12,8 @@
 //! elsewhere): `init_transactions` aborts what it left open. Any error ends the session;
 //! the next one starts again from the committed positions.
 
-use super::{map_batch, Channel, Origin, Outgoing};
 use super::txn::{self, TxnPublisher, TXN_TIMEOUT};
+use super::{map_batch, Channel, Origin, Outgoing};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};

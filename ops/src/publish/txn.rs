@@ -42,9 +42,9 @@ impl TxnPublisher {
                 .set("transaction.timeout.ms", "60000")
                 .create()
                 .map_err(|e| anyhow::anyhow!("cannot create the publisher's producer: {e}"))?;
-        producer.init_transactions(TXN_TIMEOUT).map_err(|e| {
-            anyhow::anyhow!("init_transactions ({}): {e}", config.transactional_id)
-        })?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("init_transactions ({}): {e}", config.transactional_id))?;
         let consumer: BaseConsumer = consumer_config(&config.kafka, "flashsale-publisher")
             .set("group.id", &config.transactional_id)
             .set("enable.auto.commit", "false")
@@ -140,7 +140,10 @@ mod meta_tests {
     fn commit_metadata_round_trips() {
         let m = encode_meta("t.events/uuid-1", [(3, 9), (7, 0)]);
         assert_eq!(m, "fs-pub-v1 t.events/uuid-1 3:9 7:0");
-        assert_eq!(decode_meta(&m, "t.events/uuid-1"), Some(vec![(3, 9), (7, 0)]));
+        assert_eq!(
+            decode_meta(&m, "t.events/uuid-1"),
+            Some(vec![(3, 9), (7, 0)])
+        );
         assert_eq!(decode_meta("something else 1:2", "t.events/uuid-1"), None);
         assert_eq!(
             decode_meta(&m, "t.events/uuid-2"),
