@@ -178,6 +178,9 @@ pub struct ServeConfig {
     pub retention_secs: u64,
     pub snapshot_reserve_mb: u64,
     pub http: HttpConfig,
+    /// Embedded mode: publish the public events to Kafka (`--publish-kafka`;
+    /// docs/events.md). `None`: no publishing.
+    pub publish: Option<crate::publish::PublisherConfig>,
 }
 
 impl Default for ServeConfig {
@@ -202,6 +205,7 @@ impl Default for ServeConfig {
             retention_secs: DEFAULT_RETENTION_SECS,
             snapshot_reserve_mb: 64,
             http: HttpConfig::default(),
+            publish: None,
         }
     }
 }
@@ -217,6 +221,14 @@ impl ServeConfig {
             at_least_1(n as u64, "--max-in-flight-per-partition")?;
         }
         at_least_1(self.queue_depth as u64, "--queue-depth")?;
+        if let Some(p) = &self.publish {
+            flashsale_runtime::kafka::bootstrap_arg(&p.kafka)
+                .map(drop)
+                .map_err(|reason| Invalid {
+                    flag: "--publish-kafka",
+                    reason,
+                })?;
+        }
         rate_limit_ok(self.rate_limit_per_user, self.rate_limit_burst)?;
         at_least_1(self.snapshot_every_commands, "--snapshot-every-commands")?;
         at_least_1(self.snapshot_every_secs, "--snapshot-every-secs")?;
@@ -364,6 +376,10 @@ impl ServeCommandConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         self.node.validate()?;
         match &self.kafka {
+            Some(_) if self.node.publish.is_some() => Err(Invalid {
+                flag: "--publish-kafka",
+                reason: "embedded mode only; in Kafka mode run `flashsale events publish`".into(),
+            }),
             Some(k) => k.validate(),
             None => Ok(()),
         }

@@ -5,6 +5,7 @@
 //! model first, then replies to the requests waiting for them (read-your-writes).
 
 use crate::config::ServeConfig;
+use crate::publish::embedded::{self as publisher, EmbeddedFeed};
 use anyhow::Context;
 use flashsale_core::actor::{Applied, SnapshotPolicy};
 use flashsale_core::State;
@@ -36,6 +37,15 @@ pub fn admission(args: &ServeConfig) -> (usize, usize) {
     )
 }
 
+/// The node's snapshot and retention policy (the embedded publisher replays with it).
+fn snapshot_policy(args: &ServeConfig) -> SnapshotPolicy {
+    SnapshotPolicy {
+        every_commands: args.snapshot_every_commands.max(1),
+        every_ms: args.snapshot_every_secs.max(1) * 1000,
+        retention_ms: Some(args.retention_secs.saturating_mul(1000)),
+    }
+}
+
 /// A listener on `addr` (the node's `--listen`), with an error that says what to do.
 pub fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     flashsale_gateway::server::bind(addr).with_context(|| {
@@ -43,18 +53,32 @@ pub fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     })
 }
 
-/// In-process output of the engine actors: events to the read model, then replies to
-/// waiting requests, so a client that got its reply reads its own write.
+/// In-process output of the engine actors: events to the read model (and, with
+/// `--publish-kafka`, to the publisher's feed), then replies to waiting requests, so a
+/// client that got its reply reads its own write.
 #[derive(Debug)]
 pub struct LocalOutput {
     pub read: Arc<ReadModel>,
     pub pending: Arc<Pending>,
+    pub feed: Option<Arc<EmbeddedFeed>>,
 }
 
 impl EngineOutput for LocalOutput {
-    fn deliver(&self, _partition: u32, applied: Applied) {
+    fn deliver(&self, partition: u32, applied: Applied) {
         for ev in &applied.events {
             self.read.apply(ev);
+        }
+        if let Some(feed) = &self.feed {
+            // The offset after the batch's last record with an output (E1 of
+            // publish::embedded): replies and events both carry their command's offset.
+            let through = applied
+                .events
+                .iter()
+                .map(|e| e.offset)
+                .chain(applied.replies.iter().map(|(_, r)| r.offset))
+                .max()
+                .map(|o| o + 1);
+            feed.push(partition, applied.events, through);
         }
         for (_, reply) in applied.replies {
             self.pending.complete(reply);
@@ -62,6 +86,9 @@ impl EngineOutput for LocalOutput {
     }
     fn reset(&self, state: &State) {
         self.read.reset(state);
+        if let Some(feed) = &self.feed {
+            feed.reset(u32::from(state.partition()), state.next_offset());
+        }
     }
 }
 
@@ -114,9 +141,14 @@ pub async fn start(args: ServeConfig) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let read = Arc::new(ReadModel::new(args.partitions, metrics.clone()));
     let pending = Arc::new(Pending::default());
+    let feed = args
+        .publish
+        .as_ref()
+        .map(|_| EmbeddedFeed::new(args.partitions, publisher::FEED_CAPACITY));
     let output = Arc::new(LocalOutput {
         read: read.clone(),
         pending: pending.clone(),
+        feed: feed.clone(),
     });
     // Bind before the engine starts: a port in use is refused here, before any
     // partition recovers, so the operator reads one line ("cannot listen …") and no
@@ -126,11 +158,7 @@ pub async fn start(args: ServeConfig) -> anyhow::Result<Running> {
         EmbeddedOptions {
             data_dir: args.data_dir.clone(),
             partitions: args.partitions,
-            snapshot: SnapshotPolicy {
-                every_commands: args.snapshot_every_commands.max(1),
-                every_ms: args.snapshot_every_secs.max(1) * 1000,
-                retention_ms: Some(args.retention_secs.saturating_mul(1000)),
-            },
+            snapshot: snapshot_policy(&args),
             keep_snapshots: args.keep_snapshots.max(1),
             snapshot_reserve_bytes: args.snapshot_reserve_mb.saturating_mul(1 << 20),
             queue_depth: args.queue_depth,
@@ -139,6 +167,19 @@ pub async fn start(args: ServeConfig) -> anyhow::Result<Running> {
         output,
         metrics.clone(),
     )?;
+    // After the node: it created the data directory and holds its lock.
+    let publishing = match (&args.publish, feed) {
+        (Some(kafka), Some(feed)) => Some(publisher::start(
+            publisher::EmbeddedPublisher {
+                kafka: kafka.clone(),
+                data_dir: args.data_dir.clone(),
+                partitions: args.partitions,
+                policy: snapshot_policy(&args),
+            },
+            feed,
+        )?),
+        _ => None,
+    };
     let (max_in_flight, max_in_flight_per_partition) = admission(&args);
     let dispatcher = Dispatcher::new(
         node.bus(),
@@ -196,6 +237,10 @@ pub async fn start(args: ServeConfig) -> anyhow::Result<Running> {
         housekeeping.abort();
         recorder.abort();
         node.shutdown().await;
+        // After the node: what its last batches applied is in the feed, published now.
+        if let Some(p) = publishing {
+            p.stop().await;
+        }
         Ok(())
     });
     Ok(Running {

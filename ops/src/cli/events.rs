@@ -1,6 +1,7 @@
 //! `flashsale events publish` and `flashsale events tail`: the public sale events
 //! (docs/events.md).
 
+use super::KafkaArgs;
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Clone, Args)]
@@ -26,51 +27,60 @@ pub enum EventsCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
-    /// Kafka bootstrap servers, host:port[,host:port].
-    #[arg(long, env = "FLASHSALE_KAFKA", value_parser = flashsale_runtime::kafka::bootstrap_arg)]
-    pub kafka: String,
-    /// Prefix of the topic names: reads <prefix>events, writes <prefix>reservations,
+    /// Brokers and prefix: reads <prefix>events, writes <prefix>reservations,
     /// <prefix>inventory-updates, <prefix>orders.
-    #[arg(
-        long = "topic-prefix",
-        visible_alias = "prefix",
-        env = "FLASHSALE_TOPIC_PREFIX",
-        default_value = "flashsale."
-    )]
-    pub topic_prefix: String,
-    /// The producer's transactional.id and the consumer group of its read positions;
-    /// default <prefix>publisher. A second publisher with the same id fences the first.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub publisher: PublisherTuning,
+}
+
+/// The transactional publisher's settings: `events publish` (Kafka mode) and
+/// `serve --publish-kafka` (embedded mode).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = super::H_PUBLISH)]
+pub struct PublisherTuning {
+    /// The producer's transactional.id and the consumer group of its positions; default
+    /// <prefix>publisher (`events publish`) or <prefix>embedded-publisher (`serve
+    /// --publish-kafka`). A second publisher with the same id fences the first.
     #[arg(long, env = "FLASHSALE_PUBLISHER_ID")]
     pub transactional_id: Option<String>,
-    /// Most events records read into one Kafka transaction (1-100000).
+    /// Most records read into one Kafka transaction (events records in Kafka mode,
+    /// event records of the log embedded), 1-100000.
     #[arg(long, env = "FLASHSALE_PUBLISHER_BATCH", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub publisher_batch: u32,
 }
 
+impl PublisherTuning {
+    /// The publisher's config on `kafka`/`prefix`; `default_id` names the
+    /// transactional id when none is given.
+    pub fn config(
+        &self,
+        kafka: String,
+        prefix: String,
+        default_id: &str,
+    ) -> crate::publish::PublisherConfig {
+        let mut c = crate::publish::PublisherConfig::new(kafka, prefix);
+        c.transactional_id = self
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("{}{default_id}", c.topic_prefix));
+        c.max_batch = self.publisher_batch as usize;
+        c
+    }
+}
+
 impl From<PublishArgs> for crate::publish::PublisherConfig {
     fn from(a: PublishArgs) -> Self {
-        let mut c = crate::publish::PublisherConfig::new(a.kafka, a.topic_prefix);
-        if let Some(id) = a.transactional_id {
-            c.transactional_id = id;
-        }
-        c.max_batch = a.publisher_batch as usize;
-        c
+        a.publisher
+            .config(a.kafka.kafka, a.kafka.topic_prefix, "publisher")
     }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct TailArgs {
-    /// Kafka bootstrap servers, host:port[,host:port].
-    #[arg(long, env = "FLASHSALE_KAFKA", value_parser = flashsale_runtime::kafka::bootstrap_arg)]
-    pub kafka: String,
-    /// Prefix of the topic names.
-    #[arg(
-        long = "topic-prefix",
-        visible_alias = "prefix",
-        env = "FLASHSALE_TOPIC_PREFIX",
-        default_value = "flashsale."
-    )]
-    pub topic_prefix: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Which public topic: reservations, inventory-updates or orders (repeat for more);
     /// default all three.
     #[arg(long)]

@@ -64,7 +64,8 @@ pub struct KafkaArgs {
     /// Kafka bootstrap servers, host:port[,host:port].
     #[arg(long, env = "FLASHSALE_KAFKA", value_parser = flashsale_runtime::kafka::bootstrap_arg)]
     pub kafka: String,
-    /// Prefix of the topic names (<prefix>commands, <prefix>events, <prefix>replies).
+    /// Prefix of the topic names (<prefix>commands, <prefix>events, <prefix>replies,
+    /// and the public <prefix>reservations, <prefix>inventory-updates, <prefix>orders).
     #[arg(
         long = "topic-prefix",
         visible_alias = "prefix",

@@ -28,6 +28,7 @@ const H_SERVE_KAFKA: &str = "Kafka mode (--kafka; without it, embedded)";
 const H_KAFKA: &str = "Kafka";
 const H_READMODEL: &str = "Read-model snapshots (Kafka mode)";
 const H_METRICS: &str = "Metrics";
+const H_PUBLISH: &str = "Public events (docs/events.md)";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -186,6 +186,23 @@ pub struct ServeCmd {
     pub args: ServeArgs,
     #[command(flatten)]
     pub kafka: ServeKafkaArgs,
+    #[command(flatten)]
+    pub publish: ServePublishArgs,
+}
+
+/// Embedded mode's public events (docs/events.md, "Embedded mode").
+#[derive(Debug, Clone, Args)]
+pub struct ServePublishArgs {
+    /// Embedded mode: publish the public events (<prefix>reservations,
+    /// <prefix>inventory-updates, <prefix>orders; --topic-prefix) to these Kafka brokers,
+    /// host:port[,host:port], from the node's own log, exactly once (Kafka
+    /// transactions). The sale never waits for Kafka: while it is down or slow,
+    /// publishing lags and catches up from the log. Create the topics first (`flashsale
+    /// topics create --partitions N`). In Kafka mode run `flashsale events publish`.
+    #[arg(long, env = "FLASHSALE_PUBLISH_KAFKA", value_parser = flashsale_runtime::kafka::bootstrap_arg, help_heading = super::H_PUBLISH)]
+    pub publish_kafka: Option<String>,
+    #[command(flatten)]
+    pub publisher: super::PublisherTuning,
 }
 
 /// Kafka mode of `serve`. Without `--kafka`, serve runs embedded.
@@ -361,6 +378,7 @@ impl From<ServeArgs> for ServeConfig {
             retention_secs: a.retention_secs,
             snapshot_reserve_mb: a.snapshot_reserve_mb,
             http: a.http.into(),
+            publish: None,
         }
     }
 }
@@ -369,7 +387,17 @@ impl From<ServeCmd> for ServeCommandConfig {
     /// Kafka mode when `--kafka` (or FLASHSALE_KAFKA) is left after
     /// [`super::Cli::resolve`].
     fn from(cmd: ServeCmd) -> Self {
-        let ServeCmd { args, kafka: k } = cmd;
+        let ServeCmd {
+            args,
+            kafka: k,
+            publish,
+        } = cmd;
+        let mut node: ServeConfig = args.into();
+        node.publish = publish.publish_kafka.map(|brokers| {
+            publish
+                .publisher
+                .config(brokers, k.topic_prefix.clone(), "embedded-publisher")
+        });
         let kafka = k.kafka.map(|brokers| KafkaServeConfig {
             kafka: brokers,
             postgres: k.postgres,
@@ -382,7 +410,7 @@ impl From<ServeCmd> for ServeCommandConfig {
             readmodel: k.readmodel.into(),
         });
         ServeCommandConfig {
-            node: args.into(),
+            node,
             kafka,
             mode_reason: k.mode_reason,
         }

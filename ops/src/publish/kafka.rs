@@ -3,7 +3,8 @@
 //!
 //! One transaction per round of reads: the public records of the records read, and the
 //! publisher's read positions of `events` (`send_offsets_to_transaction`, consumer
-//! group `<transactional id>`), commit together or not at all. Each position carries, as
+//! group `<transactional id>`), commit together or not at all (`txn.rs`, shared with
+//! the embedded publisher). Each position carries, as
 //! its commit metadata, the next command offset not yet published per command partition
 //! seen on that events partition, so the same events written twice (two engines during a
 //! rebalance, the same command offsets) are published once, across restarts too. A
@@ -11,11 +12,10 @@
 //! elsewhere): `init_transactions` aborts what it left open. Any error ends the session;
 //! the next one starts again from the committed positions.
 
+use super::txn::{self, TxnPublisher, TXN_TIMEOUT};
 use super::{map_batch, Channel, Origin, Outgoing};
-use flashsale_runtime::kafka::{base_config, consumer_config};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -23,13 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Longest wait of one transaction step (init, offsets, commit).
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Version tag of the offsets' commit metadata.
-const META_TAG: &str = "fs-pub-v1";
-
-/// What [`run_publisher`] needs.
-#[derive(Debug, Clone)]
+/// What [`run_publisher`] (and the embedded publisher) needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublisherConfig {
     /// Kafka bootstrap servers.
     pub kafka: String,
@@ -122,55 +117,31 @@ pub async fn run_publisher(
 type Next = BTreeMap<u32, (i32, u64)>;
 
 fn encode_meta(next: &Next, events_partition: i32, log_id: &str) -> String {
-    let mut s = format!("{META_TAG} {log_id}");
-    for (cp, (ep, off)) in next {
-        if *ep == events_partition {
-            s.push_str(&format!(" {cp}:{off}"));
-        }
-    }
-    s
+    txn::encode_meta(
+        log_id,
+        next.iter()
+            .filter(|(_, (ep, _))| *ep == events_partition)
+            .map(|(cp, (_, off))| (*cp, *off)),
+    )
 }
 
-/// Reads a position's metadata into `next`; false if it is not of this log (another
-/// build's, or of a topic since deleted and created again: its offsets mean nothing
-/// in this one).
+/// Reads a position's metadata into `next`; false if it is not of this log.
 fn decode_meta(meta: &str, events_partition: i32, log_id: &str, next: &mut Next) -> bool {
-    let mut parts = meta.split(' ');
-    if parts.next() != Some(META_TAG) || parts.next() != Some(log_id) {
-        return false;
-    }
-    for p in parts {
-        if let Some((cp, off)) = p.split_once(':') {
-            if let (Ok(cp), Ok(off)) = (cp.parse::<u32>(), off.parse::<u64>()) {
+    match txn::decode_meta(meta, log_id) {
+        Some(pairs) => {
+            for (cp, off) in pairs {
                 next.insert(cp, (events_partition, off));
             }
+            true
         }
+        None => false,
     }
-    true
 }
 
 fn session(config: &PublisherConfig, origin: &Origin, stop: &AtomicBool) -> anyhow::Result<()> {
     let events = config.events_topic();
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        base_config(&config.kafka, "flashsale-publisher")
-            .set("transactional.id", &config.transactional_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("transaction.timeout.ms", "60000")
-            .create()
-            .map_err(|e| anyhow::anyhow!("cannot create the publisher's producer: {e}"))?;
-    producer
-        .init_transactions(TXN_TIMEOUT)
-        .map_err(|e| anyhow::anyhow!("init_transactions ({}): {e}", config.transactional_id))?;
-    let consumer: BaseConsumer = consumer_config(&config.kafka, "flashsale-publisher")
-        .set("group.id", &config.transactional_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()
-        .map_err(|e| anyhow::anyhow!("cannot create the publisher's consumer: {e}"))?;
+    let txn = TxnPublisher::open(config)?;
+    let consumer = &txn.consumer;
     let md = consumer.fetch_metadata(Some(&events), TXN_TIMEOUT)?;
     let n = md
         .topics()
@@ -207,9 +178,6 @@ fn session(config: &PublisherConfig, origin: &Origin, stop: &AtomicBool) -> anyh
         start.add_partition_offset(&events, e.partition(), offset)?;
     }
     consumer.assign(&start)?;
-    let group = consumer
-        .group_metadata()
-        .ok_or_else(|| anyhow::anyhow!("the publisher's consumer has no group metadata"))?;
     tracing::info!(
         topic = %events,
         partitions = n,
@@ -271,28 +239,6 @@ fn session(config: &PublisherConfig, origin: &Origin, stop: &AtomicBool) -> anyh
         if positions.is_empty() {
             continue;
         }
-        producer.begin_transaction()?;
-        for o in &out {
-            let topic = o.channel.topic(&config.topic_prefix);
-            let value = o.value();
-            let mut record = BaseRecord::to(&topic).key(&o.key).payload(&value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, r))
-                        if e.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                    {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => {
-                        let _ = producer.abort_transaction(TXN_TIMEOUT);
-                        return Err(anyhow::anyhow!("producing to {topic}: {e}"));
-                    }
-                }
-            }
-        }
         let mut offsets = TopicPartitionList::new();
         for (p, o) in &positions {
             offsets.add_partition_offset(&events, *p, Offset::Offset(*o))?;
@@ -306,13 +252,7 @@ fn session(config: &PublisherConfig, origin: &Origin, stop: &AtomicBool) -> anyh
                 e.set_metadata(m);
             }
         }
-        let done = producer
-            .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
-            .and_then(|()| producer.commit_transaction(TXN_TIMEOUT));
-        if let Err(e) = done {
-            let _ = producer.abort_transaction(TXN_TIMEOUT);
-            return Err(anyhow::anyhow!("committing a transaction: {e}"));
-        }
+        txn.commit(&out, &offsets)?;
         published += out.len() as u64;
         if last_progress.elapsed() >= Duration::from_secs(10) {
             tracing::info!(records = records_total, published, "publisher progress");

@@ -13,8 +13,9 @@
 //! clock and keeps no state, so publishing the same log prefix again gives the same
 //! records with the same ids (what makes a re-publication after a crash harmless to a
 //! consumer that deduplicates, and what the exactly-once publisher relies on). The Kafka
-//! loop around it is in `kafka.rs` ([`run_publisher`]); `flashsale events tail` in
-//! `tail.rs`.
+//! loop around it is in `kafka.rs` ([`run_publisher`], `flashsale events publish`), the
+//! embedded node's in `embedded.rs` (`serve --publish-kafka`), their shared
+//! transactional writer in `txn.rs`; `flashsale events tail` in `tail.rs`.
 //!
 //! Invariants of the mapping (tested below against the real core):
 //! - P1 every reservation state change is one `reservation.*` event, every order one
@@ -24,8 +25,10 @@
 //! - P3 `id` = `<events log id>/<partition>/<command offset>/<event index>[/<suffix>]`:
 //!   unique, and the same whenever the same log is published again.
 
+pub mod embedded;
 mod kafka;
 mod tail;
+mod txn;
 
 pub use kafka::{run_publisher, PublisherConfig};
 pub use tail::{tail_command, TailArgs};

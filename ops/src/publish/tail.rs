@@ -28,7 +28,7 @@ pub async fn tail_command(
             .map(|t| {
                 Channel::ALL
                     .into_iter()
-                    .find(|c| c.suffix() == t || c.topic(&args.topic_prefix) == *t)
+                    .find(|c| c.suffix() == t || c.topic(&args.kafka.topic_prefix) == *t)
                     .ok_or_else(|| {
                         anyhow::anyhow!(
                             "--topic {t}: not a public topic; use reservations, inventory-updates or orders"
@@ -53,7 +53,7 @@ pub async fn tail_command(
 }
 
 fn tail(args: &TailArgs, channels: &[Channel], stop: &AtomicBool) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = consumer_config(&args.kafka, "flashsale-events-tail")
+    let consumer: BaseConsumer = consumer_config(&args.kafka.kafka, "flashsale-events-tail")
         .set("group.id", "flashsale-events-tail")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -66,10 +66,10 @@ fn tail(args: &TailArgs, channels: &[Channel], stop: &AtomicBool) -> anyhow::Res
         Offset::End
     };
     for c in channels {
-        let topic = c.topic(&args.topic_prefix);
+        let topic = c.topic(&args.kafka.topic_prefix);
         let md = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map_err(|e| anyhow::anyhow!("Kafka at {}: {e}", args.kafka))?;
+            .map_err(|e| anyhow::anyhow!("Kafka at {}: {e}", args.kafka.kafka))?;
         let n = md
             .topics()
             .iter()
