@@ -448,6 +448,9 @@ fn hot_limit(t: &Target, m: &ModeProfile, headroom: f64) -> (f64, Option<String>
     let Some(c) = m.single_partition_ceiling_holds_per_s else {
         return (hot, None);
     };
+    if hot <= 0.0 {
+        return (hot, None);
+    }
     let allowed = c * headroom;
     (
         hot,
@@ -469,9 +472,24 @@ fn hot_limit(t: &Target, m: &ModeProfile, headroom: f64) -> (f64, Option<String>
     )
 }
 
+/// The note of a plan whose profile has no single-partition ceiling.
+fn unchecked_hot(t: &Target, m: &ModeProfile) -> Option<String> {
+    (m.single_partition_ceiling_holds_per_s.is_none() && t.holds_per_s * t.hot_sku_share > 0.0)
+        .then(|| {
+            "the profile has no single-partition ceiling (its search held no rate): the hot              SKU's holds/s are NOT checked; re-profile on an idle machine"
+                .to_string()
+        })
+}
+
 fn live_holds_rss(m: &ModeProfile, copies: &BTreeMap<&str, u32>) -> Option<f64> {
     let mut sum = None;
-    for (name, c) in &m.roles {
+    // The holds live in flashsale's processes; a broker's or Postgres's RSS growth over
+    // a run is caches and heap, not per-hold state.
+    for (name, c) in m
+        .roles
+        .iter()
+        .filter(|(n, _)| *n != ROLE_BROKER && *n != ROLE_POSTGRES)
+    {
         if let Some(b) = c.rss_bytes_per_live_hold {
             let n = copies.get(name.as_str()).copied().unwrap_or(1);
             *sum.get_or_insert(0.0) += b * f64::from(n) * 100_000.0;
@@ -518,7 +536,7 @@ pub fn plan_embedded(m: &ModeProfile, t: &Target, s: &Sizing) -> Result<ModePlan
             cores_per_process: cores(load),
         },
     );
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = unchecked_hot(t, m).into_iter().collect();
     if t.products > 1 && t.hot_sku_share < 1.0 {
         notes.push("partitions: `flashsale serve --partitions`".into());
     }
@@ -670,7 +688,7 @@ pub fn plan_kafka(m: &ModeProfile, t: &Target, s: &Sizing) -> Result<ModePlan, P
         blockers.join("; ")
     };
     let copies: BTreeMap<&str, u32> = [(ROLE_GATEWAY, gateways), (ROLE_ENGINE, engines)].into();
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = unchecked_hot(t, m).into_iter().collect();
     if s.services_elsewhere {
         notes.push("broker and Postgres run on machines not counted here".into());
     }
@@ -1210,6 +1228,25 @@ mod tests {
         let mut p = profile();
         p.build.cargo_profile = "debug".into();
         assert!(check_profile(&p, "0.1.0", None).unwrap()[0].contains("debug"));
+    }
+
+    #[test]
+    fn a_profile_without_a_ceiling_says_the_hot_sku_is_unchecked() {
+        let mut p = profile();
+        let k = p.kafka.as_mut().unwrap();
+        k.single_partition_ceiling_holds_per_s = None;
+        k.roles
+            .get_mut(ROLE_BROKER)
+            .unwrap()
+            .rss_bytes_per_live_hold = Some(1e6);
+        k.roles
+            .get_mut(ROLE_ENGINE)
+            .unwrap()
+            .rss_bytes_per_live_hold = Some(100.0);
+        let pl = plan_kafka(k, &target(25_000.0, 0.0, 1.0, 1), &Sizing::default()).unwrap();
+        assert!(pl.notes[0].contains("NOT checked"), "{:?}", pl.notes);
+        // 2 engines × 100 B × 100,000; the broker's heap growth is not per-hold state.
+        assert_eq!(pl.rss_bytes_per_100k_live_holds, Some(20e6));
     }
 
     #[test]

@@ -178,6 +178,21 @@ fn pgrep(args: &[&str]) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// The pid listening on loopback TCP `port`, from `ss -Hltnp`.
+fn listener_pid(port: &str) -> Option<u32> {
+    let out = Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{port}")])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("pid=")? + 4;
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn spawn(bin: &PathBuf, name: &str, args: &[String], logs: &PathBuf) -> Result<Proc, BenchError> {
     let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
     let child = Command::new(bin)
@@ -422,7 +437,23 @@ async fn profile_deployment(
             max_failure_share: 0.001,
         };
         let t = Instant::now();
-        let out = find_max(client, &s, &options(&format!("{mode} ceiling"), "PX"), &o).await?;
+        let opts = options(&format!("{mode} ceiling"), "PX");
+        let mut out = find_max(client, &s, &opts, &o).await?;
+        if out
+            .report
+            .find_max
+            .as_ref()
+            .is_none_or(|f| f.max_rate_held_per_s.is_none())
+        {
+            // Even the first rate failed: once more from a fifth of it.
+            let lower = FindMaxOptions {
+                start_rate_per_s: (o.start_rate_per_s / 5.0).max(10.0),
+                factor: 2.0,
+                max_steps: 4,
+                ..o.clone()
+            };
+            out = find_max(client, &s, &opts, &lower).await?;
+        }
         let fm = out.report.find_max.clone();
         let held = fm.as_ref().and_then(|f| f.max_rate_held_per_s);
         eprintln!(
@@ -655,7 +686,13 @@ async fn profile_kafka(
             pids: vec![pid(4)],
         },
     ];
-    let broker = pgrep(&["-f", "kafka\\.Kafka"]);
+    // The broker this deployment uses: the one listening on --kafka's port (several
+    // may run on the machine); else every `kafka.Kafka` process.
+    let port = args.kafka.rsplit(':').next().unwrap_or("");
+    let mut broker = listener_pid(port).into_iter().collect::<Vec<_>>();
+    if broker.is_empty() {
+        broker = pgrep(&["-f", "kafka\\.Kafka"]);
+    }
     if broker.is_empty() {
         notes.push("kafka: no broker process found on this machine (pgrep -f kafka.Kafka): its cost is not measured".into());
     } else {
