@@ -476,7 +476,8 @@ fn hot_limit(t: &Target, m: &ModeProfile, headroom: f64) -> (f64, Option<String>
 fn unchecked_hot(t: &Target, m: &ModeProfile) -> Option<String> {
     (m.single_partition_ceiling_holds_per_s.is_none() && t.holds_per_s * t.hot_sku_share > 0.0)
         .then(|| {
-            "the profile has no single-partition ceiling (its search held no rate): the hot              SKU's holds/s are NOT checked; re-profile on an idle machine"
+            "the profile has no single-partition ceiling (its search held no rate): the hot SKU's \
+             holds/s are NOT checked; re-profile on an idle machine"
                 .to_string()
         })
 }
