@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
 
-.PHONY: run test simulate test-cluster build fmt fmt-check clippy bench bench-compare bench-crowd bench-soak services-up services-down help
+.PHONY: run test simulate test-cluster build fmt fmt-check clippy bench bench-compare bench-crowd bench-soak bench-plan services-up services-down help
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ bench-compare: ## flashsale vs the Postgres and Redis baselines, one scenario, o
 
 bench-crowd: ## the 10:00 crowd (flash, big, find-max, 2x overload), embedded and Kafka side by side; needs services-up
 	bash benches/scripts/crowd.sh
+
+bench-plan: ## the capacity plan checked: profile, plan --machines 1 --cores-per-machine 1 vs a pinned find-max, both modes (ARGS='--profile p.json')
+	bash benches/scripts/plan-check.sh $(ARGS)
 
 bench-soak: ## the 30-minute soak, per-minute report and flatness verdict: make bench-soak MODE=embedded|kafka DURATION=30m [SCALE=0.25]
 	SCALE=$(SCALE) bash benches/scripts/soak.sh $(or $(MODE),embedded) $(or $(DURATION),30m)

@@ -75,6 +75,227 @@ pub enum Command {
   flashsale-bench fill-events --kafka 127.0.0.1:19092 --topic-prefix fsstart1. \
       --records 10000000")]
     FillEvents(crate::fill_events::FillEventsArgs),
+    /// Size a deployment for a target load from a profile (`profile --json-out`), or
+    /// with --machines N predict the highest load N machines sustain.
+    #[command(after_long_help = PLAN_EXAMPLES)]
+    Plan(PlanArgs),
+    /// Measure what each request costs each process (CPU from /proc, memory per live
+    /// hold) and the single-partition ceiling, on deployments it starts on this machine;
+    /// the profile `plan` reads.
+    #[command(after_long_help = crate::profile::EXAMPLES)]
+    Profile(crate::profile::ProfileArgs),
+}
+
+const PLAN_EXAMPLES: &str = "\
+Examples:
+  # The customer's 10:00: 250,000 reads/s and 25,000 holds/s, all on one hot product
+  flashsale-bench plan --profile profile.json --reads-per-s 250000 --holds-per-s 25000 \\
+      --hot-sku-share 1 --products 1 --cores-per-machine 16 --headroom 0.6
+
+  # The same spread over 100 products, 10 % of the holds on the hot one
+  flashsale-bench plan --profile profile.json --reads-per-s 250000 --holds-per-s 25000 \\
+      --hot-sku-share 0.1 --products 100 --cores-per-machine 16 --json-out plan.json
+
+  # What one 1-core machine sustains, broker and Postgres elsewhere (plan-check.sh)
+  flashsale-bench plan --profile profile.json --machines 1 --cores-per-machine 1 \\
+      --headroom 1 --gateways 1 --engines 1 --services-elsewhere
+
+The model (benches/src/plan.rs, docs/capacity.md): CPU µs per request per role from
+the profile, times the rates; every gateway also pays for following every hold's
+events, every engine for its standby copies; one hot SKU is one partition, capped by
+the profile's single-partition ceiling; processes packed into machines of
+cores × headroom. Not modelled: network, disks, broker replication traffic.
+
+Exit codes: 0 the target fits (or a prediction was made), 1 a mode's plan is not
+feasible (the table says which limit binds), 2 bad input or an unusable profile.";
+
+/// Flags of `plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The profile (JSON of `flashsale-bench profile --json-out`).
+    #[arg(long)]
+    pub profile: PathBuf,
+    /// Availability reads per second to plan for.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub reads_per_s: f64,
+    /// Holds (reservation attempts) per second to plan for.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub holds_per_s: f64,
+    /// Checkouts per second to plan for.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub checkouts_per_s: f64,
+    /// Share (0–1) of the holds that go to the one hot SKU.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub hot_sku_share: f64,
+    /// Products in the sale (each SKU lives on one partition).
+    #[arg(long, default_value_t = 1)]
+    pub products: u32,
+    /// Cores of each machine.
+    #[arg(long, default_value_t = 16)]
+    pub cores_per_machine: u32,
+    /// Share (0–1] of each machine's CPU the plan may use (0.6 = 60 %).
+    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true)]
+    pub headroom: f64,
+    /// Instead of a target: predict the highest holds/s and reads/s N machines sustain.
+    #[arg(long)]
+    pub machines: Option<u32>,
+    /// With --machines: availability reads sent with each hold.
+    #[arg(long, default_value_t = 0.0, requires = "machines")]
+    pub reads_per_hold: f64,
+    /// Plan only this mode (embedded or kafka) [default: every mode of the profile].
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Fewest engines (Kafka mode; 2 so one can take over from the other).
+    #[arg(long, default_value_t = 2)]
+    pub min_engines: u32,
+    /// Fewest brokers (3: replication factor 3, which the profile does not measure).
+    #[arg(long, default_value_t = 3)]
+    pub min_brokers: u32,
+    /// Fixed number of gateways (Kafka mode) instead of the fewest that fit.
+    #[arg(long)]
+    pub gateways: Option<u32>,
+    /// Fixed number of engines (Kafka mode) instead of the fewest that fit.
+    #[arg(long)]
+    pub engines: Option<u32>,
+    /// The broker and Postgres run on machines this plan does not count.
+    #[arg(long)]
+    pub services_elsewhere: bool,
+    /// Write the plan as JSON here.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+    /// Write the plan as a self-contained HTML page here.
+    #[arg(long)]
+    pub html_out: Option<PathBuf>,
+}
+
+/// `git rev-parse HEAD` of the current directory's checkout, `-dirty` when it has
+/// changes to tracked files; `None` outside a checkout.
+pub fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let mut c = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dirty = std::process::Command::new("git")
+        .args(["diff", "--quiet", "HEAD", "--"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(false);
+    if dirty {
+        c.push_str("-dirty");
+    }
+    Some(c)
+}
+
+/// `plan`: prints the table and writes the outputs; returns the exit code.
+pub fn plan_command(args: &PlanArgs) -> Result<u8, BenchError> {
+    use crate::plan;
+    let text = std::fs::read_to_string(&args.profile)
+        .map_err(|e| BenchError::Report(format!("{}: {e}", args.profile.display())))?;
+    let profile: plan::Profile = serde_json::from_str(&text).map_err(|e| {
+        BenchError::Report(format!(
+            "{}: not a profile ({e}): take one with `flashsale-bench profile --json-out`",
+            args.profile.display()
+        ))
+    })?;
+    let bad = |e: plan::PlanError| BenchError::Scenario(e.to_string());
+    let notes = plan::check_profile(&profile, env!("CARGO_PKG_VERSION"), git_commit().as_deref())
+        .map_err(bad)?;
+    let target = plan::Target {
+        reads_per_s: args.reads_per_s,
+        holds_per_s: args.holds_per_s,
+        checkouts_per_s: args.checkouts_per_s,
+        hot_sku_share: args.hot_sku_share,
+        products: args.products,
+    };
+    let sizing = plan::Sizing {
+        cores_per_machine: args.cores_per_machine,
+        headroom: args.headroom,
+        min_engines: args.min_engines,
+        min_brokers: args.min_brokers,
+        services_elsewhere: args.services_elsewhere,
+        gateways: args.gateways,
+        engines: args.engines,
+    };
+    let modes: Vec<&str> = match args.mode.as_deref() {
+        None => vec!["embedded", "kafka"],
+        Some(m @ ("embedded" | "kafka")) => vec![m],
+        Some(m) => {
+            return Err(BenchError::Scenario(format!(
+                "--mode {m:?}: embedded or kafka"
+            )))
+        }
+    };
+    let source = serde_json::json!({
+        "file": args.profile.display().to_string(),
+        "taken_at": profile.taken_at,
+        "machine": profile.machine,
+        "build": profile.build,
+    });
+    let (table, json, code) = if let Some(n) = args.machines {
+        if args.holds_per_s > 0.0 || args.reads_per_s > 0.0 || args.checkouts_per_s > 0.0 {
+            return Err(BenchError::Scenario(
+                "--machines predicts the load: give it without --holds-per-s / --reads-per-s"
+                    .into(),
+            ));
+        }
+        let mut preds = Vec::new();
+        for m in &modes {
+            if let Some(p) =
+                plan::predict(&profile, m, n, args.reads_per_hold, &target, &sizing).map_err(bad)?
+            {
+                preds.push(p);
+            }
+        }
+        let table = plan::render_predictions(n, args.reads_per_hold, &sizing, &preds, &notes);
+        let json = serde_json::json!({
+            "kind": "prediction",
+            "profile": source,
+            "machines": n,
+            "reads_per_hold": args.reads_per_hold,
+            "shape": target,
+            "sizing": sizing,
+            "modes": preds.iter().map(|p| (p.mode.clone(), p)).collect::<std::collections::BTreeMap<_, _>>(),
+            "notes": notes,
+        });
+        (table, json, EXIT_OK)
+    } else {
+        let mut plans = Vec::new();
+        for m in &modes {
+            if let Some(p) = plan::plan_mode(&profile, m, &target, &sizing).map_err(bad)? {
+                plans.push(p);
+            }
+        }
+        let code = if plans.iter().all(|p| p.feasible) {
+            EXIT_OK
+        } else {
+            EXIT_VIOLATIONS
+        };
+        let table = plan::render_plans(&target, &sizing, &plans, &notes);
+        let json = serde_json::json!({
+            "kind": "plan",
+            "profile": source,
+            "target": target,
+            "sizing": sizing,
+            "modes": plans.iter().map(|p| (p.mode.clone(), p)).collect::<std::collections::BTreeMap<_, _>>(),
+            "notes": notes,
+        });
+        (table, json, code)
+    };
+    print!("{table}");
+    if let Some(p) = &args.json_out {
+        write_file(
+            p,
+            &serde_json::to_string_pretty(&json).map_err(|e| BenchError::Report(e.to_string()))?,
+        )?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &args.html_out {
+        write_file(p, &html::plan_page(&table, &json))?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(code)
 }
 
 /// Flags of `side-by-side`.

@@ -1222,9 +1222,81 @@ pub fn compare_page(table: &str, bars: &[Bars], links: &[(String, String)]) -> S
     page("flashsale-bench: side by side", &body)
 }
 
+/// The plan page (`plan --html-out`): the answer at a glance (per mode: feasible or not,
+/// the counts, the binding limit), the cores per role as bars, and the planner's table.
+pub fn plan_page(table: &str, json: &serde_json::Value) -> String {
+    let mut body = String::new();
+    let modes = json["modes"].as_object().cloned().unwrap_or_default();
+    for (mode, m) in &modes {
+        // A prediction carries the plan at its maximum under `plan`.
+        let plan = if m.get("plan").is_some() {
+            &m["plan"]
+        } else {
+            m
+        };
+        let headline = match m.get("predicted_max_holds_per_s") {
+            Some(h) => format!(
+                "{mode}: at most {} holds/s and {} reads/s",
+                format_num(h.as_f64().unwrap_or(0.0)),
+                format_num(m["predicted_max_reads_per_s"].as_f64().unwrap_or(0.0))
+            ),
+            None if plan["feasible"].as_bool() == Some(true) => format!("{mode}: feasible"),
+            None => format!("{mode}: NOT FEASIBLE"),
+        };
+        let _ = writeln!(body, "<h2>{}</h2>", escape(&headline));
+        let _ = writeln!(
+            body,
+            "<p>gateways {} · engines {} · partitions {} · brokers {} · machines {}</p>",
+            plan["gateways"],
+            plan["engines"],
+            plan["partitions"],
+            plan["brokers"],
+            plan["machines"]
+        );
+        let limit = m
+            .get("binding_limit")
+            .or(plan.get("binding_limit"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let _ = writeln!(body, "<p><b>binding limit:</b> {}</p>", escape(limit));
+        let bars: Vec<(String, f64)> = plan["roles"]
+            .as_object()
+            .map(|r| {
+                r.iter()
+                    .map(|(name, v)| (name.clone(), v["cores"].as_f64().unwrap_or(0.0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        body.push_str(&bar_chart(
+            &format!("{mode}: cores per role"),
+            "cores",
+            &bars,
+        ));
+    }
+    let _ = writeln!(
+        body,
+        "<h2>The planner's table</h2><pre>{}</pre>",
+        escape(table)
+    );
+    page("flashsale-bench: capacity plan", &body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plan_page_shows_the_answer() {
+        let json = serde_json::json!({"modes": {"kafka": {
+            "feasible": false, "gateways": 3, "engines": 2, "partitions": 6, "brokers": 3,
+            "machines": 2, "binding_limit": "one hot SKU is one partition",
+            "roles": {"gateway": {"cores": 2.5}, "engine": {"cores": 1.0}}}}});
+        let p = plan_page("the table", &json);
+        assert!(p.contains("kafka: NOT FEASIBLE"), "{p}");
+        assert!(p.contains("gateways 3 · engines 2"));
+        assert!(p.contains("one hot SKU is one partition"));
+        assert!(p.contains("<svg"));
+    }
 
     #[test]
     fn charts_are_inline_svg_without_network_assets() {

@@ -30,6 +30,7 @@
 //!   processes' RSS and CPU, and the pure verdict on flatness (issue 29).
 //! - [`fill_events`]: `fill-events`, many synthetic event records for the gateway
 //!   start-up benchmark (`scripts/gateway-startup.sh`).
+//! - [`plan`]: the capacity planner (pure); [`profile`]: the costs it reads, measured.
 //! - [`cli`]: the command line of the `flashsale-bench` binary.
 //! - [`contract`]: the slice of docs/api.md spoken here; [`baseline`]: the shared HTTP shell of
 //!   the baseline servers in `benches/baselines/` (PostgreSQL and Redis designs), and an
@@ -44,6 +45,8 @@ pub mod error;
 pub mod fill_events;
 pub mod find_max;
 pub mod html;
+pub mod plan;
+pub mod profile;
 pub mod report;
 pub mod runner;
 pub mod scenario;

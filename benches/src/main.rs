@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use flashsale_bench::cli::{
-    compare_command, run_command, side_by_side_command, Cli, Command, EXIT_FAILED,
+    compare_command, plan_command, run_command, side_by_side_command, Cli, Command, EXIT_FAILED,
 };
 
 /// mimalloc, as the server uses: the harness allocates small, short-lived buffers per
@@ -26,6 +26,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Compare(args)) => compare_command(args),
         Some(Command::SideBySide(args)) => side_by_side_command(args),
+        Some(Command::Plan(args)) => plan_command(args),
+        Some(Command::Profile(args)) => flashsale_bench::profile::profile_command(args),
         Some(Command::FillEvents(args)) => {
             flashsale_bench::fill_events::fill_events(args).map(|()| 0)
         }
