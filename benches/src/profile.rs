@@ -24,7 +24,7 @@
 //! stopped (TERM, then KILL after 10 s) when the command ends, however it ends.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -193,7 +193,7 @@ fn listener_pid(port: &str) -> Option<u32> {
         .ok()
 }
 
-fn spawn(bin: &PathBuf, name: &str, args: &[String], logs: &PathBuf) -> Result<Proc, BenchError> {
+fn spawn(bin: &Path, name: &str, args: &[String], logs: &Path) -> Result<Proc, BenchError> {
     let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
     let child = Command::new(bin)
         .args(args)
@@ -208,7 +208,7 @@ fn spawn(bin: &PathBuf, name: &str, args: &[String], logs: &PathBuf) -> Result<P
     })
 }
 
-fn run_tool(bin: &PathBuf, args: &[&str]) -> Result<(), BenchError> {
+fn run_tool(bin: &Path, args: &[&str]) -> Result<(), BenchError> {
     let out = Command::new(bin)
         .args(args)
         .output()
@@ -491,8 +491,8 @@ fn flashsale_bin(args: &ProfileArgs) -> Result<PathBuf, BenchError> {
 
 async fn profile_embedded(
     args: &ProfileArgs,
-    bin: &PathBuf,
-    logs: &PathBuf,
+    bin: &Path,
+    logs: &Path,
 ) -> Result<ModeProfile, BenchError> {
     let data = logs.join("embedded-data");
     let url = format!("http://127.0.0.1:{}", args.port);
@@ -552,8 +552,8 @@ impl Drop for Database {
 
 async fn profile_kafka(
     args: &ProfileArgs,
-    bin: &PathBuf,
-    logs: &PathBuf,
+    bin: &Path,
+    logs: &Path,
     notes: &mut Vec<String>,
 ) -> Result<ModeProfile, BenchError> {
     let pg = args.postgres.clone().ok_or_else(|| {
