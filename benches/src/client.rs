@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::contract::{CheckoutRequest, CreateSale, ReserveRequest, SaleView, API_BASE};
 use crate::error::BenchError;
 use crate::stats::Outcome;
-use crate::wire::Wire;
+use crate::wire::{Wire, WriteBody};
 
 /// Checks that `url` is `http://` on a loopback address and returns it without a
 /// trailing slash.
@@ -144,7 +144,7 @@ impl ApiClient {
         &self,
         method: &str,
         path: &[&str],
-        body: Option<&(dyn Fn(&mut Vec<u8>) + Sync)>,
+        body: Option<&WriteBody<'_>>,
         expected: &[u16],
     ) -> (Outcome, bytes::Bytes) {
         match self.wire.call(method, path, body).await {

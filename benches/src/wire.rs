@@ -79,6 +79,9 @@ pub struct Wire {
     timeout: Duration,
 }
 
+/// Writes a request's JSON body into the connection's buffer.
+pub type WriteBody<'a> = dyn Fn(&mut Vec<u8>) + Sync + 'a;
+
 /// A parsed answer.
 #[derive(Debug)]
 pub struct Answer {
@@ -129,7 +132,7 @@ impl Wire {
         &self,
         method: &str,
         path: &[&str],
-        body: Option<&(dyn Fn(&mut Vec<u8>) + Sync)>,
+        body: Option<&WriteBody<'_>>,
     ) -> Result<Answer, WireError> {
         let conn = self.take_idle();
         let mut conn = match conn {
@@ -193,7 +196,7 @@ impl Wire {
         conn: &mut Conn,
         method: &str,
         path: &[&str],
-        body: Option<&(dyn Fn(&mut Vec<u8>) + Sync)>,
+        body: Option<&WriteBody<'_>>,
     ) -> Result<(Answer, bool), WireError> {
         if let Some(write) = body {
             conn.body.clear();
