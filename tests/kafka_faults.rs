@@ -602,3 +602,164 @@ async fn engines_and_gateways_killed_mid_load() {
     drop(gateways);
     drop(engines);
 }
+
+/// A `commands` record holding a batch (what a gateway sends for the commands of one
+/// partition that arrive together; any Kafka client may write one): holds on two SKUs
+/// of one partition, a command delivered twice and a client's retry with the same
+/// `Idempotency-Key` inside the batch. The engine applies it as consecutive commands:
+/// each hold once, the duplicate and the retry make nothing new, stock and the
+/// per-user limit hold; then single-command records still work next to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_record_from_any_client_is_applied_as_consecutive_commands() {
+    use flashsale_proto::{
+        partition_for_key, BatchEncoder, Command, CommandRecord, RequestId, ReservationId, SkuId,
+        UserId, NO_REPLY,
+    };
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let Some(svc) = kafka::services_or_skip("kafka_faults batch record") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let args = serve_args(dir.path().join("data"));
+    let partitions = args.partitions;
+    let k = kafka::serve_kafka_args(&svc).await.unwrap();
+    let topic = format!("{}commands", k.topic_prefix);
+    let (gw, kp, extras) = flashsale_ops::kafka::cli::serve_parts(&args, &k)
+        .await
+        .unwrap();
+    let running = flashsale_ops::kafka::start(gw, kp, extras).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let client = client();
+    wait_ready(&client, &base).await;
+    // Two SKUs of one partition.
+    let a = unique_sku("BATCH-A");
+    let p = partition_for_key(a.as_bytes(), partitions);
+    let b = (0..)
+        .map(|i| format!("{a}-b{i}"))
+        .find(|s| partition_for_key(s.as_bytes(), partitions) == p)
+        .unwrap();
+    create_sale(&client, &base, &[(&a, 2, 1), (&b, 5, 1)], 600, -5).await;
+    let reserve = |req: u128, user: &str, sku: &str, key: Option<&str>| CommandRecord {
+        request_id: RequestId(req),
+        reply_to: NO_REPLY,
+        idempotency_key: key.map(str::to_string),
+        command: Command::Reserve {
+            user: UserId::parse(user).unwrap(),
+            sku: SkuId::parse(sku).unwrap(),
+            quantity: 1,
+        },
+    };
+    // Request ids in the ULID layout (48-bit ms time, then randomness), unique to this run.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let id = |n: u128| (t << 80) | (u128::from(std::process::id()) << 16) | n;
+    let batch = [
+        reserve(id(1), "batch-u1", &a, None),
+        reserve(id(2), "batch-u2", &b, None),
+        reserve(id(3), "batch-u3", &a, Some("batch-key")),
+        // the client's retry with the same key
+        reserve(id(4), "batch-u3", &a, Some("batch-key")),
+        // request 1 delivered twice
+        reserve(id(1), "batch-u1", &a, None),
+        // over the per-user limit (1) on B
+        reserve(id(5), "batch-u2", &b, None),
+        // A is sold out (2 held)
+        reserve(id(6), "batch-u4", &a, None),
+    ];
+    let mut enc = BatchEncoder::new();
+    for c in &batch {
+        enc.push(c);
+    }
+    let payload = enc.take();
+    let single = flashsale_proto::encode(&reserve(id(7), "batch-u5", &b, None));
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &svc.kafka)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for value in [&payload, &single] {
+        producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to(&topic)
+                    .partition(p as i32)
+                    .key(a.as_bytes())
+                    .payload(&value[..]),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let available = |sku: String| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let r = call(
+                &client,
+                &base,
+                Method::GET,
+                &format!("/api/v1/products/{sku}/availability"),
+                None,
+                &[],
+            )
+            .await;
+            r.body["availableCount"].as_u64()
+        }
+    };
+    eventually("the batch and the single record applied", 60, || {
+        let (fa, fb) = (available(a.clone()), available(b.clone()));
+        async move {
+            let (x, y) = (fa.await, fb.await);
+            (x == Some(0) && y == Some(3)).then_some(())
+        }
+    })
+    .await;
+    let hold = |n: u128| ReservationId {
+        partition: p as u16,
+        ulid: id(n),
+    };
+    for (n, exists) in [
+        (1, true),
+        (2, true),
+        (3, true),
+        (4, false),
+        (5, false),
+        (6, false),
+        (7, true),
+    ] {
+        let r = call(
+            &client,
+            &base,
+            Method::GET,
+            &format!("/api/v1/reservations/{}", hold(n)),
+            None,
+            &[],
+        )
+        .await;
+        if exists {
+            assert_eq!(r.status, StatusCode::OK, "request {n}: {:?}", r.body);
+            assert_eq!(r.body["status"], "RESERVED", "request {n}");
+        } else {
+            assert_eq!(
+                r.status,
+                StatusCode::NOT_FOUND,
+                "request {n} made no hold: {:?}",
+                r.body
+            );
+        }
+    }
+    // Holds through the gateway (its own batches) still work next to it.
+    let r = call(
+        &client,
+        &base,
+        Method::POST,
+        "/api/v1/reservations",
+        Some(json!({"userId": "batch-u6", "skuId": b, "quantity": 1})),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(available(b.clone()).await, Some(2));
+    running.stop().await.unwrap();
+}

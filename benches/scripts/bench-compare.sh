@@ -15,7 +15,10 @@
 #      same binary) and on the availability read of the SKU;
 #   2. wrk POST /api/v1/reservations at 64 and at 256 connections, a new userId per
 #      request (benches/scripts/wrk-reserve.lua): holds/s = 201 answers/s, wrk's p50/p99,
-#      and the server's CPU per hold from /proc/<pid>/stat (utime + stime);
+#      and the server's CPU per hold from /proc/<pid>/stat (utime + stime), and in Kafka
+#      mode the broker's (the pid listening on the bootstrap port, else `pgrep -f
+#      kafka.Kafka`); before them, on the idle server, a lone buyer: 200 holds one after
+#      another on one connection (curl -K), p50/p99 (the `lone` row);
 #   3. flashsale-bench --find-max on benches/scenarios/capacity.toml (open loop, the
 #      highest write rate with reservation p99 <= the SLO).
 # Then `flashsale-bench side-by-side` prints the medians with ratios (holds/s to flashsale
@@ -225,6 +228,47 @@ create_sale() {
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# broker_pids: the Kafka broker(s) of $kafka: the pid listening on each bootstrap port
+# (ss), else every `kafka.Kafka` JVM of this machine (ops/kafka/start.sh runs one).
+broker_pids() {
+	local hp pids=""
+	for hp in ${kafka//,/ }; do
+		pids+=" $(ss -Hltnp "sport = :${hp##*:}" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u | tr '\n' ' ')"
+	done
+	pids=$(echo $pids)
+	[[ -n $pids ]] || pids=$(pgrep -f kafka.Kafka | tr '\n' ' ' || true)
+	echo $pids
+}
+# ticks_of PID...: utime + stime of these processes together.
+ticks_of() {
+	local t=0 p
+	for p in "$@"; do
+		[[ -r /proc/$p/stat ]] && t=$((t + $(cpu_ticks "$p")))
+	done
+	echo "$t"
+}
+# lone_buyer NAME PORT SKU OUT: 200 holds one after another on one connection (curl -K,
+# a new userId each) on the idle server: their p50/p99 and rate as the `…@1` row.
+lone_buyer() {
+	local name=$1 port=$2 sku=$3 out=$4 i
+	: >"$out.curl"
+	for ((i = 0; i < 200; i++)); do
+		printf 'url = "http://127.0.0.1:%s/api/v1/reservations"\nrequest = "POST"\nheader = "content-type: application/json"\ndata = "{\\"userId\\":\\"lone-%s-%s\\",\\"skuId\\":\\"%s\\",\\"quantity\\":1}"\noutput = "/dev/null"\nwrite-out = "%%{http_code} %%{time_total}\\n"\nnext\n' \
+			"$port" "$RANDOM$RANDOM" "$i" "$sku" >>"$out.curl"
+	done
+	curl -s -K "$out.curl" >"$out.times" 2>/dev/null || warn "curl exited non-zero (lone buyer, $name)"
+	local ok total
+	ok=$(awk '$1 == 201' "$out.times" | wc -l)
+	if ((ok == 0)); then
+		note "$name" "the lone buyer got no 201 (see $out.times)"
+		return 0
+	fi
+	((ok == 200)) || note "$name" "the lone buyer got $ok 201s of 200"
+	total=$(awk '$1 == 201 {s += $2} END {print s}' "$out.times")
+	record "$name" "holds_per_s@1" "$(div "$ok" "$total")"
+	record "$name" "p50_ms@1" "$(awk '$1 == 201 {print $2 * 1000}' "$out.times" | sort -n | awk '{v[NR] = $1} END {print v[int((NR - 1) * 0.50) + 1]}')"
+	record "$name" "p99_ms@1" "$(awk '$1 == 201 {print $2 * 1000}' "$out.times" | sort -n | awk '{v[NR] = $1} END {print v[int((NR - 1) * 0.99) + 1]}')"
+}
 
 # wrk_run OUT CONNS URL [env...]: wrk for $secs s; leaves the wrk-result fields in $OUT.
 wrk_run() {
@@ -257,7 +301,13 @@ measure() {
 	if wrk_run "$out-reads" 64 "http://127.0.0.1:$port/api/v1/products/$sku/availability" FLASHSALE_WRK_MODE=get; then
 		record "$name" reads_per_s "$(div "$(field "$out-reads" requests)" "$(field "$out-reads" duration_us)" 1e6)"
 	fi
+	# First, on the idle server: the lone buyer.
+	sleep 1
+	lone_buyer "$name" "$port" "$sku" "$out-lone"
+	local brokers="" bbefore bafter
+	[[ $name == flashsale-kafka ]] && brokers=$(broker_pids)
 	for c in 64 256; do
+		bbefore=$(ticks_of $brokers)
 		before=$(cpu_ticks "$server_pid")
 		if ! wrk_run "$out-hold$c" "$c" "http://127.0.0.1:$port" \
 			FLASHSALE_WRK_MODE=reserve FLASHSALE_WRK_SKU="$sku" FLASHSALE_WRK_TAG="u$r-$c"; then
@@ -265,12 +315,14 @@ measure() {
 			continue
 		fi
 		after=$(cpu_ticks "$server_pid")
+		bafter=$(ticks_of $brokers)
 		s201=$(field "$out-hold$c" s201)
 		dur=$(field "$out-hold$c" duration_us)
 		record "$name" "holds_per_s@$c" "$(div "$s201" "$dur" 1e6)"
 		record "$name" "p50_ms@$c" "$(div "$(field "$out-hold$c" p50_us)" 1000)"
 		record "$name" "p99_ms@$c" "$(div "$(field "$out-hold$c" p99_us)" 1000)"
 		record "$name" "cpu_us_per_hold@$c" "$(div "$((after - before))" "$s201" "$((1000000 / clk_tck))")"
+		[[ -z $brokers ]] || record "$name" "broker_cpu_us_per_hold@$c" "$(div "$((bafter - bbefore))" "$s201" "$((1000000 / clk_tck))")"
 		local other errs
 		other=$(field "$out-hold$c" non201)
 		errs=$(field "$out-hold$c" errors)

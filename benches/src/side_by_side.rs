@@ -25,7 +25,10 @@ pub const TARGETS: [(&str, &str); 4] = [
 ];
 
 /// Connection counts of the closed-loop rows.
-pub const CONNS: [u32; 2] = [64, 256];
+pub const CONNS: [u32; 3] = [64, 256, LONE];
+/// The lone buyer's row: holds one after another on one connection of an idle server
+/// (metrics `…@1`).
+pub const LONE: u32 = 1;
 
 /// Every figure of one target, each as its values over the rounds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -139,6 +142,8 @@ pub struct Row {
     pub p99_ms: Option<f64>,
     /// Median server CPU per hold, µs.
     pub cpu_us_per_hold: Option<f64>,
+    /// Median CPU per hold of the Kafka broker(s), µs (Kafka mode only).
+    pub broker_cpu_us_per_hold: Option<f64>,
     /// Median find-max rate (open loop, p99 within the SLO), writes/s.
     pub find_max_per_s: Option<f64>,
     /// Median reservation p99 at that rate, ms.
@@ -188,6 +193,7 @@ pub fn rows(m: &BTreeMap<String, Measured>, reference: &str) -> Vec<Row> {
                 p50_ms: t.median(&key("p50_ms")),
                 p99_ms: t.median(&key("p99_ms")),
                 cpu_us_per_hold: t.median(&key("cpu_us_per_hold")),
+                broker_cpu_us_per_hold: t.median(&key("broker_cpu_us_per_hold")),
                 rounds: t.rounds(&key("holds_per_s")),
                 ..Row::default()
             };
@@ -224,7 +230,7 @@ pub fn render(m: &BTreeMap<String, Measured>, reference: &str, slo_p99_ms: f64) 
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<42} {:>5} {:>9} {:>6} {:>7} {:>7} {:>8} {:>17} {:>9} {:>7} {:>6}",
+        "{:<42} {:>5} {:>9} {:>6} {:>7} {:>7} {:>8} {:>9} {:>17} {:>9} {:>7} {:>6}",
         "target",
         "conns",
         "holds/s",
@@ -232,6 +238,7 @@ pub fn render(m: &BTreeMap<String, Measured>, reference: &str, slo_p99_ms: f64) 
         "p50 ms",
         "p99 ms",
         "CPU µs",
+        "broker µs",
         "find-max/s (p99)",
         "reads/s",
         "×health",
@@ -244,10 +251,12 @@ pub fn render(m: &BTreeMap<String, Measured>, reference: &str, slo_p99_ms: f64) 
             .map_or(r.target.as_str(), |t| t.1);
         let _ = writeln!(
             o,
-            "{:<42} {:>5} {:>9} {:>6} {:>7} {:>7} {:>8} {:>17} {:>9} {:>7} {:>6}",
+            "{:<42} {:>5} {:>9} {:>6} {:>7} {:>7} {:>8} {:>9} {:>17} {:>9} {:>7} {:>6}",
             label,
             if r.conns == 0 {
                 "-".to_string()
+            } else if r.conns == LONE {
+                "lone".to_string()
             } else {
                 r.conns.to_string()
             },
@@ -256,6 +265,7 @@ pub fn render(m: &BTreeMap<String, Measured>, reference: &str, slo_p99_ms: f64) 
             cell(r.p50_ms, ms),
             cell(r.p99_ms, ms),
             cell(r.cpu_us_per_hold, |v| format!("{v:.0}")),
+            cell(r.broker_cpu_us_per_hold, |v| format!("{v:.0}")),
             match (r.find_max_per_s, r.find_max_p99_ms) {
                 (Some(a), Some(b)) => format!("{} ({} ms)", thousands(a), ms(b)),
                 (Some(a), None) => thousands(a),
@@ -280,7 +290,9 @@ pub fn render(m: &BTreeMap<String, Measured>, reference: &str, slo_p99_ms: f64) 
         o,
         "holds/s, p50, p99: wrk closed loop (2 threads, a new userId per request, one SKU of \
          10^9 units, rate limit off), 201 answers only; ×ref: to {reference} at the same \
-         connections. CPU µs: the server's utime+stime per 201 (/proc). find-max: \
+         connections. CPU µs: the server's utime+stime per 201 (/proc); broker µs: the Kafka \
+         broker's (Kafka mode). lone: 200 holds one after another on one connection of \
+         the idle server (curl), p50/p99 of their times. find-max: \
          flashsale-bench open loop, highest rate with reservation p99 ≤ {} ms. reads/s: wrk \
          on the availability read; ×health: to the same server's /health. Medians over the \
          rounds.",
@@ -309,6 +321,9 @@ baseline-redis\tholds_per_s@64\t33000
 baseline-redis\tholds_per_s@256\t34000
 baseline-redis\treads_per_s\t51300
 flashsale-kafka\tnote\tskipped: no FLASHSALE_KAFKA in .services.env
+flashsale-embedded\tholds_per_s@1\t600
+flashsale-embedded\tp50_ms@1\t1.5
+flashsale-embedded\tp99_ms@1\t2.5
 ";
 
     #[test]
@@ -346,6 +361,8 @@ flashsale-kafka\tnote\tskipped: no FLASHSALE_KAFKA in .services.env
             "{t}"
         );
         assert!(t.contains("baseline-postgres: not run"), "{t}");
+        assert!(t.contains(" lone "), "the lone buyer's row: {t}");
+        assert!(t.contains("broker µs"), "{t}");
         assert!(parse("a\tb\n").is_err());
         assert!(parse("a\tb\tnope\n").is_err());
     }

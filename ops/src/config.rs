@@ -319,6 +319,36 @@ impl ReadModelSnapshotConfig {
     }
 }
 
+/// How a Kafka-mode gateway batches the commands of one partition into one record
+/// (`--command-batch-*`; `flashsale_gateway::kafka::BatchLimits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandBatchConfig {
+    pub max_commands: usize,
+    pub max_bytes: usize,
+    pub wait_us: u64,
+}
+
+impl Default for CommandBatchConfig {
+    fn default() -> Self {
+        use flashsale_gateway::kafka as k;
+        CommandBatchConfig {
+            max_commands: k::DEFAULT_BATCH_COMMANDS,
+            max_bytes: k::DEFAULT_BATCH_BYTES,
+            wait_us: k::DEFAULT_BATCH_WAIT_US,
+        }
+    }
+}
+
+impl CommandBatchConfig {
+    pub fn limits(&self) -> flashsale_gateway::kafka::BatchLimits {
+        flashsale_gateway::kafka::BatchLimits {
+            max_commands: self.max_commands,
+            max_bytes: self.max_bytes,
+            max_wait: std::time::Duration::from_micros(self.wait_us),
+        }
+    }
+}
+
 /// What `serve --kafka` adds to [`ServeConfig`]: engine + gateway (+ projector with
 /// `postgres`) in one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +361,8 @@ pub struct KafkaServeConfig {
     pub replies_partitions: u32,
     /// The gateway's command producer.
     pub linger_ms: u32,
+    /// The gateway's command batches.
+    pub batching: CommandBatchConfig,
     /// Engine, gateway and projector follow recreated topics by themselves
     /// (`--adopt-new-topics`).
     pub adopt_new_topics: bool,
@@ -348,6 +380,7 @@ impl KafkaServeConfig {
             topic_prefix: DEFAULT_TOPIC_PREFIX.into(),
             replies_partitions: 4,
             linger_ms: 1,
+            batching: CommandBatchConfig::default(),
             adopt_new_topics: false,
             engine: EngineGroupConfig::default(),
             readmodel: ReadModelSnapshotConfig::default(),
@@ -457,6 +490,8 @@ pub struct GatewayConfig {
     pub rate_limit_per_user: u32,
     pub rate_limit_burst: u32,
     pub linger_ms: u32,
+    /// The command batches.
+    pub batching: CommandBatchConfig,
     pub data_dir: PathBuf,
     pub readmodel: ReadModelSnapshotConfig,
     pub http: HttpConfig,
@@ -480,6 +515,7 @@ impl GatewayConfig {
             rate_limit_per_user: 5,
             rate_limit_burst: 10,
             linger_ms: 1,
+            batching: CommandBatchConfig::default(),
             data_dir: PathBuf::from("./data"),
             readmodel: ReadModelSnapshotConfig::default(),
             http: HttpConfig::default(),

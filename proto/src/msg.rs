@@ -4,7 +4,9 @@
 use crate::ids::*;
 use serde::{Deserialize, Serialize};
 
-/// What a gateway (or any producer) puts on the `commands` log, keyed by SKU.
+/// What a gateway (or any producer) puts on the `commands` log, keyed by SKU: one per
+/// record (`encode`), or several of one partition in one record (`BatchEncoder`), applied
+/// in order at the record's offset (`schemas/commands/README.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandRecord {
     /// Unique per attempt; replies are correlated by it.

@@ -104,37 +104,39 @@ impl PartitionActor {
     }
 
     /// Applies one record (if not already applied) and appends its outputs to `out`.
+    ///
+    /// A record holds one command ([`FORMAT_VERSION`]) or a batch of them
+    /// ([`BATCH_FORMAT_VERSION`], what a gateway sends for the commands of one partition
+    /// that arrive together): a batch's commands are applied in their order inside the
+    /// record, all at the record's offset and log time, as if they were consecutive
+    /// records. A command's position in the log is (offset, index in its record); what
+    /// identifies it is its request id, as for single records. Its reply carries the
+    /// record's offset, and the events of the whole record are ONE [`EventRecord`] at
+    /// that offset, so readers that drop outputs by (partition, offset) keep working. A
+    /// record is applied whole or not at all (a snapshot never splits one). An empty or
+    /// undecodable record is applied as a tick.
     pub fn apply_record(&mut self, rec: &LogRecord, out: &mut Applied) {
         if rec.offset < self.state.next_offset() {
             out.skipped += 1;
             return;
         }
-        let decoded: Result<CommandRecord, _> = decode(&rec.payload);
-        let record = match decoded {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(partition = self.partition(), offset = rec.offset, error = %e, "undecodable command record; applied as a tick");
-                out.undecodable += 1;
-                CommandRecord::tick()
-            }
-        };
+        let commands = self.decode_record(rec, Some(&mut out.undecodable));
         self.events_buf.clear();
-        let reply = self
-            .state
-            .apply(rec.offset, rec.log_time, &record, &mut self.events_buf);
-        self.applied_since_snapshot += 1;
-        self.log_bytes_since_snapshot += rec.payload.len() as u64 + RECORD_OVERHEAD_BYTES;
-        if record.reply_to != NO_REPLY && !matches!(record.command, Command::Tick) {
-            out.replies.push((
-                record.reply_to,
-                ReplyRecord {
-                    request_id: record.request_id,
-                    partition: self.partition(),
-                    offset: rec.offset,
-                    reply,
-                },
-            ));
+        for (i, record) in commands.iter().enumerate() {
+            let reply = self.apply_one(rec, i, record);
+            if record.reply_to != NO_REPLY && !matches!(record.command, Command::Tick) {
+                out.replies.push((
+                    record.reply_to,
+                    ReplyRecord {
+                        request_id: record.request_id,
+                        partition: self.partition(),
+                        offset: rec.offset,
+                        reply,
+                    },
+                ));
+            }
         }
+        self.count_applied(rec, commands.len());
         if !self.events_buf.is_empty() {
             out.events.push(EventRecord {
                 partition: self.partition(),
@@ -143,6 +145,40 @@ impl PartitionActor {
                 events: std::mem::take(&mut self.events_buf),
             });
         }
+    }
+
+    /// The commands of `rec`: one, a batch, or a tick when it does not decode (counted
+    /// in `undecodable`) or is an empty batch.
+    fn decode_record(&self, rec: &LogRecord, undecodable: Option<&mut u64>) -> Vec<CommandRecord> {
+        let mut commands: Vec<CommandRecord> = Vec::with_capacity(1);
+        if let Err(e) = decode_many(&rec.payload, &mut commands) {
+            if let Some(n) = undecodable {
+                tracing::warn!(partition = self.partition(), offset = rec.offset, error = %e, "undecodable command record; applied as a tick");
+                *n += 1;
+            }
+            commands.clear();
+        }
+        if commands.is_empty() {
+            commands.push(CommandRecord::tick());
+        }
+        commands
+    }
+
+    /// Applies command `index` of record `rec`, appending its events to `events_buf`.
+    fn apply_one(&mut self, rec: &LogRecord, index: usize, record: &CommandRecord) -> Reply {
+        if index > 0 {
+            // The record's next command, at the same offset: the state took the
+            // record's offset as applied with its first command.
+            debug_assert_eq!(self.state.next_offset, rec.offset + 1);
+            self.state.next_offset = rec.offset;
+        }
+        self.state
+            .apply(rec.offset, rec.log_time, record, &mut self.events_buf)
+    }
+
+    fn count_applied(&mut self, rec: &LogRecord, commands: usize) {
+        self.applied_since_snapshot += commands as u64;
+        self.log_bytes_since_snapshot += rec.payload.len() as u64 + RECORD_OVERHEAD_BYTES;
     }
 
     pub fn apply_batch(&mut self, records: &[LogRecord]) -> Applied {
@@ -190,14 +226,12 @@ impl PartitionActor {
             if rec.offset < self.state.next_offset() {
                 continue;
             }
-            let record: CommandRecord =
-                decode(&rec.payload).unwrap_or_else(|_| CommandRecord::tick());
+            let commands = self.decode_record(rec, None);
             self.events_buf.clear();
-            let _ = self
-                .state
-                .apply(rec.offset, rec.log_time, &record, &mut self.events_buf);
-            self.applied_since_snapshot += 1;
-            self.log_bytes_since_snapshot += rec.payload.len() as u64 + RECORD_OVERHEAD_BYTES;
+            for (i, record) in commands.iter().enumerate() {
+                let _ = self.apply_one(rec, i, record);
+            }
+            self.count_applied(rec, commands.len());
         }
     }
 

@@ -816,4 +816,6 @@ impl Standby {
 }
 
 #[cfg(test)]
+mod batch_tests;
+#[cfg(test)]
 mod tests;

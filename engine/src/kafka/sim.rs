@@ -24,7 +24,7 @@ use super::testkit::*;
 use flashsale_core::actor::{PartitionActor, SnapshotPolicy};
 use flashsale_core::{check_state, snapshot, LogRecord, State};
 use flashsale_proto::{
-    CommandRecord, EpochFence, Event as Ev, EventRecord, OrderId, Reply, ReplyRecord,
+    CommandRecord, EpochFence, Event as Ev, EventRecord, OrderId, Reply, ReplyRecord, RequestId,
     ReservationId, NO_REPLY,
 };
 use rand::rngs::StdRng;
@@ -44,7 +44,8 @@ struct CmdRec {
     time: u64,
     payload: Vec<u8>,
     claim: bool,
-    reply_to: u32,
+    /// (request, gateway) of every command in the record someone waits for.
+    waiting: Vec<(RequestId, u32)>,
 }
 
 #[derive(Clone)]
@@ -82,7 +83,9 @@ struct Reader {
     fence: EpochFence,
     cursor: Vec<usize>,
     next_event: Vec<u64>,
-    replies: BTreeSet<(u32, u64)>,
+    /// (partition, offset, request) of every reply admitted: a batch record has one
+    /// per command.
+    replies: BTreeSet<(u32, u64, RequestId)>,
     orders: BTreeMap<OrderId, (u32, u64)>,
 }
 
@@ -197,12 +200,42 @@ impl Sim {
     }
 
     fn append(&mut self, p: u32, cmd: &CommandRecord, claim: bool) -> u64 {
+        self.append_record(
+            p,
+            flashsale_proto::encode(cmd),
+            std::slice::from_ref(cmd),
+            claim,
+        )
+    }
+
+    /// Appends one batch record (a gateway's commands of one partition).
+    fn append_batch(&mut self, p: u32, cmds: &[CommandRecord]) -> u64 {
+        let mut enc = flashsale_proto::BatchEncoder::new();
+        for c in cmds {
+            enc.push(c);
+        }
+        self.append_record(p, enc.take(), cmds, false)
+    }
+
+    fn append_record(
+        &mut self,
+        p: u32,
+        payload: Vec<u8>,
+        cmds: &[CommandRecord],
+        claim: bool,
+    ) -> u64 {
         let log = &mut self.log[p as usize];
         log.push(CmdRec {
             time: self.now,
-            payload: flashsale_proto::encode(cmd),
+            payload,
             claim,
-            reply_to: cmd.reply_to,
+            waiting: cmds
+                .iter()
+                .filter(|c| {
+                    c.reply_to != NO_REPLY && !matches!(c.command, flashsale_proto::Command::Tick)
+                })
+                .map(|c| (c.request_id, c.reply_to))
+                .collect(),
         });
         log.len() as u64 - 1
     }
@@ -596,7 +629,72 @@ impl Sim {
         );
     }
 
+    /// A gateway's batch record: 2-5 commands of partition `p` (holds, checkouts and
+    /// cancels of its reservations), now and then a command delivered twice in it or a
+    /// client's retry with the same `Idempotency-Key`.
+    fn client_batch(&mut self) {
+        let p = self.rng.random_range(0..PARTITIONS);
+        let g = self.rng.random_range(0..GATEWAYS);
+        let mine: Vec<ReservationId> = self
+            .reservations
+            .iter()
+            .filter(|id| u32::from(id.partition) == p)
+            .copied()
+            .collect();
+        let n = self.rng.random_range(2..=5);
+        let mut cmds = Vec::with_capacity(n + 2);
+        for _ in 0..n {
+            self.next_request += 1;
+            let r = self.next_request;
+            let cmd = match self.rng.random_range(0..10) {
+                0..=6 => reserve(
+                    r,
+                    g,
+                    self.rng.random_range(0..4),
+                    p,
+                    self.rng.random_range(1..=2),
+                ),
+                7..=8 if !mine.is_empty() => {
+                    checkout(r, g, mine[self.rng.random_range(0..mine.len())])
+                }
+                _ if !mine.is_empty() => cancel(r, g, mine[self.rng.random_range(0..mine.len())]),
+                _ => reserve(r, g, 0, p, 1),
+            };
+            cmds.push(cmd);
+        }
+        match self.rng.random_range(0..4) {
+            0 => {
+                let again = cmds[self.rng.random_range(0..cmds.len())].clone();
+                cmds.push(again);
+            }
+            1 => {
+                let key = format!("key-{}", self.next_request);
+                self.next_request += 1;
+                let first = with_key(
+                    reserve(self.next_request, g, self.rng.random_range(0..4), p, 1),
+                    &key,
+                );
+                self.next_request += 1;
+                let mut retry = first.clone();
+                retry.request_id = reserve(self.next_request, g, 0, p, 1).request_id;
+                cmds.insert(0, first);
+                cmds.push(retry);
+            }
+            _ => {}
+        }
+        self.say(|| {
+            format!(
+                "gateway {g} appends a batch of {} commands to partition {p}",
+                cmds.len()
+            )
+        });
+        self.append_batch(p, &cmds);
+    }
+
     fn client(&mut self) {
+        if self.rng.random_range(0..3) == 0 {
+            return self.client_batch();
+        }
         let p = self.rng.random_range(0..PARTITIONS);
         let g = self.rng.random_range(0..GATEWAYS);
         self.next_request += 1;
@@ -704,7 +802,10 @@ impl Sim {
             if to as usize != g {
                 continue;
             }
-            if !self.readers[g].replies.insert((p, reply.offset)) {
+            if !self.readers[g]
+                .replies
+                .insert((p, reply.offset, reply.request_id))
+            {
                 continue; // a repeat
             }
             let expected = &self.refs[pi].outputs[reply.offset as usize].0;
@@ -919,15 +1020,19 @@ impl Sim {
                 o.actor.state().next_offset(),
                 self.log[pi].len()
             );
-            // Every command answered, once.
+            // Every command answered, once (every command of a batch record, too).
             for (offset, rec) in self.log[pi].iter().enumerate() {
-                if rec.reply_to == NO_REPLY || rec.claim {
+                if rec.claim {
                     continue;
                 }
-                assert!(
-                    self.readers[rec.reply_to as usize].replies.contains(&(p, offset as u64)),
-                    "partition {p} offset {offset}: the command was never answered (an acknowledged write may be lost)"
-                );
+                for (request, to) in &rec.waiting {
+                    assert!(
+                        self.readers[*to as usize]
+                            .replies
+                            .contains(&(p, offset as u64, *request)),
+                        "partition {p} offset {offset} request {request:?}: the command was never answered (an acknowledged write may be lost)"
+                    );
+                }
             }
             // Every order projected exactly once, by every reader.
             let orders: BTreeSet<OrderId> = reference

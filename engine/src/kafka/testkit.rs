@@ -88,3 +88,23 @@ pub fn log_record(offset: u64, log_time: u64, cmd: &CommandRecord) -> LogRecord 
         payload: encode(cmd),
     }
 }
+
+/// `cmd` with the client's `Idempotency-Key`.
+pub fn with_key(mut cmd: CommandRecord, key: &str) -> CommandRecord {
+    cmd.idempotency_key = Some(key.to_string());
+    cmd
+}
+
+/// One batch record (what a gateway sends for the commands of one partition that
+/// arrive together): `[BATCH_FORMAT_VERSION] ++ bincode(Vec<CommandRecord>)`.
+pub fn batch_record(offset: u64, log_time: u64, cmds: &[CommandRecord]) -> LogRecord {
+    let mut enc = BatchEncoder::new();
+    for c in cmds {
+        enc.push(c);
+    }
+    LogRecord {
+        offset,
+        log_time,
+        payload: enc.take(),
+    }
+}

@@ -4,7 +4,7 @@
 use super::serve::{EngineTuning, HttpArgs, ReadModelSnapshotArgs};
 use super::serve::{DEFAULT_RETENTION_SECS, MAX_RETENTION_SECS};
 use super::{H_ADMISSION, H_KAFKA, H_METRICS, H_READMODEL, H_SERVER, H_SNAPSHOTS};
-use crate::config::{EngineConfig, GatewayConfig, ProjectorCmdConfig};
+use crate::config::{CommandBatchConfig, EngineConfig, GatewayConfig, ProjectorCmdConfig};
 use clap::{Args, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -256,6 +256,8 @@ pub struct GatewayArgs {
     /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
     #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 1, help_heading = H_KAFKA)]
     pub linger_ms: u32,
+    #[command(flatten)]
+    pub batching: CommandBatchArgs,
     /// Directory for read-model snapshots when no --postgres is given (in
     /// <data-dir>/readmodel/<events topic>@<topic id>/). Created if missing.
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data", help_heading = H_READMODEL)]
@@ -303,6 +305,7 @@ impl From<GatewayArgs> for GatewayConfig {
             rate_limit_per_user: a.rate_limit_per_user,
             rate_limit_burst: a.rate_limit_burst,
             linger_ms: a.linger_ms,
+            batching: a.batching.into(),
             data_dir: a.data_dir,
             readmodel: a.readmodel.into(),
             http: a.http.into(),
@@ -320,6 +323,46 @@ impl From<ProjectorArgs> for ProjectorCmdConfig {
             projector_batch: a.projector_batch,
             adopt_new_topics: a.adopt_new_topics,
             metrics_listen: a.metrics_listen,
+        }
+    }
+}
+
+/// How the gateway puts commands on `commands`: the commands of one partition that
+/// arrive while a record of that partition is in flight leave together, as one record
+/// (ARCHITECTURE.md, "Command batches").
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Command batches (Kafka mode)")]
+pub struct CommandBatchArgs {
+    /// Most commands in one `commands` record. A command whose partition has nothing in
+    /// flight leaves at once, alone (a lone buyer waits for nothing); the ones that
+    /// arrive while a record is in flight wait for its acknowledgement and leave
+    /// together. 512 is a few ms of a hot SKU's crowd: one record instead of hundreds,
+    /// while the engine's fetch (--max-batch records) still takes many batches at once.
+    /// 1: one record per command (the layout before batches).
+    #[arg(long, env = "FLASHSALE_COMMAND_BATCH_MAX", default_value_t = flashsale_gateway::kafka::DEFAULT_BATCH_COMMANDS,
+          value_parser = clap::value_parser!(u64).range(1..=100_000).map(|v| v as usize))]
+    pub command_batch_max: usize,
+    /// Most payload bytes of one `commands` record (a single command bigger than this
+    /// still goes, alone). 256 KiB holds 512 holds with room to spare and stays well
+    /// under the broker's `message.max.bytes` (1 MiB by default); at most 1,000,000.
+    #[arg(long, env = "FLASHSALE_COMMAND_BATCH_BYTES", default_value_t = flashsale_gateway::kafka::DEFAULT_BATCH_BYTES,
+          value_parser = clap::value_parser!(u64).range(256..=1_000_000).map(|v| v as usize))]
+    pub command_batch_bytes: usize,
+    /// Longest a command waits (µs) behind its partition's record in flight before its
+    /// batch leaves anyway. The acknowledgement normally comes first (~1-3 ms on one
+    /// broker); this bounds the wait when the broker is slow. 0: a command never waits
+    /// (each leaves with whatever queued with it).
+    #[arg(long, env = "FLASHSALE_COMMAND_BATCH_WAIT_US", default_value_t = flashsale_gateway::kafka::DEFAULT_BATCH_WAIT_US,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub command_batch_wait_us: u64,
+}
+
+impl From<CommandBatchArgs> for CommandBatchConfig {
+    fn from(a: CommandBatchArgs) -> Self {
+        CommandBatchConfig {
+            max_commands: a.command_batch_max,
+            max_bytes: a.command_batch_bytes,
+            wait_us: a.command_batch_wait_us,
         }
     }
 }

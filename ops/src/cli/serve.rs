@@ -252,6 +252,8 @@ pub struct ServeKafkaArgs {
     #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 1, help_heading = H_SERVE_KAFKA)]
     pub linger_ms: u32,
     #[command(flatten)]
+    pub batching: super::kafka::CommandBatchArgs,
+    #[command(flatten)]
     pub engine: EngineTuning,
     #[command(flatten)]
     pub readmodel: ReadModelSnapshotArgs,
@@ -405,6 +407,7 @@ impl From<ServeCmd> for ServeCommandConfig {
             topic_prefix: k.topic_prefix,
             replies_partitions: k.replies_partitions,
             linger_ms: k.linger_ms,
+            batching: k.batching.into(),
             adopt_new_topics: k.adopt_new_topics,
             engine: k.engine.into(),
             readmodel: k.readmodel.into(),

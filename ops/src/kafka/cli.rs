@@ -205,6 +205,7 @@ pub async fn gateway_command(
         brokers: args.kafka.clone(),
         topics: Topics::with_prefix(&args.topic_prefix),
         linger_ms: args.linger_ms,
+        batching: args.batching.limits(),
         adopt_new_topics: args.adopt_new_topics,
     };
     let mut extras = Extras::default();
@@ -333,6 +334,7 @@ pub async fn serve_parts(
         brokers,
         topics,
         linger_ms: kafka.linger_ms,
+        batching: kafka.batching.limits(),
         adopt_new_topics: kafka.adopt_new_topics,
     };
     Ok((GatewayParams::from(args), k, extras))

@@ -89,6 +89,8 @@ pub struct KafkaParams {
     pub brokers: String,
     pub topics: Topics,
     pub linger_ms: u32,
+    /// The gateway's command batches.
+    pub batching: flashsale_gateway::kafka::BatchLimits,
     /// Follow recreated topics by themselves (`--adopt-new-topics`), rather than wait
     /// for the operator.
     pub adopt_new_topics: bool,
@@ -237,6 +239,7 @@ pub async fn start(gw: GatewayParams, k: KafkaParams, extras: Extras) -> anyhow:
         &k.topics,
         partitions,
         k.linger_ms,
+        k.batching,
         follower_ready.clone(),
         engine_ready,
         health.clone(),
