@@ -334,10 +334,7 @@ fn read_public_events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_events_reach_a_read_committed_consumer_exactly_once_through_kill9() {
     use flashsale_tests::{call, client, create_sale, kafka::Proc, serve_args, unique_sku, TOKEN};
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::Message;
-    use std::collections::{BTreeMap, HashMap, HashSet};
-    use std::time::{Duration, Instant};
+    use std::collections::{BTreeMap, HashSet};
 
     let Some(svc) = kafka::services_or_skip("public events") else {
         return;
