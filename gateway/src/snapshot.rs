@@ -20,16 +20,23 @@
 //! - At start ([`load_newest`]): newest first; a snapshot that fails its checksum,
 //!   decoding, partition count or the topic's current offsets is skipped with a
 //!   warning naming it and why, falling back to an older one or to offset 0.
+//!
+//! This file holds the format (encode, decode, checks), the [`ImageStore`] trait, the
+//! [`Policy`] and the load at start; the two stores are in `stores`, the background
+//! [`Writer`] and the follower's [`Trigger`] in `writer`.
 
-use crate::readmodel::{Image, Mark, ReadModel};
+use crate::readmodel::{Image, Mark};
 use flashsale_proto::UnixMs;
-use flashsale_runtime::pg::{ms_to_time, time_to_ms, to_i64, PgError, Pool, Retry};
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use flashsale_runtime::pg::PgError;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod stores;
+mod writer;
+
+pub use stores::{FileImageStore, PgImageStore};
+pub use writer::{Trigger, Writer};
 
 pub const MAGIC: &[u8; 4] = b"FSRM";
 pub const FORMAT_VERSION: u8 = 1;
@@ -154,217 +161,6 @@ pub trait ImageStore: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// Snapshots as files `<covered:020>-<taken_at>.rms` in one directory per log; written
-/// atomically (temporary file, sync, rename, sync of the directory).
-#[derive(Debug, Clone)]
-pub struct FileImageStore {
-    dir: PathBuf,
-}
-
-impl FileImageStore {
-    /// The store of the log `topic@topic_id` under `root` (`<data-dir>/readmodel`).
-    pub fn new(root: &Path, topic: &str, topic_id: &str) -> Result<Self, SnapshotError> {
-        let dir = root.join(format!("{topic}@{topic_id}"));
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(FileImageStore { dir })
-    }
-    fn file(&self, covered: u64, taken_at: UnixMs) -> PathBuf {
-        self.dir.join(format!("{covered:020}-{taken_at}.rms"))
-    }
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-impl ImageStore for FileImageStore {
-    fn save(&self, covered: u64, taken_at: UnixMs, bytes: &[u8]) -> Result<(), SnapshotError> {
-        if self.list()?.first().is_some_and(|n| n.covered >= covered) {
-            return Ok(());
-        }
-        let path = self.file(covered, taken_at);
-        let tmp = path.with_extension("rms.tmp");
-        let written = fs::File::create(&tmp).and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        });
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(SnapshotError::Io {
-                path: tmp,
-                source: e,
-            });
-        }
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))
-    }
-
-    fn list(&self) -> Result<Vec<ImageInfo>, SnapshotError> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let entry = entry.map_err(io(&self.dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((c, t)) = name.strip_suffix(".rms").and_then(|s| s.split_once('-')) else {
-                continue;
-            };
-            let (Ok(covered), Ok(taken_at)) = (c.parse::<u64>(), t.parse::<u64>()) else {
-                continue;
-            };
-            let size_bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            out.push(ImageInfo {
-                covered,
-                taken_at,
-                size_bytes,
-            });
-        }
-        out.sort_by_key(|i| std::cmp::Reverse((i.covered, i.taken_at)));
-        Ok(out)
-    }
-
-    fn load(&self, info: &ImageInfo) -> Result<Vec<u8>, SnapshotError> {
-        let path = self.file(info.covered, info.taken_at);
-        fs::read(&path).map_err(io(&path))
-    }
-
-    fn prune(&self, keep: usize) -> Result<(), SnapshotError> {
-        for old in self.list()?.into_iter().skip(keep.max(1)) {
-            let path = self.file(old.covered, old.taken_at);
-            fs::remove_file(&path).map_err(io(&path))?;
-        }
-        // Leftovers of a write that did not finish (a crash, a full disk).
-        if let Ok(rd) = fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".rms.tmp") {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn describe(&self) -> String {
-        self.dir.display().to_string()
-    }
-}
-
-/// Snapshots in Postgres (`readmodel_snapshots`), rows of one log only. Each blocking
-/// call runs on the runtime the store was made in.
-#[derive(Clone)]
-pub struct PgImageStore {
-    pool: Pool,
-    runtime: tokio::runtime::Handle,
-    log_id: String,
-}
-
-impl std::fmt::Debug for PgImageStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgImageStore")
-            .field("log_id", &self.log_id)
-            .finish()
-    }
-}
-
-impl PgImageStore {
-    /// `log_id`: `TopicIdentity::log_id` of the events topic.
-    pub fn new(pool: Pool, runtime: tokio::runtime::Handle, log_id: String) -> Self {
-        PgImageStore {
-            pool,
-            runtime,
-            log_id,
-        }
-    }
-}
-
-/// Postgres calls of the store: a few retries, then give up (the next snapshot, or a
-/// replay from an older one, costs only time).
-const PG_RETRY: Retry = Retry {
-    first_delay: Duration::from_millis(100),
-    max_delay: Duration::from_secs(2),
-    give_up_after: Some(Duration::from_secs(10)),
-};
-
-impl ImageStore for PgImageStore {
-    fn save(&self, covered: u64, taken_at: UnixMs, bytes: &[u8]) -> Result<(), SnapshotError> {
-        let c = to_i64(covered, "covered records")?;
-        let t = ms_to_time(taken_at)?;
-        let checksum = i64::from(u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]));
-        let (version, size) = (i16::from(bytes[4]), bytes.len() as i64);
-        self.runtime
-            .block_on(PG_RETRY.run("save read-model snapshot", || async {
-                let client = self.pool.get().await?;
-                let stmt = client
-                    .prepare_cached(include_str!("sql/readmodel_snapshot_save.sql"))
-                    .await?;
-                client
-                    .execute(
-                        &stmt,
-                        &[&self.log_id, &c, &t, &version, &checksum, &size, &bytes],
-                    )
-                    .await?;
-                Ok(())
-            }))?;
-        Ok(())
-    }
-
-    fn list(&self) -> Result<Vec<ImageInfo>, SnapshotError> {
-        let rows = self
-            .runtime
-            .block_on(PG_RETRY.run("list read-model snapshots", || async {
-                let client = self.pool.get().await?;
-                let stmt = client
-                    .prepare_cached(include_str!("sql/readmodel_snapshot_list.sql"))
-                    .await?;
-                Ok(client.query(&stmt, &[&self.log_id]).await?)
-            }))?;
-        rows.iter()
-            .map(|r| {
-                Ok(ImageInfo {
-                    covered: r.get::<_, i64>(0).max(0) as u64,
-                    taken_at: time_to_ms(r.get(1))?,
-                    size_bytes: r.get::<_, i64>(2).max(0) as u64,
-                })
-            })
-            .collect()
-    }
-
-    fn load(&self, info: &ImageInfo) -> Result<Vec<u8>, SnapshotError> {
-        let c = to_i64(info.covered, "covered records")?;
-        let row = self
-            .runtime
-            .block_on(PG_RETRY.run("load read-model snapshot", || async {
-                let client = self.pool.get().await?;
-                let stmt = client
-                    .prepare_cached(include_str!("sql/readmodel_snapshot_load.sql"))
-                    .await?;
-                Ok(client.query_opt(&stmt, &[&self.log_id, &c]).await?)
-            }))?;
-        row.map(|r| r.get::<_, Vec<u8>>(0))
-            .ok_or_else(|| SnapshotError::NotFound(info.id()))
-    }
-
-    fn prune(&self, keep: usize) -> Result<(), SnapshotError> {
-        let k = keep.max(1) as i64;
-        self.runtime
-            .block_on(PG_RETRY.run("prune read-model snapshots", || async {
-                let client = self.pool.get().await?;
-                let stmt = client
-                    .prepare_cached(include_str!("sql/readmodel_snapshot_prune.sql"))
-                    .await?;
-                Ok(client.execute(&stmt, &[&self.log_id, &k]).await?)
-            }))?;
-        Ok(())
-    }
-
-    fn describe(&self) -> String {
-        format!("Postgres table readmodel_snapshots, log {}", self.log_id)
-    }
-}
-
 /// When a gateway writes a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -452,124 +248,11 @@ fn fits(image: &Image, bounds: &[(u64, u64)]) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// The background writer: takes the follower's marks, copies the read model, encodes,
-/// stores, prunes. One snapshot at a time; [`Writer::offer`] never blocks.
-pub struct Writer {
-    tx: SyncSender<Vec<Mark>>,
-}
-
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").finish()
-    }
-}
-
-impl Writer {
-    /// Starts the thread; it ends when the writer is dropped (after the snapshot in
-    /// hand, if any).
-    pub fn start(read: Arc<ReadModel>, store: Arc<dyn ImageStore>) -> std::io::Result<Writer> {
-        let (tx, rx) = sync_channel::<Vec<Mark>>(0);
-        std::thread::Builder::new()
-            .name("readmodel-snapshots".into())
-            .spawn(move || {
-                while let Ok(marks) = rx.recv() {
-                    write_one(&read, store.as_ref(), marks);
-                }
-            })?;
-        Ok(Writer { tx })
-    }
-
-    /// Hands `marks` to the thread if it is idle; false if it is still busy with the
-    /// previous snapshot (this one is skipped).
-    pub fn offer(&self, marks: Vec<Mark>) -> bool {
-        match self.tx.try_send(marks) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-        }
-    }
-}
-
-fn write_one(read: &ReadModel, store: &dyn ImageStore, marks: Vec<Mark>) {
-    let t = Instant::now();
-    let covered = covered(&marks);
-    let image = read.image(marks);
-    let reservations = image.reservations.len();
-    let result = encode(&image).and_then(|bytes| {
-        store.save(covered, flashsale_runtime::now_ms(), &bytes)?;
-        Ok(bytes.len())
-    });
-    match result {
-        Ok(bytes) => {
-            tracing::info!(
-                covered,
-                bytes,
-                reservations,
-                elapsed_ms = t.elapsed().as_millis() as u64,
-                store = %store.describe(),
-                "read-model snapshot written"
-            );
-            if let Err(error) = store.prune(KEEP) {
-                tracing::warn!(%error, "could not prune old read-model snapshots");
-            }
-        }
-        Err(error) => {
-            tracing::warn!(covered, %error, store = %store.describe(), "read-model snapshot not written (the next one tries again; a start replays more meanwhile)")
-        }
-    }
-}
-
-/// The follower's side: counts applied events and, per the policy, offers the marks
-/// to the writer.
-#[derive(Debug)]
-pub struct Trigger {
-    writer: Writer,
-    policy: Policy,
-    since: u64,
-    last: Instant,
-}
-
-impl Trigger {
-    pub fn new(writer: Writer, policy: Policy) -> Self {
-        Trigger {
-            writer,
-            policy,
-            since: 0,
-            last: Instant::now(),
-        }
-    }
-
-    /// One event record applied.
-    pub fn applied(&mut self) {
-        self.since += 1;
-    }
-
-    /// True when a snapshot is due: `every_events` applied, or `every` passed with at
-    /// least one applied. `caught_up_now`: the start-up replay just ended; a snapshot
-    /// is then due if that replay was at least `every_events` long.
-    pub fn due(&self, caught_up_now: bool) -> bool {
-        if self.since == 0 || self.policy.never() {
-            return false;
-        }
-        let by_count = self.policy.every_events > 0 && self.since >= self.policy.every_events;
-        let by_time = !caught_up_now
-            && !self.policy.every.is_zero()
-            && self.last.elapsed() >= self.policy.every;
-        by_count || by_time
-    }
-
-    /// Offers `marks`; restarts the counts if the writer took them.
-    pub fn offer(&mut self, marks: Vec<Mark>) {
-        if self.writer.offer(marks) {
-            self.since = 0;
-            self.last = Instant::now();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use super::{decode, encode};
+    use crate::readmodel::ReadModel;
     use flashsale_proto::*;
     use flashsale_runtime::metrics::Metrics;
 
