@@ -5,6 +5,7 @@ use super::serve::{EngineTuning, HttpArgs, ReadModelSnapshotArgs};
 use super::serve::{DEFAULT_RETENTION_SECS, MAX_RETENTION_SECS};
 use super::{H_ADMISSION, H_KAFKA, H_METRICS, H_READMODEL, H_SERVER, H_SNAPSHOTS};
 use crate::config::{CommandBatchConfig, EngineConfig, GatewayConfig, ProjectorCmdConfig};
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
