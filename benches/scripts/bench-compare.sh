@@ -152,7 +152,10 @@ if [[ ${FLASHSALE_BENCH_NO_BUILD:-} != 1 ]]; then
 		(cd "$REPO" && cargo build --release --bin flashsale) >&2 || fail "cargo build --bin flashsale failed"
 	fi
 fi
-for b in "$BENCH" "$FLASHSALE" "$bin/baseline-postgres" "$bin/baseline-redis"; do
+need=("$BENCH" "$FLASHSALE")
+[[ ,$only, == *,postgres,* ]] && need+=("$bin/baseline-postgres")
+[[ ,$only, == *,redis,* ]] && need+=("$bin/baseline-redis")
+for b in "${need[@]}"; do
 	[[ -x $b ]] || fail "missing binary $b"
 done
 
