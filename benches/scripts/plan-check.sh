@@ -258,7 +258,7 @@ for c in cases:
             held.append(fm["max_rate_held_per_s"])
             if fm.get("step_limit_reached"):
                 notes.append(f"round {r}: step limit, a lower bound")
-        if rep.get("harness", {}).get("spoiled"):
+        if (rep.get("harness") or {}).get("spoiled"):
             notes.append(f"round {r}: harness lagged")
     if not held or pred <= 0:
         print(f"| {name} | {pred:,.0f} | none held | - | +-{band:.0%} OUTSIDE |")

@@ -15,8 +15,9 @@
 //! **The cost runs.** The deployment's own processes start pinned to CPU 0 (`taskset -c
 //! 0`: one core, as on a one-core machine; the runtime sizes its threads to it) and the
 //! harness pins itself to CPU 1, so neither takes the other's CPU; the broker and
-//! Postgres are shared services and stay unpinned (`--no-pin`: nothing pinned). Each
-//! process's idle rate is measured first. Then each request type runs alone (hold;
+//! Postgres are shared services and stay unpinned (`--no-pin`: nothing pinned). Settle
+//! probes first (`settle`: the engines' consumer group rebalances as they join), then
+//! each process's idle rate. Then each request type runs alone (hold;
 //! availability read; hold + checkout) at a steady open-loop rate with the harness's
 //! runner, and each process's utime + stime (`/proc/<pid>/stat`) over the run, less its
 //! idle rate, is divided by the requests answered ([`cost_per_request`]; the checkout
@@ -190,7 +191,7 @@ pub fn clean_run(answered: u64, offered: f64, p99_ms: f64) -> bool {
 ///
 /// After a clean run short of the goal, the next rate extrapolates `busy ∝ rate^α`: α
 /// from the last two clean runs (the cost per request falls with the load, so busy grows
-/// slower than the rate), within [[`MIN_EXPONENT`], 1] (1 on the first run), the step
+/// slower than the rate), between [`MIN_EXPONENT`] and 1 (1 on the first run), the step
 /// within ×/÷ [`MAX_RATE_STEP`], under the lowest rate that was not clean and at most
 /// `max_rate`. After a run that was not clean, the next rate is halfway (geometric)
 /// between the highest clean rate and it, or a quarter of it when none was clean. It
@@ -465,7 +466,12 @@ async fn walk(
         let b = busy_share(&own, m.wall, secs, cores);
         let r = m.out.report.op(kind.op());
         let n = answered(&m.out, kind.op());
-        let clean = clean_run(n, rate * secs, r.latency_ms.p99);
+        // A checkout follows each granted hold: those are what it was offered.
+        let offered = match kind {
+            Kind::Checkout => m.out.report.op("reserve").ok as f64,
+            _ => rate * secs,
+        };
+        let clean = clean_run(n, offered, r.latency_ms.p99);
         eprintln!(
             "profile: {mode} {} at {rate:.0}/s: {n} answered, p99 {:.1} ms, deployment {:.0} % busy{}",
             kind.what(),
