@@ -15,6 +15,8 @@ use super::ProfileArgs;
 
 /// The admin token of the deployments the profile starts.
 const TOKEN: &str = "profile-admin-token";
+/// The engines' group session, ms (their default, 600, is for a sub-second failover).
+const ENGINE_SESSION_MS: u32 = 6000;
 /// Longest wait for a topic deletion.
 const DELETE_WAIT: Duration = Duration::from_secs(30);
 
@@ -474,6 +476,13 @@ pub(super) async fn start_kafka(
     for i in 0..2 {
         let mut a = common("engine");
         a.extend([
+            // Capacity, not failover, is measured: the default 600 ms session is
+            // shorter than a rebalance takes with both engines on one busy core, and
+            // the group would lose its sessions and rebalance again and again.
+            "--session-timeout-ms".into(),
+            ENGINE_SESSION_MS.to_string(),
+            "--heartbeat-interval-ms".into(),
+            (ENGINE_SESSION_MS / 6).to_string(),
             "--engine-group".into(),
             tag.to_string(),
             "--data-dir".into(),
