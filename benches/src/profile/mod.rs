@@ -5,10 +5,11 @@
 //! - **embedded**: `flashsale serve --embedded` (one process, role `node`);
 //! - **kafka**: `flashsale engine` ×2, `flashsale gateway` ×2 (ids 0 and 1) and
 //!   `flashsale projector` as separate processes on the running broker and Postgres
-//!   (fresh topics under a new prefix, a new database; both deleted at the end). Requests
-//!   go to gateway 0 only: gateway 1's CPU per hold is what following the events costs a
-//!   gateway that did not take the hold; the engine that owns the one SKU's partition
-//!   is the one that spent more, the other one's CPU per hold is its standby cost. The
+//!   (fresh topics under a new prefix, a new database; both deleted at the end; the
+//!   engines with a 6 s group session, see deploy.rs). Requests go to gateway 0 only:
+//!   gateway 1's CPU per hold is what following the events costs a gateway that did not
+//!   take the hold; the engine that owns the one SKU's partition is the one that spent
+//!   more, the other one's CPU per hold is its standby cost. The
 //!   broker (`pgrep -f kafka.Kafka`) and Postgres (`pgrep -x postgres`, every process,
 //!   shared with anything else using it) are measured as roles `broker` and `postgres`.
 //!
@@ -17,8 +18,8 @@
 //! harness pins itself to CPU 1, so neither takes the other's CPU; the broker and
 //! Postgres are shared services and stay unpinned (`--no-pin`: nothing pinned). Settle
 //! probes first (`settle`: the engines' consumer group rebalances as they join), then
-//! each process's idle rate. Then each request type runs alone (hold;
-//! availability read; hold + checkout) at a steady open-loop rate with the harness's
+//! each process's idle rate. Then each request type runs alone (hold; availability
+//! read; hold + checkout) at a steady open-loop rate with the harness's
 //! runner, and each process's utime + stime (`/proc/<pid>/stat`) over the run, less its
 //! idle rate, is divided by the requests answered ([`cost_per_request`]; the checkout
 //! run has its holds' cost taken off first).
