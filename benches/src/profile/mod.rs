@@ -89,8 +89,11 @@ const READY_WAIT: Duration = Duration::from_secs(120);
 const IDLE_SECS: f64 = 3.0;
 /// A cost run whose busy share is this close to the goal ends the walk.
 pub const BUSY_TOLERANCE: f64 = 0.1;
-/// Most a cost run's rate changes from the previous one's, either way.
+/// Most a cost run's rate changes from the previous one's, either way...
 pub const MAX_RATE_STEP: f64 = 4.0;
+/// ...and upwards once it extrapolates from two runs (a cost that falls fast with the
+/// load makes the extrapolation jump far; the reads would overrun the one-core harness).
+pub const MAX_LATER_STEP: f64 = 2.5;
 /// Lowest exponent of `busy ∝ rate^α` the walk extrapolates with (a lower one from two
 /// noisy runs would jump far past the goal).
 pub const MIN_EXPONENT: f64 = 0.6;
@@ -193,7 +196,8 @@ pub fn clean_run(answered: u64, offered: f64, p99_ms: f64) -> bool {
 /// After a clean run short of the goal, the next rate extrapolates `busy ∝ rate^α`: α
 /// from the last two clean runs (the cost per request falls with the load, so busy grows
 /// slower than the rate), between [`MIN_EXPONENT`] and 1 (1 on the first run), the step
-/// within ×/÷ [`MAX_RATE_STEP`], under the lowest rate that was not clean and at most
+/// within ×/÷ [`MAX_RATE_STEP`] (× [`MAX_LATER_STEP`] up after the first run), under the
+/// lowest rate that was not clean and at most
 /// `max_rate`. After a run that was not clean, the next rate is halfway (geometric)
 /// between the highest clean rate and it, or a quarter of it when none was clean. It
 /// ends when a clean run is within [`BUSY_TOLERANCE`] of the goal or the next rate is
@@ -241,7 +245,12 @@ impl Walk {
             } else {
                 rate * MAX_RATE_STEP
             };
-            let mut n = scaled.clamp(rate / MAX_RATE_STEP, rate * MAX_RATE_STEP);
+            let up = if prev_clean.is_some() {
+                MAX_LATER_STEP
+            } else {
+                MAX_RATE_STEP
+            };
+            let mut n = scaled.clamp(rate / MAX_RATE_STEP, rate * up);
             if lowest_unclean.is_finite() && n >= lowest_unclean {
                 n = (rate * lowest_unclean).sqrt();
             }
@@ -1094,6 +1103,19 @@ mod tests {
         assert_eq!(w.chosen(), 1);
         let mut w = Walk::new(0.75, MAX_RATE);
         assert_eq!(w.next(5000.0, 0.8, true), None, "within the tolerance");
+    }
+
+    #[test]
+    fn the_walk_steps_up_less_once_it_extrapolates() {
+        // Reads: 4,000/s 17 % busy, 16,000/s 32 % (α 0.46, floored to 0.6): the
+        // extrapolation says ×4.1; at most ×2.5 from two runs.
+        let mut w = Walk::new(0.75, MAX_RATE);
+        assert_eq!(
+            w.next(4000.0, 0.17, true),
+            Some(16_000.0),
+            "×4 from one run"
+        );
+        assert_eq!(w.next(16_000.0, 0.32, true), Some(40_000.0));
     }
 
     #[test]
