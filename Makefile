@@ -40,7 +40,7 @@ bench-compare: ## flashsale vs the Postgres and Redis baselines, one scenario, o
 bench-crowd: ## the 10:00 crowd (flash, big, find-max, 2x overload), embedded and Kafka side by side; needs services-up
 	bash benches/scripts/crowd.sh
 
-bench-plan: ## the capacity plan checked: profile, plan --machines 1 --cores-per-machine 1 vs a pinned find-max, both modes (ARGS='--profile p.json')
+bench-plan: ## the capacity plan checked: profile, plan --machines 1 --cores-per-machine 1 vs a pinned find-max, both modes (ARGS='--profile p.json --rounds 3')
 	bash benches/scripts/plan-check.sh $(ARGS)
 
 bench-soak: ## the 30-minute soak, per-minute report and flatness verdict: make bench-soak MODE=embedded|kafka DURATION=30m [SCALE=0.25]

@@ -121,6 +121,17 @@ pub struct ProfileRun {
     pub p99_ms: f64,
     /// CPU seconds per process over the run, idle subtracted.
     pub cpu_secs: BTreeMap<String, f64>,
+    /// The rate offered, requests (holds for `checkout`)/s.
+    #[serde(default)]
+    pub rate_per_s: f64,
+    /// How busy the deployment's own processes were over the load, in cores (idle
+    /// included): what the next run's rate was scaled from.
+    #[serde(default)]
+    pub busy_cores: f64,
+    /// Whether the profile's figures for this request type come from this run (the
+    /// one closest to the busy goal).
+    #[serde(default)]
+    pub used: bool,
 }
 
 /// A `flashsale-bench profile` result.
