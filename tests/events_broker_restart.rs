@@ -15,7 +15,6 @@
 use flashsale_tests::kafka::{self, Proc, Services};
 use flashsale_tests::{client, create_sale, flashsale_bin, free_port, serve_args, unique_sku};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 mod public_events;
@@ -33,7 +32,6 @@ fn script(name: &str) -> PathBuf {
 struct OwnBroker {
     env: Vec<(String, String)>,
     addr: String,
-    up: AtomicBool,
 }
 
 impl OwnBroker {
@@ -57,17 +55,16 @@ impl OwnBroker {
             ("FLASHSALE_KAFKA_HEAP".into(), "384m".into()),
             ("FLASHSALE_KAFKA_PARTITIONS".into(), "4".into()),
         ];
-        let broker = OwnBroker {
+        let mut broker = OwnBroker {
             env,
             addr: String::new(),
-            up: AtomicBool::new(true),
         };
         let out = broker.run("start.sh", &[])?;
-        let addr = out.lines().last().unwrap_or("").trim().to_string();
-        if addr.is_empty() {
+        broker.addr = out.lines().last().unwrap_or("").trim().to_string();
+        if broker.addr.is_empty() {
             return Err("start.sh printed no address".into());
         }
-        Ok(OwnBroker { addr, ..broker })
+        Ok(broker)
     }
 
     fn run(&self, name: &str, args: &[&str]) -> Result<String, String> {
@@ -89,14 +86,13 @@ impl OwnBroker {
     }
 
     fn stop_keeping_data(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.run("stop.sh", &["--keep"]).expect("stop the test's broker");
+        self.run("stop.sh", &["--keep"])
+            .expect("stop the test's broker");
     }
 
     fn start_again(&self) {
         self.run("start.sh", &[])
             .expect("start the test's broker again");
-        self.up.store(true, Ordering::SeqCst);
     }
 }
 
