@@ -3,7 +3,6 @@
 //! read_committed reader of the three public topics that checks each event once.
 #![allow(dead_code)] // each test binary uses its own part
 
-
 /// What a run acknowledged: every hold (reservation id -> SKU), every order, the holds
 /// checked out, one cancelled and one left to expire.
 pub(crate) struct Expected<'a> {

@@ -261,7 +261,15 @@ fn rfc3339_into(ms: UnixMs, buf: &mut [u8; 24]) -> Option<&str> {
     put(14, t.minute(), 2);
     put(17, t.second(), 2);
     put(20, (ms % 1000) as u32, 3);
-    for (at, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z')] {
+    for (at, c) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
         buf[at] = c;
     }
     std::str::from_utf8(buf).ok()

@@ -329,17 +329,43 @@ fn typed_encoding_writes_the_documented_fields_in_order() {
     for o in &out {
         let ev = o.event();
         assert_eq!(serde_json::to_vec(&ev).unwrap(), o.value, "{ev:?}");
-        let keys: Vec<&str> = ev.data.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = ev
+            .data
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         let want: &[&str] = match o.channel {
             Channel::Reservations => &[
-                "reservationId", "userId", "skuId", "quantity", "status", "createdAt", "expiresAt",
+                "reservationId",
+                "userId",
+                "skuId",
+                "quantity",
+                "status",
+                "createdAt",
+                "expiresAt",
             ],
             Channel::Orders => &[
-                "orderId", "reservationId", "userId", "skuId", "quantity", "totalPrice",
-                "paymentTransactionId", "paymentMethod", "shippingAddress", "status", "createdAt",
+                "orderId",
+                "reservationId",
+                "userId",
+                "skuId",
+                "quantity",
+                "totalPrice",
+                "paymentTransactionId",
+                "paymentMethod",
+                "shippingAddress",
+                "status",
+                "createdAt",
             ],
             Channel::InventoryUpdates => &[
-                "skuId", "availableCount", "totalInventory", "held", "sold", "soldOut",
+                "skuId",
+                "availableCount",
+                "totalInventory",
+                "held",
+                "sold",
+                "soldOut",
             ],
         };
         assert_eq!(keys, want, "{ev:?}");
@@ -350,7 +376,16 @@ fn typed_encoding_writes_the_documented_fields_in_order() {
         "1 \"Main\" St\n",
         "escaped and read back"
     );
-    for ms in [0u64, 1, 999, 1_000, T0, T0 + 123, 253_402_300_799_999, 253_402_300_800_000] {
+    for ms in [
+        0u64,
+        1,
+        999,
+        1_000,
+        T0,
+        T0 + 123,
+        253_402_300_799_999,
+        253_402_300_800_000,
+    ] {
         let chrono = chrono::DateTime::from_timestamp_millis(ms as i64)
             .unwrap()
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
