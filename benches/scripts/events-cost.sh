@@ -33,6 +33,10 @@
 # The load generator shares the machine with the server; run it on an idle machine for
 # figures to quote (a full run: ~2 minutes per round plus the lag half).
 #
+# The cost table also shows each process's CPU per hold during the wrk run (utime +
+# stime from /proc: the server, the publisher, the broker(s) listening on FLASHSALE_KAFKA's
+# ports): where publishing's CPU goes. FLASHSALE_PUBLISH_ARGS: extra flags for `events
+# publish` (e.g. "--publisher-commit-ms 50"), to compare settings.
 # Writes to FLASHSALE_BENCH_RESULTS [target/bench-results/events-cost-<UTC time>]:
 # measurements.tsv, table.txt, each process's log and each wrk output. Prints the table.
 # The topics it creates stay on the broker (7 days' retention; prefix fsevc…).
@@ -163,12 +167,33 @@ free_port() {
 	echo "$next_port"
 	next_port=$((next_port + 1))
 }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+clk_tck=$(getconf CLK_TCK)
+# broker_pids: the Kafka broker(s) of $kafka: the pid listening on each bootstrap port
+# (ss), else every `kafka.Kafka` JVM of this machine (as bench-compare.sh).
+broker_pids() {
+	local hp pids=""
+	for hp in ${kafka//,/ }; do
+		pids+=" $(ss -Hltnp "sport = :${hp##*:}" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u | tr '\n' ' ')"
+	done
+	pids=$(echo $pids)
+	[[ -n $pids ]] || pids=$(pgrep -f kafka.Kafka | tr '\n' ' ' || true)
+	echo $pids
+}
+# ticks_of PID...: utime + stime of these processes together (0 for one that is gone).
+ticks_of() {
+	local t=0 p
+	for p in "$@"; do
+		[[ -r /proc/$p/stat ]] && t=$((t + $(cpu_ticks "$p")))
+	done
+	echo "$t"
+}
 http_ok() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$1$2") == 200 ]]; }
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$tsv"; }
 
 # start_stack NAME PREFIX PORT PUBLISH(0|1): topics, `serve --kafka` (waits for /ready),
-# and the publisher when asked. Sets server_pid.
-server_pid=""
+# and the publisher when asked. Sets server_pid and publisher_pid (empty when off).
+server_pid="" publisher_pid=""
 start_stack() {
 	local name=$1 prefix=$2 port=$3 publish=$4 data i
 	"$FLASHSALE" topics create --kafka "$kafka" --topic-prefix "$prefix" --partitions 8 \
@@ -186,10 +211,12 @@ start_stack() {
 		sleep 0.2
 	done
 	http_ok "$port" /ready || fail "$name: not ready in 60 s (see $results/$name.server.log)"
+	publisher_pid=""
 	if ((publish)); then
 		"$FLASHSALE" events publish --kafka "$kafka" --topic-prefix "$prefix" \
-			>"$results/$name.publisher.log" 2>&1 &
-		pids+=("$!")
+			${FLASHSALE_PUBLISH_ARGS:-} >"$results/$name.publisher.log" 2>&1 &
+		publisher_pid=$!
+		pids+=("$publisher_pid")
 	fi
 }
 stop_stack() { cleanup; }
@@ -225,11 +252,20 @@ if ((do_cost)); then
 			start_stack "$name" "$prefix" "$port" "$([[ $mode == on ]] && echo 1 || echo 0)"
 			sku=EVC-$r-$mode
 			create_sale "$port" "$sku"
+			brokers=$(broker_pids)
+			# shellcheck disable=SC2086 # pids, split on purpose
+			t0=("$(ticks_of "$server_pid")" "$(ticks_of $publisher_pid)" "$(ticks_of $brokers)")
 			FLASHSALE_WRK_MODE=reserve FLASHSALE_WRK_SKU="$sku" FLASHSALE_WRK_TAG="u$r$mode" \
 				wrk -t2 -c256 -d"${secs}s" --timeout 10s -s "$HERE/wrk-reserve.lua" "http://127.0.0.1:$port" \
 				>"$results/$name.wrk.txt" 2>&1 || warn "wrk exited non-zero (see $results/$name.wrk.txt)"
 			grep '^wrk-result ' "$results/$name.wrk.txt" | tail -n 1 | cut -d' ' -f2- >"$results/$name.wrk" || true
+			# shellcheck disable=SC2086
+			t1=("$(ticks_of "$server_pid")" "$(ticks_of $publisher_pid)" "$(ticks_of $brokers)")
 			[[ -s $results/$name.wrk ]] || fail "$name: wrk gave no result (see $results/$name.wrk.txt)"
+			s201=$(field "$results/$name.wrk" s201)
+			record "$mode" server_cpu_us_per_hold "$(div "$((t1[0] - t0[0]))" "$s201" "$((1000000 / clk_tck))")"
+			record "$mode" publisher_cpu_us_per_hold "$(div "$((t1[1] - t0[1]))" "$s201" "$((1000000 / clk_tck))")"
+			record "$mode" broker_cpu_us_per_hold "$(div "$((t1[2] - t0[2]))" "$s201" "$((1000000 / clk_tck))")"
 			record "$mode" holds_per_s "$(div "$(field "$results/$name.wrk" s201)" "$(field "$results/$name.wrk" duration_us)" 1e6)"
 			record "$mode" p99_ms "$(div "$(field "$results/$name.wrk" p99_us)" 1000)"
 			stop_stack
@@ -280,6 +316,11 @@ fi
 		printf '%-34s %12s %12s %8s\n' "Kafka mode, 256 connections" "off" "on" "on/off"
 		printf '%-34s %12s %12s %8s\n' "holds/s (median of $rounds)" "$off" "$on" "$(awk -v a="$on" -v b="$off" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }')"
 		printf '%-34s %12s %12s\n' "wrk p99 ms" "$offp" "$onp"
+		for w in server publisher broker; do
+			printf '%-34s %12s %12s\n' "$w CPU us per hold" \
+				"$(awk -F'\t' -v k="${w}_cpu_us_per_hold" '$1 == "off" && $2 == k {print $3}' "$tsv" | median)" \
+				"$(awk -F'\t' -v k="${w}_cpu_us_per_hold" '$1 == "on" && $2 == k {print $3}' "$tsv" | median)"
+		done
 	fi
 	if ((do_lag)); then
 		get() { awk -F'\t' -v k="$1" '$1 == "lag" && $2 == k {print $3}' "$tsv"; }

@@ -49,6 +49,16 @@ pub struct PublisherTuning {
     /// event records of the log embedded), 1-100000.
     #[arg(long, env = "FLASHSALE_PUBLISHER_BATCH", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub publisher_batch: u32,
+    /// `events publish`: how long one Kafka transaction stays open for more records, in
+    /// ms, 1-10000. Each record read is sent at once; the transaction (its records and
+    /// the read positions) commits when it is this old or holds --publisher-batch
+    /// records. A commit costs a few broker round trips and a marker per touched
+    /// partition, and a read_committed consumer sees a record only after it: shorter
+    /// means lower lag and more broker work. 20 keeps that wait a fifth of the 100 ms
+    /// lag target at ~50 commits a second (docs/events.md, "Benchmarks").
+    /// `serve --publish-kafka` commits once per round of its feed instead.
+    #[arg(long, env = "FLASHSALE_PUBLISHER_COMMIT_MS", default_value_t = crate::publish::DEFAULT_COMMIT_MS, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub publisher_commit_ms: u64,
 }
 
 impl PublisherTuning {
@@ -66,6 +76,7 @@ impl PublisherTuning {
             .clone()
             .unwrap_or_else(|| format!("{}{default_id}", c.topic_prefix));
         c.max_batch = self.publisher_batch as usize;
+        c.commit_interval = std::time::Duration::from_millis(self.publisher_commit_ms);
         c
     }
 }

@@ -1,10 +1,14 @@
 //! [`run_publisher`]: follows `<prefix>events` and publishes the public topics in Kafka
 //! transactions, exactly once (docs/events.md "Exactly once").
 //!
-//! One transaction per round of reads: the public records of the records read, and the
-//! publisher's read positions of `events` (`send_offsets_to_transaction`, consumer
-//! group `<transactional id>`), commit together or not at all (`txn.rs`, shared with
-//! the embedded publisher). Each position carries, as
+//! T1 a transaction opens with the first `events` record read after the last commit;
+//! each record read is mapped and handed to the producer at once (sent in the
+//! background while the publisher reads on); the transaction commits when it is
+//! [`PublisherConfig::commit_interval`] old or holds [`PublisherConfig::max_batch`]
+//! records, whichever comes first. Its public records and the publisher's read
+//! positions of `events` (`send_offsets_to_transaction`, consumer group
+//! `<transactional id>`) commit together or not at all (`txn.rs`, shared with the
+//! embedded publisher). Each position carries, as
 //! its commit metadata, the next command offset not yet published per command partition
 //! seen on that events partition, so the same events written twice (two engines during a
 //! rebalance, the same command offsets) are published once, across restarts too. A
@@ -13,11 +17,11 @@
 //! the next one starts again from the committed positions.
 
 use super::txn::{self, TxnPublisher, TXN_TIMEOUT};
-use super::{map_batch, Channel, Origin, Outgoing};
+use super::{map_batch, Channel, Origin};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,7 +41,12 @@ pub struct PublisherConfig {
     pub transactional_id: String,
     /// Most `events` records read into one transaction.
     pub max_batch: usize,
+    /// How long a transaction stays open for more records (`events publish`; T1).
+    pub commit_interval: Duration,
 }
+
+/// Default of [`PublisherConfig::commit_interval`] (`--publisher-commit-ms`).
+pub const DEFAULT_COMMIT_MS: u64 = 20;
 
 impl PublisherConfig {
     pub fn new(kafka: impl Into<String>, topic_prefix: impl Into<String>) -> Self {
@@ -47,6 +56,7 @@ impl PublisherConfig {
             transactional_id: format!("{topic_prefix}publisher"),
             topic_prefix,
             max_batch: 2000,
+            commit_interval: Duration::from_millis(DEFAULT_COMMIT_MS),
         }
     }
 
@@ -185,81 +195,160 @@ fn session(config: &PublisherConfig, origin: &Origin, stop: &AtomicBool) -> anyh
         "publisher following the events topic"
     );
     let mut fence = flashsale_proto::EpochFence::default();
-    let (mut published, mut records_total) = (0u64, 0u64);
-    let mut last_progress = Instant::now();
     let max_batch = config.max_batch.max(1);
-    while !stop.load(Ordering::Relaxed) {
-        let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut out: Vec<Outgoing> = Vec::new();
-        let mut read = 0usize;
-        let mut wait = Duration::from_millis(100);
-        while read < max_batch {
-            let Some(m) = consumer.poll(wait) else { break };
-            wait = Duration::ZERO;
-            let msg = match m {
-                Ok(msg) => msg,
-                Err(e) if flashsale_runtime::kafka::is_connection_error(&e) => break,
-                Err(e) => return Err(anyhow::anyhow!("reading {events}: {e}")),
-            };
-            read += 1;
-            positions.insert(msg.partition(), msg.offset() + 1);
-            let epoch = msg.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == flashsale_proto::EPOCH_HEADER)
-                    .and_then(|h| h.value)
-                    .and_then(flashsale_proto::parse_epoch)
-            });
-            let mut batch: Vec<flashsale_proto::EventRecord> = Vec::new();
-            match msg
-                .payload()
-                .map(|b| flashsale_proto::decode_many(b, &mut batch))
-            {
-                Some(Ok(())) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event record skipped");
-                    continue;
-                }
-                None => continue,
+    let interval = config.commit_interval.max(Duration::from_millis(1));
+    let mut stats = TxnStats::default();
+    let mut last_progress = Instant::now();
+    // The open transaction (T1): when it began, the events records read into it, and
+    // per events partition the next offset to read (its positions).
+    let mut began: Option<Instant> = None;
+    let mut read = 0usize;
+    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if let Some(t) = began {
+            if read >= max_batch || t.elapsed() >= interval || stopping {
+                let waits = finish(&txn, &events, &positions, &next, &origin.log_id)?;
+                stats.record(read, waits);
+                (began, read) = (None, 0);
+                positions.clear();
+                continue;
             }
-            if !fence.admit(msg.partition() as u32, epoch) {
-                continue; // a replaced engine's output
-            }
-            // Drop what was published already (the same command offsets written twice).
-            batch.retain(|r| {
-                let slot = next.entry(r.partition).or_insert((msg.partition(), 0));
-                if r.offset < slot.1 {
-                    return false;
-                }
-                *slot = (msg.partition(), r.offset + 1);
-                true
-            });
-            records_total += batch.len() as u64;
-            out.extend(map_batch(origin, &batch));
+        } else if stopping {
+            break;
         }
-        if positions.is_empty() {
-            continue;
-        }
-        let mut offsets = TopicPartitionList::new();
-        for (p, o) in &positions {
-            offsets.add_partition_offset(&events, *p, Offset::Offset(*o))?;
-        }
-        let metas: HashMap<i32, String> = positions
-            .keys()
-            .map(|p| (*p, encode_meta(&next, *p, &origin.log_id)))
-            .collect();
-        for mut e in offsets.elements_for_topic(&events) {
-            if let Some(m) = metas.get(&e.partition()) {
-                e.set_metadata(m);
-            }
-        }
-        txn.commit(&out, &offsets)?;
-        published += out.len() as u64;
-        if last_progress.elapsed() >= Duration::from_secs(10) {
-            tracing::info!(records = records_total, published, "publisher progress");
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            stats.report();
             last_progress = Instant::now();
         }
+        let wait = began.map_or(IDLE_POLL, |t| interval.saturating_sub(t.elapsed()));
+        let Some(m) = consumer.poll(wait) else {
+            continue;
+        };
+        let msg = match m {
+            Ok(msg) => msg,
+            Err(e) if flashsale_runtime::kafka::is_connection_error(&e) => continue,
+            Err(e) => return Err(anyhow::anyhow!("reading {events}: {e}")),
+        };
+        if began.is_none() {
+            txn.begin()?;
+            began = Some(Instant::now());
+        }
+        read += 1;
+        positions.insert(msg.partition(), msg.offset() + 1);
+        let epoch = msg.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == flashsale_proto::EPOCH_HEADER)
+                .and_then(|h| h.value)
+                .and_then(flashsale_proto::parse_epoch)
+        });
+        let mut batch: Vec<flashsale_proto::EventRecord> = Vec::new();
+        match msg
+            .payload()
+            .map(|b| flashsale_proto::decode_many(b, &mut batch))
+        {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event record skipped");
+                continue;
+            }
+            None => continue,
+        }
+        if !fence.admit(msg.partition() as u32, epoch) {
+            continue; // a replaced engine's output
+        }
+        // Drop what was published already (the same command offsets written twice).
+        batch.retain(|r| {
+            let slot = next.entry(r.partition).or_insert((msg.partition(), 0));
+            if r.offset < slot.1 {
+                return false;
+            }
+            *slot = (msg.partition(), r.offset + 1);
+            true
+        });
+        stats.records += batch.len() as u64;
+        for o in map_batch(origin, &batch) {
+            txn.send(&o)?;
+            stats.published += 1;
+        }
     }
+    stats.report();
     Ok(())
+}
+
+/// How long an idle publisher (no transaction open) waits for a record per poll.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often the publisher logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Commits the open transaction with `positions` (and, as their metadata, the next
+/// command offsets of `next`); returns the waits of its two steps (offsets, commit).
+fn finish(
+    txn: &TxnPublisher,
+    events: &str,
+    positions: &BTreeMap<i32, i64>,
+    next: &Next,
+    log_id: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut offsets = TopicPartitionList::new();
+    for (p, o) in positions {
+        offsets.add_partition_offset(events, *p, Offset::Offset(*o))?;
+        if let Some(mut e) = offsets.find_partition(events, *p) {
+            e.set_metadata(encode_meta(next, *p, log_id));
+        }
+    }
+    txn.finish(&offsets)
+}
+
+/// What the progress line reports: totals of the session, and the transactions and
+/// their commit waits since the last line (where a hold's lag goes: the wait of
+/// `send_offsets_to_transaction` and of `commit_transaction`).
+#[derive(Debug, Default)]
+struct TxnStats {
+    /// Event records read (after dropping duplicates) and public records sent.
+    records: u64,
+    published: u64,
+    transactions: u64,
+    /// Since the last line: transactions, events records in them, waits.
+    window_txns: u32,
+    window_read: u64,
+    window_offsets: Duration,
+    window_commit: Duration,
+    window_max: Duration,
+}
+
+impl TxnStats {
+    fn record(&mut self, read: usize, (offsets, commit): (Duration, Duration)) {
+        self.transactions += 1;
+        self.window_txns += 1;
+        self.window_read += read as u64;
+        self.window_offsets += offsets;
+        self.window_commit += commit;
+        self.window_max = self.window_max.max(offsets + commit);
+    }
+
+    fn report(&mut self) {
+        let n = self.window_txns;
+        if n > 0 {
+            let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+            tracing::info!(
+                records = self.records,
+                published = self.published,
+                transactions = self.transactions,
+                reads_per_txn = self.window_read / u64::from(n),
+                offsets_ms_mean = ms(self.window_offsets / n),
+                commit_ms_mean = ms(self.window_commit / n),
+                finish_ms_max = ms(self.window_max),
+                "publisher progress"
+            );
+        }
+        *self = TxnStats {
+            records: self.records,
+            published: self.published,
+            transactions: self.transactions,
+            ..TxnStats::default()
+        };
+    }
 }
 
 #[cfg(test)]

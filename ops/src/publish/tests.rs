@@ -89,8 +89,8 @@ fn origin() -> Origin {
     Origin::new("t.events", "t.events/AAAAAAAAAAAAAAAAAAAAAA")
 }
 
-fn types(out: &[Outgoing]) -> Vec<&str> {
-    out.iter().map(|o| o.event.ty.as_str()).collect()
+fn types(out: &[Outgoing]) -> Vec<String> {
+    out.iter().map(|o| o.event().ty).collect()
 }
 
 fn validators() -> Vec<(Channel, jsonschema::Validator)> {
@@ -113,10 +113,10 @@ fn assert_valid(out: &[Outgoing]) {
     let validators = validators();
     for o in out {
         let (_, v) = validators.iter().find(|(c, _)| *c == o.channel).unwrap();
-        let value: serde_json::Value = serde_json::from_slice(&o.value()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(o.value()).unwrap();
         let errors: Vec<String> = v.iter_errors(&value).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{value}: {errors:?}");
-        assert_eq!(o.key, o.event.subject, "the key is the skuId");
+        assert_eq!(o.key, o.event().subject, "the key is the skuId");
     }
 }
 
@@ -159,13 +159,13 @@ fn every_reservation_change_maps_to_its_type_and_validates() {
         .iter()
         .map(|r| map_batch(&origin, std::slice::from_ref(r)))
         .collect();
-    let t: Vec<Vec<&str>> = per_record.iter().map(|o| types(o)).collect();
+    let t: Vec<Vec<String>> = per_record.iter().map(|o| types(o)).collect();
     assert_eq!(
         t[0],
         ["com.flashsale.inventory.updated"],
         "a configured product's stock, no crossing guessed"
     );
-    assert_eq!(per_record[0][0].event.data["availableCount"], 3);
+    assert_eq!(per_record[0][0].event().data["availableCount"], 3);
     assert_eq!(
         t[1],
         [
@@ -217,17 +217,17 @@ fn every_reservation_change_maps_to_its_type_and_validates() {
     let all: Vec<Outgoing> = per_record.into_iter().flatten().collect();
     assert_valid(&all);
     let order = all.iter().find(|o| o.channel == Channel::Orders).unwrap();
-    assert_eq!(order.event.data["totalPrice"], serde_json::json!(12.5));
-    assert_eq!(order.event.data["reservationId"], a.to_string());
-    assert_eq!(order.event.subject, "SKU-1");
+    assert_eq!(order.event().data["totalPrice"], serde_json::json!(12.5));
+    assert_eq!(order.event().data["reservationId"], a.to_string());
+    assert_eq!(order.event().subject, "SKU-1");
     // ids: log id, partition, command offset, index; unique
-    assert_eq!(all[0].event.id, "t.events/AAAAAAAAAAAAAAAAAAAAAA/0/0/1");
-    assert_eq!(all[1].event.id, "t.events/AAAAAAAAAAAAAAAAAAAAAA/0/1/0");
-    let mut ids: Vec<&str> = all.iter().map(|o| o.event.id.as_str()).collect();
+    assert_eq!(all[0].event().id, "t.events/AAAAAAAAAAAAAAAAAAAAAA/0/0/1");
+    assert_eq!(all[1].event().id, "t.events/AAAAAAAAAAAAAAAAAAAAAA/0/1/0");
+    let mut ids: Vec<String> = all.iter().map(|o| o.event().id).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), all.len(), "ids are unique");
-    assert_eq!(all[1].event.time, "2027-01-15T08:00:00.001Z");
+    assert_eq!(all[1].event().time, "2027-01-15T08:00:00.001Z");
 }
 
 #[test]
@@ -251,20 +251,20 @@ fn one_inventory_update_per_sku_per_batch_and_the_same_ids_again() {
         5
     );
     assert_eq!(
-        inv.iter().map(|o| o.event.ty.as_str()).collect::<Vec<_>>(),
+        inv.iter().map(|o| o.event().ty).collect::<Vec<_>>(),
         [
             "com.flashsale.inventory.updated",
             "com.flashsale.inventory.sold-out"
         ],
         "one update for the batch, with the crossing to zero"
     );
-    assert_eq!(inv[0].event.data["availableCount"], 0);
-    assert_eq!(inv[0].event.data["held"], 10);
-    assert_eq!(inv[0].event.data["soldOut"], true);
+    assert_eq!(inv[0].event().data["availableCount"], 0);
+    assert_eq!(inv[0].event().data["held"], 10);
+    assert_eq!(inv[0].event().data["soldOut"], true);
     // the id of the batch's last change of the SKU
-    assert_eq!(inv[0].event.id, "t.events/AAAAAAAAAAAAAAAAAAAAAA/0/5/1");
+    assert_eq!(inv[0].event().id, "t.events/AAAAAAAAAAAAAAAAAAAAAA/0/5/1");
     assert_eq!(
-        inv[1].event.id,
+        inv[1].event().id,
         "t.events/AAAAAAAAAAAAAAAAAAAAAA/0/5/1/sold-out"
     );
     // pure: the same log gives the same records
@@ -287,8 +287,8 @@ fn an_operator_adjustment_updates_the_count_without_a_guessed_crossing() {
     assert!(matches!(r, Reply::ProductControlled(_)), "{r:?}");
     let out = map_batch(&origin(), &log.records[2..]);
     assert_eq!(types(&out), ["com.flashsale.inventory.updated"]);
-    assert_eq!(out[0].event.data["availableCount"], 4);
-    assert_eq!(out[0].event.data["totalInventory"], 5);
+    assert_eq!(out[0].event().data["availableCount"], 4);
+    assert_eq!(out[0].event().data["totalInventory"], 5);
     assert_valid(&out);
 }
 
@@ -304,4 +304,92 @@ fn topics_and_channels() {
     );
     assert_eq!(Channel::of_topic("p.", "p.events"), None);
     assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+}
+
+/// The records are written straight from typed parts (no `serde_json::Value`): the same
+/// JSON as the envelope read back and written again, fields in the documented order,
+/// and the times as chrono's `%Y-%m-%dT%H:%M:%S%.3fZ`.
+#[test]
+fn typed_encoding_writes_the_documented_fields_in_order() {
+    let mut log = Log::new(3);
+    let a = log.reserve(T0 + 1, 10, "u1", 1);
+    let checkout = log.apply(
+        T0 + 2,
+        11,
+        Command::Checkout(CheckoutRequest {
+            reservation: a,
+            payment_transaction_id: "pay_1".into(),
+            payment_method: PaymentMethod::Upi,
+            shipping_address: "1 \"Main\" St\n".into(),
+        }),
+    );
+    assert!(matches!(checkout, Reply::CheckedOut { .. }), "{checkout:?}");
+    let out = map_batch(&origin(), &log.records);
+    assert!(out.len() >= 3, "{out:?}");
+    for o in &out {
+        let ev = o.event();
+        assert_eq!(serde_json::to_vec(&ev).unwrap(), o.value, "{ev:?}");
+        let keys: Vec<&str> = ev
+            .data
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let want: &[&str] = match o.channel {
+            Channel::Reservations => &[
+                "reservationId",
+                "userId",
+                "skuId",
+                "quantity",
+                "status",
+                "createdAt",
+                "expiresAt",
+            ],
+            Channel::Orders => &[
+                "orderId",
+                "reservationId",
+                "userId",
+                "skuId",
+                "quantity",
+                "totalPrice",
+                "paymentTransactionId",
+                "paymentMethod",
+                "shippingAddress",
+                "status",
+                "createdAt",
+            ],
+            Channel::InventoryUpdates => &[
+                "skuId",
+                "availableCount",
+                "totalInventory",
+                "held",
+                "sold",
+                "soldOut",
+            ],
+        };
+        assert_eq!(keys, want, "{ev:?}");
+    }
+    let order = out.iter().find(|o| o.channel == Channel::Orders).unwrap();
+    assert_eq!(
+        order.event().data["shippingAddress"],
+        "1 \"Main\" St\n",
+        "escaped and read back"
+    );
+    for ms in [
+        0u64,
+        1,
+        999,
+        1_000,
+        T0,
+        T0 + 123,
+        253_402_300_799_999,
+        253_402_300_800_000,
+    ] {
+        let chrono = chrono::DateTime::from_timestamp_millis(ms as i64)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        assert_eq!(rfc3339(ms), chrono, "{ms}");
+    }
 }

@@ -15,7 +15,7 @@ use flashsale_runtime::kafka::{base_config, consumer_config};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::TopicPartitionList;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest wait of one transaction step (init, offsets, commit).
 pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,6 +40,14 @@ impl TxnPublisher {
                 .set("acks", "all")
                 .set("linger.ms", "5")
                 .set("transaction.timeout.ms", "60000")
+                // librdkafka retries a transaction step the coordinator answers
+                // CONCURRENT_TRANSACTIONS (the previous commit's markers still being
+                // written: the normal case right after a commit) after
+                // retry.backoff.ms, 100 by default, doubling: that wait, not the broker,
+                // was most of send_offsets_to_transaction's time between back-to-back
+                // transactions (Kafka's Java client uses 20 ms for this case).
+                .set("retry.backoff.ms", "5")
+                .set("retry.backoff.max.ms", "250")
                 .create()
                 .map_err(|e| anyhow::anyhow!("cannot create the publisher's producer: {e}"))?;
         producer
@@ -67,37 +75,62 @@ impl TxnPublisher {
     /// One transaction: `out` to the public topics and `positions` (with their
     /// metadata) to the group. Aborted, and an error, if any step fails.
     pub fn commit(&self, out: &[Outgoing], positions: &TopicPartitionList) -> anyhow::Result<()> {
-        self.producer.begin_transaction()?;
+        self.begin()?;
         for o in out {
-            let topic = o.channel.topic(&self.topic_prefix);
-            let value = o.value();
-            let mut record = BaseRecord::to(&topic).key(&o.key).payload(&value);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, r))
-                        if e.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                    {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => {
-                        let _ = self.producer.abort_transaction(TXN_TIMEOUT);
-                        return Err(anyhow::anyhow!("producing to {topic}: {e}"));
-                    }
+            self.send(o)?;
+        }
+        self.finish(positions).map(|_| ())
+    }
+
+    /// Opens a transaction: [`send`](Self::send) records into it, then
+    /// [`finish`](Self::finish) it.
+    pub fn begin(&self) -> anyhow::Result<()> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| anyhow::anyhow!("beginning a transaction: {e}"))
+    }
+
+    /// Hands one record of the open transaction to the producer (sent in the
+    /// background, `linger.ms`); aborts the transaction on an error.
+    pub fn send(&self, o: &Outgoing) -> anyhow::Result<()> {
+        let topic = o.channel.topic(&self.topic_prefix);
+        let mut record = BaseRecord::to(&topic).key(&o.key).payload(o.value());
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((e, r))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => {
+                    let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+                    return Err(anyhow::anyhow!("producing to {topic}: {e}"));
                 }
             }
         }
+    }
+
+    /// Adds `positions` (with their metadata) to the open transaction and commits it
+    /// (waits until the broker has it); aborts it, and an error, if a step fails.
+    /// Returns how long each of the two steps waited: (offsets, commit).
+    pub fn finish(&self, positions: &TopicPartitionList) -> anyhow::Result<(Duration, Duration)> {
+        let t = Instant::now();
+        let mut offsets = Duration::ZERO;
         let done = self
             .producer
             .send_offsets_to_transaction(positions, &self.group, TXN_TIMEOUT)
-            .and_then(|()| self.producer.commit_transaction(TXN_TIMEOUT));
+            .and_then(|()| {
+                offsets = t.elapsed();
+                self.producer.commit_transaction(TXN_TIMEOUT)
+            });
         if let Err(e) = done {
             let _ = self.producer.abort_transaction(TXN_TIMEOUT);
             return Err(anyhow::anyhow!("committing a transaction: {e}"));
         }
-        Ok(())
+        Ok((offsets, t.elapsed() - offsets))
     }
 }
 
