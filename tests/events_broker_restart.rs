@@ -1,4 +1,5 @@
-//! `flashsale events publish` through a broker restart (issue 33): a Kafka deployment on
+//! `flashsale events publish` through a broker restart (issue 33; a module of the
+//! kafka_partitioner test binary, to keep the number of linked test binaries down): a Kafka deployment on
 //! a broker of this test's own (`ops/kafka/start.sh` on free ports, in a temporary
 //! dir; never the shared broker), the broker stopped (`ops/kafka/stop.sh --keep`) while
 //! holds keep coming (each retried with its Idempotency-Key while it gets 503) and
@@ -17,8 +18,7 @@ use flashsale_tests::{client, create_sale, flashsale_bin, free_port, serve_args,
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-mod public_events;
-use public_events::{
+use crate::public_events::{
     cancel_and_expire, holds_and_checkouts, inventory_matches_the_api, read_public_events, Acked,
     Expected,
 };
@@ -111,6 +111,9 @@ async fn public_events_stay_exactly_once_through_a_broker_restart() {
     let dir = tempfile::tempdir().unwrap();
     let broker = match OwnBroker::start(dir.path()) {
         Ok(b) => b,
+        Err(why) if kafka::services_required() => panic!(
+            "public events through a broker restart: FLASHSALE_REQUIRE_SERVICES=1 but this test cannot start a broker of its own: {why} (`make services-up` fetches Java's Kafka jars)"
+        ),
         Err(why) => {
             eprintln!(
                 "public events through a broker restart: cannot start a broker of this test's own ({why}); skipping (`make services-up` fetches Java's Kafka jars)"

@@ -9,6 +9,8 @@
 
 use flashsale_tests::kafka;
 mod public_events;
+#[path = "events_broker_restart.rs"]
+mod events_broker_restart;
 use public_events::{
     cancel_and_expire, holds_and_checkouts, inventory_matches_the_api, read_public_events, Acked,
     Expected,
