@@ -326,6 +326,7 @@ pub struct CommandBatchConfig {
     pub max_commands: usize,
     pub max_bytes: usize,
     pub wait_us: u64,
+    pub gap_us: u64,
 }
 
 impl Default for CommandBatchConfig {
@@ -335,6 +336,7 @@ impl Default for CommandBatchConfig {
             max_commands: k::DEFAULT_BATCH_COMMANDS,
             max_bytes: k::DEFAULT_BATCH_BYTES,
             wait_us: k::DEFAULT_BATCH_WAIT_US,
+            gap_us: k::DEFAULT_BATCH_GAP_US,
         }
     }
 }
@@ -345,6 +347,7 @@ impl CommandBatchConfig {
             max_commands: self.max_commands,
             max_bytes: self.max_bytes,
             max_wait: std::time::Duration::from_micros(self.wait_us),
+            min_gap: std::time::Duration::from_micros(self.gap_us),
         }
     }
 }
@@ -379,7 +382,7 @@ impl KafkaServeConfig {
             pg_pool_size: 8,
             topic_prefix: DEFAULT_TOPIC_PREFIX.into(),
             replies_partitions: 4,
-            linger_ms: 1,
+            linger_ms: 0,
             batching: CommandBatchConfig::default(),
             adopt_new_topics: false,
             engine: EngineGroupConfig::default(),
@@ -514,7 +517,7 @@ impl GatewayConfig {
             max_in_flight_per_partition: crate::kafka::KAFKA_MAX_IN_FLIGHT_PER_PARTITION,
             rate_limit_per_user: 5,
             rate_limit_burst: 10,
-            linger_ms: 1,
+            linger_ms: 0,
             batching: CommandBatchConfig::default(),
             data_dir: PathBuf::from("./data"),
             readmodel: ReadModelSnapshotConfig::default(),

@@ -4,13 +4,17 @@
 //! batches"), which the engine applies as consecutive commands at the record's offset.
 //!
 //! The rule, per partition (group commit, no timer on the quiet path):
-//! - nothing of the partition in flight: the command leaves at once, alone, as a
+//! - nothing of the partition in flight, and its last record left at least
+//!   [`BatchLimits::min_gap`] ago: the command leaves at once, alone, as a
 //!   single-command record (what any Kafka client writes). A lone buyer waits for
 //!   nothing.
 //! - a record of the partition in flight: the command waits for its acknowledgement
-//!   with the others that arrive meanwhile, and they leave together when it comes; or
-//!   sooner, when the batch reached [`BatchLimits::max_commands`] commands or would
-//!   pass [`BatchLimits::max_bytes`], or its oldest command waited
+//!   with the others that arrive meanwhile, and they leave together when it comes (but
+//!   not sooner than `min_gap` after the record before them left: under a steady
+//!   stream a partition's records are paced, so that each carries a few of them, the
+//!   way a producer's linger would, without delaying a lone command); or sooner, when
+//!   the batch reached [`BatchLimits::max_commands`] commands or would pass
+//!   [`BatchLimits::max_bytes`], or its oldest command waited
 //!   [`BatchLimits::max_wait`] (a slow acknowledgement does not hold a batch back
 //!   longer than that).
 //!
@@ -26,7 +30,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// How big a command batch may grow and how long its first command may wait.
@@ -39,6 +43,9 @@ pub struct BatchLimits {
     pub max_bytes: usize,
     /// Longest a command waits behind its partition's record in flight.
     pub max_wait: Duration,
+    /// Least time between two records of one partition while commands keep coming
+    /// (a command that finds its partition quiet for this long leaves at once).
+    pub min_gap: Duration,
 }
 
 impl Default for BatchLimits {
@@ -47,6 +54,7 @@ impl Default for BatchLimits {
             max_commands: DEFAULT_BATCH_COMMANDS,
             max_bytes: DEFAULT_BATCH_BYTES,
             max_wait: Duration::from_micros(DEFAULT_BATCH_WAIT_US),
+            min_gap: Duration::from_micros(DEFAULT_BATCH_GAP_US),
         }
     }
 }
@@ -55,6 +63,7 @@ impl Default for BatchLimits {
 pub const DEFAULT_BATCH_COMMANDS: usize = 512;
 pub const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
 pub const DEFAULT_BATCH_WAIT_US: u64 = 5_000;
+pub const DEFAULT_BATCH_GAP_US: u64 = 1_000;
 /// Upper bound of `--command-batch-bytes`: under the broker's default
 /// `message.max.bytes` (1 MiB) and the engine's decoding limit.
 pub const MAX_BATCH_BYTES: usize = 1_000_000;
@@ -79,6 +88,19 @@ struct Part {
     /// Bumped whenever the queue leaves: a timer armed for an earlier queue is void.
     generation: u64,
     timer_armed: bool,
+    /// A timer waits for the end of the gap after the last record (`min_gap`).
+    gap_armed: bool,
+    /// When the partition's last record was handed to the producer.
+    last_sent: Option<Instant>,
+}
+
+impl Part {
+    /// How much longer the queue must wait before it may leave by the gap rule
+    /// (`None`: it may leave now).
+    fn gap_left(&self, min_gap: Duration, now: Instant) -> Option<Duration> {
+        let since = now.saturating_duration_since(self.last_sent?);
+        (since < min_gap).then(|| min_gap - since)
+    }
 }
 
 pub(super) struct Batcher {
@@ -99,6 +121,8 @@ impl Batcher {
             max_commands: limits.max_commands.max(1),
             max_bytes: limits.max_bytes.clamp(1, MAX_BATCH_BYTES),
             max_wait: limits.max_wait,
+            // Never longer than a command may wait at all.
+            min_gap: limits.min_gap.min(limits.max_wait),
         };
         Arc::new(Batcher {
             producer,
@@ -148,27 +172,64 @@ impl Batcher {
             }
             part.bytes += queued.payload.len();
             part.queue.push(queued);
-            if part.in_flight == 0
+            let gap_left = if part.in_flight == 0 {
+                part.gap_left(self.limits.min_gap, Instant::now())
+            } else {
+                None
+            };
+            if (part.in_flight == 0 && gap_left.is_none())
                 || part.queue.len() >= self.limits.max_commands
                 || part.bytes >= self.limits.max_bytes
             {
                 self.send_locked(partition, &mut part);
-            } else if !part.timer_armed {
-                part.timer_armed = true;
-                let generation = part.generation;
-                let me = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(me.limits.max_wait).await;
-                    let mut part = me.part(partition);
-                    if part.generation == generation && !part.queue.is_empty() {
-                        me.send_locked(partition, &mut part);
-                    }
-                });
+            } else {
+                if let Some(left) = gap_left {
+                    self.arm_gap(partition, &mut part, left);
+                }
+                self.arm_wait(partition, &mut part);
             }
         }
         answered
             .await
             .unwrap_or_else(|_| Err(BusError::Unavailable("the Kafka producer stopped".into())))
+    }
+
+    /// The queue leaves after `max_wait` whatever happens (once per queue).
+    fn arm_wait(self: &Arc<Self>, partition: u32, part: &mut Part) {
+        if part.timer_armed {
+            return;
+        }
+        part.timer_armed = true;
+        let generation = part.generation;
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(me.limits.max_wait).await;
+            let mut part = me.part(partition);
+            if part.generation == generation && !part.queue.is_empty() {
+                me.send_locked(partition, &mut part);
+            }
+        });
+    }
+
+    /// The queue leaves when the gap after the last record is over, if nothing of the
+    /// partition is in flight then (else the acknowledgement sends it).
+    fn arm_gap(self: &Arc<Self>, partition: u32, part: &mut Part, left: Duration) {
+        if part.gap_armed {
+            return;
+        }
+        part.gap_armed = true;
+        let generation = part.generation;
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(left).await;
+            let mut part = me.part(partition);
+            if part.generation == generation {
+                part.gap_armed = false;
+                if part.in_flight == 0 && !part.queue.is_empty() {
+                    me.send_locked(partition, &mut part);
+                }
+            }
+        });
     }
 
     /// Hands the partition's queue to the producer as one record (under its lock: the
@@ -178,6 +239,7 @@ impl Batcher {
         part.bytes = 0;
         part.generation += 1;
         part.timer_armed = false;
+        part.gap_armed = false;
         if queue.is_empty() {
             return;
         }
@@ -226,6 +288,7 @@ impl Batcher {
             }
         };
         part.in_flight += 1;
+        part.last_sent = Some(Instant::now());
         let me = self.clone();
         tokio::spawn(async move {
             let result = match delivery.await {
@@ -246,7 +309,10 @@ impl Batcher {
             let mut part = me.part(partition);
             part.in_flight -= 1;
             if part.in_flight == 0 && !part.queue.is_empty() {
-                me.send_locked(partition, &mut part);
+                match part.gap_left(me.limits.min_gap, Instant::now()) {
+                    None => me.send_locked(partition, &mut part),
+                    Some(left) => me.arm_gap(partition, &mut part, left),
+                }
             }
         });
     }
@@ -262,5 +328,57 @@ fn clone_error(e: &BusError) -> BusError {
     match e {
         BusError::Full(p) => BusError::Full(*p),
         BusError::Unavailable(s) => BusError::Unavailable(s.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gap_rule_holds_a_record_back_only_inside_the_gap() {
+        let gap = Duration::from_micros(1_000);
+        let t0 = Instant::now();
+        let mut part = Part::default();
+        // Never sent: a lone command leaves at once.
+        assert_eq!(part.gap_left(gap, t0), None);
+        part.last_sent = Some(t0);
+        assert_eq!(part.gap_left(gap, t0), Some(gap));
+        assert_eq!(
+            part.gap_left(gap, t0 + Duration::from_micros(400)),
+            Some(Duration::from_micros(600))
+        );
+        // The gap is over: the next command leaves at once.
+        assert_eq!(part.gap_left(gap, t0 + gap), None);
+        assert_eq!(part.gap_left(gap, t0 + Duration::from_millis(5)), None);
+        // No gap: never held back.
+        assert_eq!(part.gap_left(Duration::ZERO, t0), None);
+    }
+
+    #[test]
+    fn the_gap_is_never_longer_than_the_wait() {
+        use flashsale_runtime::kafka::{producer_config, Delivery, KafkaHealth};
+        // A client needs no broker to be made (nothing is sent here).
+        let producer: FutureProducer<QuietContext> = producer_config(
+            "127.0.0.1:1",
+            "batcher-test",
+            0,
+            Delivery::Within(Duration::from_secs(1)),
+        )
+        .create_with_context(QuietContext::new(KafkaHealth::new("test", "127.0.0.1:1")))
+        .expect("a producer");
+        let limits = BatchLimits {
+            max_commands: 10,
+            max_bytes: 1_000,
+            max_wait: Duration::from_micros(300),
+            min_gap: Duration::from_micros(2_000),
+        };
+        let b = Batcher::new(producer, "t".into(), 1, limits);
+        assert_eq!(b.limits.min_gap, Duration::from_micros(300));
+        assert_eq!(b.limits.max_wait, Duration::from_micros(300));
+        assert_eq!(
+            BatchLimits::default().min_gap,
+            Duration::from_micros(DEFAULT_BATCH_GAP_US)
+        );
     }
 }

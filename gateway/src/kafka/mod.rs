@@ -32,8 +32,8 @@ mod batcher;
 mod follower;
 
 pub use batcher::{
-    BatchLimits, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_COMMANDS, DEFAULT_BATCH_WAIT_US,
-    MAX_BATCH_BYTES,
+    BatchLimits, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_COMMANDS, DEFAULT_BATCH_GAP_US,
+    DEFAULT_BATCH_WAIT_US, MAX_BATCH_BYTES,
 };
 pub use follower::{Follower, FollowerOptions, IDENTITY_EVERY};
 

@@ -243,13 +243,15 @@ pub struct ServeKafkaArgs {
     /// Partitions of the replies topic when serve creates it (gateway ids 0..N-1).
     #[arg(long, env = "FLASHSALE_REPLIES_PARTITIONS", default_value_t = 4, help_heading = H_SERVE_KAFKA)]
     pub replies_partitions: u32,
-    /// Linger of the gateway's command producer in ms: commands are batched into one
-    /// produce request for at most this long. 1 measured best on a 2-core box (side by
-    /// side at 64 connections: 0 costs ~40 % more CPU per hold in produce requests, 2
-    /// adds ~1 ms to an idle request). The engine's producer
-    /// does not linger: each of its records is a whole applied batch already.
+    /// Linger of the gateway's command producer in ms. 0: the command batches
+    /// (--command-batch-*) already gather the commands of a partition into one record,
+    /// and --command-batch-gap-us paces a partition's records under a steady stream
+    /// the way a linger did, without delaying a lone buyer's command (a linger of 1
+    /// added ~1 ms to every idle request: lone buyer p50 ~2 ms at 0 against ~3-4 ms at
+    /// 1, indicative, shared 2-core box). The engine's producer does not linger either:
+    /// each of its records is a whole applied batch already.
     /// (Env: FLASHSALE_LINGER_MS; the old name FLASHSALE_KAFKA_LINGER_MS is still read.)
-    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 1, help_heading = H_SERVE_KAFKA)]
+    #[arg(long, env = "FLASHSALE_LINGER_MS", default_value_t = 0, help_heading = H_SERVE_KAFKA)]
     pub linger_ms: u32,
     #[command(flatten)]
     pub batching: super::kafka::CommandBatchArgs,
