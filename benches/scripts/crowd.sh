@@ -233,6 +233,9 @@ def load(name):
     p = os.path.join(out, name + ".json")
     return json.load(open(p)) if os.path.exists(p) else None
 def ms(v):
+    # None: the report has no such figure (e.g. a crowd that never sold out)
+    if v is None:
+        return "none"
     return f"{v:,.1f} ms" if v < 100 else f"{v:,.0f} ms"
 def spoiled(r):
     return " (spoiled)" if r["harness"]["spoiled"] else ""
