@@ -47,7 +47,7 @@ impl OwnBroker {
                 "FLASHSALE_KAFKA_DIR".into(),
                 dir.join("kafka").display().to_string(),
             ),
-            // Never the lead's .services.env: this broker is not the shared one.
+            // Never the shared .services.env: this broker is the test's own.
             (
                 "FLASHSALE_SERVICES_ENV".into(),
                 dir.join("services.env").display().to_string(),

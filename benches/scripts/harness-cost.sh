@@ -31,7 +31,7 @@
 # send lag p99 and whether it lagged ("spoiled": p99 > 5 ms or > a quarter of the p99).
 # The answer: the highest rate whose step did not lag, and 1e6 / (µs per request), the
 # rate one core could offer at 100 %. About (secs + 4) s per step.
-# Example (what the lead runs, idle machine):
+# Example (on an idle machine):
 #   benches/scripts/harness-cost.sh --rates "10000 20000 30000 40000" --capacity 8000
 set -euo pipefail
 cd "$(dirname "$0")/../.."
