@@ -14,13 +14,13 @@
 //! stopped and its dir deleted at the end, also when the test fails half-way.
 
 use flashsale_tests::kafka::{self, Proc, Services};
-use flashsale_tests::{client, create_sale, flashsale_bin, free_port, serve_args, unique_sku};
+use flashsale_tests::{client, create_sale, free_port, serve_args, unique_sku};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::public_events::{
-    cancel_and_expire, holds_and_checkouts, inventory_matches_the_api, read_public_events, Acked,
-    Expected,
+    audit_reservations, cancel_and_expire, holds_and_checkouts, inventory_matches_the_api,
+    read_public_events, Acked, Expected,
 };
 
 fn script(name: &str) -> PathBuf {
@@ -206,30 +206,7 @@ async fn public_events_stay_exactly_once_through_a_broker_restart() {
     running.stop().await.unwrap();
 
     // The operators' audit of the same log: clean, and the same reservations.
-    let out = std::process::Command::new(flashsale_bin())
-        .args(["audit", "--json", "--quiet", "--kafka", &svc.kafka])
-        .args(["--topic-prefix", &prefix])
-        .env_remove("FLASHSALE_KAFKA")
-        .env_remove("FLASHSALE_POSTGRES")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "audit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        report["violations"].as_array().map(Vec::len),
-        Some(0),
-        "{report}"
-    );
-    let reservations: u64 = report["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["reservations"].as_u64().unwrap())
-        .sum();
-    assert_eq!(reservations, acked.holds.len() as u64, "audit: {report}");
+    let reservations = audit_reservations(&["--kafka", &svc.kafka, "--topic-prefix", &prefix]);
+    assert_eq!(reservations, acked.holds.len() as u64, "audit of the log");
     drop(broker);
 }

@@ -8,12 +8,12 @@
 //! them unless `FLASHSALE_REQUIRE_SERVICES=1`.
 
 use flashsale_tests::kafka;
-mod public_events;
 #[path = "events_broker_restart.rs"]
 mod events_broker_restart;
+mod public_events;
 use public_events::{
-    cancel_and_expire, holds_and_checkouts, inventory_matches_the_api, read_public_events, Acked,
-    Expected,
+    audit_reservations, cancel_and_expire, holds_and_checkouts, inventory_matches_the_api,
+    read_public_events, Acked, Expected,
 };
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -355,31 +355,12 @@ async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
     server.kill9();
 
     // The operators' audit of the same log counts the same reservations.
-    let out = Command::new(flashsale_tests::flashsale_bin())
-        .args(["audit", "--json", "--quiet", "--data-dir"])
-        .arg(&data)
-        .env_remove("FLASHSALE_KAFKA")
-        .env_remove("FLASHSALE_POSTGRES")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "audit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reservations = audit_reservations(&["--data-dir", data.to_str().unwrap()]);
     assert_eq!(
-        report["violations"].as_array().map(Vec::len),
-        Some(0),
-        "{report}"
+        reservations,
+        acked.holds.len() as u64,
+        "audit of the data dir"
     );
-    let reservations: u64 = report["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["reservations"].as_u64().unwrap())
-        .sum();
-    assert_eq!(reservations, acked.holds.len() as u64, "audit: {report}");
 }
 
 /// Kafka mode, `flashsale events publish` across an engine failover: two `flashsale

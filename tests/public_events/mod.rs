@@ -3,6 +3,36 @@
 //! read_committed reader of the three public topics that checks each event once.
 #![allow(dead_code)] // each test binary uses its own part
 
+/// `flashsale audit --json --quiet` of the log that `log_args` name (`--data-dir DIR`, or
+/// `--kafka BROKERS --topic-prefix P`): asserts it exits 0 with no violation and returns
+/// the reservations it counts over all partitions.
+pub(crate) fn audit_reservations(log_args: &[&str]) -> u64 {
+    let out = std::process::Command::new(flashsale_tests::flashsale_bin())
+        .args(["audit", "--json", "--quiet"])
+        .args(log_args)
+        .env_remove("FLASHSALE_KAFKA")
+        .env_remove("FLASHSALE_POSTGRES")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "audit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["violations"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
+    report["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["reservations"].as_u64().unwrap())
+        .sum()
+}
+
 /// What a run acknowledged: every hold (reservation id -> SKU), every order, the holds
 /// checked out, one cancelled and one left to expire.
 pub(crate) struct Expected<'a> {
