@@ -9,7 +9,7 @@ use crate::snapshot::{self, Snapshots, Trigger};
 use anyhow::Context;
 use flashsale_proto::*;
 use flashsale_runtime::kafka::{
-    consumer_config, watermarks, KafkaHealth, QuietContext, STATS_INTERVAL_MS,
+    consumer_config, record_epoch, watermarks, KafkaHealth, QuietContext, STATS_INTERVAL_MS,
 };
 use flashsale_runtime::kafka_id::{self, TopicIdentity};
 use flashsale_runtime::patience::QUIET_EVERY;
@@ -254,16 +254,6 @@ struct FollowerState {
     event_fence: EpochFence,
     reply_fence: EpochFence,
     fence_lines: LogLimiter,
-}
-
-/// The owner epoch an engine wrote on an output record ([`EPOCH_HEADER`]).
-fn record_epoch(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<u64> {
-    use rdkafka::message::Headers;
-    m.headers()?
-        .iter()
-        .find(|h| h.key == EPOCH_HEADER)
-        .and_then(|h| h.value)
-        .and_then(parse_epoch)
 }
 
 fn follow(

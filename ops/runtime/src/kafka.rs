@@ -462,6 +462,17 @@ pub fn record_time_ms(ts: rdkafka::Timestamp) -> Option<u64> {
     ts.to_millis().and_then(|t| u64::try_from(t).ok())
 }
 
+/// The owner epoch an engine wrote on an output record (`events`, `replies`) as its
+/// [`flashsale_proto::EPOCH_HEADER`]; `None` without one or when it is not a number.
+pub fn record_epoch<M: rdkafka::Message>(m: &M) -> Option<u64> {
+    use rdkafka::message::Headers as _;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == flashsale_proto::EPOCH_HEADER)
+        .and_then(|h| h.value)
+        .and_then(flashsale_proto::parse_epoch)
+}
+
 /// A wait for metadata and other admin answers.
 pub const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 

@@ -27,7 +27,7 @@ use flashsale_runtime::pg::{PgError, Pool, Retry};
 use flashsale_runtime::ratelimit::{similarity_key, LogLimiter};
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -401,12 +401,7 @@ impl Read<'_, '_> {
                     }
                     *seen = msg.offset() + 1;
                 }
-                let epoch = msg.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == flashsale_proto::EPOCH_HEADER)
-                        .and_then(|h| h.value)
-                        .and_then(flashsale_proto::parse_epoch)
-                });
+                let epoch = flashsale_runtime::kafka::record_epoch(&msg);
                 // One Kafka record holds the events of one applied batch of commands of
                 // this partition (events partition = command partition).
                 let mut batch: Vec<flashsale_proto::EventRecord> = Vec::new();

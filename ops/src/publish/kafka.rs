@@ -19,7 +19,7 @@
 use super::txn::{self, TxnPublisher, TXN_TIMEOUT};
 use super::{map_batch, Channel, Origin};
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -236,12 +236,7 @@ fn session(config: &PublisherConfig, origin: &Origin, stop: &AtomicBool) -> anyh
         }
         read += 1;
         positions.insert(msg.partition(), msg.offset() + 1);
-        let epoch = msg.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == flashsale_proto::EPOCH_HEADER)
-                .and_then(|h| h.value)
-                .and_then(flashsale_proto::parse_epoch)
-        });
+        let epoch = flashsale_runtime::kafka::record_epoch(&msg);
         let mut batch: Vec<flashsale_proto::EventRecord> = Vec::new();
         match msg
             .payload()
