@@ -56,30 +56,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 NAME=bench-compare
 
-# --- helpers (self-contained: this script does not depend on ops/ internals) ---
-log() { printf '[%s] %s\n' "$NAME" "$*" >&2; }
-warn() { printf '[%s] WARNING: %s\n' "$NAME" "$*" >&2; }
-# Set-up failures exit 2, so that 1 keeps meaning "correctness violations".
-fail() {
-	printf '[%s] ERROR: %s\n' "$NAME" "$*" >&2
-	exit 2
-}
-usage() { sed -n '2,/^[^#]/{/^#/!q;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-abs_path() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "$(pwd)" "$1" ;; esac }
-alive() { kill -0 "$1" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
-# stop PID: SIGTERM, up to 15 s, then SIGKILL. Only ever called on pids started here.
-stop_pid() {
-	local pid=$1 i
-	alive "$pid" || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 75; i++)); do
-		alive "$pid" || return 0
-		sleep 0.2
-	done
-	warn "pid $pid still alive after 15 s: SIGKILL"
-	kill -KILL "$pid" 2>/dev/null || true
-}
+# log, warn, fail, usage, stop_pid, free_port, record, release_binaries, broker_pids, …
+# shellcheck source=benches/scripts/lib.sh
+. "$HERE/lib.sh"
 
 rounds="" secs="" quick=0 only=embedded,kafka,redis,postgres
 while (($#)); do
@@ -128,31 +107,13 @@ tsv=$results/measurements.tsv
 : >"$tsv"
 slo=${FLASHSALE_BENCH_SLO_P99_MS:-50}
 token=bench-$(od -An -tx8 -N8 /dev/urandom | tr -d ' \n')
-clk_tck=$(getconf CLK_TCK)
 
 # --- tools and binaries ---
-if ! command -v wrk >/dev/null; then
-	log "wrk not found: installing Debian's package"
-	if ((EUID == 0)); then
-		apt-get install -y wrk >&2 || { apt-get update >&2 && apt-get install -y wrk >&2; } ||
-			fail "could not install wrk"
-	else
-		sudo apt-get install -y wrk >&2 || fail "could not install wrk (apt-get install wrk)"
-	fi
-fi
+ensure_wrk
+release_binaries
+# The baselines are built with the bench crate (release_binaries).
 bin=$CARGO_TARGET_DIR/release
-BENCH=$bin/flashsale-bench
-FLASHSALE=${FLASHSALE_BIN:+$(abs_path "$FLASHSALE_BIN")}
-FLASHSALE=${FLASHSALE:-$bin/flashsale}
-if [[ ${FLASHSALE_BENCH_NO_BUILD:-} != 1 ]]; then
-	log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-	(cd "$REPO" && cargo build --release -p flashsale-bench --bins) >&2 || fail "cargo build (bench) failed"
-	if [[ -z ${FLASHSALE_BIN:-} ]]; then
-		# Whichever workspace crate holds the `flashsale` binary.
-		(cd "$REPO" && cargo build --release --bin flashsale) >&2 || fail "cargo build --bin flashsale failed"
-	fi
-fi
-need=("$BENCH" "$FLASHSALE")
+need=()
 [[ ,$only, == *,postgres,* ]] && need+=("$bin/baseline-postgres")
 [[ ,$only, == *,redis,* ]] && need+=("$bin/baseline-redis")
 for b in "${need[@]}"; do
@@ -178,12 +139,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 next_port=18181
-free_port() {
-	while port_open "$next_port"; do next_port=$((next_port + 1)); done
-	echo "$next_port"
-	next_port=$((next_port + 1))
-}
-http_ok() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$1$2") == 200 ]]; }
 
 # start_server NAME PORT READY_PATH CMD...: CMD in the background (rate limit off), log in
 # the results dir, waits up to 60 s for READY_PATH to answer 200. Returns 1 otherwise.
@@ -208,7 +163,6 @@ stop_server() {
 	server_pid=""
 }
 
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$tsv"; }
 note() {
 	record "$1" note "$2"
 	warn "$1: $2"
@@ -230,26 +184,6 @@ create_sale() {
 	}
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# broker_pids: the Kafka broker(s) of $kafka: the pid listening on each bootstrap port
-# (ss), else every `kafka.Kafka` JVM of this machine (ops/kafka/start.sh runs one).
-broker_pids() {
-	local hp pids=""
-	for hp in ${kafka//,/ }; do
-		pids+=" $(ss -Hltnp "sport = :${hp##*:}" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u | tr '\n' ' ')"
-	done
-	pids=$(echo $pids)
-	[[ -n $pids ]] || pids=$(pgrep -f kafka.Kafka | tr '\n' ' ' || true)
-	echo $pids
-}
-# ticks_of PID...: utime + stime of these processes together.
-ticks_of() {
-	local t=0 p
-	for p in "$@"; do
-		[[ -r /proc/$p/stat ]] && t=$((t + $(cpu_ticks "$p")))
-	done
-	echo "$t"
-}
 # lone_buyer NAME PORT SKU OUT: 200 holds one after another on one connection (curl -K,
 # a new userId each) on the idle server: their p50/p99 and rate as the `…@1` row.
 lone_buyer() {

@@ -47,28 +47,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 NAME=events-cost
 
-log() { printf '[%s] %s\n' "$NAME" "$*" >&2; }
-warn() { printf '[%s] WARNING: %s\n' "$NAME" "$*" >&2; }
-fail() {
-	printf '[%s] ERROR: %s\n' "$NAME" "$*" >&2
-	exit 2
-}
-usage() { sed -n '2,/^[^#]/{/^#/!q;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-abs_path() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "$(pwd)" "$1" ;; esac }
-alive() { kill -0 "$1" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
-# stop_pid PID: SIGTERM, up to 15 s, then SIGKILL. Only ever called on pids started here.
-stop_pid() {
-	local pid=$1 i
-	alive "$pid" || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 75; i++)); do
-		alive "$pid" || return 0
-		sleep 0.2
-	done
-	warn "pid $pid still alive after 15 s: SIGKILL"
-	kill -KILL "$pid" 2>/dev/null || true
-}
+# log, warn, fail, usage, stop_pid, free_port, record, release_binaries, broker_pids, …
+# shellcheck source=benches/scripts/lib.sh
+. "$HERE/lib.sh"
 
 rounds="" secs="" lag_secs="" rate=5000 quick=0 do_cost=1 do_lag=1
 while (($#)); do
@@ -124,29 +105,8 @@ tsv=$results/measurements.tsv
 token=bench-$(od -An -tx8 -N8 /dev/urandom | tr -d ' \n')
 stamp=$(date -u +%H%M%S)
 
-if ((do_cost)) && ! command -v wrk >/dev/null; then
-	log "wrk not found: installing Debian's package"
-	if ((EUID == 0)); then
-		apt-get install -y wrk >&2 || { apt-get update >&2 && apt-get install -y wrk >&2; } ||
-			fail "could not install wrk"
-	else
-		sudo apt-get install -y wrk >&2 || fail "could not install wrk (apt-get install wrk)"
-	fi
-fi
-bin=$CARGO_TARGET_DIR/release
-BENCH=$bin/flashsale-bench
-FLASHSALE=${FLASHSALE_BIN:+$(abs_path "$FLASHSALE_BIN")}
-FLASHSALE=${FLASHSALE:-$bin/flashsale}
-if [[ ${FLASHSALE_BENCH_NO_BUILD:-} != 1 ]]; then
-	log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-	(cd "$REPO" && nice -n 10 cargo build --release -p flashsale-bench --bins) >&2 || fail "cargo build (bench) failed"
-	if [[ -z ${FLASHSALE_BIN:-} ]]; then
-		(cd "$REPO" && nice -n 10 cargo build --release --bin flashsale) >&2 || fail "cargo build --bin flashsale failed"
-	fi
-fi
-for b in "$BENCH" "$FLASHSALE"; do
-	[[ -x $b ]] || fail "missing binary $b"
-done
+((do_cost)) && ensure_wrk
+release_binaries
 
 # --- processes this script starts (only these are ever stopped) ---
 pids=()
@@ -162,35 +122,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 next_port=18281
-free_port() {
-	while port_open "$next_port"; do next_port=$((next_port + 1)); done
-	echo "$next_port"
-	next_port=$((next_port + 1))
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-clk_tck=$(getconf CLK_TCK)
-# broker_pids: the Kafka broker(s) of $kafka: the pid listening on each bootstrap port
-# (ss), else every `kafka.Kafka` JVM of this machine (as bench-compare.sh).
-broker_pids() {
-	local hp pids=""
-	for hp in ${kafka//,/ }; do
-		pids+=" $(ss -Hltnp "sport = :${hp##*:}" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u | tr '\n' ' ')"
-	done
-	pids=$(echo $pids)
-	[[ -n $pids ]] || pids=$(pgrep -f kafka.Kafka | tr '\n' ' ' || true)
-	echo $pids
-}
-# ticks_of PID...: utime + stime of these processes together (0 for one that is gone).
-ticks_of() {
-	local t=0 p
-	for p in "$@"; do
-		[[ -r /proc/$p/stat ]] && t=$((t + $(cpu_ticks "$p")))
-	done
-	echo "$t"
-}
-http_ok() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$1$2") == 200 ]]; }
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$tsv"; }
-
 # start_stack NAME PREFIX PORT PUBLISH(0|1): topics, `serve --kafka` (waits for /ready),
 # and the publisher when asked. Sets server_pid and publisher_pid (empty when off).
 server_pid="" publisher_pid=""
