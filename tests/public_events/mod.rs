@@ -43,6 +43,11 @@ pub(crate) struct Expected<'a> {
     pub(crate) expiring: &'a String,
 }
 
+/// How long [`read_public_events`] waits for every expected event: a bound for a stuck
+/// publisher, far above a normal run's few seconds (a broker restarted on a loaded
+/// machine can take tens of seconds to serve transactions again).
+const READ_DEADLINE_SECS: u64 = 150;
+
 /// Reads the three public topics of `prefix` from their start with
 /// `isolation.level=read_committed` until every expected event came (and 3 s more for a
 /// duplicate to show), checking each record against its schema, key = subject and
@@ -119,7 +124,7 @@ pub(crate) fn read_public_events(
             ))
             && seen.contains_key(&("com.flashsale.reservation.expired".into(), expiring.clone()))
     };
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(READ_DEADLINE_SECS);
     let mut quiet_since: Option<Instant> = None;
     loop {
         if Instant::now() >= deadline {
@@ -136,7 +141,7 @@ pub(crate) fn read_public_events(
                 })
                 .count();
             panic!(
-                "not every event arrived within 90 s: {missing_holds} of {} holds and \
+                "not every event arrived within {READ_DEADLINE_SECS} s: {missing_holds} of {} holds and \
                  {missing_orders} of {} orders not seen as created; {} events seen. The \
                  processes' logs (their last lines):\n{}",
                 holds.len(),

@@ -17,8 +17,13 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::TopicPartitionList;
 use std::time::{Duration, Instant};
 
-/// Longest wait of one transaction step (init, offsets, commit).
-pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait of one transaction step (init, offsets, commit, abort) and of reading
+/// the committed positions. A step that waits longer ends the session (its open
+/// transaction aborted or left to the next `init_transactions`), and the next session
+/// starts again from the committed positions; so after a broker outage the publisher
+/// resumes within about this much of the broker's return, instead of a chain of long
+/// waits (a step normally takes milliseconds; 10 s is far above a loaded broker's).
+pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A transactional producer and the consumer whose group holds the positions.
 pub(super) struct TxnPublisher {
