@@ -13,14 +13,14 @@
 //! services-up` fetches them). One broker JVM (384 MB heap) for ~1-2 minutes; it is
 //! stopped and its dir deleted at the end, also when the test fails half-way.
 
-use flashsale_tests::kafka::{self, Proc, Services};
-use flashsale_tests::{client, create_sale, free_port, serve_args, unique_sku};
+use flashsale_tests::kafka::{self, Services};
+use flashsale_tests::{create_sale, free_port, unique_sku};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::public_events::{
     audit_reservations, cancel_and_expire, holds_and_checkouts, inventory_matches_the_api,
-    read_public_events, Acked, Expected,
+    read_public_events, start_with_publisher, Acked, Expected, WithPublisher,
 };
 
 fn script(name: &str) -> PathBuf {
@@ -125,28 +125,14 @@ async fn public_events_stay_exactly_once_through_a_broker_restart() {
         kafka: broker.addr.clone(),
         postgres: None,
     };
-    let kafka_args = kafka::serve_kafka_args(&svc).await.unwrap();
-    let prefix = kafka_args.topic_prefix.clone();
-    let args = serve_args(dir.path().join("data"));
-    let (gw, k, extras) = flashsale_ops::kafka::cli::serve_parts(&args, &kafka_args)
-        .await
-        .unwrap();
-    let running = flashsale_ops::kafka::start(gw, k, extras).await.unwrap();
-    let base = format!("http://{}", running.addr);
-    let http = client();
-    flashsale_tests::wait_ready(&http, &base).await;
-
-    let publish_args: Vec<String> = [
-        "events",
-        "publish",
-        "--kafka",
-        &svc.kafka,
-        "--topic-prefix",
-        &prefix,
-    ]
-    .map(String::from)
-    .to_vec();
-    let publisher = Proc::spawn("publisher", &publish_args, dir.path()).unwrap();
+    let WithPublisher {
+        running,
+        base,
+        prefix,
+        http,
+        publisher,
+        ..
+    } = start_with_publisher(&svc, dir.path()).await;
 
     let skus: Vec<String> = (0..3).map(|_| unique_sku("RPUB")).collect();
     let short = unique_sku("RPUBTTL");

@@ -149,35 +149,21 @@ async fn java_default_partitioner_matches_partition_for_key() {
 /// and each SKU's last inventory update equal to the API's count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_events_reach_a_read_committed_consumer_exactly_once_through_kill9() {
-    use flashsale_tests::{call, client, create_sale, kafka::Proc, serve_args, unique_sku, TOKEN};
+    use flashsale_tests::{call, create_sale, kafka::Proc, unique_sku, TOKEN};
     use std::collections::{BTreeMap, HashSet};
 
     let Some(svc) = kafka::services_or_skip("public events") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let kafka_args = kafka::serve_kafka_args(&svc).await.unwrap();
-    let prefix = kafka_args.topic_prefix.clone();
-    let args = serve_args(dir.path().join("data"));
-    let (gw, k, extras) = flashsale_ops::kafka::cli::serve_parts(&args, &kafka_args)
-        .await
-        .unwrap();
-    let running = flashsale_ops::kafka::start(gw, k, extras).await.unwrap();
-    let base = format!("http://{}", running.addr);
-    let http = client();
-    flashsale_tests::wait_ready(&http, &base).await;
-
-    let publish_args: Vec<String> = [
-        "events",
-        "publish",
-        "--kafka",
-        &svc.kafka,
-        "--topic-prefix",
-        &prefix,
-    ]
-    .map(String::from)
-    .to_vec();
-    let mut publisher = Proc::spawn("publisher", &publish_args, dir.path()).unwrap();
+    let public_events::WithPublisher {
+        running,
+        base,
+        prefix,
+        http,
+        publish_args,
+        mut publisher,
+    } = public_events::start_with_publisher(&svc, dir.path()).await;
 
     let skus: Vec<String> = (0..3).map(|_| unique_sku("PUB")).collect();
     let short = unique_sku("PUBTTL");
@@ -307,7 +293,8 @@ async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
         "--topic-prefix",
         prefix.as_str(),
     ];
-    let mut server = ChildServer::start(&data, free_port(), &flags)
+    let log = dir.path().join("server.log");
+    let mut server = ChildServer::start_logged(&data, free_port(), &flags, Some(&log))
         .await
         .unwrap();
     let http = client();
@@ -327,7 +314,7 @@ async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
     holds_and_checkouts(&http, &server.base, &skus, 0..30, &mut acked).await;
     // Mid-run: the node dies without a word (its publisher too) and starts again.
     server.kill9();
-    server = ChildServer::start(&data, free_port(), &flags)
+    server = ChildServer::start_logged(&data, free_port(), &flags, Some(&log))
         .await
         .unwrap();
     holds_and_checkouts(&http, &server.base, &skus, 30..60, &mut acked).await;
@@ -343,7 +330,7 @@ async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
             cancelled: &cancelled,
             expiring: &expiring,
         },
-        "(the child server's stderr is not kept)",
+        &dir.path().display().to_string(),
     );
     inventory_matches_the_api(
         &http,

@@ -423,3 +423,52 @@ pub(crate) fn log_tails(dir: &std::path::Path, n: usize) -> String {
     }
     out
 }
+
+/// A Kafka deployment with its publisher, as the public-events tests start it:
+/// `serve --kafka` in this process on fresh topics of `svc` (data in `dir/data`), ready,
+/// and `flashsale events publish` on the same topics as a child process (its log in
+/// `dir`).
+pub(crate) struct WithPublisher {
+    pub(crate) running: flashsale_ops::Running,
+    pub(crate) base: String,
+    pub(crate) prefix: String,
+    pub(crate) http: reqwest::Client,
+    /// The publisher's command line, to start another one after a kill.
+    pub(crate) publish_args: Vec<String>,
+    pub(crate) publisher: flashsale_tests::kafka::Proc,
+}
+
+pub(crate) async fn start_with_publisher(
+    svc: &flashsale_tests::kafka::Services,
+    dir: &std::path::Path,
+) -> WithPublisher {
+    let kafka_args = flashsale_tests::kafka::serve_kafka_args(svc).await.unwrap();
+    let prefix = kafka_args.topic_prefix.clone();
+    let args = flashsale_tests::serve_args(dir.join("data"));
+    let (gw, k, extras) = flashsale_ops::kafka::cli::serve_parts(&args, &kafka_args)
+        .await
+        .unwrap();
+    let running = flashsale_ops::kafka::start(gw, k, extras).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let http = flashsale_tests::client();
+    flashsale_tests::wait_ready(&http, &base).await;
+    let publish_args: Vec<String> = [
+        "events",
+        "publish",
+        "--kafka",
+        &svc.kafka,
+        "--topic-prefix",
+        &prefix,
+    ]
+    .map(String::from)
+    .to_vec();
+    let publisher = flashsale_tests::kafka::Proc::spawn("publisher", &publish_args, dir).unwrap();
+    WithPublisher {
+        running,
+        base,
+        prefix,
+        http,
+        publish_args,
+        publisher,
+    }
+}

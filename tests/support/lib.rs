@@ -337,6 +337,27 @@ impl ChildServer {
         port: u16,
         extra: &[&str],
     ) -> anyhow::Result<ChildServer> {
+        Self::start_logged(data_dir, port, extra, None).await
+    }
+
+    /// [`ChildServer::start`] with the server's stderr appended to `log` (a restart adds
+    /// to the same file), for a failure message to show; `None` drops it.
+    pub async fn start_logged(
+        data_dir: &std::path::Path,
+        port: u16,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> anyhow::Result<ChildServer> {
+        let stderr = match log {
+            Some(path) => std::process::Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .context("the server's log file")?,
+            ),
+            None => std::process::Stdio::null(),
+        };
         let child = std::process::Command::new(flashsale_bin())
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -354,7 +375,7 @@ impl ChildServer {
             .env_remove("FLASHSALE_KAFKA")
             .env_remove("FLASHSALE_POSTGRES")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("spawn flashsale")?;
         let base = format!("http://127.0.0.1:{port}");
