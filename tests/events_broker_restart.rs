@@ -108,6 +108,7 @@ impl Drop for OwnBroker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_events_stay_exactly_once_through_a_broker_restart() {
+    let _alone = crate::public_events::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let broker = match OwnBroker::start(dir.path()) {
         Ok(b) => b,

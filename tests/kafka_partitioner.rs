@@ -149,6 +149,7 @@ async fn java_default_partitioner_matches_partition_for_key() {
 /// and each SKU's last inventory update equal to the API's count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_events_reach_a_read_committed_consumer_exactly_once_through_kill9() {
+    let _beside = public_events::beside_others().await;
     use flashsale_tests::{call, create_sale, kafka::Proc, unique_sku, TOKEN};
     use std::collections::{BTreeMap, HashSet};
 
@@ -276,6 +277,7 @@ async fn public_events_reach_a_read_committed_consumer_exactly_once_through_kill
 /// by `flashsale audit` of the data directory equal to the `created` events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
+    let _beside = public_events::beside_others().await;
     use flashsale_tests::{client, create_sale, free_port, unique_sku, ChildServer};
 
     let Some(svc) = kafka::services_or_skip("embedded public events") else {
@@ -357,6 +359,7 @@ async fn embedded_serve_publishes_every_event_once_through_kill9_of_the_node() {
 /// once, read_committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_events_stay_exactly_once_through_kill9_of_an_engine() {
+    let _beside = public_events::beside_others().await;
     use flashsale_tests::{
         client, create_sale, free_port, kafka::Proc, unique_sku, wait_ready, TOKEN,
     };

@@ -43,6 +43,24 @@ pub(crate) struct Expected<'a> {
     pub(crate) expiring: &'a String,
 }
 
+/// The broker-restart test starts, stops and starts again a broker JVM of its own, which
+/// takes both cores of a small machine for seconds at a time; the other public-events
+/// tests of the binary run beside each other ([`beside_others`]) but not beside it
+/// ([`alone`]), so that none of them measures a starved machine. (What a starved
+/// publisher does is what the broker-restart test itself checks.)
+/// (tokio's lock: each test has its own runtime, and a guard is held across awaits.)
+static HEAVY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held by the broker-restart test for its whole run.
+pub(crate) async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    HEAVY.write().await
+}
+
+/// Held by the other public-events tests for their whole run.
+pub(crate) async fn beside_others() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    HEAVY.read().await
+}
+
 /// How long [`read_public_events`] waits for every expected event: a bound for a stuck
 /// publisher, far above a normal run's few seconds (a broker restarted on a loaded
 /// machine can take tens of seconds to serve transactions again).

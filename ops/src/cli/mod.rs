@@ -64,6 +64,8 @@ pub struct Cli {
 /// The help section of the flags every subcommand takes (logging, tracing).
 const GLOBAL: &str = "Global options (logging, tracing; any subcommand)";
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API with the engine (embedded mode: log and snapshots in --data-dir).
