@@ -538,9 +538,23 @@ impl Placement {
 fn mode_profile(
     mut roles: BTreeMap<String, RoleCost>,
     mut runs: Vec<ProfileRun>,
-    at: AtCeiling,
+    mut at: AtCeiling,
 ) -> ModeProfile {
-    hold_costs_at_ceiling(&mut roles, &at.hold_us);
+    // The hold costs of the faster of the two clean runs: the cost falls with the rate,
+    // and a plan predicts the rate where the deployment runs at its limit.
+    let walked = runs
+        .iter()
+        .filter(|r| r.what == "hold" && r.used)
+        .map(|r| r.rate_per_s)
+        .fold(0.0, f64::max);
+    match &mut at.run {
+        Some(r) if r.used && r.rate_per_s > walked => {
+            // The walk's hold run keeps `used`: memory and follower costs come from it.
+            hold_costs_at_ceiling(&mut roles, &at.hold_us);
+        }
+        Some(r) => r.used = false,
+        None => {}
+    }
     runs.extend(at.run);
     ModeProfile {
         roles,
