@@ -44,7 +44,7 @@
 # flashsale processes' core alone.
 # The topics (fsplan<pid>_*) and databases it creates are deleted at the end.
 # Needs 2 cores or more and taskset (util-linux). Run it on an idle machine (`uptime`):
-# anything else on core 0 or 1 lowers the measurement. About 7-9 minutes in all with a
+# anything else on core 0 or 1 lowers the measurement. About 6-9 minutes in all with a
 # fresh profile and one round.
 # Exit 0 when every ratio is inside its band, 1 when one is outside, 2 when a step
 # could not run.

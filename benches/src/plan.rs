@@ -111,7 +111,7 @@ pub struct ModeProfile {
 /// One measured run of a profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ProfileRun {
-    /// `hold`, `read`, `checkout`, `ceiling`.
+    /// `hold`, `read`, `checkout`, `hold at ceiling` (the run at 90 % of the ceiling).
     pub what: String,
     /// Requests of that kind answered.
     pub answered: u64,

@@ -96,11 +96,6 @@ pub(super) fn set_affinity(pid: u32, cpus: &str) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Every CPU of the machine, for `taskset -c`: `0-(n-1)`.
-pub(super) fn all_cpus(cores: u32) -> String {
-    format!("0-{}", cores.max(1) - 1)
-}
-
 fn pgrep(args: &[&str]) -> Vec<u32> {
     Command::new("pgrep")
         .args(args)
@@ -395,9 +390,11 @@ pub(super) async fn start_kafka(
     bin: &Path,
     logs: &Path,
     tag: &str,
+    copies: u16,
     pin: Option<&str>,
     notes: &mut Vec<String>,
 ) -> Result<Deployment, BenchError> {
+    let copies = copies.clamp(1, 2);
     let pg = args.postgres.clone().ok_or_else(|| {
         BenchError::Setup(
             "kafka mode needs --postgres or FLASHSALE_POSTGRES (set -a; . ./.services.env)".into(),
@@ -438,8 +435,8 @@ pub(super) async fn start_kafka(
         topics: Some((args.kafka.clone(), prefix.clone())),
         procs: Vec::new(),
         _dirs: Dirs(
-            ["engine0", "engine1", "gateway0", "gateway1"]
-                .iter()
+            (0..copies)
+                .flat_map(|i| [format!("engine{i}"), format!("gateway{i}")])
                 .map(|d| logs.join(format!("{tag}-{d}")))
                 .collect(),
         ),
@@ -457,7 +454,7 @@ pub(super) async fn start_kafka(
             "--partitions",
             "8",
             "--replies-partitions",
-            "2",
+            &copies.to_string(),
         ],
     )?;
     let common = |cmd: &str| -> Vec<String> {
@@ -473,7 +470,7 @@ pub(super) async fn start_kafka(
             "warn".into(),
         ]
     };
-    for i in 0..2 {
+    for i in 0..copies {
         let mut a = common("engine");
         a.extend([
             // Capacity, not failover, is measured: the default 600 ms session is
@@ -491,7 +488,7 @@ pub(super) async fn start_kafka(
         dep.procs
             .push(spawn(bin, &format!("{tag}-engine{i}"), &a, logs, pin)?);
     }
-    for i in 0..2u16 {
+    for i in 0..copies {
         let mut a = common("gateway");
         a.extend([
             "--gateway-id".into(),
@@ -513,24 +510,23 @@ pub(super) async fn start_kafka(
         logs,
         pin,
     )?);
-    let follower = client(args.port + 1, 4)?;
-    crate::runner::wait_ready(&follower, super::READY_WAIT).await?;
+    if copies > 1 {
+        let follower = client(args.port + 1, 4)?;
+        crate::runner::wait_ready(&follower, super::READY_WAIT).await?;
+    }
     crate::runner::wait_ready(&dep.client, super::READY_WAIT).await?;
-    let pid = |i: usize| dep.procs[i].pid();
-    let mut w = vec![
-        ("gateway0", pid(2)),
-        ("gateway1", pid(3)),
-        ("engine0", pid(0)),
-        ("engine1", pid(1)),
-        (ROLE_PROJECTOR, pid(4)),
-    ]
-    .into_iter()
-    .map(|(n, p)| Watched {
-        name: n.into(),
-        pids: vec![p],
-        own: true,
-    })
-    .collect::<Vec<_>>();
+    // Spawned in order: the engines, the gateways, the projector.
+    let c = usize::from(copies);
+    let mut w = (0..c)
+        .map(|i| (format!("gateway{i}"), dep.procs[c + i].pid()))
+        .chain((0..c).map(|i| (format!("engine{i}"), dep.procs[i].pid())))
+        .chain([(ROLE_PROJECTOR.to_string(), dep.procs[2 * c].pid())])
+        .map(|(n, p)| Watched {
+            name: n,
+            pids: vec![p],
+            own: true,
+        })
+        .collect::<Vec<_>>();
     // The broker this deployment uses: the one listening on --kafka's port (several
     // may run on the machine); else every `kafka.Kafka` process.
     let port = args.kafka.rsplit(':').next().unwrap_or("");
@@ -572,6 +568,5 @@ mod tests {
         assert_eq!(cpu_list_len("0-3,6,8-9"), Some(7));
         assert_eq!(cpu_list_len(""), None);
         assert_eq!(cpu_list_len("3-1"), None);
-        assert_eq!(all_cpus(2), "0-1");
     }
 }

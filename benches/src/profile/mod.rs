@@ -38,17 +38,25 @@
 //! the JSON. Memory per live hold: each process's RSS growth over that hold run per hold
 //! granted (holds kept live: a TTL of an hour, the sale kept).
 //!
-//! **The single-partition ceiling.** The deployment is restarted unpinned (every core,
-//! the harness too: the ceiling is what one SKU's engine actor sustains when the CPU
-//! around it is not the limit), then `--find-max` on one SKU, reservation p99 ≤ 50 ms,
-//! from 70 % of the one-core maximum the hold costs predict (`--ceiling-start`), ×1.3
-//! per step, 3 bisections (to within ~4 %). The grid is coarse by nature: two searches
-//! that bracket the same step report the same figure.
+//! **The single-partition ceiling, and the hold cost at it.** A fresh deployment,
+//! pinned like the cost runs (Kafka mode: one gateway, one engine and the projector:
+//! one engine actor with only what a hold needs around it), then `--find-max` on one
+//! SKU, reservation p99 ≤ 50 ms, from 80 % of the highest hold rate the cost runs
+//! answered cleanly (`--ceiling-start`), ×1.2 per step, 4 bisections (ceiling.rs). Then
+//! one hold run at 90 % of the ceiling: its CPU per hold, per process, replaces the cost
+//! runs' hold cost ([`hold_costs_at_ceiling`]). The cost of a Kafka-mode hold falls
+//! steeply with the rate (batches fill), and the busy share is no guide to how far a
+//! deployment is from its limit (a one-core 1+1 was ~45 % busy at 4,000 holds/s on a
+//! loaded machine, 128 µs per hold against 372 at 1,000/s), so
+//! the walk alone measured it far from where `plan --headroom 1` predicts.
 //!
 //! Bounded: every run has a fixed schedule, every start-up a deadline, every process is
 //! stopped (TERM, then KILL after 10 s) when the command ends, however it ends.
 
+mod ceiling;
 mod deploy;
+mod render;
+mod roles;
 mod walk;
 
 use std::collections::BTreeMap;
@@ -59,15 +67,15 @@ use clap::Args;
 
 use crate::client::ApiClient;
 use crate::error::BenchError;
-use crate::find_max::{find_max, FindMaxOptions};
-use crate::plan::{
-    BuildInfo, ModeProfile, Profile, ProfileRun, RoleCost, PROFILE_SCHEMA, ROLE_ENGINE,
-    ROLE_GATEWAY,
-};
+use crate::plan::{BuildInfo, ModeProfile, Profile, ProfileRun, RoleCost, PROFILE_SCHEMA};
 use crate::runner::{run, wait_ready, ProgressMode, RunOptions, RunOutput};
 use crate::scenario::Scenario;
-use deploy::{all_cpus, load_avg, sample, set_affinity, Deployment, Pinning, Watched};
+use ceiling::{ceiling_on, AtCeiling};
+pub use ceiling::{ceiling_options, ceiling_start, CEILING_AT_SHARE};
 pub use deploy::{cpu_list_len, machine};
+use deploy::{load_avg, sample, set_affinity, Deployment, Pinning, Watched};
+pub use render::render;
+pub use roles::{hold_costs_at_ceiling, kafka_roles};
 pub use walk::{
     busy_share, clean_run, Walk, BUSY_TOLERANCE, CLEAN_ANSWERED, CLEAN_P99_MS, MAX_LATER_STEP,
     MAX_RATE_STEP, MIN_EXPONENT,
@@ -142,11 +150,12 @@ pub struct ProfileArgs {
     /// cost runs, when the machine has 2 cores or more and taskset is there).
     #[arg(long)]
     pub no_pin: bool,
-    /// Skip the single-partition ceiling search (about 40-60 s per mode).
+    /// Skip the single-partition ceiling search and the hold run at it (about 40-70 s
+    /// per mode; the hold costs are then the cost runs').
     #[arg(long)]
     pub no_ceiling: bool,
-    /// First rate of the ceiling search, holds/s [default: 70 % of the one-core maximum
-    /// the hold costs predict].
+    /// First rate of the ceiling search, holds/s [default: 80 % of the highest hold rate
+    /// the cost runs answered cleanly].
     #[arg(long)]
     pub ceiling_start: Option<f64>,
     /// Where the processes' logs go [default: a new temporary directory].
@@ -310,8 +319,9 @@ struct Costs {
     /// Per watched process name.
     by_proc: BTreeMap<String, RoleCost>,
     runs: Vec<ProfileRun>,
-    /// CPU µs per hold of the deployment's own processes together.
-    own_hold_us: f64,
+    /// The highest hold rate a cost run answered cleanly, holds/s: where the ceiling
+    /// search starts from.
+    hold_max: Option<f64>,
 }
 
 /// The cost runs of one kind: from `first` req/s, walked towards the busy goal; returns
@@ -326,13 +336,14 @@ async fn walk(
     kind: Kind,
     first: f64,
     runs: &mut Vec<ProfileRun>,
-) -> Result<Measured, BenchError> {
+) -> Result<(Measured, Option<f64>), BenchError> {
     let w = &dep.watched;
     let secs = args.run_secs.clamp(2.0, 60.0);
     let mut rate = first;
     let mut tried: Vec<Measured> = Vec::new();
     let mut walk = Walk::new(args.busy, MAX_RATE);
     let from = runs.len();
+    let mut highest_clean: Option<f64> = None;
     for k in 0..args.max_runs.clamp(1, 6) {
         let m = measured(
             &dep.client,
@@ -357,6 +368,9 @@ async fn walk(
             _ => rate * secs,
         };
         let clean = clean_run(n, offered, r.latency_ms.p99);
+        if clean {
+            highest_clean = Some(highest_clean.map_or(rate, |h: f64| h.max(rate)));
+        }
         eprintln!(
             "profile: {mode} {} at {rate:.0}/s: {n} answered, p99 {:.1} ms, deployment {:.0} % busy{}",
             kind.what(),
@@ -387,7 +401,7 @@ async fn walk(
     }
     let i = walk.chosen();
     runs[from + i].used = true;
-    Ok(tried.swap_remove(i))
+    Ok((tried.swap_remove(i), highest_clean))
 }
 
 /// Waits until the deployment answers holds in time: 2-second probes at a low rate
@@ -414,6 +428,18 @@ async fn settle(mode: &str, client: &ApiClient) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// What each process spends doing nothing (consumers polling, timers), CPU s per s.
+async fn idle_rates(w: &[Watched]) -> Vec<f64> {
+    let before = sample(w);
+    tokio::time::sleep(Duration::from_secs_f64(IDLE_SECS)).await;
+    let after = sample(w);
+    before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a.0 - b.0) / IDLE_SECS)
+        .collect()
+}
+
 /// The cost runs of one deployment (pinned to `cores` cores, or the machine's).
 async fn cost_runs(
     args: &ProfileArgs,
@@ -423,141 +449,42 @@ async fn cost_runs(
 ) -> Result<Costs, BenchError> {
     let w = &dep.watched;
     settle(mode, &dep.client).await?;
-    // Idle: what each process spends doing nothing (consumers polling, timers).
-    let before = sample(w);
-    tokio::time::sleep(Duration::from_secs_f64(IDLE_SECS)).await;
-    let after = sample(w);
-    let idle: Vec<f64> = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| (a.0 - b.0) / IDLE_SECS)
-        .collect();
+    let idle = idle_rates(w).await;
     let mut runs = Vec::new();
     let mut costs: Vec<RoleCost> = vec![RoleCost::default(); w.len()];
-
-    let m = walk(
-        args,
-        mode,
-        dep,
-        &idle,
-        cores,
-        Kind::Hold,
-        args.hold_rate,
-        &mut runs,
-    )
-    .await?;
-    let holds = answered(&m.out, "reserve");
-    let granted = m.out.report.op("reserve").ok;
-    for (i, c) in costs.iter_mut().enumerate() {
-        c.cpu_us_per_hold = cost_per_request(m.cpu[i], idle[i], m.wall, 0.0, holds).unwrap_or(0.0);
-        c.rss_bytes_per_live_hold =
-            (granted > 0).then(|| (m.rss_growth[i].max(0) as f64) / granted as f64);
+    let mut hold_max = None;
+    // In this order: the checkout run takes its holds' cost off.
+    for (kind, first) in [
+        (Kind::Hold, args.hold_rate),
+        (Kind::Read, args.read_rate),
+        (Kind::Checkout, args.checkout_rate),
+    ] {
+        let (m, clean_max) = walk(args, mode, dep, &idle, cores, kind, first, &mut runs).await?;
+        let n = answered(&m.out, kind.op());
+        let holds = answered(&m.out, "reserve");
+        let granted = m.out.report.op("reserve").ok;
+        for (i, c) in costs.iter_mut().enumerate() {
+            let us =
+                |others: f64| cost_per_request(m.cpu[i], idle[i], m.wall, others, n).unwrap_or(0.0);
+            match kind {
+                Kind::Hold => {
+                    c.cpu_us_per_hold = us(0.0);
+                    c.rss_bytes_per_live_hold =
+                        (granted > 0).then(|| (m.rss_growth[i].max(0) as f64) / granted as f64);
+                }
+                Kind::Read => c.cpu_us_per_read = us(0.0),
+                Kind::Checkout => c.cpu_us_per_checkout = us(holds as f64 * c.cpu_us_per_hold),
+            }
+        }
+        if kind == Kind::Hold {
+            hold_max = clean_max;
+        }
     }
-
-    let m = walk(
-        args,
-        mode,
-        dep,
-        &idle,
-        cores,
-        Kind::Read,
-        args.read_rate,
-        &mut runs,
-    )
-    .await?;
-    let reads = answered(&m.out, "availability");
-    for (i, c) in costs.iter_mut().enumerate() {
-        c.cpu_us_per_read = cost_per_request(m.cpu[i], idle[i], m.wall, 0.0, reads).unwrap_or(0.0);
-    }
-
-    let m = walk(
-        args,
-        mode,
-        dep,
-        &idle,
-        cores,
-        Kind::Checkout,
-        args.checkout_rate,
-        &mut runs,
-    )
-    .await?;
-    let holds = answered(&m.out, "reserve");
-    let checkouts = answered(&m.out, "checkout");
-    for (i, c) in costs.iter_mut().enumerate() {
-        let others = holds as f64 * c.cpu_us_per_hold;
-        c.cpu_us_per_checkout =
-            cost_per_request(m.cpu[i], idle[i], m.wall, others, checkouts).unwrap_or(0.0);
-    }
-    let own_hold_us = w
-        .iter()
-        .zip(&costs)
-        .filter(|(x, _)| x.own)
-        .map(|(_, c)| c.cpu_us_per_hold)
-        .sum();
     Ok(Costs {
         by_proc: w.iter().map(|x| x.name.clone()).zip(costs).collect(),
         runs,
-        own_hold_us,
+        hold_max,
     })
-}
-
-/// The first rate of the ceiling search: `--ceiling-start`, else 70 % of the holds/s
-/// one core sustains at `own_hold_us` per hold; within 100-50,000/s.
-pub fn ceiling_start(given: Option<f64>, own_hold_us: f64) -> f64 {
-    let derived = if own_hold_us > 0.0 {
-        0.7 * 1e6 / own_hold_us
-    } else {
-        1000.0
-    };
-    given.unwrap_or(derived).clamp(100.0, 50_000.0).round()
-}
-
-/// The single-partition ceiling on `client`: one SKU, reservation p99 ≤ 50 ms. Returns
-/// the rate held and whether the search ended on its step limit (a lower bound).
-async fn ceiling(
-    mode: &str,
-    client: &ApiClient,
-    start: f64,
-) -> Result<Option<(f64, bool)>, BenchError> {
-    let s = base_scenario(3.0);
-    let o = FindMaxOptions {
-        start_rate_per_s: start,
-        factor: 1.3,
-        step_secs: 3.0,
-        max_steps: 6,
-        refine_steps: 3,
-        confirm_failures: 1,
-        slo_p99_ms: 50.0,
-        max_failure_share: 0.001,
-    };
-    let t = Instant::now();
-    let opts = options(&format!("{mode} ceiling"), "PX");
-    let mut out = find_max(client, &s, &opts, &o).await?;
-    if out
-        .report
-        .find_max
-        .as_ref()
-        .is_none_or(|f| f.max_rate_held_per_s.is_none())
-    {
-        // Even the first rate failed: once more from a quarter of it, with steps enough
-        // to reach it again (so the search brackets the ceiling and bisects).
-        let lower = FindMaxOptions {
-            start_rate_per_s: (o.start_rate_per_s / 4.0).max(10.0),
-            factor: 1.3,
-            max_steps: 7,
-            ..o.clone()
-        };
-        out = find_max(client, &s, &opts, &lower).await?;
-    }
-    let fm = out.report.find_max.clone();
-    let held = fm.as_ref().and_then(|f| f.max_rate_held_per_s);
-    eprintln!(
-        "profile: {mode} single-partition ceiling: {} in {:.0} s",
-        held.map_or("no rate held".into(), |h| format!("{h:.0} holds/s")),
-        t.elapsed().as_secs_f64()
-    );
-    // Every step held: the ceiling is above the last one.
-    Ok(held.map(|h| (h, fm.as_ref().is_some_and(|f| f.step_limit_reached))))
 }
 
 fn flashsale_bin(args: &ProfileArgs) -> Result<PathBuf, BenchError> {
@@ -594,50 +521,45 @@ impl Placement {
         }
     }
 
-    /// The harness back on every core (for the ceiling), or on its own again.
-    fn harness(&self, everywhere: bool) -> Result<(), BenchError> {
+    /// The harness (this process) on its own CPU, when pinned.
+    fn harness(&self) -> Result<(), BenchError> {
         match &self.pin {
-            Some(p) if everywhere => set_affinity(std::process::id(), &all_cpus(self.cores)),
             Some(p) => set_affinity(std::process::id(), &p.harness),
             None => Ok(()),
         }
     }
-}
 
-/// The ceiling on a fresh, unpinned deployment made by `start`.
-async fn ceiling_on(
-    args: &ProfileArgs,
-    mode: &str,
-    place: &Placement,
-    own_hold_us: f64,
-    start: impl std::future::Future<Output = Result<Deployment, BenchError>>,
-) -> Result<Option<(f64, bool)>, BenchError> {
-    if args.no_ceiling {
-        return Ok(None);
+    /// The deployment's CPUs for `taskset -c`, when pinned.
+    fn deployment(&self) -> Option<&str> {
+        self.pin.as_ref().map(|p| p.deployment.as_str())
     }
-    place.harness(true)?;
-    let dep = start.await?;
-    settle(mode, &dep.client).await?;
-    let c = ceiling(
-        mode,
-        &dep.client,
-        ceiling_start(args.ceiling_start, own_hold_us),
-    )
-    .await;
-    drop(dep);
-    place.harness(false)?;
-    c
 }
 
 fn mode_profile(
-    roles: BTreeMap<String, RoleCost>,
-    runs: Vec<ProfileRun>,
-    ceiling: Option<(f64, bool)>,
+    mut roles: BTreeMap<String, RoleCost>,
+    mut runs: Vec<ProfileRun>,
+    mut at: AtCeiling,
 ) -> ModeProfile {
+    // The hold costs of the faster of the two clean runs: the cost falls with the rate,
+    // and a plan predicts the rate where the deployment runs at its limit.
+    let walked = runs
+        .iter()
+        .filter(|r| r.what == "hold" && r.used)
+        .map(|r| r.rate_per_s)
+        .fold(0.0, f64::max);
+    match &mut at.run {
+        Some(r) if r.used && r.rate_per_s > walked => {
+            // The walk's hold run keeps `used`: memory and follower costs come from it.
+            hold_costs_at_ceiling(&mut roles, &at.hold_us);
+        }
+        Some(r) => r.used = false,
+        None => {}
+    }
+    runs.extend(at.run);
     ModeProfile {
         roles,
-        single_partition_ceiling_holds_per_s: ceiling.map(|c| c.0),
-        ceiling_is_lower_bound: ceiling.is_some_and(|c| c.1),
+        single_partition_ceiling_holds_per_s: at.ceiling.map(|c| c.0),
+        ceiling_is_lower_bound: at.ceiling.is_some_and(|c| c.1),
         runs,
     }
 }
@@ -648,15 +570,14 @@ async fn profile_embedded(
     logs: &Path,
     place: &Placement,
 ) -> Result<ModeProfile, BenchError> {
-    let pin = place.pin.as_ref().map(|p| p.deployment.as_str());
-    let dep = deploy::start_embedded(args, bin, logs, pin)?;
+    let dep = deploy::start_embedded(args, bin, logs, place.deployment())?;
     let costs = cost_runs(args, "embedded", &dep, place.deployment_cores()).await?;
     drop(dep);
-    let ceiling = ceiling_on(args, "embedded", place, costs.own_hold_us, async {
-        deploy::start_embedded(args, bin, logs, None)
+    let at = ceiling_on(args, "embedded", costs.hold_max, async {
+        deploy::start_embedded(args, bin, logs, place.deployment())
     })
     .await?;
-    Ok(mode_profile(costs.by_proc, costs.runs, ceiling))
+    Ok(mode_profile(costs.by_proc, costs.runs, at))
 }
 
 async fn profile_kafka(
@@ -671,48 +592,21 @@ async fn profile_kafka(
         std::process::id(),
         chrono::Utc::now().format("%H%M%S")
     );
-    let pin = place.pin.as_ref().map(|p| p.deployment.as_str());
-    let dep = deploy::start_kafka(args, bin, logs, &tag, pin, notes).await?;
+    let dep = deploy::start_kafka(args, bin, logs, &tag, 2, place.deployment(), notes).await?;
     let costs = cost_runs(args, "kafka", &dep, place.deployment_cores()).await?;
     drop(dep);
+    // The ceiling on one gateway, one engine and the projector: one engine actor with
+    // only what a hold needs around it on the core.
     let ctag = format!("{tag}c");
     let mut cnotes = Vec::new();
-    let ceiling = ceiling_on(
+    let at = ceiling_on(
         args,
         "kafka",
-        place,
-        costs.own_hold_us,
-        deploy::start_kafka(args, bin, logs, &ctag, None, &mut cnotes),
+        costs.hold_max,
+        deploy::start_kafka(args, bin, logs, &ctag, 1, place.deployment(), &mut cnotes),
     )
     .await?;
-    Ok(mode_profile(
-        kafka_roles(costs.by_proc),
-        costs.runs,
-        ceiling,
-    ))
-}
-
-/// Folds the per-process figures of the Kafka deployment into roles: `gateway` is the
-/// driven gateway 0 with gateway 1's hold cost as its follower cost; `engine` is the
-/// engine that spent more per hold (it owned the SKU's partition), the other its
-/// follower (standby).
-pub fn kafka_roles(mut p: BTreeMap<String, RoleCost>) -> BTreeMap<String, RoleCost> {
-    let mut roles = BTreeMap::new();
-    if let (Some(mut g0), Some(g1)) = (p.remove("gateway0"), p.remove("gateway1")) {
-        g0.follower_cpu_us_per_hold = Some(g1.cpu_us_per_hold);
-        roles.insert(ROLE_GATEWAY.to_string(), g0);
-    }
-    if let (Some(e0), Some(e1)) = (p.remove("engine0"), p.remove("engine1")) {
-        let (mut owner, standby) = if e0.cpu_us_per_hold >= e1.cpu_us_per_hold {
-            (e0, e1)
-        } else {
-            (e1, e0)
-        };
-        owner.follower_cpu_us_per_hold = Some(standby.cpu_us_per_hold);
-        roles.insert(ROLE_ENGINE.to_string(), owner);
-    }
-    roles.extend(p);
-    roles
+    Ok(mode_profile(kafka_roles(costs.by_proc), costs.runs, at))
 }
 
 /// `profile`: measures, prints the figures, writes the JSON; returns the exit code.
@@ -761,7 +655,7 @@ pub fn profile_command(args: &ProfileArgs) -> Result<u8, BenchError> {
         cores,
     };
     // Before the runtime starts: its threads inherit this thread's CPUs.
-    place.harness(false)?;
+    place.harness()?;
     let logs = match &args.out {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("flashsale-profile-{}", std::process::id())),
@@ -798,7 +692,8 @@ pub fn profile_command(args: &ProfileArgs) -> Result<u8, BenchError> {
     profile.notes.push(match &place.pin {
         Some(p) => format!(
             "cost runs: the deployment pinned to CPU {}, the harness to CPU {}, each request \
-             type at the rate that keeps the deployment ~{:.0} % busy; the ceiling unpinned",
+             type at the rate that keeps the deployment ~{:.0} % busy; the ceiling and the hold \
+             cost at 90 % of it pinned the same way",
             p.deployment,
             p.harness,
             args.busy * 100.0
@@ -847,63 +742,6 @@ pub fn profile_command(args: &ProfileArgs) -> Result<u8, BenchError> {
     Ok(0)
 }
 
-/// The profile as a table.
-pub fn render(p: &Profile) -> String {
-    use std::fmt::Write as _;
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "profile of {} ({}, {} cores, kernel {}), flashsale {} {} ({})",
-        p.taken_at,
-        p.machine.cpu_model,
-        p.machine.cores,
-        p.machine.kernel,
-        p.build.crate_version,
-        p.build.git_commit,
-        p.build.cargo_profile
-    );
-    for (mode, m) in [("embedded", &p.embedded), ("kafka", &p.kafka)] {
-        let Some(m) = m else { continue };
-        let _ = writeln!(o, "\n{mode}: CPU µs per request, memory per live hold");
-        let _ = writeln!(
-            o,
-            "  {:<10} {:>8} {:>8} {:>9} {:>16} {:>12}",
-            "role", "hold", "read", "checkout", "follower hold", "B/live hold"
-        );
-        for (name, c) in &m.roles {
-            let _ = writeln!(
-                o,
-                "  {:<10} {:>8.1} {:>8.1} {:>9.1} {:>16} {:>12}",
-                name,
-                c.cpu_us_per_hold,
-                c.cpu_us_per_read,
-                c.cpu_us_per_checkout,
-                c.follower_cpu_us_per_hold
-                    .map_or("-".into(), |v| format!("{v:.1}")),
-                c.rss_bytes_per_live_hold
-                    .map_or("-".into(), |v| format!("{v:.0}"))
-            );
-        }
-        let _ = writeln!(
-            o,
-            "  single-partition ceiling: {}",
-            m.single_partition_ceiling_holds_per_s
-                .map_or("not measured".into(), |c| format!(
-                    "{c:.0} holds/s{}",
-                    if m.ceiling_is_lower_bound {
-                        " or more"
-                    } else {
-                        ""
-                    }
-                ))
-        );
-    }
-    for n in &p.notes {
-        let _ = writeln!(o, "note: {n}");
-    }
-    o
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -916,39 +754,5 @@ mod tests {
         assert!((c - 100.0).abs() < 1e-9, "{c}");
         assert_eq!(cost_per_request(1.0, 0.0, 1.0, 0.0, 0), None);
         assert_eq!(cost_per_request(0.01, 0.1, 1.0, 0.0, 10), Some(0.0));
-    }
-
-    #[test]
-    fn the_ceiling_search_starts_from_the_hold_cost() {
-        // 100 µs per hold: one core 10,000/s, start at 7,000/s.
-        assert_eq!(ceiling_start(None, 100.0), 7000.0);
-        assert_eq!(ceiling_start(Some(3000.0), 100.0), 3000.0);
-        assert_eq!(ceiling_start(None, 0.0), 1000.0);
-        assert_eq!(ceiling_start(None, 1.0), 50_000.0);
-    }
-
-    #[test]
-    fn kafka_processes_fold_into_roles() {
-        let c = |hold: f64| RoleCost {
-            cpu_us_per_hold: hold,
-            ..RoleCost::default()
-        };
-        let p: BTreeMap<String, RoleCost> = [
-            ("gateway0".to_string(), c(90.0)),
-            ("gateway1".to_string(), c(15.0)),
-            ("engine0".to_string(), c(4.0)),
-            ("engine1".to_string(), c(40.0)),
-            ("projector".to_string(), c(10.0)),
-        ]
-        .into();
-        let r = kafka_roles(p);
-        assert_eq!(
-            r.keys().collect::<Vec<_>>(),
-            ["engine", "gateway", "projector"]
-        );
-        assert_eq!(r["gateway"].cpu_us_per_hold, 90.0);
-        assert_eq!(r["gateway"].follower_cpu_us_per_hold, Some(15.0));
-        assert_eq!(r["engine"].cpu_us_per_hold, 40.0, "the owner spent more");
-        assert_eq!(r["engine"].follower_cpu_us_per_hold, Some(4.0));
     }
 }
