@@ -114,6 +114,7 @@
 //! holds every record, from the log's start. Snapshots are written again once the
 //! store answers.
 
+pub mod group_check;
 pub mod host;
 mod shell;
 #[cfg(test)]
@@ -146,6 +147,8 @@ pub struct EngineOptions {
     pub max_batch: usize,
     pub linger_ms: u32,
     /// The group session: a member silent this long is dead and its partitions move.
+    /// Under the consumer protocol the broker's `group.consumer.session.timeout.ms`
+    /// applies; this is then the longest one accepted without a warning.
     pub session_timeout_ms: u32,
     pub heartbeat_interval_ms: u32,
     /// KIP-848's group protocol (`group.protocol=consumer`) instead of the classic one:
@@ -284,6 +287,11 @@ pub fn start(
 ) -> anyhow::Result<EngineHandle> {
     let (partitions, replies_partitions) =
         flashsale_runtime::kafka::check(&opts.brokers, &opts.topics)?;
+    if opts.group_protocol_consumer {
+        // The broker times the session under this protocol: refuse a broker without
+        // it, warn about one whose session would make a failover slow.
+        group_check::check(&opts.brokers, opts.session_timeout_ms)?;
+    }
     let status = Arc::new(EngineStatus {
         partitions,
         owned: AtomicUsize::new(0),
