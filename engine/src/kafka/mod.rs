@@ -58,10 +58,14 @@
 //! partition state per partition not owned, the kept outputs, and applying every
 //! partition's commands once more.
 //!
-//! **Fast detection, incremental rebalancing**: a short group session (600 ms by
-//! default, `--session-timeout-ms`; the broker's `group.min.session.timeout.ms` must
-//! allow it) and `cooperative-sticky` assignment, so only the partitions that move
-//! are revoked and the survivor keeps serving its own during the rebalance. No static
+//! **Fast detection, incremental rebalancing**: a short group session (600 ms) and
+//! incremental assignment, so only the partitions that move are revoked and the
+//! survivor keeps serving its own during the rebalance. By default KIP-848's consumer
+//! protocol: the broker alone times the session (`group.consumer.session.timeout.ms`,
+//! set by ops/kafka/start.sh; [`group_check`] warns before joining when the broker's is
+//! longer than `--session-timeout-ms`); with `--group-protocol classic`,
+//! `cooperative-sticky` and the client's `--session-timeout-ms` (the broker's
+//! `group.min.session.timeout.ms` must allow it), which the client times too. No static
 //! membership: a static member does not leave the group when it stops, so a planned
 //! stop would leave its partitions unowned for a whole session, and a `kill -9` is
 //! detected no sooner (the session is what detects it either way).
