@@ -85,8 +85,10 @@ pub fn read_brokers(brokers: &str) -> anyhow::Result<Vec<BrokerGroupConfig>> {
                 .create_with_context(QuietContext::default())?;
             let md = admin.inner().fetch_metadata(None, CHECK_TIMEOUT)?;
             let ids: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
-            let specs: Vec<ResourceSpecifier> =
-                ids.iter().map(|id| ResourceSpecifier::Broker(*id)).collect();
+            let specs: Vec<ResourceSpecifier> = ids
+                .iter()
+                .map(|id| ResourceSpecifier::Broker(*id))
+                .collect();
             let opts = AdminOptions::new().request_timeout(Some(CHECK_TIMEOUT));
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
@@ -94,7 +96,8 @@ pub fn read_brokers(brokers: &str) -> anyhow::Result<Vec<BrokerGroupConfig>> {
             let results = rt.block_on(async {
                 tokio::time::timeout(CHECK_TIMEOUT, admin.describe_configs(&specs, &opts)).await
             });
-            let results = results.map_err(|_| anyhow::anyhow!("no answer within {CHECK_TIMEOUT:?}"))??;
+            let results =
+                results.map_err(|_| anyhow::anyhow!("no answer within {CHECK_TIMEOUT:?}"))??;
             let mut out = Vec::new();
             for (id, r) in ids.iter().zip(results) {
                 let r = r.map_err(|e| anyhow::anyhow!("broker {id}: {e:?}"))?;
@@ -125,7 +128,10 @@ pub fn check(brokers: &str, want_session_ms: u32) -> anyhow::Result<()> {
     };
     match judge(&configs, want_session_ms) {
         Verdict::Ok => {
-            tracing::debug!(?configs, "engine: the brokers' consumer-protocol sessions fit");
+            tracing::debug!(
+                ?configs,
+                "engine: the brokers' consumer-protocol sessions fit"
+            );
             Ok(())
         }
         Verdict::Warn(w) => {
@@ -156,12 +162,14 @@ mod tests {
 
     #[test]
     fn a_default_broker_warns_with_the_fix() {
-        let Verdict::Warn(w) = judge(&[broker(Some("classic,consumer"), Some(45_000))], 600)
-        else {
+        let Verdict::Warn(w) = judge(&[broker(Some("classic,consumer"), Some(45_000))], 600) else {
             panic!("a 45 s session must warn");
         };
         assert!(w.contains("45000 ms"), "{w}");
-        assert!(w.contains("group.consumer.min.session.timeout.ms=500"), "{w}");
+        assert!(
+            w.contains("group.consumer.min.session.timeout.ms=500"),
+            "{w}"
+        );
         assert!(w.contains("--group-protocol classic"), "{w}");
     }
 
