@@ -14,8 +14,10 @@ flashsale` or a debug build):
     python3 benches/scripts/failover.py --fault sigterm
     python3 benches/scripts/failover.py --fault broker-pause --broker-pid PID [--pause-ms 1500]
 (broker-pause: a broker of your own, not a shared one: every client of it stalls; the
-engines' `--group-protocol` is read from FLASHSALE_GROUP_PROTOCOL.) Also printed: how
-many times an engine let its partitions go because the group session was lost.
+engines' `--group-protocol` is read from FLASHSALE_GROUP_PROTOCOL, consumer by default:
+its session is the broker's, so use a broker started by ops/kafka/start.sh.) Also
+printed: how many times an engine let its partitions go because the group session was
+lost.
 Uses fresh topics (a unique prefix, left on the broker: `make services-down` removes
 them) and a temporary directory (its path is printed); stops what it started.
 Standard library only.

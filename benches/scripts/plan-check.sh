@@ -37,9 +37,9 @@
 # Deployments: embedded = `flashsale serve --embedded`; kafka 1+1 = `flashsale engine`,
 # `gateway`, `projector`; kafka 2+2 = 2 engines, 2 gateways (the harness drives gateway
 # 0; gateway 1 follows the events as every gateway does), 1 projector. The engines run
-# with a 6 s group session (--session-timeout-ms 6000): with the default 600 ms, two
-# engines on one busy core lose their sessions in every rebalance and never settle
-# (what left Kafka 2+2 with no rate held). The broker and Postgres are shared services
+# with a 6 s client-side group session (--group-protocol classic --session-timeout-ms
+# 6000): with a 600 ms classic session, two engines on one busy core lose their
+# sessions in every rebalance and never settle (what left Kafka 2+2 with no rate held). The broker and Postgres are shared services
 # and stay unpinned: the plan is asked with --services-elsewhere, so it predicts the
 # flashsale processes' core alone.
 # The topics (fsplan<pid>_*) and databases it creates are deleted at the end.
@@ -149,7 +149,7 @@ deploy() { # embedded | kafka GATEWAYS ENGINES
 	for ((i = 0; i < e; i++)); do
 		start "$tag-engine$i" "$BIN" engine --kafka "$KAFKA" --postgres "$db" --topic-prefix "$tag." \
 			--engine-group "$tag" --data-dir "$DATA/engine$i" --log warn \
-			--session-timeout-ms "$SESSION_MS" --heartbeat-interval-ms $((SESSION_MS / 6))
+			--group-protocol classic --session-timeout-ms "$SESSION_MS" --heartbeat-interval-ms $((SESSION_MS / 6))
 	done
 	for ((i = 0; i < g; i++)); do
 		start "$tag-gateway$i" "$BIN" gateway --kafka "$KAFKA" --postgres "$db" --topic-prefix "$tag." \

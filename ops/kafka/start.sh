@@ -83,6 +83,16 @@
 #     preferred leaderships back within ~10 s (auto.leader.rebalance.enable=true).
 #   A single broker (N=1) keeps the settings it always had (replication factor 1).
 #
+# Group sessions (every broker, single or cluster; Kafka's default in parentheses):
+#   group.min.session.timeout.ms=500 (6000): the engines' classic-protocol session
+#     (--session-timeout-ms, 600 ms by default) is allowed;
+#   group.consumer.session.timeout.ms=600 (45000), group.consumer.heartbeat.interval.ms
+#     =150 (5000), and their minimums group.consumer.min.session.timeout.ms=500 (45000),
+#     group.consumer.min.heartbeat.interval.ms=100 (5000): the session of the engines'
+#     default KIP-848 consumer protocol (--group-protocol consumer), which the broker
+#     alone times; a kill -9 of an engine is detected within ~0.6 s. A broker without
+#     them gives the engines a 45 s session (docs/overload.md).
+#
 # Logs: $FLASHSALE_KAFKA_DIR/logs/server.log (log4j2) and logs/kafka.out (JVM stdout/err);
 # a cluster: $FLASHSALE_KAFKA_DIR/broker-i/logs/.
 # Stop with ops/kafka/stop.sh (same environment).
@@ -399,6 +409,12 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 # engines detect a dead group member in well under a second (issue 13; default 6000)
 group.min.session.timeout.ms=500
+# the same for the engines' default KIP-848 consumer protocol (issue 31; Kafka's
+# defaults 45000, 45000, 5000, 5000): the broker alone times these sessions
+group.consumer.min.session.timeout.ms=500
+group.consumer.session.timeout.ms=600
+group.consumer.min.heartbeat.interval.ms=100
+group.consumer.heartbeat.interval.ms=150
 auto.create.topics.enable=false
 delete.topic.enable=true
 num.network.threads=2
@@ -435,6 +451,12 @@ unclean.leader.election.enable=false
 group.initial.rebalance.delay.ms=0
 # engines detect a dead group member in well under a second (issue 13; default 6000)
 group.min.session.timeout.ms=500
+# the same for the engines' default KIP-848 consumer protocol (issue 31; Kafka's
+# defaults 45000, 45000, 5000, 5000): the broker alone times these sessions
+group.consumer.min.session.timeout.ms=500
+group.consumer.session.timeout.ms=600
+group.consumer.min.heartbeat.interval.ms=100
+group.consumer.heartbeat.interval.ms=150
 auto.create.topics.enable=false
 delete.topic.enable=true
 num.network.threads=2

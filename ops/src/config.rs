@@ -246,7 +246,7 @@ pub struct EngineGroupConfig {
     pub session_timeout_ms: u32,
     /// Used as at most a third of `session_timeout_ms`.
     pub heartbeat_interval_ms: u32,
-    /// `--group-protocol consumer` (KIP-848).
+    /// `--group-protocol consumer` (KIP-848), the default.
     pub group_protocol_consumer: bool,
     pub standby_window: u64,
 }
@@ -258,7 +258,7 @@ impl Default for EngineGroupConfig {
             max_batch: 4096,
             session_timeout_ms: 600,
             heartbeat_interval_ms: 150,
-            group_protocol_consumer: false,
+            group_protocol_consumer: true,
             standby_window: 10_000,
         }
     }

@@ -15,7 +15,8 @@ use super::ProfileArgs;
 
 /// The admin token of the deployments the profile starts.
 const TOKEN: &str = "profile-admin-token";
-/// The engines' group session, ms (their default, 600, is for a sub-second failover).
+/// The engines' group session, ms (their default, 600, is for a sub-second failover),
+/// with `--group-protocol classic` (the session is then the client's, not the broker's).
 const ENGINE_SESSION_MS: u32 = 6000;
 /// Longest wait for a topic deletion.
 const DELETE_WAIT: Duration = Duration::from_secs(30);
@@ -475,7 +476,11 @@ pub(super) async fn start_kafka(
         a.extend([
             // Capacity, not failover, is measured: the default 600 ms session is
             // shorter than a rebalance takes with both engines on one busy core, and
-            // the group would lose its sessions and rebalance again and again.
+            // the group would lose its sessions and rebalance again and again. The
+            // classic protocol, whose session is the flag below (under the default
+            // consumer protocol it would be the broker's, whatever that is).
+            "--group-protocol".into(),
+            "classic".into(),
             "--session-timeout-ms".into(),
             ENGINE_SESSION_MS.to_string(),
             "--heartbeat-interval-ms".into(),

@@ -58,10 +58,14 @@
 //! partition state per partition not owned, the kept outputs, and applying every
 //! partition's commands once more.
 //!
-//! **Fast detection, incremental rebalancing**: a short group session (600 ms by
-//! default, `--session-timeout-ms`; the broker's `group.min.session.timeout.ms` must
-//! allow it) and `cooperative-sticky` assignment, so only the partitions that move
-//! are revoked and the survivor keeps serving its own during the rebalance. No static
+//! **Fast detection, incremental rebalancing**: a short group session (600 ms) and
+//! incremental assignment, so only the partitions that move are revoked and the
+//! survivor keeps serving its own during the rebalance. By default KIP-848's consumer
+//! protocol: the broker alone times the session (`group.consumer.session.timeout.ms`,
+//! set by ops/kafka/start.sh; [`group_check`] warns before joining when the broker's is
+//! longer than `--session-timeout-ms`); with `--group-protocol classic`,
+//! `cooperative-sticky` and the client's `--session-timeout-ms` (the broker's
+//! `group.min.session.timeout.ms` must allow it), which the client times too. No static
 //! membership: a static member does not leave the group when it stops, so a planned
 //! stop would leave its partitions unowned for a whole session, and a `kill -9` is
 //! detected no sooner (the session is what detects it either way).
@@ -114,6 +118,7 @@
 //! holds every record, from the log's start. Snapshots are written again once the
 //! store answers.
 
+pub mod group_check;
 pub mod host;
 mod shell;
 #[cfg(test)]
@@ -146,6 +151,8 @@ pub struct EngineOptions {
     pub max_batch: usize,
     pub linger_ms: u32,
     /// The group session: a member silent this long is dead and its partitions move.
+    /// Under the consumer protocol the broker's `group.consumer.session.timeout.ms`
+    /// applies; this is then the longest one accepted without a warning.
     pub session_timeout_ms: u32,
     pub heartbeat_interval_ms: u32,
     /// KIP-848's group protocol (`group.protocol=consumer`) instead of the classic one:
@@ -284,6 +291,11 @@ pub fn start(
 ) -> anyhow::Result<EngineHandle> {
     let (partitions, replies_partitions) =
         flashsale_runtime::kafka::check(&opts.brokers, &opts.topics)?;
+    if opts.group_protocol_consumer {
+        // The broker times the session under this protocol: refuse a broker without
+        // it, warn about one whose session would make a failover slow.
+        group_check::check(&opts.brokers, opts.session_timeout_ms)?;
+    }
     let status = Arc::new(EngineStatus {
         partitions,
         owned: AtomicUsize::new(0),

@@ -311,25 +311,35 @@ pub struct EngineTuning {
     /// Group session in ms: an engine silent this long (killed, paused, cut off) is
     /// declared dead and its partitions move to the others. Short, for a fast
     /// failover: a kill -9 costs the dead engine's SKUs about this plus ~100 ms
-    /// (measured: 600 → worst window 0.7 s, 1000 → 1.3 s; docs/performance.md). The
-    /// heartbeat thread is librdkafka's own, so a busy engine still heartbeats; raise
-    /// it on a machine whose processes stall for longer. The broker's
-    /// `group.min.session.timeout.ms` must allow it (ops/kafka/start.sh sets 500).
+    /// (measured: 600 → worst window 0.7 s, 1000 → 1.3 s; docs/performance.md). With
+    /// `--group-protocol classic` this is the session itself (the broker's
+    /// `group.min.session.timeout.ms` must allow it; ops/kafka/start.sh sets 500); with
+    /// `consumer` (the default) the broker's `group.consumer.session.timeout.ms` is the
+    /// session, and this is the longest one the engine accepts without a warning.
     #[arg(long, env = "FLASHSALE_SESSION_TIMEOUT_MS", default_value_t = 600,
           value_parser = clap::value_parser!(u32).range(500..=300_000))]
     pub session_timeout_ms: u32,
-    /// Heartbeat to the group every this many ms (at most a third of the session).
+    /// Heartbeat to the group every this many ms (at most a third of the session;
+    /// `--group-protocol classic` only: under `consumer` the broker sets it).
     #[arg(long, env = "FLASHSALE_HEARTBEAT_INTERVAL_MS", default_value_t = 150,
           value_parser = clap::value_parser!(u32).range(50..=100_000))]
     pub heartbeat_interval_ms: u32,
-    /// The consumer-group protocol of the engines: `classic` (the session and
-    /// heartbeat above, timed by the client too: an answer the broker gives later than
-    /// the session drops the engine's partitions) or `consumer` (KIP-848, Kafka ≥ 4.0:
-    /// the broker's `group.consumer.session.timeout.ms` and
-    /// `group.consumer.heartbeat.interval.ms` apply instead of the two flags above, and
-    /// only the broker ends a session; their broker minimums, 45 s and 5 s by default,
-    /// must be lowered for a sub-second failover: docs/overload.md).
-    #[arg(long, env = "FLASHSALE_GROUP_PROTOCOL", default_value = "classic",
+    /// The consumer-group protocol of the engines. `consumer` (KIP-848, Kafka ≥ 4.0):
+    /// only the broker ends a session, so an engine or broker starved of CPU for a
+    /// second keeps its partitions (docs/overload.md); the session is the broker's
+    /// `group.consumer.session.timeout.ms` and heartbeat its
+    /// `group.consumer.heartbeat.interval.ms`. The broker must have
+    /// `group.consumer.min.session.timeout.ms=500`, `group.consumer.session.timeout.ms=600`,
+    /// `group.consumer.min.heartbeat.interval.ms=100` and
+    /// `group.consumer.heartbeat.interval.ms=150` (ops/kafka/start.sh sets them): Kafka's
+    /// defaults (45 s, 5 s) are accepted silently by the broker but make a failover take
+    /// 45 s, so the engine reads the broker's settings before joining and warns when its
+    /// session is longer than `--session-timeout-ms` (and refuses a broker without the
+    /// consumer protocol). `classic`: the session and heartbeat above, timed by the
+    /// client too (an answer the broker gives later than the session drops the engine's
+    /// partitions, e.g. every few seconds when engine and broker share one busy core);
+    /// use it against a broker without those settings.
+    #[arg(long, env = "FLASHSALE_GROUP_PROTOCOL", default_value = "consumer",
           value_parser = ["classic", "consumer"])]
     pub group_protocol: String,
     /// Standby copies: each engine follows the commands of the partitions it does not
