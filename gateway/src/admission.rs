@@ -1,6 +1,6 @@
 //! Admission: which requests are served and which are told "later" (503 +
 //! `Retry-After`) while more arrive than the node can serve (issue 31). The whole
-//! design is in docs/overload.md; in short, three decisions, each as early and as cheap
+//! design is in docs/overload.md; in short, four decisions, each as early and as cheap
 //! as what it needs to know allows:
 //!
 //! 1. **Node, before the body** ([`crate::server`]): tower's `ConcurrencyLimit` under
