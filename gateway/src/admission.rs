@@ -95,10 +95,14 @@ impl AdmissionPolicy {
 }
 
 /// Rule 0: is a request that arrived while the runtime was `lag` behind, and has
-/// waited `waited` since its head was read, to be shed at once? Its whole wait so far
-/// is about `lag + waited`; over `max_lag`, the node is behind on CPU.
-pub fn behind(lag: Duration, waited: Duration, max_lag: Duration) -> bool {
-    lag.saturating_add(waited) > max_lag
+/// waited `waited` since its head was read, to be shed at once, its partition having
+/// `in_flight` commands awaiting replies? Its whole wait so far is about `lag +
+/// waited`; over `max_lag`, the node is behind on CPU. But a partition with fewer than
+/// [`MIN_LIMIT`] in flight is not what keeps the CPU busy (another process is, or
+/// another partition): shedding its requests would free nothing, so it keeps making
+/// progress (a node starved by a neighbour would otherwise shed everything).
+pub fn behind(lag: Duration, waited: Duration, max_lag: Duration, in_flight: u32) -> bool {
+    in_flight >= MIN_LIMIT && lag.saturating_add(waited) > max_lag
 }
 
 /// The lag to publish after a probe measured `sample`: a rise counts at once, a fall
@@ -375,24 +379,37 @@ mod tests {
         assert_eq!(p.target, Some(MS(50)));
         assert_eq!(p.max_lag, None);
         assert_eq!(
-            AdmissionPolicy::from_millis(DEFAULT_MAX_WAIT_MS, DEFAULT_TARGET_MS, DEFAULT_MAX_LAG_MS),
+            AdmissionPolicy::from_millis(
+                DEFAULT_MAX_WAIT_MS,
+                DEFAULT_TARGET_MS,
+                DEFAULT_MAX_LAG_MS
+            ),
             AdmissionPolicy::default()
         );
     }
 
     #[test]
     fn behind_counts_the_unseen_lag_and_the_seen_wait_together() {
+        let busy = MIN_LIMIT;
         // On time: neither alone nor together over the limit.
-        assert!(!behind(MS(4), MS(5), MS(10)));
-        assert!(!behind(MS(10), Duration::ZERO, MS(10)));
+        assert!(!behind(MS(4), MS(5), MS(10), busy));
+        assert!(!behind(MS(10), Duration::ZERO, MS(10), busy));
         // The lag alone: its bytes sat in the socket too long.
-        assert!(behind(MS(11), Duration::ZERO, MS(10)));
+        assert!(behind(MS(11), Duration::ZERO, MS(10), busy));
         // The wait since its head alone.
-        assert!(behind(Duration::ZERO, MS(11), MS(10)));
+        assert!(behind(Duration::ZERO, MS(11), MS(10), busy));
         // Both, each under the limit.
-        assert!(behind(MS(6), MS(6), MS(10)));
+        assert!(behind(MS(6), MS(6), MS(10), busy));
         // No overflow on absurd values.
-        assert!(behind(Duration::MAX, Duration::MAX, MS(10)));
+        assert!(behind(Duration::MAX, Duration::MAX, MS(10), busy));
+    }
+
+    #[test]
+    fn a_partition_with_few_in_flight_is_never_shed_for_lag() {
+        // However far behind the node: below the floor the partition keeps going.
+        assert!(!behind(MS(500), MS(500), MS(10), 0));
+        assert!(!behind(MS(500), MS(500), MS(10), MIN_LIMIT - 1));
+        assert!(behind(MS(500), MS(500), MS(10), MIN_LIMIT));
     }
 
     #[test]
@@ -413,5 +430,4 @@ mod tests {
         l.observe(MS(0));
         assert_eq!(l.now(), MS(15));
     }
-
 }

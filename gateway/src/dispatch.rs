@@ -181,12 +181,16 @@ impl Dispatcher {
     ) -> Result<ReplyRecord, ApiError> {
         // Admission: past any budget the request is refused at once, before anything
         // is sent, so it leaves no trace in the state (nothing to retry but the request).
+        let limit = self
+            .per_partition
+            .get(partition as usize)
+            .ok_or_else(|| ApiError::unavailable(format!("No partition {partition}")))?;
         // Rule 0 first (docs/overload.md): a node behind on CPU sheds now, cheaply,
         // rather than after its request waited its turn.
         if let Some(a) = arrived {
             if let Some(max_lag) = a.policy.max_lag {
                 let waited = a.at.elapsed();
-                if behind(a.lag, waited, max_lag) {
+                if behind(a.lag, waited, max_lag, limit.in_flight()) {
                     return Err(ApiError::shed(&format!(
                         "the server is behind (this request waited about {} ms; the limit is {} ms)",
                         (a.lag + waited).as_millis(),
@@ -195,10 +199,6 @@ impl Dispatcher {
                 }
             }
         }
-        let limit = self
-            .per_partition
-            .get(partition as usize)
-            .ok_or_else(|| ApiError::unavailable(format!("No partition {partition}")))?;
         let _partition_slot = limit
             .try_acquire()
             .ok_or_else(|| ApiError::shed("this product's partition is at its in-flight limit"))?;
@@ -485,44 +485,58 @@ mod tests {
 
     /// Rule 0: a request that arrived while the node was behind (its bytes waited in
     /// the socket, as the runtime's lag says) is shed at once, although it has not
-    /// waited since its head was read and its partition has room; on time, it is sent.
+    /// waited since its head was read and its partition has room, once its partition
+    /// is busy (the floor of [`crate::admission::MIN_LIMIT`] in flight); below the
+    /// floor, or with the rule off, it is sent.
     #[tokio::test]
     async fn a_request_that_arrived_while_the_node_was_behind_is_shed_at_once() {
+        use crate::admission::{AdmissionPolicy, MIN_LIMIT};
         let bus = Arc::new(SilentBus::default());
         let d = Arc::new(dispatcher(bus.clone(), Duration::from_secs(30)));
-        let policy = crate::admission::AdmissionPolicy::from_millis(0, 0, 10);
-        let behind = Arrived {
+        let late = |max_lag_ms| Arrived {
             at: Instant::now(),
             lag: Duration::from_millis(50),
-            policy,
+            policy: AdmissionPolicy::from_millis(0, 0, max_lag_ms),
         };
+        // Below the floor: sent although the node is behind.
+        let mut waiting = Vec::new();
+        for i in 0..MIN_LIMIT {
+            let d = d.clone();
+            let a = late(10);
+            waiting.push(tokio::spawn(async move {
+                d.call_arrived(0, reserve(&format!("u{i}")), None, Some(a))
+                    .await
+            }));
+            sent_eventually(&bus, i as usize + 1).await;
+        }
+        // At the floor: shed at once, never handed to the log.
         let e = d
-            .call_arrived(0, reserve("behind"), None, Some(behind))
+            .call_arrived(0, reserve("behind"), None, Some(late(10)))
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(e.payload.shed, "{e:?}");
         assert_eq!(e.payload.retry_after_s, Some(1));
         assert!(e.payload.message.contains("behind"), "{e:?}");
-        assert!(bus.sent.lock().unwrap().is_empty(), "never handed to the log");
+        assert_eq!(bus.sent.lock().unwrap().len(), MIN_LIMIT as usize);
         // The same lag with the rule off: sent.
-        let off = Arrived {
-            at: Instant::now(),
-            lag: Duration::from_millis(50),
-            policy: crate::admission::AdmissionPolicy::from_millis(0, 0, 0),
-        };
-        let waiting = {
+        let off = {
             let d = d.clone();
-            tokio::spawn(async move { d.call_arrived(0, reserve("off"), None, Some(off)).await })
+            tokio::spawn(
+                async move { d.call_arrived(0, reserve("off"), None, Some(late(0))).await },
+            )
         };
-        sent_eventually(&bus, 1).await;
-        waiting.abort();
+        sent_eventually(&bus, MIN_LIMIT as usize + 1).await;
         // A call without a server's stamp (admin, tests) is never shed by rule 0.
         let plain = {
             let d = d.clone();
-            tokio::spawn(async move { d.call(1, reserve("plain"), None).await })
+            tokio::spawn(async move { d.call(0, reserve("plain"), None).await })
         };
-        sent_eventually(&bus, 2).await;
+        sent_eventually(&bus, MIN_LIMIT as usize + 2).await;
+        for w in waiting {
+            w.abort();
+        }
+        off.abort();
         plain.abort();
     }
 }
