@@ -164,8 +164,9 @@ pub struct HttpArgs {
     /// keeps up runs a ready task within a millisecond or two; past the limit requests
     /// arrive faster than the CPU serves them, and answering the excess "later" now
     /// (a third of a hold's cost) keeps every answer, shed or admitted, from waiting
-    /// behind it. The default is half the shed-answer target (p99 20 ms). 0 turns the
-    /// rule off. docs/overload.md.
+    /// behind it. A partition with fewer than 8 commands in flight is never shed by it
+    /// (its requests are not what keeps the CPU busy). The default is half the
+    /// shed-answer target (p99 20 ms). 0 turns the rule off. docs/overload.md.
     #[arg(long, env = "FLASHSALE_ADMISSION_MAX_LAG_MS", default_value_t = flashsale_gateway::admission::DEFAULT_MAX_LAG_MS, help_heading = super::H_ADMISSION)]
     pub admission_max_lag_ms: u64,
     /// On SIGTERM, how long requests in flight may take to finish before their
