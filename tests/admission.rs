@@ -371,7 +371,9 @@ async fn burst_far_above_capacity(mode: Mode, lag_rule: bool) {
         assert_ne!(partition_of_hold(a), hot_partition);
         quiet_held += 1;
     }
-    let cold_av = s.get(&format!("/api/v1/products/{cold}/availability")).await;
+    let cold_av = s
+        .get(&format!("/api/v1/products/{cold}/availability"))
+        .await;
     assert_eq!(
         cold_av.body["availableCount"],
         COLD_BUYERS as u64 - quiet_held,

@@ -3,6 +3,19 @@
 //! design is in docs/overload.md; in short, four decisions, each as early and as cheap
 //! as what it needs to know allows:
 //!
+//! 0. **Lag, at once** ([`RunQueueLag`], checked by [`crate::dispatch`] before 2 and 3):
+//!    a probe task measures all the time how long a task that became ready waits for
+//!    the runtime's CPU (its *lag*); a request's bytes waited about that long in the
+//!    socket before the server read its head, a wait no stamp taken by the server can
+//!    see. Every request carries the lag of the moment its head was read
+//!    ([`Arrived::lag`]); when that plus its own wait since is over
+//!    [`AdmissionPolicy::max_lag`], the node is behind on CPU and the command is shed
+//!    at once ([`behind`]), before anything is queued, unless its partition has fewer
+//!    than [`MIN_LIMIT`] in flight (then it is not what keeps the CPU busy, and a node
+//!    starved by a neighbour must not shed everything). Shedding costs a third of a hold,
+//!    so the backlog drains and the lag falls back: the rule keeps the wait before any
+//!    answer, shed or admitted, near `max_lag` instead of letting it grow to hundreds
+//!    of milliseconds (issue 31 measured a shed p99 of 446 ms with only 1–3).
 //! 1. **Node, before the body** ([`crate::server`]): tower's `ConcurrencyLimit` under
 //!    `LoadShed` bounds the requests being handled at once (`--http-max-requests`);
 //!    one past it is answered 503 before its body is read or anything is routed.
@@ -20,22 +33,11 @@
 //!    target with the limit in use raises it again by an eighth. A hot SKU lives on
 //!    one partition, so only its partition sheds; the others keep their own limits.
 //!
-//! 0. **Lag, at once** ([`RunQueueLag`], checked by [`crate::dispatch`] before 2 and 3):
-//!    a probe task measures all the time how long a task that became ready waits for
-//!    the runtime's CPU (its *lag*); a request's bytes waited about that long in the
-//!    socket before the server read its head, a wait no stamp taken by the server can
-//!    see. Every request carries the lag of the moment its head was read
-//!    ([`Arrived::lag`]); when that plus its own wait since is over
-//!    [`AdmissionPolicy::max_lag`], the node is behind on CPU and the command is shed
-//!    at once ([`behind`]), before anything is queued. Shedding costs a third of a hold,
-//!    so the backlog drains and the lag falls back: the rule keeps the wait before any
-//!    answer, shed or admitted, near `max_lag` instead of letting it grow to hundreds
-//!    of milliseconds (issue 31 measured a shed p99 of 446 ms with only 2 and 3).
-//!
-//! The SKU of a hold is in its JSON body, so the per-partition decisions (2 and 3) are
+//! The SKU of a hold is in its JSON body, so the per-partition decisions (0, 2, 3) are
 //! made after the body (≤ 64 KiB, normally in the same packet as the head) is read and
 //! its three fields parsed, about a microsecond, and before anything is queued. The
-//! decision rule itself ([`next_limit`]) is a pure function.
+//! decision rules themselves ([`behind`], [`next_lag`], [`next_limit`]) are pure
+//! functions.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;

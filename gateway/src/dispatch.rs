@@ -193,7 +193,7 @@ impl Dispatcher {
                 if behind(a.lag, waited, max_lag, limit.in_flight()) {
                     return Err(ApiError::shed(&format!(
                         "the server is behind (this request waited about {} ms; the limit is {} ms)",
-                        (a.lag + waited).as_millis(),
+                        a.lag.saturating_add(waited).as_millis(),
                         max_lag.as_millis()
                     )));
                 }
