@@ -21,7 +21,7 @@ export FLASHSALE_REQUIRE_SERVICES=1
 # Latency-driven admission off in the servers the tests start as child processes (a
 # loaded test machine must not shed a test's requests); tests/admission.rs sets the
 # flags itself to test it, and the defaults are the product's (docs/overload.md).
-export FLASHSALE_ADMISSION_MAX_WAIT_MS=0 FLASHSALE_ADMISSION_TARGET_MS=0
+export FLASHSALE_ADMISSION_MAX_WAIT_MS=0 FLASHSALE_ADMISSION_TARGET_MS=0 FLASHSALE_ADMISSION_MAX_LAG_MS=0
 cargo build --bin flashsale
 cargo test --workspace --no-fail-fast "$@"
 # The HTTP contract (schemas/openapi.yaml), checked against the server by Schemathesis.

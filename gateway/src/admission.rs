@@ -1,8 +1,21 @@
 //! Admission: which requests are served and which are told "later" (503 +
 //! `Retry-After`) while more arrive than the node can serve (issue 31). The whole
-//! design is in docs/overload.md; in short, three decisions, each as early and as cheap
+//! design is in docs/overload.md; in short, four decisions, each as early and as cheap
 //! as what it needs to know allows:
 //!
+//! 0. **Lag, at once** ([`RunQueueLag`], checked by [`crate::dispatch`] before 2 and 3):
+//!    a probe task measures all the time how long a task that became ready waits for
+//!    the runtime's CPU (its *lag*); a request's bytes waited about that long in the
+//!    socket before the server read its head, a wait no stamp taken by the server can
+//!    see. Every request carries the lag of the moment its head was read
+//!    ([`Arrived::lag`]); when that plus its own wait since is over
+//!    [`AdmissionPolicy::max_lag`], the node is behind on CPU and the command is shed
+//!    at once ([`behind`]), before anything is queued, unless its partition has fewer
+//!    than [`MIN_LIMIT`] in flight (then it is not what keeps the CPU busy, and a node
+//!    starved by a neighbour must not shed everything). Shedding costs a third of a hold,
+//!    so the backlog drains and the lag falls back: the rule keeps the wait before any
+//!    answer, shed or admitted, near `max_lag` instead of letting it grow to hundreds
+//!    of milliseconds (issue 31 measured a shed p99 of 446 ms with only 1–3).
 //! 1. **Node, before the body** ([`crate::server`]): tower's `ConcurrencyLimit` under
 //!    `LoadShed` bounds the requests being handled at once (`--http-max-requests`);
 //!    one past it is answered 503 before its body is read or anything is routed.
@@ -20,16 +33,18 @@
 //!    target with the limit in use raises it again by an eighth. A hot SKU lives on
 //!    one partition, so only its partition sheds; the others keep their own limits.
 //!
-//! The SKU of a hold is in its JSON body, so the per-partition decisions (2 and 3) are
+//! The SKU of a hold is in its JSON body, so the per-partition decisions (0, 2, 3) are
 //! made after the body (≤ 64 KiB, normally in the same packet as the head) is read and
 //! its three fields parsed, about a microsecond, and before anything is queued. The
-//! decision rule itself ([`next_limit`]) is a pure function.
+//! decision rules themselves ([`behind`], [`next_lag`], [`next_limit`]) are pure
+//! functions.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The admission settings of a server (flags `--admission-max-wait-ms`,
-/// `--admission-target-ms`); `None` turns a rule off.
+/// `--admission-target-ms`, `--admission-max-lag-ms`); `None` turns a rule off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmissionPolicy {
     /// Longest a request may have waited, from its head's arrival, when its command is
@@ -38,6 +53,10 @@ pub struct AdmissionPolicy {
     /// Latency (hand-over to reply) a partition's commands should see; the adaptive
     /// limit shrinks while a window's mean is above it.
     pub target: Option<Duration>,
+    /// Longest a request may have waited, counting the runtime's lag when its head was
+    /// read (the unseen wait of its bytes in the socket), when its command is about to
+    /// be handed over; past it, 503 at once (rule 0, [`behind`]).
+    pub max_lag: Option<Duration>,
 }
 
 /// Default of `--admission-max-wait-ms`: the admitted-latency target of a flash sale
@@ -49,34 +68,103 @@ pub const DEFAULT_MAX_WAIT_MS: u64 = 100;
 /// (Kafka mode's batching and reply path alone stay well under it, and its flash-crowd
 /// p99 was 82 ms), so only a real backlog makes the limit shrink.
 pub const DEFAULT_TARGET_MS: u64 = 100;
+/// Default of `--admission-max-lag-ms`: half the shed-answer target of issue 31 (p99
+/// ≤ 20 ms). A node that is not overloaded runs a ready task within a millisecond or
+/// two; 10 ms behind means requests arrive faster than the CPU serves them, and every
+/// one admitted then makes the next one wait longer.
+pub const DEFAULT_MAX_LAG_MS: u64 = 10;
 
 impl Default for AdmissionPolicy {
     fn default() -> Self {
         AdmissionPolicy {
             max_wait: Some(Duration::from_millis(DEFAULT_MAX_WAIT_MS)),
             target: Some(Duration::from_millis(DEFAULT_TARGET_MS)),
+            max_lag: Some(Duration::from_millis(DEFAULT_MAX_LAG_MS)),
         }
     }
 }
 
 impl AdmissionPolicy {
     /// From the flags' milliseconds; 0 turns a rule off.
-    pub fn from_millis(max_wait_ms: u64, target_ms: u64) -> Self {
+    pub fn from_millis(max_wait_ms: u64, target_ms: u64, max_lag_ms: u64) -> Self {
         let on = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         AdmissionPolicy {
             max_wait: on(max_wait_ms),
             target: on(target_ms),
+            max_lag: on(max_lag_ms),
         }
     }
 }
 
-/// When the server had this request's head (before its body was read), and the
-/// server's admission policy. A request extension set by [`crate::server::serve`]; a
-/// router driven without it (tests) has none, and then the request counts as arrived
-/// when its command is dispatched.
+/// Rule 0: is a request that arrived while the runtime was `lag` behind, and has
+/// waited `waited` since its head was read, to be shed at once, its partition having
+/// `in_flight` commands awaiting replies? Its whole wait so far is about `lag +
+/// waited`; over `max_lag`, the node is behind on CPU. But a partition with fewer than
+/// [`MIN_LIMIT`] in flight is not what keeps the CPU busy (another process is, or
+/// another partition): shedding its requests would free nothing, so it keeps making
+/// progress (a node starved by a neighbour would otherwise shed everything).
+pub fn behind(lag: Duration, waited: Duration, max_lag: Duration, in_flight: u32) -> bool {
+    in_flight >= MIN_LIMIT && lag.saturating_add(waited) > max_lag
+}
+
+/// The lag to publish after a probe measured `sample`: a rise counts at once, a fall
+/// halves the previous value at most per probe (about a millisecond), so one lucky
+/// sample in a backlog does not open the doors to a burst.
+pub fn next_lag(prev: Duration, sample: Duration) -> Duration {
+    sample.max(prev / 2)
+}
+
+/// How often the lag probe measures (plus the lag itself: a late probe measures late).
+pub const LAG_PROBE_EVERY: Duration = Duration::from_millis(1);
+
+/// The runtime's lag: how long a task that became ready waits for a worker (rule 0).
+/// Written by one probe task ([`RunQueueLag::probe`]), read by every request.
+#[derive(Debug, Default)]
+pub struct RunQueueLag {
+    us: AtomicU64,
+}
+
+impl RunQueueLag {
+    /// The lag now (zero before the first probe).
+    pub fn now(&self) -> Duration {
+        Duration::from_micros(self.us.load(Ordering::Relaxed))
+    }
+
+    fn observe(&self, sample: Duration) {
+        let next = next_lag(self.now(), sample);
+        let us = u64::try_from(next.as_micros()).unwrap_or(u64::MAX);
+        self.us.store(us, Ordering::Relaxed);
+    }
+
+    /// Measures the lag until `stop` resolves: every [`LAG_PROBE_EVERY`], how long a
+    /// `yield_now` takes to come back. A yielded task is woken after the runtime's
+    /// next look at its sockets and queued behind every task ready then, which is
+    /// where a request whose bytes just arrived waits too. About a microsecond of CPU
+    /// per probe.
+    pub async fn probe(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let t = Instant::now();
+            tokio::task::yield_now().await;
+            self.observe(t.elapsed());
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(LAG_PROBE_EVERY) => {}
+            }
+        }
+    }
+}
+
+/// When the server had this request's head (before its body was read), the runtime's
+/// lag then, and the server's admission policy. A request extension set by
+/// [`crate::server::serve`]; a router driven without it (tests) has none, and then the
+/// request counts as arrived when its command is dispatched.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrived {
     pub at: Instant,
+    /// [`RunQueueLag::now`] when the head was read: about how long the request's bytes
+    /// waited before that (zero when rule 0 is off).
+    pub lag: Duration,
     pub policy: AdmissionPolicy,
 }
 
@@ -288,12 +376,60 @@ mod tests {
 
     #[test]
     fn policy_from_flags_zero_turns_a_rule_off() {
-        let p = AdmissionPolicy::from_millis(0, 50);
+        let p = AdmissionPolicy::from_millis(0, 50, 0);
         assert_eq!(p.max_wait, None);
         assert_eq!(p.target, Some(MS(50)));
+        assert_eq!(p.max_lag, None);
         assert_eq!(
-            AdmissionPolicy::from_millis(DEFAULT_MAX_WAIT_MS, DEFAULT_TARGET_MS),
+            AdmissionPolicy::from_millis(
+                DEFAULT_MAX_WAIT_MS,
+                DEFAULT_TARGET_MS,
+                DEFAULT_MAX_LAG_MS
+            ),
             AdmissionPolicy::default()
         );
+    }
+
+    #[test]
+    fn behind_counts_the_unseen_lag_and_the_seen_wait_together() {
+        let busy = MIN_LIMIT;
+        // On time: neither alone nor together over the limit.
+        assert!(!behind(MS(4), MS(5), MS(10), busy));
+        assert!(!behind(MS(10), Duration::ZERO, MS(10), busy));
+        // The lag alone: its bytes sat in the socket too long.
+        assert!(behind(MS(11), Duration::ZERO, MS(10), busy));
+        // The wait since its head alone.
+        assert!(behind(Duration::ZERO, MS(11), MS(10), busy));
+        // Both, each under the limit.
+        assert!(behind(MS(6), MS(6), MS(10), busy));
+        // No overflow on absurd values.
+        assert!(behind(Duration::MAX, Duration::MAX, MS(10), busy));
+    }
+
+    #[test]
+    fn a_partition_with_few_in_flight_is_never_shed_for_lag() {
+        // However far behind the node: below the floor the partition keeps going.
+        assert!(!behind(MS(500), MS(500), MS(10), 0));
+        assert!(!behind(MS(500), MS(500), MS(10), MIN_LIMIT - 1));
+        assert!(behind(MS(500), MS(500), MS(10), MIN_LIMIT));
+    }
+
+    #[test]
+    fn the_lag_rises_at_once_and_falls_by_at_most_half_a_probe() {
+        assert_eq!(next_lag(MS(2), MS(40)), MS(40));
+        assert_eq!(next_lag(MS(40), MS(1)), MS(20));
+        assert_eq!(next_lag(MS(20), MS(1)), MS(10));
+        assert_eq!(next_lag(MS(20), MS(15)), MS(15));
+        assert_eq!(next_lag(Duration::ZERO, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_probe_publishes_the_smoothed_lag() {
+        let l = RunQueueLag::default();
+        assert_eq!(l.now(), Duration::ZERO);
+        l.observe(MS(30));
+        assert_eq!(l.now(), MS(30));
+        l.observe(MS(0));
+        assert_eq!(l.now(), MS(15));
     }
 }

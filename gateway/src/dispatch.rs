@@ -2,7 +2,7 @@
 //! await the engine's reply (a oneshot in a map keyed by request id) with a deadline.
 //! The log behind [`CommandBus`] is the embedded one or Kafka; this code is the same.
 
-use crate::admission::{AdaptiveLimit, Arrived};
+use crate::admission::{behind, AdaptiveLimit, Arrived};
 use crate::error::ApiError;
 use dashmap::DashMap;
 use flashsale_proto::*;
@@ -179,12 +179,26 @@ impl Dispatcher {
         trace: Option<TraceParent>,
         arrived: Option<Arrived>,
     ) -> Result<ReplyRecord, ApiError> {
-        // Admission: past either budget the request is refused at once, before anything
+        // Admission: past any budget the request is refused at once, before anything
         // is sent, so it leaves no trace in the state (nothing to retry but the request).
         let limit = self
             .per_partition
             .get(partition as usize)
             .ok_or_else(|| ApiError::unavailable(format!("No partition {partition}")))?;
+        // Rule 0 first (docs/overload.md): a node behind on CPU sheds now, cheaply,
+        // rather than after its request waited its turn.
+        if let Some(a) = arrived {
+            if let Some(max_lag) = a.policy.max_lag {
+                let waited = a.at.elapsed();
+                if behind(a.lag, waited, max_lag, limit.in_flight()) {
+                    return Err(ApiError::shed(&format!(
+                        "the server is behind (this request waited about {} ms; the limit is {} ms)",
+                        a.lag.saturating_add(waited).as_millis(),
+                        max_lag.as_millis()
+                    )));
+                }
+            }
+        }
         let _partition_slot = limit
             .try_acquire()
             .ok_or_else(|| ApiError::shed("this product's partition is at its in-flight limit"))?;
@@ -407,12 +421,13 @@ mod tests {
     async fn a_request_that_waited_too_long_is_shed_and_never_sent() {
         let bus = Arc::new(SilentBus::default());
         let d = dispatcher(bus.clone(), Duration::from_secs(30));
-        let policy = crate::admission::AdmissionPolicy::from_millis(100, 0);
+        let policy = crate::admission::AdmissionPolicy::from_millis(100, 0, 0);
         let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(1)) else {
             return; // a clock too young to go back a second: nothing to check
         };
         let late = Arrived {
             at: long_ago,
+            lag: Duration::ZERO,
             policy,
         };
         let e = d
@@ -430,6 +445,7 @@ mod tests {
         // A fresh request is sent (it then waits for a reply that never comes).
         let fresh = Arrived {
             at: Instant::now(),
+            lag: Duration::ZERO,
             policy,
         };
         let d = Arc::new(d);
@@ -454,7 +470,8 @@ mod tests {
         };
         let late = Arrived {
             at: long_ago,
-            policy: crate::admission::AdmissionPolicy::from_millis(0, 0),
+            lag: Duration::ZERO,
+            policy: crate::admission::AdmissionPolicy::from_millis(0, 0, 0),
         };
         let e = d
             .call_arrived(1, reserve("late"), None, Some(late))
@@ -464,5 +481,62 @@ mod tests {
         assert!(e.payload.shed, "{e:?}");
         assert!(e.payload.message.contains("deadline"), "{e:?}");
         assert!(bus.sent.lock().unwrap().is_empty());
+    }
+
+    /// Rule 0: a request that arrived while the node was behind (its bytes waited in
+    /// the socket, as the runtime's lag says) is shed at once, although it has not
+    /// waited since its head was read and its partition has room, once its partition
+    /// is busy (the floor of [`crate::admission::MIN_LIMIT`] in flight); below the
+    /// floor, or with the rule off, it is sent.
+    #[tokio::test]
+    async fn a_request_that_arrived_while_the_node_was_behind_is_shed_at_once() {
+        use crate::admission::{AdmissionPolicy, MIN_LIMIT};
+        let bus = Arc::new(SilentBus::default());
+        let d = Arc::new(dispatcher(bus.clone(), Duration::from_secs(30)));
+        let late = |max_lag_ms| Arrived {
+            at: Instant::now(),
+            lag: Duration::from_millis(50),
+            policy: AdmissionPolicy::from_millis(0, 0, max_lag_ms),
+        };
+        // Below the floor: sent although the node is behind.
+        let mut waiting = Vec::new();
+        for i in 0..MIN_LIMIT {
+            let d = d.clone();
+            let a = late(10);
+            waiting.push(tokio::spawn(async move {
+                d.call_arrived(0, reserve(&format!("u{i}")), None, Some(a))
+                    .await
+            }));
+            sent_eventually(&bus, i as usize + 1).await;
+        }
+        // At the floor: shed at once, never handed to the log.
+        let e = d
+            .call_arrived(0, reserve("behind"), None, Some(late(10)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.payload.shed, "{e:?}");
+        assert_eq!(e.payload.retry_after_s, Some(1));
+        assert!(e.payload.message.contains("behind"), "{e:?}");
+        assert_eq!(bus.sent.lock().unwrap().len(), MIN_LIMIT as usize);
+        // The same lag with the rule off: sent.
+        let off = {
+            let d = d.clone();
+            tokio::spawn(
+                async move { d.call_arrived(0, reserve("off"), None, Some(late(0))).await },
+            )
+        };
+        sent_eventually(&bus, MIN_LIMIT as usize + 1).await;
+        // A call without a server's stamp (admin, tests) is never shed by rule 0.
+        let plain = {
+            let d = d.clone();
+            tokio::spawn(async move { d.call(0, reserve("plain"), None).await })
+        };
+        sent_eventually(&bus, MIN_LIMIT as usize + 2).await;
+        for w in waiting {
+            w.abort();
+        }
+        off.abort();
+        plain.abort();
     }
 }

@@ -19,8 +19,10 @@
 //!   `ConcurrencyLimit` under `LoadShed` bounds the requests in the handlers at once
 //!   (`max_requests`); one past it is answered 503 + `Retry-After` with the API's error
 //!   body before its body is read or it is routed. Every request is stamped with
-//!   [`crate::admission::Arrived`] as the server gets its head, so the dispatcher can
-//!   shed one that waited too long before anything is queued.
+//!   [`crate::admission::Arrived`] as the server gets its head, with the runtime's lag
+//!   then ([`crate::admission::RunQueueLag`], measured by a probe task while the server
+//!   runs: how long the request's bytes waited unseen), so the dispatcher can shed one
+//!   that waited too long before anything is queued.
 //! - **Connection limit**: hyper has none, so this loop counts connections; past
 //!   `max_connections`, a new connection is answered at once with 503, `Retry-After`
 //!   and the API's error body, and closed. Refusals are bounded too
@@ -34,7 +36,7 @@
 //!   `GracefulShutdown`) for at most `drain`, then close whatever is still open, so a
 //!   slow client never holds back the final snapshots.
 
-use crate::admission::{AdmissionPolicy, Arrived};
+use crate::admission::{AdmissionPolicy, Arrived, RunQueueLag};
 use crate::body_timeout::TimedBody;
 use crate::error::ApiError;
 use axum::http::StatusCode;
@@ -159,6 +161,14 @@ pub async fn serve(
 ) {
     let draining = Draining::default();
     let policy = limits.admission;
+    // Rule 0 of admission: the runtime's lag, measured while the server runs.
+    let lag = Arc::new(RunQueueLag::default());
+    let probe_stop = CancellationToken::new();
+    if policy.max_lag.is_some() {
+        tokio::spawn(lag.clone().probe(probe_stop.clone().cancelled_owned()));
+    }
+    let _probe_stop = probe_stop.drop_guard();
+    let stamp_lag = lag.clone();
     let service = tower::ServiceBuilder::new()
         .layer(axum::Extension(draining.clone()))
         .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
@@ -166,6 +176,7 @@ pub async fn serve(
                 req.map(|b| TimedBody::new(b, limits.body_read_timeout, limits.body_deadline));
             req.extensions_mut().insert(Arrived {
                 at: std::time::Instant::now(),
+                lag: stamp_lag.now(),
                 policy,
             });
             req

@@ -103,6 +103,8 @@ pub struct HttpConfig {
     pub admission_max_wait_ms: u64,
     /// 0 turns the adaptive limit off (the fixed budgets stay).
     pub admission_target_ms: u64,
+    /// 0 turns the lag rule off.
+    pub admission_max_lag_ms: u64,
     pub shutdown_drain_secs: u64,
 }
 
@@ -116,6 +118,7 @@ impl Default for HttpConfig {
             http_max_requests: flashsale_gateway::server::DEFAULT_MAX_REQUESTS as u64,
             admission_max_wait_ms: flashsale_gateway::admission::DEFAULT_MAX_WAIT_MS,
             admission_target_ms: flashsale_gateway::admission::DEFAULT_TARGET_MS,
+            admission_max_lag_ms: flashsale_gateway::admission::DEFAULT_MAX_LAG_MS,
             shutdown_drain_secs: 10,
         }
     }
@@ -145,6 +148,7 @@ impl HttpConfig {
             admission: flashsale_gateway::admission::AdmissionPolicy::from_millis(
                 self.admission_max_wait_ms,
                 self.admission_target_ms,
+                self.admission_max_lag_ms,
             ),
             drain: Duration::from_secs(self.shutdown_drain_secs),
         }

@@ -46,6 +46,7 @@ pub fn serve_args(data_dir: PathBuf) -> ServeConfig {
         http: flashsale_ops::config::HttpConfig {
             admission_max_wait_ms: 0,
             admission_target_ms: 0,
+            admission_max_lag_ms: 0,
             ..Default::default()
         },
         ..ServeConfig::default()

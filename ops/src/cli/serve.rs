@@ -156,6 +156,19 @@ pub struct HttpArgs {
     /// adapting off: the fixed budget alone. docs/overload.md.
     #[arg(long, env = "FLASHSALE_ADMISSION_TARGET_MS", default_value_t = flashsale_gateway::admission::DEFAULT_TARGET_MS, help_heading = super::H_ADMISSION)]
     pub admission_target_ms: u64,
+    /// Lag limit, in milliseconds: shed at once (503 + Retry-After, before anything is
+    /// queued or produced) a command whose request arrived while the server was this
+    /// far behind on CPU. The lag (how long a task that became ready waits for the
+    /// runtime, measured every millisecond) is how long a request's bytes sat in the
+    /// socket before the server read them, plus what it waited since. A node that
+    /// keeps up runs a ready task within a millisecond or two; past the limit requests
+    /// arrive faster than the CPU serves them, and answering the excess "later" now
+    /// (a third of a hold's cost) keeps every answer, shed or admitted, from waiting
+    /// behind it. A partition with fewer than 8 commands in flight is never shed by it
+    /// (its requests are not what keeps the CPU busy). The default is half the
+    /// shed-answer target (p99 20 ms). 0 turns the rule off. docs/overload.md.
+    #[arg(long, env = "FLASHSALE_ADMISSION_MAX_LAG_MS", default_value_t = flashsale_gateway::admission::DEFAULT_MAX_LAG_MS, help_heading = super::H_ADMISSION)]
+    pub admission_max_lag_ms: u64,
     /// On SIGTERM, how long requests in flight may take to finish before their
     /// connections are closed; then the final snapshots are written and the process
     /// exits 0.
@@ -173,6 +186,7 @@ impl From<HttpArgs> for HttpConfig {
             http_max_requests: a.http_max_requests,
             admission_max_wait_ms: a.admission_max_wait_ms,
             admission_target_ms: a.admission_target_ms,
+            admission_max_lag_ms: a.admission_max_lag_ms,
             shutdown_drain_secs: a.shutdown_drain_secs,
         }
     }
