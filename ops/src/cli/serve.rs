@@ -339,8 +339,9 @@ pub struct EngineTuning {
           value_parser = clap::value_parser!(u32).range(50..=100_000))]
     pub heartbeat_interval_ms: u32,
     /// The consumer-group protocol of the engines. `consumer` (KIP-848, Kafka ≥ 4.0):
-    /// only the broker ends a session, so an engine or broker starved of CPU for a
-    /// second keeps its partitions (docs/overload.md); the session is the broker's
+    /// only the broker ends a session (no client-side timer drops the partitions of an
+    /// engine whose heartbeat answer came late; a broker itself starved for longer than
+    /// the session still expires it: docs/overload.md); the session is the broker's
     /// `group.consumer.session.timeout.ms` and heartbeat its
     /// `group.consumer.heartbeat.interval.ms`. The broker must have
     /// `group.consumer.min.session.timeout.ms=500`, `group.consumer.session.timeout.ms=600`,
