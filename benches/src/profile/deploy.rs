@@ -539,25 +539,29 @@ pub(super) async fn start_kafka(
     if broker.is_empty() {
         broker = pgrep(&["-f", "kafka\\.Kafka"]);
     }
-    if broker.is_empty() {
-        notes.push("kafka: no broker process found on this machine (pgrep -f kafka.Kafka): its cost is not measured".into());
-    } else {
-        w.push(Watched {
-            name: ROLE_BROKER.into(),
-            pids: broker,
-            own: false,
-        });
-    }
-    let pg_pids = pgrep(&["-x", "postgres"]);
-    if pg_pids.is_empty() {
-        notes.push("kafka: no postgres process on this machine: its cost is not measured".into());
-    } else {
-        w.push(Watched {
-            name: ROLE_POSTGRES.into(),
-            pids: pg_pids,
-            own: false,
-        });
-    }
+    // A shared service's processes are watched (not ours to stop), or a note says why
+    // its cost is missing.
+    let mut watch_service = |name: &str, pids: Vec<u32>, missing: &str| {
+        if pids.is_empty() {
+            notes.push(format!("kafka: {missing}: its cost is not measured"));
+        } else {
+            w.push(Watched {
+                name: name.into(),
+                pids,
+                own: false,
+            });
+        }
+    };
+    watch_service(
+        ROLE_BROKER,
+        broker,
+        "no broker process found on this machine (pgrep -f kafka.Kafka)",
+    );
+    watch_service(
+        ROLE_POSTGRES,
+        pgrep(&["-x", "postgres"]),
+        "no postgres process on this machine",
+    );
     dep.watched = w;
     Ok(dep)
 }
